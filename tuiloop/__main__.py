@@ -1,0 +1,3 @@
+from tuiloop.cli import main
+
+raise SystemExit(main())

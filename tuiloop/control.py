@@ -1,0 +1,147 @@
+"""The control channel of a live run: a Unix socket in the run directory, owner-only.
+
+Protocol: the client sends one JSON line ``{"cmd": "pause"}`` and reads one JSON line back,
+``{"ok": true}`` or ``{"ok": false, "error": "..."}``. The socket file is mode 0600 inside a
+0700 run directory, and on Linux the server also checks the peer's uid (``SO_PEERCRED``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuiloop.engine.commands import COMMANDS, Commands
+
+_MAX_SUN_PATH = 100  # sun_path is 104-108 bytes; keep a margin
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """A bindable/connectable name for ``path``, even when the path is too long for sun_path.
+
+    Long paths go through ``/proc/self/fd/N/<name>`` on Linux, which the kernel resolves
+    like the real directory.
+    """
+    text = str(path)
+    if len(os.fsencode(text)) <= _MAX_SUN_PATH:
+        yield text
+        return
+    if not sys.platform.startswith("linux"):
+        raise OSError(f"socket path too long for this platform: {text}")
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's uid, where the platform tells it."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def peer_allowed(uid: int | None, owner: int) -> bool:
+    """Only the run's owner may command it (root may too, as it can anyway)."""
+    return uid is None or uid == owner or uid == 0
+
+
+class ControlServer:
+    """Accepts commands on the run's socket and forwards them to :class:`Commands`."""
+
+    def __init__(self, path: Path, commands: Commands) -> None:
+        self.path = path
+        self.commands = commands
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from a crashed run
+        old = os.umask(0o177)
+        try:
+            with socket_address(path) as addr:
+                self._sock.bind(addr)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._sock.listen(8)
+        self._owner = os.getuid()
+        self._thread = threading.Thread(target=self._serve, name="tuiloop-control", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                with contextlib.suppress(OSError, ValueError):
+                    self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5.0)
+        if not peer_allowed(peer_uid(conn), self._owner):
+            conn.sendall(b'{"ok": false, "error": "permission denied: not the owner of this run"}\n')
+            return
+        line = conn.makefile("rb").readline(4096)
+        request = json.loads(line)
+        cmd = request.get("cmd")
+        if cmd == "ping":
+            reply = {"ok": True, "pid": os.getpid()}
+        elif cmd in COMMANDS:
+            self.commands.send(cmd)
+            reply = {"ok": True}
+        else:
+            reply = {"ok": False, "error": f"unknown command {cmd!r}"}
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ControlError(Exception):
+    """The run could not be reached or refused the command."""
+
+
+def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
+    """Send one command to a live run and return its reply; raises :class:`ControlError`."""
+    from tuiloop.rundir import CONTROL
+
+    path = Path(run_dir) / CONTROL
+    if not path.exists():
+        raise ControlError(f"{run_dir} is not live: it has no control socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        with socket_address(path) as addr:
+            s.connect(addr)
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        line = s.makefile("rb").readline(4096)
+    except (ConnectionRefusedError, FileNotFoundError) as e:
+        raise ControlError(f"{run_dir} is not live: its process has gone ({e.strerror})") from e
+    except OSError as e:
+        raise ControlError(f"could not reach {run_dir}: {e}") from e
+    finally:
+        s.close()
+    try:
+        reply = json.loads(line)
+    except ValueError as e:
+        raise ControlError(f"{run_dir} gave no answer to {cmd!r}") from e
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "command refused"))
+    return reply

@@ -1,0 +1,148 @@
+"""Batches for one data split, in an order fixed by (seed, epoch), already on the device.
+
+Two paths:
+
+* In-memory ``TensorDataset`` with ``num_workers = 0``: one ``randperm`` per epoch and one
+  ``index_select`` per tensor per batch. Same samples, same batch composition rules and the
+  same dtypes as a shuffled ``DataLoader`` with the default collate, without the per-sample
+  ``__getitem__`` and collate overhead. On CUDA a dataset up to ``DEVICE_CACHE_BYTES`` is
+  copied to the GPU once.
+* Anything else: a ``DataLoader`` whose generator is reseeded each epoch. A ``DataLoader`` the
+  user built is used as it is.
+
+Because the order depends only on (seed, epoch), a run resumed mid-epoch regenerates the
+epoch's order and skips the batches already done.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tuiloop.engine.device import to_device
+
+DEVICE_CACHE_BYTES = 1 << 30
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch."""
+    return (seed * 1_000_003 + epoch) % (1 << 63)
+
+
+class Batches:
+    """Iterates one split: ``for batch in batches.epoch(e, start=k)`` yields on-device batches."""
+
+    def __init__(
+        self,
+        source: Dataset | DataLoader,
+        device: torch.device,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool | str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.device = device
+        self.shuffle = shuffle
+        self.seed = seed
+        self.on_cuda = device.type == "cuda"
+        pin = self.on_cuda if pin_memory == "auto" else bool(pin_memory)
+        self.non_blocking = pin and self.on_cuda
+        self._tensors: tuple[torch.Tensor, ...] | None = None
+        self._loader: DataLoader | None = None
+        self._generator = torch.Generator()
+        self.user_loader = isinstance(source, DataLoader)
+        if self.user_loader:
+            self._loader = source
+            self.batch_size = source.batch_size
+        elif isinstance(source, TensorDataset) and num_workers == 0:
+            self._setup_tensors(source.tensors)
+            self.batch_size = batch_size
+            self.drop_last = drop_last
+        else:
+            self._loader = DataLoader(
+                source,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                num_workers=num_workers,
+                pin_memory=pin and self.on_cuda,
+                generator=self._generator,
+                persistent_workers=num_workers > 0,
+            )
+            self.batch_size = batch_size
+
+    def _setup_tensors(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        self._cached = self.device.type != "cpu" and size <= DEVICE_CACHE_BYTES
+        if self._cached:
+            tensors = tuple(t.to(self.device) for t in tensors)
+        self._tensors = tensors
+        self._n = len(tensors[0])
+
+    @property
+    def num_samples(self) -> int | None:
+        if self._tensors is not None:
+            return self._n
+        try:
+            return len(self._loader.dataset)  # type: ignore[union-attr, arg-type]
+        except TypeError:
+            return None
+
+    def __len__(self) -> int:
+        if self._tensors is not None:
+            full, rest = divmod(self._n, self.batch_size)
+            return full + (1 if rest and not self.drop_last else 0)
+        return len(self._loader)  # type: ignore[arg-type]  # raises TypeError if unknown
+
+    def steps(self) -> int | None:
+        """Batches per epoch, or None for an iterable dataset of unknown length."""
+        try:
+            return len(self)
+        except TypeError:
+            return None
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch``, skipping the first ``start`` of them."""
+        self._generator.manual_seed(epoch_seed(self.seed, epoch))
+        if self._tensors is not None:
+            return self._tensor_batches(start)
+        it = iter(self._loader)  # type: ignore[arg-type]
+        if start:
+            it = itertools.islice(it, start, None)
+        return (to_device(b, self.device, self.non_blocking) for b in it)
+
+    def close(self) -> None:
+        """Shut down worker processes this object started (a user's DataLoader is left alone)."""
+        if self._loader is not None and not self.user_loader:
+            it = getattr(self._loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+
+    def _tensor_batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        n, bs = self._n, self.batch_size
+        if self.shuffle:
+            order = torch.randperm(n, generator=self._generator)
+            if self._cached:
+                order = order.to(self.device)
+        else:
+            order = None
+        stop = n - n % bs if self.drop_last else n
+        tensors = self._tensors
+        assert tensors is not None
+        for i in range(start * bs, stop, bs):
+            if order is None:
+                batch = tuple(t[i : i + bs] for t in tensors)
+            else:
+                idx = order[i : i + bs]
+                batch = tuple(t.index_select(0, idx) for t in tensors)
+            if not self._cached and self.device.type != "cpu":
+                if self.non_blocking:  # an async copy needs page-locked source memory
+                    batch = tuple(t.pin_memory() for t in batch)
+                batch = tuple(t.to(self.device, non_blocking=self.non_blocking) for t in batch)
+            yield batch

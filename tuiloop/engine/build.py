@@ -1,0 +1,103 @@
+"""Building a :class:`Trainer` from a resolved spec: seed, device, model, data, loss, optimizer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tuiloop.engine.batches import Batches
+from tuiloop.engine.device import DeviceError, resolve_device
+from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.trainer import Options, Trainer
+from tuiloop.spec.errors import SpecError
+from tuiloop.spec.resolve import Resolved, _describe, data_kwargs
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch (all devices)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (1 << 32))
+    except ImportError:
+        pass
+
+
+def _call(where: str, section: str, target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise SpecError(f"{where}, [{section}]", f"building {target}({shown}) raised {_describe(e)}", f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.") from e
+
+
+def _check_split(where: str, value: Any, name: str, target: str) -> None:
+    if value is None and name == "val":
+        return
+    if not isinstance(value, (Dataset, DataLoader)) and not hasattr(value, "__getitem__") and not hasattr(value, "__iter__"):
+        raise SpecError(f"{where}, [data] target", f"{target} returned a {type(value).__name__} as the {name} split, not a Dataset or DataLoader", "Return (train, val) as torch Datasets (e.g. TensorDataset) or DataLoaders.")
+
+
+def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
+    """Make every object the spec names and wire them into a Trainer."""
+    spec = resolved.spec
+    where = spec.where
+    seed_everything(spec.run.seed)
+    try:
+        device = resolve_device(spec.run.device)
+    except DeviceError as e:
+        raise SpecError(f"{where}, [run] device", str(e)) from None
+
+    model = _call(where, "model", spec.model.target, resolved.model, **spec.model.kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"{where}, [model] target", f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module", "Point target at an nn.Module subclass or a function that returns one.")
+    model = model.to(device)
+
+    data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise SpecError(f"{where}, [data] target", f"{spec.data.target} must return (train, val), got {type(data).__name__}", "Return a pair of Datasets or DataLoaders; val may be None.")
+    train_data, val_data = data
+    _check_split(where, train_data, "train", spec.data.target)
+    _check_split(where, val_data, "val", spec.data.target)
+
+    loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device)
+    optimizer = _call(where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs)
+    scheduler = None
+    interval = "epoch"
+    if spec.scheduler is not None and resolved.scheduler is not None:
+        interval = spec.scheduler.interval
+        scheduler = _call(where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs)
+        if type(scheduler).__name__ == "ReduceLROnPlateau" and interval == "step":
+            raise SpecError(f"{where}, [scheduler] interval", "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch", 'Set interval = "epoch".')
+
+    d = spec.data
+    batches = dict(device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed)
+    train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
+    val = Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **batches) if val_data is not None else None
+    if val is None and spec.early_stopping is not None:
+        raise SpecError(f"{where}, [data] target", f"{spec.data.target} returned no validation split, but [early_stopping] needs one", "Return (train, val) with a validation dataset, or remove [early_stopping].")
+
+    es = spec.early_stopping
+    options = Options(
+        epochs=spec.run.epochs,
+        val_every=spec.run.val_every,
+        log_interval=spec.run.log_interval,
+        run_name=spec.run.name,
+        scheduler_interval=interval,
+        scheduler_monitor=spec.scheduler.monitor if spec.scheduler else None,
+        monitor=spec.checkpoint.monitor,
+        mode=spec.checkpoint.mode,
+        early_stopping=MetricMonitor(es.monitor, es.mode, es.min_delta, es.patience) if es else None,
+        save_best=spec.checkpoint.best and val is not None,
+        save_last=spec.checkpoint.last,
+        every_n_epochs=spec.checkpoint.every_n_epochs,
+    )
+    return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir)

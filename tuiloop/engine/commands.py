@@ -1,0 +1,47 @@
+"""The one small interface through which commands reach the engine.
+
+Key presses, ``attach`` clients, signals: all of them call :meth:`Commands.send`. The training
+loop looks at :attr:`Commands.pending` once per step (a plain attribute read) and only takes the
+lock when something is waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "force")
+
+
+class Commands:
+    """Thread-safe mailbox of commands for the training loop."""
+
+    def __init__(self) -> None:
+        self._queue: deque[str] = deque()
+        # RLock: a signal handler may call send() on the main thread while it holds the lock.
+        self._cond = threading.Condition(threading.RLock())
+        self.pending = False
+
+    def send(self, command: str) -> None:
+        """Queue a command; safe from any thread and from signal handlers' threads."""
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+        with self._cond:
+            self._queue.append(command)
+            self.pending = True
+            self._cond.notify_all()
+
+    def take(self) -> list[str]:
+        """Everything queued so far, oldest first."""
+        self.pending = False  # cleared before draining so a racing send() is never lost
+        out = []
+        while self._queue:
+            out.append(self._queue.popleft())
+        return out
+
+    def wait(self, timeout: float) -> list[str]:
+        """Block until a command arrives (or ``timeout``), then take them all."""
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(timeout)
+        return self.take()

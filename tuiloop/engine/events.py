@@ -1,0 +1,201 @@
+"""Events the engine emits: small frozen dataclasses, one JSON line each in ``events.jsonl``.
+
+The hot path never builds one event per step: per-step training losses are buffered and
+emitted together as one :class:`TrainSteps` a few times a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def now() -> float:
+    """Wall-clock time stamp used on every event."""
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class: every event has a wall-clock time and a stable ``kind`` name."""
+
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=now, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["event"] = self.kind
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """The run is set up and about to train (also emitted again on resume)."""
+
+    kind: ClassVar[str] = "run_started"
+    run_name: str
+    run_dir: str
+    device: str
+    device_name: str
+    epochs: int
+    steps_per_epoch: int | None
+    batch_size: int | None
+    train_size: int | None
+    val_size: int | None
+    problem: str
+    metrics: list[str]
+    monitor: str | None
+    mode: str
+    patience: int | None
+    num_params: int
+    start_epoch: int = 0
+    start_step: int = 0
+    resumed_from: str | None = None
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSteps(Event):
+    """Per-step training losses for steps ``first_step .. first_step+len(losses)-1`` (1-based)."""
+
+    kind: ClassVar[str] = "train_steps"
+    epoch: int  # 0-based epoch these steps belong to
+    first_step: int  # global step number of losses[0]
+    losses: list[float]
+    step_in_epoch: int  # steps done in this epoch after the last loss
+    lr: float
+    samples_per_s: float
+
+
+@dataclass(frozen=True)
+class Validated(Event):
+    """A validation check finished; ``metrics`` holds train_loss, val_loss and val_<metric>."""
+
+    kind: ClassVar[str] = "validated"
+    epoch: int  # 0-based epoch that just finished
+    step: int
+    metrics: dict[str, float]
+    is_best: bool
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class LRChanged(Event):
+    """The learning rate of the first parameter group changed."""
+
+    kind: ClassVar[str] = "lr_changed"
+    epoch: int
+    step: int
+    lr: float
+    previous: float
+
+
+@dataclass(frozen=True)
+class EarlyStopUpdate(Event):
+    """Early-stopping state after a validation check; ``triggered`` ends the run."""
+
+    kind: ClassVar[str] = "early_stop"
+    epoch: int
+    monitor: str
+    value: float
+    best: float
+    counter: int
+    patience: int
+    triggered: bool
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    """A checkpoint file was written atomically; ``path`` is relative to the run directory."""
+
+    kind: ClassVar[str] = "checkpoint"
+    tag: str  # best | last | periodic | manual
+    path: str
+    epoch: int
+    step: int
+    metric: float | None
+    monitor: str | None
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    """The run's state changed: running, paused or stopping."""
+
+    kind: ClassVar[str] = "state"
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Message(Event):
+    """A line for the log: ``level`` is info, warning or error."""
+
+    kind: ClassVar[str] = "message"
+    level: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    """User code raised: what, where, and the formatted traceback."""
+
+    kind: ClassVar[str] = "failed"
+    error: str
+    where: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    """The run ended; ``status`` is completed, early_stopped, stopped or failed."""
+
+    kind: ClassVar[str] = "finished"
+    status: str
+    reason: str
+    epochs_done: int
+    step: int
+    best_value: float | None
+    best_epoch: int | None
+    monitor: str | None
+    wall_time_s: float
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        RunStarted,
+        TrainSteps,
+        Validated,
+        LRChanged,
+        EarlyStopUpdate,
+        CheckpointSaved,
+        StateChanged,
+        Message,
+        Failed,
+        Finished,
+    )
+}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event | None:
+    """Rebuild an event from its JSON dict; unknown kinds (from a newer tuiloop) give None."""
+    cls = EVENT_TYPES.get(d.get("event", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def event_from_json(line: str) -> Event | None:
+    """Parse one line of ``events.jsonl``; a torn or foreign line gives None."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return event_from_dict(d) if isinstance(d, dict) else None

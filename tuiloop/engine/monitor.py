@@ -1,0 +1,51 @@
+"""Tracking a monitored metric: best value, improvement, and the early-stopping counter."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class MetricMonitor:
+    """Best value of one metric; ``counter`` counts checks without improvement.
+
+    With ``patience`` it is early stopping: ``triggered`` once ``counter >= patience``.
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", min_delta: float = 0.0, patience: int | None = None) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.counter = 0
+
+    def improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record a check; True if it is a new best."""
+        if self.improves(value):
+            self.best, self.best_epoch, self.counter = value, epoch, 0
+            return True
+        self.counter += 1
+        return False
+
+    @property
+    def triggered(self) -> bool:
+        return self.patience is not None and self.counter >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "counter": self.counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.counter = state["best"], state["best_epoch"], state["counter"]

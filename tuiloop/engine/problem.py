@@ -1,0 +1,140 @@
+"""Problem type, first-batch checks of outputs against targets, and validation metrics.
+
+| problem     | loss                          | target            | metric                 |
+|-------------|-------------------------------|-------------------|------------------------|
+| multiclass  | CrossEntropyLoss, NLLLoss     | long class index  | acc (argmax)           |
+| binary      | BCEWithLogitsLoss (1 output)  | float 0/1         | acc (logit > 0)        |
+| multilabel  | BCEWithLogitsLoss (N outputs) | float 0/1 each    | acc (per label)        |
+| regression  | MSE / L1 / Huber / SmoothL1   | float             | mae                    |
+"""
+
+from __future__ import annotations
+
+import torch
+
+MULTICLASS = ("CrossEntropyLoss", "NLLLoss")
+BCE = ("BCEWithLogitsLoss", "BCELoss")
+REGRESSION = ("MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss")
+
+
+class SetupError(ValueError):
+    """Outputs, targets and loss do not fit together; the message names the fix."""
+
+
+def loss_name(loss_fn: object) -> str:
+    return type(loss_fn).__name__
+
+
+def infer_problem(loss_fn: object, output: torch.Tensor) -> str:
+    name = loss_name(loss_fn)
+    if name in MULTICLASS:
+        return "multiclass"
+    if name in BCE:
+        return "binary" if output.ndim == 1 or output.shape[-1] == 1 else "multilabel"
+    if name in REGRESSION:
+        return "regression"
+    return "other"
+
+
+def metric_names(problem: str) -> list[str]:
+    """The validation metrics reported for a problem type, besides the losses."""
+    return {"multiclass": ["val_acc"], "binary": ["val_acc"], "multilabel": ["val_acc"], "regression": ["val_mae"]}.get(problem, [])
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_batch(loss_fn: object, output: object, target: object, problem: str) -> list[str]:
+    """Check the first batch; raise :class:`SetupError` for mistakes, return warnings for doubts."""
+    name = loss_name(loss_fn)
+    if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return []
+    warnings: list[str] = []
+    out, y = output.detach(), target.detach()
+    if problem == "multiclass":
+        if out.ndim < 2:
+            raise SetupError(f"{name} needs outputs of shape (batch, classes), but the model returned {_shape(out)}. Make the final layer nn.Linear(..., num_classes).")
+        classes = out.shape[1]
+        if y.is_floating_point() and y.shape != out.shape:
+            raise SetupError(
+                f"{name} needs class indices of dtype torch.long (int64) as targets, but they are {y.dtype} with shape {_shape(y)}. "
+                "Return the targets as long from your data function, e.g. torch.as_tensor(labels, dtype=torch.long) or y.long()."
+            )
+        if not y.is_floating_point():
+            if classes == 1:
+                raise SetupError(f"the model has 1 output but {name} needs one output per class (1 output always gives loss 0). For two classes use 2 outputs, or BCEWithLogitsLoss with float 0/1 targets.")
+            valid = y[y != getattr(loss_fn, "ignore_index", -100)]
+            if valid.numel():
+                lo, hi = int(valid.min()), int(valid.max())
+                if lo < 0 or hi >= classes:
+                    bad = hi if hi >= classes else lo
+                    raise SetupError(
+                        f"the model outputs {classes} class scores but the targets contain class {bad} (targets range {lo}..{hi}). "
+                        f"Set the final layer to {hi + 1} outputs (the number of classes), or map the labels to 0..{classes - 1}."
+                    )
+        if name == "CrossEntropyLoss" and out.numel() and bool(((out >= 0) & (out <= 1)).all()):
+            sums = out.sum(dim=1)
+            if bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+                warnings.append("the outputs look like softmax probabilities (in [0, 1], rows sum to 1), but CrossEntropyLoss applies log-softmax itself. Return raw logits: remove the softmax from the model's forward.")
+    elif problem in ("binary", "multilabel"):
+        if not y.is_floating_point():
+            raise SetupError(f"{name} needs float targets (0.0 / 1.0), but they are {y.dtype}. Convert them in your data function with y.float().")
+        if out.shape != y.shape:
+            hint = ""
+            if out.ndim == y.ndim + 1 and out.shape[-1] == 1:
+                hint = " Make the targets (batch, 1) with y.unsqueeze(1), or squeeze the output with out.squeeze(1)."
+            raise SetupError(f"{name} needs outputs and targets of the same shape, but the model returned {_shape(out)} and the targets are {_shape(y)}.{hint}")
+        if y.numel() and bool(((y < 0) | (y > 1)).any()):
+            raise SetupError(f"{name} needs targets between 0 and 1, but they range {float(y.min()):g}..{float(y.max()):g}. For class indices use CrossEntropyLoss instead.")
+        if name == "BCEWithLogitsLoss" and out.numel() > 1 and bool(((out > 0) & (out < 1)).all()):
+            warnings.append("all outputs lie in (0, 1), as if a sigmoid were already applied, but BCEWithLogitsLoss applies it itself. Return raw logits: remove the sigmoid from the model's forward.")
+        if name == "BCELoss" and out.numel() and bool(((out < 0) | (out > 1)).any()):
+            raise SetupError("BCELoss needs probabilities in [0, 1], but the outputs leave that range. Use BCEWithLogitsLoss on raw outputs instead (it is also numerically safer).")
+    elif problem == "regression":
+        if out.shape != y.shape:
+            hint = " Make the targets (batch, 1) with y.unsqueeze(1), or squeeze the output with out.squeeze(1)." if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else ""
+            raise SetupError(
+                f"{name} needs outputs and targets of the same shape, but the model returned {_shape(out)} and the targets are {_shape(y)}; "
+                f"PyTorch would broadcast them and train on the wrong loss.{hint}"
+            )
+        if not y.is_floating_point():
+            raise SetupError(f"{name} needs float targets, but they are {y.dtype}. Convert them in your data function with y.float().")
+    return warnings
+
+
+class MetricTotals:
+    """Validation sums kept on the device; one sync at :meth:`result`."""
+
+    def __init__(self, problem: str, loss_fn: object, device: torch.device) -> None:
+        self.problem = problem
+        self.probabilities = loss_name(loss_fn) == "BCELoss"
+        self.ignore_index = getattr(loss_fn, "ignore_index", -100)
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_sum, self.metric_sum, self.loss_count, self.metric_count = zero.clone(), zero.clone(), 0, zero.clone()
+
+    def add(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.shape[0] if target.ndim else 1
+        self.loss_sum += loss.detach() * n
+        self.loss_count += n
+        if self.problem == "multiclass":
+            pred = output.argmax(1)
+            if target.is_floating_point():
+                target = target.argmax(1)
+            keep = target != self.ignore_index
+            self.metric_sum += ((pred == target) & keep).sum()
+            self.metric_count += keep.sum()
+        elif self.problem in ("binary", "multilabel"):
+            pred = output > (0.5 if self.probabilities else 0.0)
+            self.metric_sum += (pred == (target > 0.5)).sum()
+            self.metric_count += target.numel()
+        elif self.problem == "regression":
+            self.metric_sum += (output.detach() - target).abs().sum()
+            self.metric_count += target.numel()
+
+    def result(self) -> dict[str, float]:
+        out = {"val_loss": float(self.loss_sum) / max(self.loss_count, 1)}
+        names = metric_names(self.problem)
+        if names:
+            out[names[0]] = float(self.metric_sum) / max(float(self.metric_count), 1.0)
+        return out

@@ -1,0 +1,457 @@
+"""The training loop: the seed's pattern, device-aware, commandable, resumable, cheap per step."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tuiloop.engine import checkpoint as ckpt
+from tuiloop.engine.batches import Batches
+from tuiloop.engine.commands import Commands
+from tuiloop.engine.device import device_name
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    EarlyStopUpdate,
+    Event,
+    Failed,
+    Finished,
+    LRChanged,
+    Message,
+    RunStarted,
+    StateChanged,
+    TrainSteps,
+    Validated,
+)
+from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.problem import MetricTotals, SetupError, check_batch, infer_problem, metric_names
+
+Sink = Callable[[Event], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Options:
+    """Loop settings that are not objects (the spec's [run], [early_stopping], [checkpoint])."""
+
+    epochs: int = 10
+    val_every: int = 1
+    log_interval: float = 0.25
+    run_name: str = "run"
+    scheduler_interval: str = "epoch"
+    scheduler_monitor: str | None = None
+    monitor: str = "val_loss"
+    mode: str = "min"
+    early_stopping: MetricMonitor | None = None
+    save_best: bool = True
+    save_last: bool = True
+    every_n_epochs: int = 0
+
+
+def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """(args, kwargs, target): ``(x, y)``, ``(x1, x2, ..., y)`` or a dict with a y/target/label key."""
+    if isinstance(batch, dict):
+        for key in ("y", "target", "targets", "label", "labels"):
+            if key in batch:
+                return (), {k: v for k, v in batch.items() if k != key}, batch[key]
+        raise SetupError("a dict batch needs its target under one of the keys y, target, targets, label or labels")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return tuple(batch[:-1]), {}, batch[-1]
+    raise SetupError(f"each batch must be (inputs, targets), (input1, ..., targets) or a dict; got {type(batch).__name__}")
+
+
+class Trainer:
+    """Runs training on objects; build one from a spec with :func:`tuiloop.engine.build.build_trainer`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train: Batches,
+        val: Batches | None,
+        loss_fn: Callable[..., torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        options: Options | None = None,
+        device: torch.device | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.train_batches = train
+        self.val_batches = val
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.opt = options or Options()
+        self.device = device or train.device
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.commands = Commands()
+        self.sinks: list[Sink] = []
+        self.best = MetricMonitor(self.opt.monitor, self.opt.mode)
+        self.es = self.opt.early_stopping
+        self.plateau = type(scheduler).__name__ == "ReduceLROnPlateau"
+        # run state (all of it goes into checkpoints)
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0  # batches done in the current epoch
+        self.step = 0  # optimizer steps done
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_count = 0
+        self.last_metrics: dict[str, float] = {}
+        self.problem: str | None = None
+        self.resumed_from: str | None = None
+        self.state = "running"
+        self._stop_reason = ""
+        self._buffer: list[Any] = []
+        self._pending_best = False
+        self._exact_nan_check = self.device.type == "cpu"
+
+    # ---- events -------------------------------------------------------------------------
+    def subscribe(self, sink: Sink) -> None:
+        """Call ``sink(event)`` for every event, in the training thread."""
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A complete, weights_only-loadable checkpoint of the run."""
+        return {
+            "model_state_dict": ckpt.unwrap(self.model).state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler_state_dict": None,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "loss": self.last_metrics.get("val_loss", self.last_metrics.get("train_loss")),
+            "metrics": dict(self.last_metrics),
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_loss_count": self.epoch_loss_count,
+            "best": self.best.state_dict(),
+            "early_stopping": self.es.state_dict() if self.es else None,
+            "problem": self.problem,
+            "rng_state": ckpt.rng_state(),
+            "tuiloop_version": _version(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore everything :meth:`state_dict` saved, for an exact resume."""
+        ckpt.unwrap(self.model).load_state_dict(state["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if self.scheduler is not None and state.get("scheduler_state_dict") is not None:
+            self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.epoch_loss_sum, self.epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+        self.last_metrics = dict(state.get("metrics") or {})
+        self.best.load_state_dict(state["best"])
+        if self.es and state.get("early_stopping"):
+            self.es.load_state_dict(state["early_stopping"])
+        self.problem = state.get("problem")
+        ckpt.set_rng_state(state["rng_state"])
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint file written by this engine."""
+        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        self.resumed_from = str(path)
+
+    def save(self, tag: str) -> Path | None:
+        """Write a checkpoint atomically and announce it; None without a run directory."""
+        if self.run_dir is None:
+            return None
+        name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (
+            f"epoch-{self.epoch:04d}.pt" if tag == "periodic" else f"manual-step{self.step:07d}.pt"
+        )
+        path = self.run_dir / "checkpoints" / name
+        ckpt.save_atomic(self.state_dict(), path)
+        metric = self.last_metrics.get(self.opt.monitor)
+        self.emit(CheckpointSaved(tag, str(path.relative_to(self.run_dir)), self.epoch, self.step, metric, self.opt.monitor))
+        return path
+
+    # ---- commands ------------------------------------------------------------------------
+    def _handle_commands(self, epoch: int) -> None:
+        """Obey queued commands at a step boundary; blocks here while paused."""
+        for cmd in self.commands.take():
+            self._apply(cmd, epoch)
+        while self.state == "paused":
+            for cmd in self.commands.wait(0.5):
+                self._apply(cmd, epoch)
+
+    def _apply(self, cmd: str, epoch: int) -> None:
+        if cmd == "toggle_pause":
+            cmd = "resume" if self.state == "paused" else "pause"
+        if cmd == "pause" and self.state == "running":
+            self._flush(epoch)
+            self.state = "paused"
+            self.emit(StateChanged("paused"))
+        elif cmd == "resume" and self.state == "paused":
+            self.state = "running"
+            self._last_flush_time = time.perf_counter()
+            self._samples = 0
+            self.emit(StateChanged("running"))
+        elif cmd == "save":
+            self._flush(epoch)
+            self.save("manual")
+        elif cmd == "stop" and self.state != "stopping":
+            self.state = "stopping"
+            self._stop_reason = "stopped by request"
+            self.emit(StateChanged("stopping", self._stop_reason))
+        elif cmd == "force":
+            os._exit(130)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop at the next step boundary (used by signal handlers)."""
+        self._stop_reason = reason
+        self.commands.send("stop")
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> Finished:
+        """Train until the epochs are done, early stopping triggers, or a stop command."""
+        started = time.perf_counter()
+        status, reason = "completed", f"{self.opt.epochs} epochs done"
+        self._announce()
+        where = "setup"
+        try:
+            while self.epoch < self.opt.epochs:
+                epoch = self.epoch
+                where = "training"
+                self._train_epoch(epoch)
+                if self.state == "stopping":
+                    status, reason = "stopped", self._stop_reason or "stopped by request"
+                    break
+                where = "validation"
+                if self.val_batches is not None and (epoch + 1) % self.opt.val_every == 0:
+                    self._validate(epoch)
+                elif self.scheduler is not None and self.opt.scheduler_interval == "epoch" and not self.plateau:
+                    self._step_scheduler_epoch(epoch, None)
+                self.epoch, self.batch_in_epoch = epoch + 1, 0
+                self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+                where = "saving checkpoints"
+                self._epoch_checkpoints()
+                if self.es is not None and self.es.triggered:
+                    status = "early_stopped"
+                    reason = f"{self.es.monitor} did not improve for {self.es.patience} checks"
+                    break
+            else:
+                self.batch_in_epoch = 0
+            if status == "stopped" and self.opt.save_last:
+                self.save("last")
+        except NonFiniteLoss as e:
+            status, reason = "failed", str(e)
+            self.emit(Message("error", str(e)))
+        except SetupError as e:
+            status, reason = "failed", "setup error"
+            self.emit(Failed(str(e), f"{where}, first batch", ""))
+        except Exception as e:
+            status, reason = "failed", f"{type(e).__name__} in {where}"
+            self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch, self.step), traceback.format_exc()))
+            self._save_after_crash()
+        finally:
+            self._close_loaders()
+        finished = Finished(
+            status,
+            reason,
+            self.epoch,
+            self.step,
+            self.best.best,
+            self.best.best_epoch,
+            self.opt.monitor,
+            time.perf_counter() - started,
+        )
+        self.emit(finished)
+        return finished
+
+    def _announce(self) -> None:
+        train_size = self.train_batches.num_samples
+        self.emit(
+            RunStarted(
+                run_name=self.opt.run_name,
+                run_dir=str(self.run_dir or ""),
+                device=str(self.device),
+                device_name=device_name(self.device),
+                epochs=self.opt.epochs,
+                steps_per_epoch=self.train_batches.steps(),
+                batch_size=self.train_batches.batch_size,
+                train_size=train_size,
+                val_size=self.val_batches.num_samples if self.val_batches else None,
+                problem=self.problem or "unknown",
+                metrics=["train_loss", "val_loss", *metric_names(self.problem or "")],
+                monitor=self.opt.monitor,
+                mode=self.opt.mode,
+                patience=self.es.patience if self.es else None,
+                num_params=sum(p.numel() for p in self.model.parameters()),
+                start_epoch=self.epoch,
+                start_step=self.step,
+                resumed_from=self.resumed_from,
+                pid=os.getpid(),
+            )
+        )
+
+    def _train_epoch(self, epoch: int) -> None:
+        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        step_scheduler = self.scheduler if self.opt.scheduler_interval == "step" else None
+        commands, buffer = self.commands, self._buffer
+        exact = self._exact_nan_check
+        interval = self.opt.log_interval
+        self._first_step = self.step + 1
+        self._last_flush_time = time.perf_counter()
+        next_flush = self._last_flush_time + interval
+        self._samples = 0
+        model.train()
+        for batch in self.train_batches.epoch(epoch, start=self.batch_in_epoch):
+            if commands.pending:
+                self._handle_commands(epoch)
+                if self.state == "stopping":
+                    break
+            args, kwargs, target = split_batch(batch)
+            optimizer.zero_grad(set_to_none=True)
+            output = model(*args, **kwargs)
+            loss = loss_fn(output, target)
+            if self.problem is None:
+                self._first_batch(output, target)
+            if exact:  # on the CPU .item() costs no device sync: check before the step
+                value = loss.item()
+                if not math.isfinite(value):
+                    self._flush(epoch)
+                    self._non_finite(value, saved=self._save_last_good())
+            else:
+                value = loss.detach()
+            loss.backward()
+            optimizer.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._samples += len(target)
+            buffer.append(value)
+            if time.perf_counter() >= next_flush:
+                self._flush(epoch)
+                next_flush = self._last_flush_time + interval
+        self._flush(epoch)
+        if self.state != "stopping" and commands.pending:
+            self._handle_commands(epoch)  # a command that came in during the last step
+
+    def _first_batch(self, output: Any, target: Any) -> None:
+        self.problem = infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
+        for text in check_batch(self.loss_fn, output, target, self.problem):
+            self.emit(Message("warning", text))
+        available = ["train_loss", "val_loss", *metric_names(self.problem)]
+        for name, monitor in (("[checkpoint] monitor", self.opt.monitor), ("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor)):
+            if monitor is not None and monitor not in available:
+                raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
+
+    def _flush(self, epoch: int) -> None:
+        """Emit the buffered step losses as one event (one device sync on accelerators)."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        if self._exact_nan_check:
+            losses = list(buffer)
+        else:
+            losses = torch.stack(buffer).float().tolist()
+        buffer.clear()
+        now = time.perf_counter()
+        rate = self._samples / max(now - self._last_flush_time, 1e-9)
+        self._last_flush_time, self._samples = now, 0
+        first = self._first_step
+        self._first_step += len(losses)
+        self.epoch_loss_sum += sum(losses)
+        self.epoch_loss_count += len(losses)
+        self.emit(TrainSteps(epoch, first, losses, self.batch_in_epoch, self.optimizer.param_groups[0]["lr"], rate))
+        if not self._exact_nan_check and not all(map(math.isfinite, losses)):
+            bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
+            self._non_finite(losses[bad], saved=None, at_step=first + bad)
+
+    def _non_finite(self, value: float, saved: Path | None, at_step: int | None = None) -> None:
+        step = at_step if at_step is not None else self.step + 1
+        if saved is not None:
+            kept = f"the last good state (before step {step}) is saved in {saved.relative_to(self.run_dir)}"  # type: ignore[arg-type]
+        else:
+            kept = "the weights after it are not saved; the last good checkpoint is checkpoints/last.pt from the last finished epoch, if any"
+        raise NonFiniteLoss(
+            f"the training loss became {value} at step {step}; training stopped and {kept}. "
+            "Lower the learning rate, check the data for NaN/inf values, or clip gradients."
+        )
+
+    def _save_last_good(self) -> Path | None:
+        return self.save("last") if self.opt.save_last else None
+
+    def _validate(self, epoch: int) -> None:
+        started = time.perf_counter()
+        model = self.model
+        model.eval()
+        totals = MetricTotals(self.problem or "other", self.loss_fn, self.device)
+        with torch.inference_mode():
+            for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]
+                args, kwargs, target = split_batch(batch)
+                output = model(*args, **kwargs)
+                totals.add(self.loss_fn(output, target), output, target)
+        model.train()
+        metrics = {"train_loss": self.epoch_loss_sum / max(self.epoch_loss_count, 1), **totals.result()}
+        self.last_metrics = metrics
+        is_best = self.best.update(metrics[self.opt.monitor], epoch)
+        self.emit(Validated(epoch, self.step, metrics, is_best, time.perf_counter() - started))
+        if self.es is not None:
+            value = metrics[self.es.monitor]
+            self.es.update(value, epoch)
+            self.emit(EarlyStopUpdate(epoch, self.es.monitor, value, self.es.best, self.es.counter, self.es.patience or 0, self.es.triggered))
+        self._step_scheduler_epoch(epoch, metrics)
+        self._pending_best = is_best
+
+    def _step_scheduler_epoch(self, epoch: int, metrics: dict[str, float] | None) -> None:
+        if self.scheduler is None or self.opt.scheduler_interval != "epoch":
+            return
+        before = self.optimizer.param_groups[0]["lr"]
+        if self.plateau:
+            if metrics is None:
+                return
+            self.scheduler.step(metrics[self.opt.scheduler_monitor or self.opt.monitor])
+        else:
+            self.scheduler.step()
+        after = self.optimizer.param_groups[0]["lr"]
+        if after != before:
+            self.emit(LRChanged(epoch, self.step, after, before))
+
+    def _epoch_checkpoints(self) -> None:
+        if self.opt.save_best and self._pending_best:
+            self.save("best")
+        self._pending_best = False
+        if self.opt.every_n_epochs and self.epoch % self.opt.every_n_epochs == 0:
+            self.save("periodic")
+        if self.opt.save_last:
+            self.save("last")
+
+    def _save_after_crash(self) -> None:
+        """After an exception in user code, keep the state of the last completed step."""
+        if self.opt.save_last and self.run_dir is not None:
+            try:
+                self.save("last")
+            except Exception as e:  # the state itself may be what broke
+                self.emit(Message("error", f"could not save last.pt after the failure: {e}"))
+
+    def _close_loaders(self) -> None:
+        for batches in (self.train_batches, self.val_batches):
+            if batches is not None:
+                batches.close()
+
+
+def describe_where(e: BaseException, phase: str, epoch: int, step: int) -> str:
+    """'training, epoch 3, step 120: models.py:42 in forward' (innermost frame outside torch)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename and f"{os.sep}tuiloop{os.sep}" not in f.filename]
+    loc = f": {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{phase}, epoch {epoch + 1}, step {step + 1}{loc}"
+
+
+def _version() -> str:
+    from tuiloop import __version__
+
+    return __version__

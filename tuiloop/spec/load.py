@@ -1,0 +1,209 @@
+"""Reading a spec: TOML text -> ``--set`` overrides -> strict structural validation -> :class:`Spec`."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
+from tuiloop.spec.schema import (
+    CHOICES,
+    KWARG_SECTIONS,
+    NUMBER,
+    REQUIRED,
+    REQUIRED_SECTIONS,
+    SCHEMA,
+    CheckpointSpec,
+    DataSpec,
+    EarlyStoppingSpec,
+    RunSpec,
+    SchedulerSpec,
+    Spec,
+    TargetSpec,
+    default_mode,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read and validate a spec file; raises :class:`SpecError` with a one-paragraph message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), "no such spec file", "Check the path; specs are TOML files such as demos/digits.toml.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), f"cannot read the spec file ({e})") from None
+    return parse_spec(text, path=path, overrides=overrides)
+
+
+def parse_spec(
+    text: str,
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    base_dir: Path | None = None,
+) -> Spec:
+    """Validate spec text; ``base_dir`` (default: the spec's folder) resolves file targets."""
+    where = str(path) if path else "spec"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(where, f"not valid TOML: {e}", "Fix the syntax at that line (strings need quotes, tables look like [section]).") from None
+    for item in overrides or []:
+        apply_override(raw, item)
+    if base_dir is None:
+        base_dir = path.resolve().parent if path else Path.cwd()
+    return validate(raw, where, base_dir, path)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (``3``, ``1e-3``, ``true``, ``"x"``, ``[1, 2]``); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override in place."""
+    key, sep, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise SpecError(
+            f"--set {item}",
+            "an override must look like section.key=value",
+            "For example: --set optimizer.lr=3e-4 or --set run.device=cpu.",
+        )
+    if section not in SCHEMA:
+        raise SpecError(f"--set {item}", f"there is no section [{section}]", join_fix(did_you_mean(section, SCHEMA), f"Sections: {', '.join(SCHEMA)}."))
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise SpecError(f"--set {item}", f"[{section}] is not a table in the spec")
+    table[name.strip()] = parse_value(value.strip())
+
+
+def _check_type(where: str, section: str, key: str, value: Any, expected: Any) -> None:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if ok:
+        return
+    want = "a number" if types == NUMBER else " or ".join(type_name(t()) for t in types)
+    example = {int: "1", float: "0.001", str: '"text"', bool: "true"}[types[0]]
+    raise SpecError(
+        f"{where}, [{section}] {key}",
+        f"expected {want}, got {value!r} ({type_name(value)})",
+        f"Write it as, for example, {key} = {example}.",
+    )
+
+
+def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """One section's keys with defaults filled in; unknown keys are errors unless they are kwargs."""
+    table = raw.get(name, {})
+    schema = SCHEMA[name]
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in schema:
+            _check_type(where, name, key, value, schema[key][0])
+            if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
+                choices = CHOICES[(name, key)]
+                raise SpecError(
+                    f"{where}, [{name}] {key}",
+                    f"{value!r} is not one of {', '.join(map(repr, choices))}",
+                    did_you_mean(value, choices),
+                )
+            out[key] = value
+        elif name not in KWARG_SECTIONS:
+            raise SpecError(
+                f"{where}, [{name}] {key}",
+                f"'{key}' is not a key of [{name}]",
+                join_fix(did_you_mean(key, schema), f"Keys of [{name}]: {', '.join(schema)}."),
+            )
+    for key, (_, default) in schema.items():
+        if key not in out:
+            if default is REQUIRED:
+                raise SpecError(
+                    f"{where}, [{name}]",
+                    f"the required key '{key}' is missing",
+                    f'Add {key} = "..." to [{name}]; see the spec reference in README.md.',
+                )
+            out[key] = default
+    return out
+
+
+def _kwargs(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in raw.get(name, {}).items() if k not in SCHEMA[name]}
+
+
+def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None = None) -> Spec:
+    """Check sections, keys, types and choices; fill defaults. Targets are resolved later."""
+    raw = copy.deepcopy(raw)
+    for name, table in raw.items():
+        if name not in SCHEMA:
+            raise SpecError(
+                f"{where}, [{name}]",
+                f"'{name}' is not a section of a tuiloop spec",
+                join_fix(did_you_mean(name, SCHEMA), f"Sections: {', '.join('[' + s + ']' for s in SCHEMA)}."),
+            )
+        if not isinstance(table, dict):
+            raise SpecError(f"{where}, {name}", f"'{name}' must be a table ([{name}]), got {type_name(table)}", f"Write it as a section header [{name}] with keys below it.")
+    for name in REQUIRED_SECTIONS:
+        if name not in raw:
+            raise SpecError(where, f"the required section [{name}] is missing", f'Add [{name}] with target = "..."; see the spec reference in README.md.')
+
+    run = _section(raw, "run", where)
+    if run["name"] is None:
+        run["name"] = path.stem if path else "run"
+        raw.setdefault("run", {})["name"] = run["name"]  # the saved spec keeps the run's name
+    for key in ("epochs", "val_every"):
+        if run[key] < 1:
+            raise SpecError(f"{where}, [run] {key}", f"must be at least 1, got {run[key]}", f"Set {key} = 1 or more.")
+    if run["log_interval"] <= 0:
+        raise SpecError(f"{where}, [run] log_interval", "must be a positive number of seconds", "For example log_interval = 0.25.")
+
+    data = _section(raw, "data", where)
+    for key in ("batch_size", "val_batch_size"):
+        if data[key] is not None and data[key] < 1:
+            raise SpecError(f"{where}, [data] {key}", f"must be at least 1, got {data[key]}", f"Set {key} = 32, for example.")
+    if data["num_workers"] < 0:
+        raise SpecError(f"{where}, [data] num_workers", "cannot be negative", "Use 0 to load in the training process.")
+
+    es = None
+    if "early_stopping" in raw:
+        e = _section(raw, "early_stopping", where)
+        if e["patience"] < 1:
+            raise SpecError(f"{where}, [early_stopping] patience", f"must be at least 1, got {e['patience']}", "Remove [early_stopping] to train for all epochs.")
+        if e["min_delta"] < 0:
+            raise SpecError(f"{where}, [early_stopping] min_delta", "cannot be negative", "It is the smallest improvement that counts, e.g. 0.001.")
+        es = EarlyStoppingSpec(e["monitor"], e["mode"] or default_mode(e["monitor"]), e["patience"], float(e["min_delta"]))
+
+    c = _section(raw, "checkpoint", where)
+    monitor = c["monitor"] or (es.monitor if es else "val_loss")
+    mode = c["mode"] or (es.mode if es and es.monitor == monitor else default_mode(monitor))
+    if c["every_n_epochs"] < 0:
+        raise SpecError(f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off.")
+    checkpoint = CheckpointSpec(c["best"], c["last"], c["every_n_epochs"], monitor, mode)
+
+    sched = None
+    if "scheduler" in raw:
+        s = _section(raw, "scheduler", where)
+        sched = SchedulerSpec("scheduler", s["target"], _kwargs(raw, "scheduler"), interval=s["interval"], monitor=s["monitor"])
+
+    return Spec(
+        path=path,
+        base_dir=base_dir,
+        raw=raw,
+        run=RunSpec(**{**run, "log_interval": float(run["log_interval"])}),
+        model=TargetSpec("model", _section(raw, "model", where)["target"], _kwargs(raw, "model")),
+        data=DataSpec("data", data.pop("target"), _kwargs(raw, "data"), **data),
+        loss=TargetSpec("loss", _section(raw, "loss", where)["target"], _kwargs(raw, "loss")),
+        optimizer=TargetSpec("optimizer", _section(raw, "optimizer", where)["target"], _kwargs(raw, "optimizer")),
+        scheduler=sched,
+        early_stopping=es,
+        checkpoint=checkpoint,
+    )

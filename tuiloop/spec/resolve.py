@@ -1,0 +1,186 @@
+"""Resolving a spec's targets to Python objects, and checking keyword arguments against them.
+
+A target is a name in torch (``"AdamW"``, ``"CrossEntropyLoss"``, ``"StepLR"``), a module
+attribute (``"package.module:attr"``) or a file attribute (``"models.py:MLP"``, relative to
+the spec file's folder).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
+from tuiloop.spec.schema import Spec, TargetSpec
+
+# Arguments tuiloop passes itself, by section: the user must not set them.
+SUPPLIED = {"optimizer": ("params",), "scheduler": ("optimizer",), "model": (), "loss": (), "data": ()}
+# [data] keys a data target may also accept (then they are passed on).
+DATA_PASSTHROUGH = ("batch_size", "num_workers", "seed")
+
+
+@dataclass
+class Resolved:
+    """Everything a spec names, imported and checked, ready for the engine to build."""
+
+    spec: Spec
+    model: Callable[..., Any]
+    data: Callable[..., Any]
+    loss: Callable[..., Any]
+    optimizer: Callable[..., Any]
+    scheduler: Callable[..., Any] | None
+
+
+def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
+    import torch
+
+    if section == "loss":
+        return torch.nn, "torch.nn", lambda o: isinstance(o, type) and issubclass(o, torch.nn.Module) and o.__name__.endswith("Loss")
+    if section == "optimizer":
+        return torch.optim, "torch.optim", lambda o: isinstance(o, type) and issubclass(o, torch.optim.Optimizer)
+    if section == "scheduler":
+        sch = torch.optim.lr_scheduler
+        base = getattr(sch, "LRScheduler", None) or sch._LRScheduler
+        return sch, "torch.optim.lr_scheduler", lambda o: isinstance(o, type) and (issubclass(o, base) or o is sch.ReduceLROnPlateau)
+    return None, "", lambda o: False
+
+
+def _import_file(file: Path, where: str, target: str) -> Any:
+    name = f"tuiloop_user_{abs(hash(str(file)))}_{file.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise SpecError(where, f"cannot import {file} named by target = {target!r}", "Name a .py file.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(file.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise SpecError(where, f"importing {file} (target = {target!r}) raised {_describe(e)}", "Fix that file; run it with python to see the full traceback, or pass --debug.") from e
+    return module
+
+
+def _describe(e: BaseException) -> str:
+    """'TypeError: ... (models.py, line 12)' for the innermost frame in user code."""
+    frames = traceback.extract_tb(e.__traceback__)
+    user = [f for f in frames if "importlib" not in f.filename]
+    loc = f" ({Path(user[-1].filename).name}, line {user[-1].lineno})" if user else ""
+    if isinstance(e, SyntaxError) and e.filename:
+        loc = f" ({Path(e.filename).name}, line {e.lineno})"
+        return f"SyntaxError: {e.msg}{loc}"
+    return f"{type(e).__name__}: {e}{loc}"
+
+
+def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Callable[..., Any]:
+    """Import the object a target string names; raises :class:`SpecError` explaining what failed."""
+    here = f"{where}, [{section}] target"
+    if ":" not in target:
+        namespace, ns_name, accepts = _torch_namespace(section)
+        if namespace is None:
+            raise SpecError(here, f"{target!r} does not say where {target} lives", f'Write "file.py:{target}" (relative to the spec file) or "package.module:{target}".')
+        obj = getattr(namespace, target, None)
+        if obj is not None and accepts(obj):
+            return obj
+        names = sorted(n for n in dir(namespace) if not n.startswith("_") and accepts(getattr(namespace, n)))
+        raise SpecError(
+            here,
+            f"{target!r} is not a {section} in {ns_name}",
+            join_fix(did_you_mean(target, names), f'Use a {ns_name} class name or "module:attr" for your own.'),
+        )
+    module_part, _, attr = target.rpartition(":")
+    if not module_part or not attr:
+        raise SpecError(here, f"{target!r} is not of the form 'module:attr' or 'file.py:attr'", 'For example target = "models.py:MLP".')
+    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+        file = (base_dir / module_part).resolve()
+        if not file.is_file():
+            siblings = [p.name for p in file.parent.glob("*.py")] if file.parent.is_dir() else []
+            raise SpecError(
+                here,
+                f"no file {file} (file targets are relative to the spec file's folder {base_dir})",
+                join_fix(did_you_mean(file.name, siblings), "Check the file name."),
+            )
+        module = _import_file(file, here, target)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as e:
+            if e.name and module_part.startswith(e.name):
+                raise SpecError(here, f"no module named {e.name!r} (from target = {target!r})", f"Install it, or for a file next to the spec write \"{module_part.replace('.', '/')}.py:{attr}\".") from None
+            raise SpecError(here, f"importing {module_part} raised {_describe(e)}", "Install the missing package.") from e
+        except Exception as e:
+            raise SpecError(here, f"importing {module_part} raised {_describe(e)}", "Fix that module, or pass --debug for the traceback.") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise SpecError(here, f"{module_part} has no attribute {part!r}", join_fix(did_you_mean(part, names), "Check the name after the colon."))
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SpecError(here, f"{target!r} is not a class or function", "Point target at something tuiloop can call.")
+    return obj
+
+
+def check_kwargs(fn: Callable[..., Any], section: str, target: str, kwargs: dict[str, Any], where: str, supplied: tuple[str, ...] = ()) -> None:
+    """Every key must be a parameter of ``fn`` and every required parameter must be given."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: let the call tell
+    params = dict(sig.parameters)
+    for name in supplied:
+        params.pop(name, None)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key in supplied:
+            raise SpecError(f"{where}, [{section}] {key}", f"tuiloop passes {key} to {target} itself", f"Remove {key} from [{section}].")
+        if key not in named and not takes_any:
+            raise SpecError(
+                f"{where}, [{section}] {key}",
+                f"{key!r} is not a parameter of {target}",
+                join_fix(did_you_mean(key, named), f"{target} accepts: {', '.join(named) or 'no keyword arguments'}."),
+            )
+    for name, p in params.items():
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs:
+            raise SpecError(f"{where}, [{section}]", f"{target} needs {name!r}, which has no default", f"Add {name} = ... to [{section}].")
+
+
+def data_kwargs(spec: Spec, fn: Callable[..., Any]) -> dict[str, Any]:
+    """The data target's kwargs, plus batch_size/num_workers/seed when it asks for them."""
+    kwargs = dict(spec.data.kwargs)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    values = {"batch_size": spec.data.batch_size, "num_workers": spec.data.num_workers, "seed": spec.run.seed}
+    for key in DATA_PASSTHROUGH:
+        if key in params and key not in kwargs:
+            kwargs[key] = values[key]
+    return kwargs
+
+
+def resolve(spec: Spec) -> Resolved:
+    """Import every target of ``spec`` and check its keyword arguments."""
+    where = spec.where
+    out: dict[str, Any] = {}
+    sections: list[TargetSpec] = [spec.model, spec.data, spec.loss, spec.optimizer]
+    if spec.scheduler is not None:
+        sections.append(spec.scheduler)
+    for sec in sections:
+        fn = resolve_target(sec.section, sec.target, spec.base_dir, where)
+        kwargs = data_kwargs(spec, fn) if sec.section == "data" else sec.kwargs
+        check_kwargs(fn, sec.section, sec.target, kwargs, where, SUPPLIED[sec.section])
+        out[sec.section] = fn
+    return Resolved(spec, out["model"], out["data"], out["loss"], out["optimizer"], out.get("scheduler"))

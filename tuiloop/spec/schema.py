@@ -1,0 +1,147 @@
+"""The spec's sections and keys: names, types, defaults, and the validated dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# (type(s) accepted, default). REQUIRED marks keys without a default.
+REQUIRED = object()
+NUMBER = (int, float)
+
+# Sections whose other keys are keyword arguments of their target.
+KWARG_SECTIONS = {"model", "data", "loss", "optimizer", "scheduler"}
+
+SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
+    "run": {
+        "name": (str, None),  # default: the spec file's stem
+        "out_dir": (str, "runs"),
+        "seed": (int, 0),
+        "device": (str, "auto"),
+        "epochs": (int, 10),
+        "val_every": (int, 1),
+        "log_interval": (NUMBER, 0.25),
+    },
+    "model": {"target": (str, REQUIRED)},
+    "data": {
+        "target": (str, REQUIRED),
+        "batch_size": (int, 32),
+        "val_batch_size": (int, None),
+        "num_workers": (int, 0),
+        "shuffle": (bool, True),
+        "drop_last": (bool, False),
+        "pin_memory": ((bool, str), "auto"),
+    },
+    "loss": {"target": (str, REQUIRED)},
+    "optimizer": {"target": (str, REQUIRED)},
+    "scheduler": {
+        "target": (str, REQUIRED),
+        "interval": (str, "epoch"),
+        "monitor": (str, None),
+    },
+    "early_stopping": {
+        "monitor": (str, "val_loss"),
+        "mode": (str, None),
+        "patience": (int, 5),
+        "min_delta": (NUMBER, 0.0),
+    },
+    "checkpoint": {
+        "best": (bool, True),
+        "last": (bool, True),
+        "every_n_epochs": (int, 0),
+        "monitor": (str, None),
+        "mode": (str, None),
+    },
+}
+
+REQUIRED_SECTIONS = ("model", "data", "loss", "optimizer")
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("scheduler", "interval"): ("epoch", "step"),
+    ("early_stopping", "mode"): ("min", "max"),
+    ("checkpoint", "mode"): ("min", "max"),
+}
+
+
+def default_mode(monitor: str) -> str:
+    """Accuracy-like metrics improve upwards, losses and errors downwards."""
+    return "max" if any(k in monitor for k in ("acc", "f1", "auc", "precision", "recall", "r2")) else "min"
+
+
+@dataclass
+class TargetSpec:
+    """A section that names something to build (``target``) and its keyword arguments."""
+
+    section: str
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSpec:
+    name: str
+    out_dir: str
+    seed: int
+    device: str
+    epochs: int
+    val_every: int
+    log_interval: float
+
+
+@dataclass
+class DataSpec(TargetSpec):
+    batch_size: int = 32
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    pin_memory: bool | str = "auto"
+
+
+@dataclass
+class SchedulerSpec(TargetSpec):
+    interval: str = "epoch"
+    monitor: str | None = None
+
+
+@dataclass
+class EarlyStoppingSpec:
+    monitor: str
+    mode: str
+    patience: int
+    min_delta: float
+
+
+@dataclass
+class CheckpointSpec:
+    best: bool
+    last: bool
+    every_n_epochs: int
+    monitor: str
+    mode: str
+
+
+@dataclass
+class Spec:
+    """A validated spec. ``raw`` is the TOML data after overrides; ``base_dir`` resolves files."""
+
+    path: Path | None
+    base_dir: Path
+    raw: dict[str, Any]
+    run: RunSpec
+    model: TargetSpec
+    data: DataSpec
+    loss: TargetSpec
+    optimizer: TargetSpec
+    scheduler: SchedulerSpec | None
+    early_stopping: EarlyStoppingSpec | None
+    checkpoint: CheckpointSpec
+
+    @property
+    def monitor(self) -> str:
+        return self.checkpoint.monitor
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else "spec"
