@@ -133,9 +133,12 @@ def execute(
         if not last.is_file():
             raise SpecError(str(run_dir), "there is no checkpoints/last.pt to resume from", "Resume needs a run that saved its last state ([checkpoint] last = true).")
         trainer.resume(last)
+        from tuiloop.engine.checkpoint import remove_stale_temps
+
+        remove_stale_temps(run_dir / rundir.CHECKPOINTS)  # half-written files of a killed run
 
     info = rundir.read_json(run_dir / rundir.RUN_INFO) or {}
-    info.update(pid=os.getpid(), versions=versions())
+    info.update(pid=os.getpid(), pid_start=rundir.process_start(os.getpid()), versions=versions())
     rundir.write_json_atomic(run_dir / rundir.RUN_INFO, info)
 
     log = JsonlSink(run_dir / rundir.EVENTS)

@@ -2,11 +2,12 @@
 
 Two paths:
 
-* In-memory ``TensorDataset`` with ``num_workers = 0``: one ``randperm`` per epoch and one
-  ``index_select`` per tensor per batch. Same samples, same batch composition rules and the
-  same dtypes as a shuffled ``DataLoader`` with the default collate, without the per-sample
-  ``__getitem__`` and collate overhead. On CUDA a dataset up to ``DEVICE_CACHE_BYTES`` is
-  copied to the GPU once.
+* In-memory ``TensorDataset`` with ``num_workers = 0``: one ``randperm`` per epoch; the rows
+  of up to ``CHUNK_BYTES`` worth of batches are gathered with one ``index_select`` per tensor
+  and split into batch views. Same samples, same batch composition rules and the same dtypes
+  as a shuffled ``DataLoader`` with the default collate, without the per-sample
+  ``__getitem__`` and collate overhead (about 75 us per batch of 32 on a CPU, against 1-2 us
+  here). On CUDA a dataset up to ``DEVICE_CACHE_BYTES`` is copied to the GPU once.
 * Anything else: a ``DataLoader`` whose generator is reseeded each epoch. A ``DataLoader`` the
   user built is used as it is.
 
@@ -17,15 +18,19 @@ epoch's order and skips the batches already done.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tuiloop.engine.checkpoint import rng_state, set_rng_state
 from tuiloop.engine.device import to_device
 
 DEVICE_CACHE_BYTES = 1 << 30
+# Rows gathered at once: large enough that per-batch calls vanish, small enough to stay in cache.
+CHUNK_BYTES = 1 << 20
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -84,6 +89,7 @@ class Batches:
             tensors = tuple(t.to(self.device) for t in tensors)
         self._tensors = tensors
         self._n = len(tensors[0])
+        self._row_bytes = max(1, sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors))
 
     @property
     def num_samples(self) -> int | None:
@@ -114,7 +120,12 @@ class Batches:
             return self._tensor_batches(start)
         it = iter(self._loader)  # type: ignore[arg-type]
         if start:
-            it = itertools.islice(it, start, None)
+            # Skipping loads the batches; a dataset that draws random numbers (augmentation)
+            # must not advance the RNGs a resumed checkpoint has just restored.
+            state = rng_state()
+            for _ in itertools.islice(it, start):
+                pass
+            set_rng_state(state)
         return (to_device(b, self.device, self.non_blocking) for b in it)
 
     def close(self) -> None:
@@ -135,14 +146,24 @@ class Batches:
         stop = n - n % bs if self.drop_last else n
         tensors = self._tensors
         assert tensors is not None
-        for i in range(start * bs, stop, bs):
+        per_chunk = max(1, CHUNK_BYTES // (bs * self._row_bytes))
+        span = per_chunk * bs
+        # Chunks start at fixed batch indices, so a run resumed at batch `start` gets every batch
+        # at the same offset in the same chunk as the uninterrupted run (bitwise-equal kernels).
+        skip = start % per_chunk
+        copy = not self._cached and self.device.type != "cpu"
+        for lo in range((start - skip) * bs, stop, span):
+            hi = min(lo + span, stop)
             if order is None:
-                batch = tuple(t[i : i + bs] for t in tensors)
+                chunk = tuple(t[lo:hi] for t in tensors)
             else:
-                idx = order[i : i + bs]
-                batch = tuple(t.index_select(0, idx) for t in tensors)
-            if not self._cached and self.device.type != "cpu":
+                idx = order[lo:hi]
+                chunk = tuple(t.index_select(0, idx) for t in tensors)
+            if copy:
                 if self.non_blocking:  # an async copy needs page-locked source memory
-                    batch = tuple(t.pin_memory() for t in batch)
-                batch = tuple(t.to(self.device, non_blocking=self.non_blocking) for t in batch)
-            yield batch
+                    chunk = tuple(t.pin_memory() for t in chunk)
+                chunk = tuple(t.to(self.device, non_blocking=self.non_blocking) for t in chunk)
+            batches = zip(*(t.split(bs) for t in chunk))
+            if skip:
+                batches, skip = itertools.islice(batches, skip, None), 0
+            yield from batches

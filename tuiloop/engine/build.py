@@ -75,7 +75,7 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
     if spec.scheduler is not None and resolved.scheduler is not None:
         interval = spec.scheduler.interval
         scheduler = _call(where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs)
-        if type(scheduler).__name__ == "ReduceLROnPlateau" and interval == "step":
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and interval == "step":
             raise SpecError(f"{where}, [scheduler] interval", "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch", 'Set interval = "epoch".')
 
     d = spec.data

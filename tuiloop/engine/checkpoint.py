@@ -50,6 +50,30 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         pass
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files that killed writers left behind (``.NAME.PID.tmp`` of dead PIDs)."""
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a tuiloop checkpoint the way a user would: weights only."""
     return torch.load(path, map_location=map_location, weights_only=True)

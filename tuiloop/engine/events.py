@@ -26,7 +26,9 @@ class Event:
     time: float = field(default_factory=now, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # Shallow: events hold no nested dataclasses, and asdict's deep copy of a TrainSteps
+        # loss list costs ~0.7 us per loss on the training thread.
+        d = dict(self.__dict__)
         d["event"] = self.kind
         return d
 

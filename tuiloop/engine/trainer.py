@@ -97,7 +97,7 @@ class Trainer:
         self.sinks: list[Sink] = []
         self.best = MetricMonitor(self.opt.monitor, self.opt.mode)
         self.es = self.opt.early_stopping
-        self.plateau = type(scheduler).__name__ == "ReduceLROnPlateau"
+        self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # subclasses too
         # run state (all of it goes into checkpoints)
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch
@@ -203,7 +203,7 @@ class Trainer:
             self.save("manual")
         elif cmd == "stop" and self.state != "stopping":
             self.state = "stopping"
-            self._stop_reason = "stopped by request"
+            self._stop_reason = self._stop_reason or "stopped by request"  # a signal set its own
             self.emit(StateChanged("stopping", self._stop_reason))
         elif cmd == "force":
             os._exit(130)
@@ -246,7 +246,7 @@ class Trainer:
             if status == "stopped" and self.opt.save_last:
                 self.save("last")
         except NonFiniteLoss as e:
-            status, reason = "failed", str(e)
+            status, reason = "failed", str(e).split(";")[0]  # the summary's reason: what happened, not the advice
             self.emit(Message("error", str(e)))
         except SetupError as e:
             status, reason = "failed", "setup error"
@@ -307,17 +307,17 @@ class Trainer:
         next_flush = self._last_flush_time + interval
         self._samples = 0
         model.train()
+        if commands.pending:  # a command that came in during validation or saving
+            self._handle_commands(epoch)
+            if self.state == "stopping":
+                return
         for batch in self.train_batches.epoch(epoch, start=self.batch_in_epoch):
-            if commands.pending:
-                self._handle_commands(epoch)
-                if self.state == "stopping":
-                    break
             args, kwargs, target = split_batch(batch)
             optimizer.zero_grad(set_to_none=True)
             output = model(*args, **kwargs)
-            loss = loss_fn(output, target)
-            if self.problem is None:
+            if self.problem is None:  # before the loss: its own error would be less clear
                 self._first_batch(output, target)
+            loss = loss_fn(output, target)
             if exact:  # on the CPU .item() costs no device sync: check before the step
                 value = loss.item()
                 if not math.isfinite(value):
@@ -336,16 +336,21 @@ class Trainer:
             if time.perf_counter() >= next_flush:
                 self._flush(epoch)
                 next_flush = self._last_flush_time + interval
+            # Commands after the step, before the next batch is fetched: a dataset that draws
+            # random numbers must not have drawn for a batch the checkpoint says is not done.
+            if commands.pending:
+                self._handle_commands(epoch)
+                if self.state == "stopping":
+                    break
         self._flush(epoch)
-        if self.state != "stopping" and commands.pending:
-            self._handle_commands(epoch)  # a command that came in during the last step
 
     def _first_batch(self, output: Any, target: Any) -> None:
         self.problem = infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
         for text in check_batch(self.loss_fn, output, target, self.problem):
             self.emit(Message("warning", text))
         available = ["train_loss", "val_loss", *metric_names(self.problem)]
-        for name, monitor in (("[checkpoint] monitor", self.opt.monitor), ("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor)):
+        # [checkpoint] monitor defaults to the early-stopping one: name the key the user wrote first
+        for name, monitor in (("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor), ("[checkpoint] monitor", self.opt.monitor)):
             if monitor is not None and monitor not in available:
                 raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
 

@@ -46,3 +46,13 @@ def type_name(value: object) -> str:
         list: "an array",
         dict: "a table",
     }.get(type(value), type(value).__name__)
+
+
+def from_override(err: SpecError, overrides: Iterable[str]) -> SpecError:
+    """The same error, saying which ``--set`` gave the bad value (the file does not show it)."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        section, _, name = key.partition(".")
+        if name and err.where.endswith(f"[{section}] {name}"):
+            return SpecError(f"{err.where} (from --set {item})", err.problem, err.fix)
+    return err

@@ -11,6 +11,7 @@ from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.schema import (
     CHOICES,
     KWARG_SECTIONS,
+    METRICS,
     NUMBER,
     REQUIRED,
     REQUIRED_SECTIONS,
@@ -136,6 +137,15 @@ def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _check_monitor(where: str, section: str, value: str | None) -> None:
+    if value is not None and value not in METRICS:
+        raise SpecError(
+            f"{where}, [{section}] monitor",
+            f"{value!r} is not a metric tuiloop reports",
+            join_fix(did_you_mean(value, METRICS), f"Use one of {', '.join(METRICS)} (val_acc for classification, val_mae for regression)."),
+        )
+
+
 def _kwargs(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in raw.get(name, {}).items() if k not in SCHEMA[name]}
 
@@ -180,9 +190,11 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             raise SpecError(f"{where}, [early_stopping] patience", f"must be at least 1, got {e['patience']}", "Remove [early_stopping] to train for all epochs.")
         if e["min_delta"] < 0:
             raise SpecError(f"{where}, [early_stopping] min_delta", "cannot be negative", "It is the smallest improvement that counts, e.g. 0.001.")
+        _check_monitor(where, "early_stopping", e["monitor"])
         es = EarlyStoppingSpec(e["monitor"], e["mode"] or default_mode(e["monitor"]), e["patience"], float(e["min_delta"]))
 
     c = _section(raw, "checkpoint", where)
+    _check_monitor(where, "checkpoint", c["monitor"])
     monitor = c["monitor"] or (es.monitor if es else "val_loss")
     mode = c["mode"] or (es.mode if es and es.monitor == monitor else default_mode(monitor))
     if c["every_n_epochs"] < 0:
@@ -192,6 +204,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     sched = None
     if "scheduler" in raw:
         s = _section(raw, "scheduler", where)
+        _check_monitor(where, "scheduler", s["monitor"])
         sched = SchedulerSpec("scheduler", s["target"], _kwargs(raw, "scheduler"), interval=s["interval"], monitor=s["monitor"])
 
     return Spec(

@@ -96,7 +96,7 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
         names = sorted(n for n in dir(namespace) if not n.startswith("_") and accepts(getattr(namespace, n)))
         raise SpecError(
             here,
-            f"{target!r} is not a {section} in {ns_name}",
+            f"{target!r} is not {'an' if section[0] in 'aeiou' else 'a'} {section} in {ns_name}",
             join_fix(did_you_mean(target, names), f'Use a {ns_name} class name or "module:attr" for your own.'),
         )
     module_part, _, attr = target.rpartition(":")

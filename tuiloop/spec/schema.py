@@ -57,6 +57,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
 
 REQUIRED_SECTIONS = ("model", "data", "loss", "optimizer")
 
+# Every metric the engine can report (tuiloop.engine.problem.metric_names); monitors must name one.
+METRICS = ("train_loss", "val_loss", "val_acc", "val_mae")
+
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("scheduler", "interval"): ("epoch", "step"),
     ("early_stopping", "mode"): ("min", "max"),

@@ -1,0 +1,116 @@
+"""Shared helpers: tiny specs written next to a copy of tests/fixtures/tiny.py, the real CLI."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEMOS = REPO / "demos"
+
+sys.path.insert(0, str(FIXTURES))  # tests import tiny directly for the Python API
+
+# A small multi-class run: 120 training samples, batch 16 -> 8 steps per epoch.
+BASE_SPEC: dict[str, dict[str, Any]] = {
+    "run": {"name": "tiny", "seed": 0, "device": "cpu", "epochs": 3, "log_interval": 0.05},
+    "model": {"target": "tiny.py:MLP", "in_features": 4, "out_features": 3, "hidden": 16},
+    "data": {"target": "tiny.py:classes", "batch_size": 16},
+    "loss": {"target": "CrossEntropyLoss"},
+    "optimizer": {"target": "Adam", "lr": 0.01},
+}
+
+
+def spec_data(**sections: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """BASE_SPEC with sections updated key by key; a section or key given as None is removed."""
+    data = copy.deepcopy(BASE_SPEC)
+    for name, table in sections.items():
+        if table is None:
+            data.pop(name, None)
+            continue
+        section = data.setdefault(name, {})
+        for key, value in table.items():
+            if value is None:
+                section.pop(key, None)
+            else:
+                section[key] = value
+    return data
+
+
+def write_spec(folder: Path, name: str = "spec.toml", text: str | None = None, **sections: dict[str, Any] | None) -> Path:
+    """Write a spec into ``folder`` (runs go to ``folder/runs``); ``text`` is written verbatim."""
+    from tuiloop.spec.dump import dump_toml
+
+    if text is None:
+        data = spec_data(**sections)
+        data["run"].setdefault("out_dir", str(folder / "runs"))
+        text = dump_toml(data)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A temp folder holding tiny.py, where specs and runs go."""
+    shutil.copy(FIXTURES / "tiny.py", tmp_path / "tiny.py")
+    return tmp_path
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TERM", None)
+    return env
+
+
+def run_cli(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real command, ``python -m tuiloop ARGS``, with stdout/stderr piped (not a TTY)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuiloop", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
+
+
+def start_cli(*args: str | Path, cwd: Path) -> subprocess.Popen:
+    """The real command in the background, output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuiloop", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+
+
+def only_run(out_dir: Path) -> Path:
+    """The one run directory under ``out_dir``."""
+    runs = [p for p in out_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def load_ckpt(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Bitwise equality of two state dicts."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"

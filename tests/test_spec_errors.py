@@ -1,0 +1,266 @@
+"""Bad specs: each gives one paragraph naming the file, the key and the fix, exit status 2, no traceback.
+
+Most cases call the CLI's ``main()`` in-process (same code path, without paying for a torch
+import per case); a few run the real ``python -m tuiloop`` command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_spec
+
+from tuiloop.cli import main
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
+    """Run ``tuiloop ARGS`` in-process; it must fail with status 2; returns its one-paragraph error."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    assert err.startswith("tuiloop: error: "), err
+    assert err.count("\n") == 1, f"not one paragraph: {err!r}"
+    return err
+
+
+def run_error(capsys: pytest.CaptureFixture[str], spec: Path, *sets: str) -> str:
+    args: list[str | Path] = ["run", spec, "--headless"]
+    for s in sets:
+        args += ["--set", s]
+    return cli_error(capsys, *args)
+
+
+def has_all(text: str, *parts: str) -> None:
+    for p in parts:
+        assert p in text, f"{p!r} not in {text!r}"
+
+
+# ---- structure: sections, keys, types, choices ------------------------------------------------
+def test_unknown_section_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(workdir, modle={"target": "tiny.py:MLP"})
+    err = run_error(capsys, spec)
+    has_all(err, "spec.toml", "[modle]", "not a section", "Did you mean 'model'?", "[early_stopping]")
+
+
+def test_unknown_key_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(workdir, run={"epoch": 3})
+    err = run_error(capsys, spec)
+    has_all(err, "spec.toml, [run] epoch", "'epoch' is not a key of [run]", "Did you mean 'epochs'?", "Keys of [run]:")
+
+
+def test_wrong_type_names_key_and_example(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(workdir, run={"epochs": "ten"})
+    err = run_error(capsys, spec)
+    has_all(err, "spec.toml, [run] epochs", "expected an integer, got 'ten' (a string)", "epochs = 1")
+    err = run_error(capsys, write_spec(workdir, data={"shuffle": "yes"}))
+    has_all(err, "[data] shuffle", "expected a boolean", "shuffle = true")
+
+
+def test_bool_is_not_an_integer(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, run={"epochs": True}))
+    has_all(err, "[run] epochs", "expected an integer, got True (a boolean)")
+
+
+def test_bad_choice_interval(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(workdir, scheduler={"target": "StepLR", "step_size": 1, "interval": "epochs"})
+    err = run_error(capsys, spec)
+    has_all(err, "spec.toml, [scheduler] interval", "'epochs' is not one of 'epoch', 'step'", "Did you mean 'epoch'?")
+
+
+def test_bad_choice_mode(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, early_stopping={"mode": "maximum"}))
+    has_all(err, "[early_stopping] mode", "'maximum' is not one of 'min', 'max'", "Did you mean 'max'?")
+
+
+def test_out_of_range_values(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    has_all(run_error(capsys, write_spec(workdir, run={"epochs": 0})), "[run] epochs", "at least 1, got 0", "epochs = 1 or more")
+    has_all(run_error(capsys, write_spec(workdir, data={"batch_size": 0})), "[data] batch_size", "at least 1")
+    has_all(run_error(capsys, write_spec(workdir, early_stopping={"patience": 0})), "[early_stopping] patience", "Remove [early_stopping]")
+    has_all(run_error(capsys, write_spec(workdir, early_stopping={"min_delta": -0.1})), "[early_stopping] min_delta", "cannot be negative")
+
+
+def test_unknown_monitor_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, early_stopping={"monitor": "val_accuracy"}))
+    has_all(err, "spec.toml, [early_stopping] monitor", "'val_accuracy' is not a metric", "Did you mean 'val_acc'?", "val_mae")
+    err = run_error(capsys, write_spec(workdir, checkpoint={"monitor": "loss"}))
+    has_all(err, "[checkpoint] monitor", "'loss' is not a metric")
+
+
+def test_missing_section_and_missing_target(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, loss=None))
+    has_all(err, "spec.toml", "required section [loss] is missing", 'Add [loss] with target = "..."')
+    text = write_spec(workdir).read_text() + "\n[scheduler]\ngamma = 0.5\n"
+    err = run_error(capsys, write_spec(workdir, text=text))
+    has_all(err, "spec.toml, [scheduler]", "required key 'target' is missing", 'Add target = "..." to [scheduler]')
+
+
+def test_invalid_toml_names_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(workdir, text='[run]\nepochs = 3\nname = digits\n')
+    err = run_error(capsys, spec)
+    has_all(err, "spec.toml", "not valid TOML", "line 3", "strings need quotes")
+
+
+def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, workdir / "nope.toml")
+    has_all(err, "nope.toml", "no such spec file")
+
+
+# ---- targets: names, files, modules, signatures -----------------------------------------------
+@pytest.mark.parametrize(
+    ("section", "target", "expected"),
+    [
+        ("optimizer", "Adamw", ["[optimizer] target", "'Adamw' is not an optimizer in torch.optim", "Did you mean 'AdamW'?"]),
+        ("loss", "CrossEntropy", ["[loss] target", "not a loss in torch.nn", "Did you mean 'CrossEntropyLoss'?"]),
+        ("loss", "crossentropyloss", ["Did you mean 'CrossEntropyLoss'?"]),
+        ("scheduler", "ReduceLROnPlateu", ["[scheduler] target", "not a scheduler in torch.optim.lr_scheduler", "Did you mean 'ReduceLROnPlateau'?"]),
+        ("optimizer", "Linear", ["'Linear' is not an optimizer"]),  # exists in torch, but is not an optimizer
+        ("model", "MLP", ["[model] target", "does not say where MLP lives", '"file.py:MLP"']),
+    ],
+)
+def test_unknown_torch_names(workdir: Path, capsys: pytest.CaptureFixture[str], section: str, target: str, expected: list[str]) -> None:
+    spec = write_spec(workdir, **{section: {"target": target}})
+    has_all(run_error(capsys, spec), "spec.toml", *expected)
+
+
+def test_kwarg_not_accepted_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, model={"hiden": 8}))
+    has_all(err, "spec.toml, [model] hiden", "'hiden' is not a parameter of tiny.py:MLP", "Did you mean 'hidden'?", "accepts: in_features, out_features, hidden")
+    err = run_error(capsys, write_spec(workdir, optimizer={"weight_decy": 0.1}))
+    has_all(err, "[optimizer] weight_decy", "not a parameter of Adam", "Did you mean 'weight_decay'?")
+    err = run_error(capsys, write_spec(workdir, data={"val_fractoin": 0.1}))
+    has_all(err, "[data] val_fractoin", "not a parameter of tiny.py:classes")
+
+
+def test_supplied_argument_cannot_be_set(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, optimizer={"params": [1]}))
+    has_all(err, "[optimizer] params", "tuiloop passes params to Adam itself", "Remove params")
+
+
+def test_missing_required_kwarg(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, scheduler={"target": "StepLR"}))
+    has_all(err, "spec.toml, [scheduler]", "StepLR needs 'step_size', which has no default", "Add step_size = ... to [scheduler]")
+
+
+def test_plateau_cannot_step_per_batch(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, scheduler={"target": "ReduceLROnPlateau", "interval": "step"}))
+    has_all(err, "[scheduler] interval", "ReduceLROnPlateau", 'Set interval = "epoch"')
+
+
+def test_file_target_that_does_not_exist(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, model={"target": "tinyy.py:MLP"}))
+    has_all(err, "spec.toml, [model] target", "no file", "tinyy.py", "relative to the spec file's folder", "Did you mean 'tiny.py'?")
+
+
+def test_attribute_missing_in_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, model={"target": "tiny.py:MPL"}))
+    has_all(err, "[model] target", "tiny.py has no attribute 'MPL'", "Did you mean 'MLP'?")
+
+
+def test_module_that_cannot_be_imported(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, model={"target": "nosuchpkg.models:MLP"}))
+    has_all(err, "[model] target", "no module named 'nosuchpkg'", "Install it", '"nosuchpkg/models.py:MLP"')
+
+
+def test_module_whose_import_fails_inside(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "needs_missing.py").write_text("import numpyy\n")
+    err = run_error(capsys, write_spec(workdir, model={"target": "needs_missing.py:MLP"}))
+    has_all(err, "[model] target", "ModuleNotFoundError", "numpyy", "needs_missing.py, line 1")
+
+
+def test_file_with_syntax_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "broken.py").write_text("import torch\n\ndef model(:\n    pass\n")
+    err = run_error(capsys, write_spec(workdir, model={"target": "broken.py:model"}))
+    has_all(err, "spec.toml, [model] target", "SyntaxError", "broken.py, line 3", "--debug")
+
+
+def test_target_that_raises_when_built(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, model={"target": "tiny.py:broken_model", "in_features": 4, "out_features": None, "hidden": None}))
+    has_all(err, "spec.toml, [model]", "building tiny.py:broken_model(in_features=4) raised ValueError", "not supported", "tiny.py, line", "--debug")
+
+
+def test_data_target_that_returns_no_pair(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, data={"target": "tiny.py:not_a_pair"}))
+    has_all(err, "[data] target", "must return (train, val)", "got TensorDataset")
+
+
+def test_device_that_is_not_there(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    err = run_error(capsys, write_spec(workdir), "run.device=gpu")
+    has_all(err, "[run] device", "'gpu' is not a device name", "auto, cpu, cuda")
+    if not torch.cuda.is_available():
+        err = run_error(capsys, write_spec(workdir), "run.device=cuda")
+        has_all(err, "[run] device", "no CUDA GPU", '"cpu"')
+
+
+# ---- --set overrides --------------------------------------------------------------------------
+def test_set_values_are_toml_and_bare_words_are_strings(workdir: Path) -> None:
+    from tuiloop.spec import load_spec
+
+    spec = load_spec(write_spec(workdir), ["optimizer.lr=3e-4", "run.device=cpu", "run.epochs=7", "data.shuffle=false", "model.hidden=8", 'run.name="quoted"'])
+    assert spec.optimizer.kwargs["lr"] == 3e-4 and isinstance(spec.optimizer.kwargs["lr"], float)
+    assert spec.run.device == "cpu"
+    assert spec.run.epochs == 7
+    assert spec.data.shuffle is False
+    assert spec.model.kwargs["hidden"] == 8
+    assert spec.run.name == "quoted"
+    spec = load_spec(write_spec(workdir), ["scheduler.target=StepLR", "scheduler.step_size=2", "early_stopping.patience=3"])
+    assert spec.scheduler is not None and spec.scheduler.kwargs == {"step_size": 2}
+    assert spec.early_stopping is not None and spec.early_stopping.patience == 3
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("lr=3", ["--set lr=3", "section.key=value", "--set optimizer.lr=3e-4"]),
+        ("optimizer.lr", ["--set optimizer.lr", "section.key=value"]),
+        ("optimzer.lr=3", ["--set optimzer.lr=3", "no section [optimzer]", "Did you mean 'optimizer'?"]),
+        ("run.epoch=2", ["[run] epoch (from --set run.epoch=2)", "Did you mean 'epochs'?"]),
+        ("run.epochs=two", ["[run] epochs (from --set run.epochs=two)", "expected an integer, got 'two'"]),
+        ("optimizer.weight_decy=0.1", ["[optimizer] weight_decy (from --set optimizer.weight_decy=0.1)", "Did you mean 'weight_decay'?"]),
+        ("model.target=tiny.py:MPL", ["[model] target (from --set model.target=tiny.py:MPL)", "Did you mean 'MLP'?"]),
+    ],
+)
+def test_bad_set(workdir: Path, capsys: pytest.CaptureFixture[str], item: str, expected: list[str]) -> None:
+    has_all(run_error(capsys, write_spec(workdir), item), *expected)
+
+
+# ---- the real command -------------------------------------------------------------------------
+def test_real_cli_spec_error_exit_2_no_traceback(workdir: Path) -> None:
+    spec = write_spec(workdir, optimizer={"target": "Adamw"})
+    r = run_cli("run", spec, "--headless", cwd=workdir)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("tuiloop: error: spec.toml, [optimizer] target:") or "spec.toml, [optimizer] target" in r.stderr
+    assert "Did you mean 'AdamW'?" in r.stderr
+    assert r.stdout == ""
+    assert not (workdir / "runs").exists(), "a spec error must not leave a run directory"
+
+
+def test_real_cli_structural_error_and_bad_set(workdir: Path) -> None:
+    spec = write_spec(workdir, run={"epoch": 3})
+    r = run_cli("run", spec, "--headless", cwd=workdir)
+    assert r.returncode == 2 and "Did you mean 'epochs'?" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", write_spec(workdir), "--headless", "--set", "optimizer.lr", cwd=workdir)
+    assert r.returncode == 2 and "section.key=value" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_real_cli_debug_shows_traceback(workdir: Path) -> None:
+    (workdir / "broken.py").write_text("def model(:\n    pass\n")
+    spec = write_spec(workdir, model={"target": "broken.py:model"})
+    r = run_cli("run", spec, "--headless", cwd=workdir)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "SyntaxError" in r.stderr
+    r = run_cli("run", spec, "--headless", "--debug", cwd=workdir)
+    assert r.returncode == 2 and "Traceback" in r.stderr and "tuiloop: error:" in r.stderr
+
+
+def test_real_cli_set_overrides_apply(workdir: Path) -> None:
+    spec = write_spec(workdir)
+    r = run_cli("run", spec, "--headless", "--set", "run.epochs=1", "--set", "run.device=cpu", "--set", "optimizer.lr=3e-4", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    run_dir = next((workdir / "runs").iterdir())
+    saved = (run_dir / "spec.toml").read_text()
+    assert "epochs = 1" in saved and 'device = "cpu"' in saved and "lr = 0.0003" in saved
+    assert "after 1 epochs" in r.stdout
