@@ -1,0 +1,291 @@
+"""tuiloop vs the plain training loop it replaces: steady-state time per epoch, and per-step overhead.
+
+Part 1 trains the same small MLP on the same in-memory data (batch size 32, Adam, one CPU
+thread) two ways, alternating, several rounds:
+
+* plain:   the seed's "Complete Training Template" as written: ``DataLoader(shuffle=True)``,
+           ``loss.item()`` every step, validation every epoch, ``torch.save`` of the best model;
+* tuiloop: ``tuiloop run SPEC --headless`` in a subprocess, on a spec and model/data module
+           written to a temporary directory; its epoch times come from the run's own
+           ``events.jsonl`` time stamps, so they measure exactly what the product does
+           (including its event log and its best.pt/last.pt checkpoints every epoch).
+
+Epoch times are the intervals between the ends of consecutive validations; the first
+``--warmup`` intervals of each run are dropped. It prints the medians and tuiloop/plain.
+
+Part 2 (``--overhead``) measures what the engine itself adds per step: the Trainer (event
+buffering, command checks, the NaN check, the JSON-lines log) against a minimal hand loop that
+uses the same fast batching (:class:`tuiloop.engine.batches.Batches`), training only.
+
+``--profile`` runs tuiloop's headless path in-process under cProfile and prints the top entries.
+
+    python benchmarks/bench_engine.py                # part 1 and part 2 (about 30 s)
+    python benchmarks/bench_engine.py --compare --rounds 9
+    python benchmarks/bench_engine.py --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import bench_task  # noqa: E402  (sets torch to one thread)
+from tuiloop.engine.batches import Batches  # noqa: E402
+
+SPEC = """\
+[run]
+name = "bench"
+out_dir = "{out_dir}"
+seed = 0
+device = "cpu"
+epochs = {epochs}
+
+[model]
+target = "bench_task.py:MLP"
+in_features = {features}
+
+[data]
+target = "bench_task.py:data"
+batch_size = {batch_size}
+samples = {samples}
+features = {features}
+
+[loss]
+target = "CrossEntropyLoss"
+
+[optimizer]
+target = "Adam"
+lr = 1e-3
+
+[checkpoint]
+best = true
+last = true
+"""
+
+
+# ---- part 1: plain loop vs `tuiloop run --headless` -----------------------------------------
+def plain_loop(args: argparse.Namespace, workdir: Path) -> list[float]:
+    """The seed's Complete Training Template; returns the time stamp at the end of each validation."""
+    torch.manual_seed(0)
+    train_set, val_set = bench_task.data(samples=args.samples, features=args.features)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size)
+    out = io.StringIO()  # tuiloop's plain lines go to /dev/null; the template's prints go here
+
+    device = torch.device("cpu")
+    model = bench_task.MLP(in_features=args.features).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    num_epochs = args.epochs
+    best_val_loss = float("inf")
+    stamps = []
+    for epoch in range(num_epochs):
+        model.train()
+        train_loss = 0
+        for batch_x, batch_y in train_loader:
+            batch_x, batch_y = batch_x.to(device), batch_y.to(device)
+            optimizer.zero_grad()
+            output = model(batch_x)
+            loss = criterion(output, batch_y)
+            loss.backward()
+            optimizer.step()
+            train_loss += loss.item()
+        model.eval()
+        val_loss = 0
+        with torch.no_grad():
+            for batch_x, batch_y in val_loader:
+                batch_x, batch_y = batch_x.to(device), batch_y.to(device)
+                output = model(batch_x)
+                loss = criterion(output, batch_y)
+                val_loss += loss.item()
+        stamps.append(time.time())  # the point where tuiloop emits its `validated` event
+        print(f"Epoch {epoch+1}/{num_epochs}", file=out)
+        print(f"  Train Loss: {train_loss/len(train_loader):.4f}", file=out)
+        print(f"  Val Loss: {val_loss/len(val_loader):.4f}", file=out)
+        if val_loss < best_val_loss:
+            best_val_loss = val_loss
+            torch.save(model.state_dict(), workdir / "best_model.pth")
+    return stamps
+
+
+def write_spec(args: argparse.Namespace, workdir: Path) -> Path:
+    shutil.copy(HERE / "bench_task.py", workdir / "bench_task.py")
+    spec = workdir / "spec.toml"
+    spec.write_text(SPEC.format(out_dir=workdir / "runs", epochs=args.epochs, features=args.features, batch_size=args.batch_size, samples=args.samples))
+    return spec
+
+
+def tuiloop_run(args: argparse.Namespace, workdir: Path) -> list[float]:
+    """``tuiloop run SPEC --headless`` in a subprocess; the `validated` time stamps of its event log."""
+    spec = write_spec(args, workdir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], check=True, env=env, stdout=subprocess.DEVNULL, cwd=workdir)
+    (run_dir,) = (workdir / "runs").iterdir()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    finished = events[-1]
+    if finished["event"] != "finished" or finished["status"] != "completed":
+        raise SystemExit(f"the tuiloop run did not complete: {finished}")
+    return [e["time"] for e in events if e["event"] == "validated"]
+
+
+def steady(stamps: list[float], warmup: int) -> list[float]:
+    """Epoch intervals after the first ``warmup`` of them."""
+    return [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+
+
+def part1(args: argparse.Namespace) -> None:
+    train_set, val_set = bench_task.data(samples=args.samples, features=args.features)
+    steps = -(-len(train_set) // args.batch_size)
+    print(f"part 1: MLP {args.features}-128-128-10, {len(train_set)} train / {len(val_set)} val samples, "
+          f"batch {args.batch_size} ({steps} steps/epoch), Adam, {args.epochs} epochs (first {args.warmup} intervals dropped), 1 CPU thread, {args.rounds} rounds")
+    plain_all, tl_all, ratios = [], [], []
+    for r in range(args.rounds):
+        order = (("plain", plain_loop), ("tuiloop", tuiloop_run)) if r % 2 == 0 else (("tuiloop", tuiloop_run), ("plain", plain_loop))
+        med = {}
+        for name, fn in order:
+            with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+                times = steady(fn(args, Path(tmp)), args.warmup)
+            (plain_all if name == "plain" else tl_all).extend(times)
+            med[name] = statistics.median(times)
+        ratios.append(med["tuiloop"] / med["plain"])
+        print(f"  round {r + 1}: plain {med['plain'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}", flush=True)
+    p, t = statistics.median(plain_all), statistics.median(tl_all)
+    print(f"  median over all steady epochs: plain {p * 1e3:.1f} ms ({p / steps * 1e6:.0f} us/step)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/step)")
+    print(f"  ratio tuiloop/plain: {t / p:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.90)")
+
+
+# ---- part 2: the engine's own per-step overhead ---------------------------------------------
+def _fresh(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+    torch.manual_seed(0)
+    train_set, _ = bench_task.data(samples=args.samples, features=args.features)
+    model = bench_task.MLP(in_features=args.features)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = Batches(train_set, torch.device("cpu"), args.batch_size, shuffle=True, seed=0)
+    return model, optimizer, batches
+
+
+def hand_loop(args: argparse.Namespace) -> list[float]:
+    """The least a loop can do with the same batches; returns the time at the end of each epoch."""
+    model, optimizer, batches = _fresh(args)
+    criterion = nn.CrossEntropyLoss()
+    losses: list[float] = []
+    stamps = []
+    model.train()
+    for epoch in range(args.epochs):
+        for x, y in batches.epoch(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(x), y)
+            losses.append(loss.item())
+            loss.backward()
+            optimizer.step()
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def trainer_loop(args: argparse.Namespace, log: Path) -> list[float]:
+    """The Trainer on the same batches with the event log a run writes; no validation or checkpoints.
+
+    Returns the time at the end of each epoch: when its last steps' event reaches the sinks.
+    """
+    from tuiloop.engine.events import TrainSteps
+    from tuiloop.engine.sinks import JsonlSink
+    from tuiloop.engine.trainer import Options, Trainer
+
+    model, optimizer, batches = _fresh(args)
+    steps = len(batches)
+    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=args.epochs, save_best=False, save_last=False))
+    sink = JsonlSink(log)
+    trainer.subscribe(sink)
+    stamps = []
+    trainer.subscribe(lambda e: stamps.append(time.perf_counter()) if isinstance(e, TrainSteps) and e.step_in_epoch == steps else None)
+    finished = trainer.run()
+    sink.close()
+    assert finished.status == "completed", finished
+    return stamps
+
+
+def part2(args: argparse.Namespace) -> None:
+    steps = len(_fresh(args)[2])
+    print(f"part 2: per-step cost of training only, same fast batching (tuiloop Batches), {args.epochs} epochs x {args.rounds} rounds")
+    hand, eng = [], []
+    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        for r in range(args.rounds):
+            for name in (("hand", "trainer") if r % 2 == 0 else ("trainer", "hand")):
+                stamps = hand_loop(args) if name == "hand" else trainer_loop(args, log)
+                (hand if name == "hand" else eng).extend(t / steps for t in steady(stamps, args.warmup))
+    h, e = statistics.median(hand), statistics.median(eng)
+    print(f"  hand loop {h * 1e6:.1f} us/step   tuiloop Trainer {e * 1e6:.1f} us/step   overhead {(e - h) * 1e6:+.1f} us/step ({(e / h - 1) * 100:+.1f}%)")
+
+
+# ---- profiling ------------------------------------------------------------------------------
+def profile(args: argparse.Namespace) -> None:
+    """cProfile of what `tuiloop run --headless` executes, in this process."""
+    import cProfile
+    import pstats
+
+    from tuiloop.engine.sinks import PlainSink
+    from tuiloop.session import execute
+    from tuiloop.spec import load_spec
+
+    null = open(os.devnull, "w")
+    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+        spec = load_spec(write_spec(args, Path(tmp)), ["run.epochs=1"])
+        execute(spec, sinks=[PlainSink(null)], handle_signals=False)  # imports done before profiling
+    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+        spec = load_spec(write_spec(args, Path(tmp)))
+        prof = cProfile.Profile()
+        prof.enable()
+        code, _ = execute(spec, sinks=[PlainSink(null)], handle_signals=False)
+        prof.disable()
+    assert code == 0
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(args.top)
+    print("tuiloop's own functions, by cumulative time:")
+    stats.sort_stats("cumulative").print_stats(r"tuiloop[/\\]", args.top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per run (default 12)")
+    parser.add_argument("--warmup", type=int, default=2, help="epoch intervals dropped at the start of each run (default 2)")
+    parser.add_argument("--samples", type=int, default=4096, help="dataset size, 3/4 train (default 4096)")
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overhead", action="store_true", help="only part 2")
+    parser.add_argument("--compare", action="store_true", help="only part 1")
+    parser.add_argument("--profile", action="store_true", help="profile tuiloop's headless run instead")
+    parser.add_argument("--top", type=int, default=30, help="entries printed by --profile")
+    args = parser.parse_args()
+    if args.warmup >= args.epochs - 1:
+        parser.error("--epochs must leave at least one interval after --warmup")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {sys.version.split()[0]}")
+    if args.profile:
+        profile(args)
+        return
+    if not args.overhead:
+        part1(args)
+    if not args.compare:
+        part2(args)
+
+
+if __name__ == "__main__":
+    main()
