@@ -18,6 +18,10 @@ examples:
   tuiloop run demos/digits.toml --headless      plain log lines (also when not on a terminal)
   tuiloop run demos/digits.toml --set optimizer.lr=3e-4 --set run.epochs=5
   tuiloop run --resume runs/digits-mlp-20261124-120000-ab12
+  tuiloop run demos/digits.toml --detach        start in the background and return
+  tuiloop attach                                the monitor on the newest live run in ./runs
+  tuiloop ls                                    list the runs in ./runs
+  tuiloop show ab12                             a past run, read-only (any unique part of its name)
 """
 
 
@@ -34,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a run from its checkpoints/last.pt, appending to its event log")
     r.add_argument("--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key")
     r.add_argument("--debug", action="store_true", help="show Python tracebacks for spec and setup errors")
+
+    a = sub.add_parser("attach", help="open the monitor on a live run (keys work; d detaches, the run goes on)")
+    a.add_argument("run", nargs="?", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs (default: the newest live run there)")
+    a.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
+    v = sub.add_parser("show", help="open a finished or crashed run in the monitor, read-only (without a terminal: print its log)")
+    v.add_argument("run", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs")
+    v.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
+    ls = sub.add_parser("ls", help="list runs: state, epochs, best metric, duration, start time")
+    ls.add_argument("out_dir", nargs="?", type=Path, default=Path("runs"), metavar="OUT_DIR", help="the runs directory (default: ./runs)")
 
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("run_dir", type=Path)
@@ -52,10 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "_worker":
             return cmd_worker(args)
+        if args.command in ("attach", "show", "ls"):
+            from tuiloop import views
+
+            return {"attach": views.cmd_attach, "show": views.cmd_show, "ls": views.cmd_ls}[args.command](args)
     except SpecError as e:
         if debug:
             traceback.print_exc()
-        print(f"tuiloop: error: {e}", file=sys.stderr)
+        from tuiloop.spec.errors import from_override
+
+        print(f"tuiloop: error: {from_override(e, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -97,6 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve(spec)  # import errors show here, before anything starts
     run_dir = prepare_run_dir(spec, args.resume).resolve()
     proc = spawn_worker(run_dir, resume=args.resume is not None)
+    from tuiloop.rundir import record_process
+
+    record_process(run_dir, proc.pid)  # so `ls` and `attach` see it live before it starts up
     if args.detach:
         print(f"started {run_dir} (pid {proc.pid})")
         print(f"  watch it:  tuiloop attach {run_dir}")

@@ -123,17 +123,24 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     from tuiloop.rundir import CONTROL
 
     path = Path(run_dir) / CONTROL
-    if not path.exists():
-        raise ControlError(f"{run_dir} is not live: it has no control socket")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s.settimeout(timeout)  # a stuck run must not hang the caller
     try:
         with socket_address(path) as addr:
             s.connect(addr)
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the run refused us before reading; its reason is waiting to be read
         line = s.makefile("rb").readline(4096)
-    except (ConnectionRefusedError, FileNotFoundError) as e:
-        raise ControlError(f"{run_dir} is not live: its process has gone ({e.strerror})") from e
+    except FileNotFoundError as e:
+        raise ControlError(f"{run_dir} is not live: it has no control socket") from e
+    except PermissionError as e:
+        raise ControlError(f"permission denied: only the user who started {run_dir} can control it") from e
+    except ConnectionRefusedError as e:
+        raise ControlError(f"{run_dir} is not live: its process has gone and left a stale control socket") from e
+    except TimeoutError as e:
+        raise ControlError(f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)") from e
     except OSError as e:
         raise ControlError(f"could not reach {run_dir}: {e}") from e
     finally:

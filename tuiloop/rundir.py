@@ -127,23 +127,67 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def control_alive(run_dir: Path, timeout: float = 1.0) -> bool:
-    """True if the run's control socket accepts a connection (the run is live)."""
+def process_start(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux); None where unknown.
+
+    A pid and its start time name one process for good: a recycled pid has a later start.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def record_process(run_dir: Path, pid: int) -> None:
+    """Note in run.json which process trains this run, so views can tell if it is still there."""
+    info = read_json(run_dir / RUN_INFO) or {}
+    info.update(pid=pid, pid_start=process_start(pid))
+    write_json_atomic(run_dir / RUN_INFO, info)
+
+
+def process_is_run(info: dict[str, Any]) -> bool:
+    """True if the process named in run.json is alive and is still that run's process."""
+    pid = int(info.get("pid", 0) or 0)
+    if not pid_alive(pid):
+        return False
+    recorded = info.get("pid_start")
+    current = process_start(pid)
+    if recorded is not None and current is not None:
+        return int(recorded) == current
+    try:  # no start time to compare (older run.json): the pid must at least be a tuiloop
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"tuiloop" in f.read()
+    except OSError:
+        return True  # no /proc: trust the pid
+
+
+def control_status(run_dir: Path, timeout: float = 1.0) -> str:
+    """``live`` (the socket accepts a connection), ``stale`` (it is there, nobody listens) or ``absent``."""
     from tuiloop.control import socket_address
 
     path = run_dir / CONTROL
     if not path.exists():
-        return False
+        return "absent"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         with socket_address(path) as addr:
             s.connect(addr)
-        return True
+        return "live"
+    except FileNotFoundError:
+        return "absent"
+    except PermissionError:
+        return "live"  # someone else's live run: it is there, but not ours to command
     except OSError:
-        return False
+        return "stale"
     finally:
         s.close()
+
+
+def control_alive(run_dir: Path, timeout: float = 1.0) -> bool:
+    """True if the run's control socket accepts a connection (the run is live)."""
+    return control_status(run_dir, timeout) == "live"
 
 
 @dataclass
@@ -153,21 +197,61 @@ class RunState:
     state: str  # running | finished | stopped | early_stopped | failed | crashed
     info: dict[str, Any]
     summary: dict[str, Any] | None
+    detail: str = ""  # why a run without a summary counts as crashed
+
+    @property
+    def live(self) -> bool:
+        return self.state == "running"
+
+
+def _ended(info: dict[str, Any], summary: dict[str, Any]) -> RunState:
+    status = summary.get("status", "finished")
+    return RunState({"completed": "finished"}.get(status, status), info, summary)
 
 
 def run_state(run_dir: Path) -> RunState:
-    """Classify a run: a summary says how it ended; no summary and no live process is a crash."""
+    """Classify a run: a summary says how it ended; no summary and no live process is a crash.
+
+    Live means the control socket answers, or (while the run is still starting, before the
+    socket exists) the recorded process is alive and is the same process (pid start time).
+    A socket that refuses connections is stale: its process is gone, even if the pid was reused.
+    """
     info = read_json(run_dir / RUN_INFO) or {}
     summary = read_json(run_dir / SUMMARY)
     if summary is not None:
-        status = summary.get("status", "finished")
-        state = {"completed": "finished"}.get(status, status)
-        return RunState(state, info, summary)
-    pid = int(info.get("pid", 0) or 0)
-    if pid_alive(pid) or control_alive(run_dir):
+        return _ended(info, summary)
+    host = info.get("host")
+    if host and host != socket.gethostname():
+        return _elsewhere(run_dir, info, host)
+    control = control_status(run_dir)
+    if control == "live" or (control == "absent" and process_is_run(info)):
         return RunState("running", info, None)
-    return RunState("crashed", info, None)
+    summary = read_json(run_dir / SUMMARY)  # it may have ended while we looked
+    if summary is not None:
+        return _ended(info, summary)
+    pid = info.get("pid") or "?"
+    if control == "stale":
+        detail = f"its process (pid {pid}) is gone and left a stale control socket, without a summary"
+    else:
+        detail = f"its process (pid {pid}) is gone without writing a summary"
+    return RunState("crashed", info, None, detail)
+
+
+REMOTE_QUIET_S = 600.0
+
+
+def _elsewhere(run_dir: Path, info: dict[str, Any], host: str) -> RunState:
+    """A run on another machine (a shared filesystem): its process and socket cannot be checked
+    from here, so a recently written event log is the only sign of life."""
+    try:
+        quiet = time.time() - (run_dir / EVENTS).stat().st_mtime
+    except OSError:
+        quiet = time.time() - float(info.get("started") or 0)
+    if quiet < REMOTE_QUIET_S:
+        return RunState("running", info, None, f"runs on {host}; its log was written {quiet:.0f}s ago")
+    return RunState("crashed", info, None, f"runs on {host} and has written nothing for {quiet / 60:.0f} minutes, without a summary")
 
 
 def is_run_dir(path: Path) -> bool:
+    """True if ``path`` looks like a tuiloop run directory."""
     return (path / RUN_INFO).is_file() or (path / EVENTS).is_file()

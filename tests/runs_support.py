@@ -1,0 +1,159 @@
+"""Helpers for the tests of runs outside their terminal: real tmux terminals, background runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import cli_env, run_cli
+
+from tuiloop import rundir
+
+TUILOOP = f"{shlex.quote(sys.executable)} -m tuiloop"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's event log as dicts (a torn last line is skipped)."""
+    out = []
+    try:
+        text = (run_dir / rundir.EVENTS).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def last_step(run_dir: Path) -> int:
+    """The global step of the newest training loss in the event log (0 before the first)."""
+    steps = [e["first_step"] + len(e["losses"]) - 1 for e in events(run_dir) if e["event"] == "train_steps"]
+    return max(steps, default=0)
+
+
+def summary(run_dir: Path) -> dict[str, Any] | None:
+    return rundir.read_json(run_dir / rundir.SUMMARY)
+
+
+def new_run_dir(out_dir: Path, before: set[Path], timeout: float = 60) -> Path:
+    """The run directory that appeared under ``out_dir`` since ``before`` was taken."""
+
+    def find() -> Path | None:
+        fresh = [p for p in out_dir.glob("*") if p.is_dir() and p not in before and (p / rundir.RUN_INFO).is_file()]
+        return fresh[0] if fresh else None
+
+    return wait_until(find, timeout, f"a new run directory under {out_dir}")
+
+
+def start_detached(spec: Path, *sets: str, cwd: Path) -> Path:
+    """``tuiloop run --detach SPEC``; returns the run directory it printed."""
+    args = ["run", "--detach", spec, *[a for s in sets for a in ("--set", s)]]
+    done = run_cli(*args, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    m = re.search(r"^started (\S+) \(pid (\d+)\)", done.stdout, re.M)
+    assert m, done.stdout
+    return Path(m.group(1))
+
+
+def wait_live(run_dir: Path, timeout: float = 60) -> None:
+    """Until the run's control socket answers (the training process is set up)."""
+    wait_until(lambda: rundir.control_alive(run_dir) or summary(run_dir), timeout, f"{run_dir.name} to go live")
+    assert summary(run_dir) is None, f"{run_dir.name} ended before the test could act: {summary(run_dir)}"
+
+
+def kill_run(run_dir: Path) -> None:
+    """SIGKILL a run's training process if it is still that process (teardown)."""
+    info = rundir.read_json(run_dir / rundir.RUN_INFO) or {}
+    if rundir.process_is_run(info):
+        try:
+            os.kill(int(info["pid"]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+class Tmux:
+    """A private tmux server (its own socket): real terminals the tests type into and read."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.socket = f"tuiloop-test-{uuid.uuid4().hex[:10]}"
+        self.cwd = cwd
+
+    def _tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=check, env=cli_env())
+
+    def new(self, name: str, command: str, width: int = 100, height: int = 30) -> str:
+        """A detached session running ``command`` (a shell line) in ``cwd``; the pane stays after exit."""
+        env = "PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TERM=xterm-256color"
+        self._tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "-c", str(self.cwd), f"env {env} {command}; echo '[exit '$?']'; sleep 600")
+        return name
+
+    def send(self, name: str, *keys: str) -> None:
+        self._tmux("send-keys", "-t", name, *keys)
+
+    def resize(self, name: str, width: int, height: int) -> None:
+        self._tmux("resize-window", "-t", name, "-x", str(width), "-y", str(height))
+
+    def screen(self, name: str) -> str:
+        return self._tmux("capture-pane", "-p", "-t", name, check=False).stdout
+
+    def wait_for(self, name: str, pattern: str, timeout: float = 60) -> str:
+        """Until the screen matches ``pattern`` (a regex); returns the screen."""
+        last = ""
+
+        def seen() -> str | None:
+            nonlocal last
+            last = self.screen(name)
+            return last if re.search(pattern, last) else None
+
+        try:
+            return wait_until(seen, timeout, f"{pattern!r} on the screen of {name}", every=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the screen was:\n{last}") from None
+
+    def pane_pid(self, name: str) -> int:
+        return int(self._tmux("display-message", "-p", "-t", name, "#{pane_pid}").stdout.strip())
+
+    def kill_session(self, name: str) -> None:
+        """The terminal goes away: tmux hangs up the pane's processes (SIGHUP), as an SSH drop does."""
+        self._tmux("kill-session", "-t", name)
+
+    def close(self) -> None:
+        self._tmux("kill-server", check=False)

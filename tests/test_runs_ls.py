@@ -1,0 +1,208 @@
+"""``tuiloop ls`` on real runs in every state, and how a run's state is told (crashed vs running)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, run_cli, start_cli, write_spec
+from runs_support import events, kill_run, start_detached, wait_live, wait_until
+
+from tuiloop import rundir
+from tuiloop.control import send_command
+from tuiloop.runs import fmt_value
+
+SLOW = {"model": {"delay": 0.05}}  # 8 steps of 50 ms: 0.4 s an epoch, so a test can act mid-run
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder (with tiny.py) for the whole module: the runs below are shared by its tests."""
+    folder = tmp_path_factory.mktemp("ls")
+    shutil.copy(FIXTURES / "tiny.py", folder / "tiny.py")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(workdir: Path) -> Iterator[dict[str, Path]]:
+    """One out_dir holding a finished, early-stopped, failed, stopped, crashed and running run."""
+    made: dict[str, Path] = {}
+    headless = {
+        "finished": write_spec(workdir, "finished.toml", run={"name": "done", "epochs": 2}),
+        # lr 0: val_loss never improves, so patience 1 stops it after the second check
+        "early_stopped": write_spec(workdir, "early.toml", run={"name": "plateau", "epochs": 6}, optimizer={"target": "SGD", "lr": 0.0}, early_stopping={"monitor": "val_loss", "patience": 1}),
+        "failed": write_spec(workdir, "failed.toml", run={"name": "nan"}, data={"target": "tiny.py:with_nan", "shuffle": False}, model={"out_features": 1}, loss={"target": "MSELoss"}),
+    }
+    slow = write_spec(workdir, "slow.toml", run={"name": "slow", "epochs": 200}, **SLOW)
+    out_dir = workdir / "runs"
+    try:
+        procs = [start_cli("run", spec, "--headless", cwd=workdir) for spec in headless.values()]
+        made["stopped"] = start_detached(slow, cwd=workdir)
+        made["crashed"] = start_detached(slow, cwd=workdir)
+        made["running"] = start_detached(slow, "run.name=an-experiment-with-a-rather-long-name", cwd=workdir)
+        for proc in procs:
+            proc.communicate(timeout=120)
+        for p in out_dir.iterdir():
+            for key, prefix in (("finished", "done-"), ("early_stopped", "plateau-"), ("failed", "nan-")):
+                if p.name.startswith(prefix):
+                    made[key] = p
+        for key in ("stopped", "crashed", "running"):
+            wait_live(made[key])
+        for key in ("stopped", "crashed"):  # some history first: a validated epoch
+            wait_until(lambda: any(e["event"] == "validated" for e in events(made[key])), 60, f"an epoch of the {key} run")
+        send_command(made["stopped"], "stop")
+        wait_until(lambda: rundir.read_json(made["stopped"] / "summary.json"), 60, "the stopped run's summary")
+        pid = rundir.read_json(made["crashed"] / "run.json")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not rundir.pid_alive(pid), 10, "the killed run's process to go")
+        yield made
+    finally:
+        for path in made.values():
+            kill_run(path)
+
+
+def ls_lines(out_dir: Path, cwd: Path) -> list[str]:
+    done = run_cli("ls", out_dir, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout.rstrip("\n").split("\n")
+
+
+def row_of(lines: list[str], run_dir: Path) -> str:
+    tail = run_dir.name[-4:]  # the random hex ends every name and survives shortening
+    hits = [line for line in lines if line.rstrip().split()[0].endswith(tail)]
+    assert len(hits) == 1, (run_dir.name, lines)
+    return hits[0]
+
+
+def test_ls_shows_every_state_sorted_and_within_80_columns(runs: dict[str, Path], workdir: Path) -> None:
+    out_dir = workdir / "runs"
+    lines = ls_lines(out_dir, workdir)
+    assert lines[0].split()[:3] == ["RUN", "STATE", "EPOCHS"]
+    assert len(lines) == 1 + 6
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+
+    for key, path in runs.items():  # each key is the state its run is in
+        row = row_of(lines, path)
+        assert row.split()[1] == key, f"{key}: {row}"
+
+    # Sorted by start time, oldest first.
+    started = {rundir.read_json(p / "run.json")["started"]: p for p in runs.values()}
+    order = [started[t].name[-4:] for t in sorted(started)]
+    assert [line.split()[0][-4:] for line in lines[1:]] == order
+
+    # Epochs done and best metric come from the summary of runs that ended...
+    for key in ("finished", "early_stopped", "stopped"):
+        s = rundir.read_json(runs[key] / "summary.json")
+        row = row_of(lines, runs[key])
+        total = {"finished": 2, "early_stopped": 6, "stopped": 200}[key]
+        assert f" {s['epochs_done']}/{total} " in row, row
+        assert f"{fmt_value(s['best_value'])} @{s['best_epoch'] + 1}" in row, row
+    assert rundir.read_json(runs["early_stopped"] / "summary.json")["epochs_done"] == 2
+    assert rundir.read_json(runs["failed"] / "summary.json")["status"] == "failed"
+    # ... and from the event log of those that did not (the crashed one validated some epochs).
+    crashed_done = max(e["epoch"] + 1 for e in map(json.loads, (runs["crashed"] / "events.jsonl").read_text().splitlines()) if e["event"] == "validated")
+    assert re.search(rf" {crashed_done}/200 ", row_of(lines, runs["crashed"]))
+    assert re.search(r" \d+/200 ", row_of(lines, runs["running"]))
+
+    # The long name was shortened in the middle to fit; any unique part of it finds the run.
+    long_row = row_of(lines, runs["running"]).split()[0]
+    assert "~" in long_row and long_row != runs["running"].name
+    shown = run_cli("show", runs["running"].name[-4:], cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert f"run directory: {runs['running']}" in shown.stdout
+    assert "still running" in shown.stdout
+
+
+def test_killed_run_is_crashed_even_when_its_pid_is_reused(runs: dict[str, Path], workdir: Path) -> None:
+    crashed, running = runs["crashed"], runs["running"]
+    assert rundir.run_state(crashed).state == "crashed"
+    assert "stale control socket" in rundir.run_state(crashed).detail
+    # Its pid now belongs to another live tuiloop process (the running run's worker): still crashed,
+    # because its control socket refuses connections.
+    info = rundir.read_json(crashed / "run.json")
+    live_pid = rundir.read_json(running / "run.json")["pid"]
+    rundir.write_json_atomic(crashed / "run.json", {**info, "pid": live_pid})
+    assert rundir.run_state(crashed).state == "crashed"
+    # Even without the stale socket (a run killed before it opened one), the pid's start time
+    # gives the impostor away.
+    (crashed / "control.sock").unlink()
+    st = rundir.run_state(crashed)
+    assert st.state == "crashed", st
+    assert rundir.run_state(running).state == "running"
+    lines = ls_lines(workdir / "runs", workdir)
+    assert row_of(lines, crashed).split()[1] == "crashed"
+
+
+def test_ls_shows_a_paused_run_as_paused(runs: dict[str, Path], workdir: Path) -> None:
+    running = runs["running"]
+    send_command(running, "pause")
+    wait_until(lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["paused"], 20, "the pause to reach the log")
+    assert row_of(ls_lines(workdir / "runs", workdir), running).split()[1] == "paused"
+    send_command(running, "resume")
+    wait_until(lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["running"], 20, "the resume")
+    assert row_of(ls_lines(workdir / "runs", workdir), running).split()[1] == "running"
+
+
+def test_ls_without_runs(tmp_path: Path) -> None:
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    done = run_cli("ls", empty, cwd=tmp_path)
+    assert (done.returncode, done.stdout.strip()) == (0, f"no runs in {empty}")
+    missing = run_cli("ls", tmp_path / "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no runs directory" in missing.stderr
+
+
+def test_ls_on_a_terminal_fits_its_width(runs: dict[str, Path], workdir: Path) -> None:
+    """Run through a pseudo-terminal 60 columns wide: the table narrows to fit."""
+    import pty
+
+    code = f"import os, sys; os.environ['COLUMNS'] = '60'; sys.argv = ['tuiloop', 'ls', {str(workdir / 'runs')!r}]; from tuiloop.cli import main; raise SystemExit(main())"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = b"".join(chunks).decode().replace("\r\n", "\n").rstrip("\n").split("\n")
+    assert len(lines) == 7 and max(len(line) for line in lines) <= 60, lines
+    assert row_of(lines, runs["crashed"]).split()[1] == "crashed"
+
+
+def test_run_dir_and_socket_are_owner_only(runs: dict[str, Path]) -> None:
+    running = runs["running"]
+    assert running.stat().st_mode & 0o777 == 0o700
+    assert (running / "control.sock").stat().st_mode & 0o777 == 0o600
+    assert subprocess.run(["test", "-S", str(running / "control.sock")]).returncode == 0
+
+
+def test_a_run_on_another_machine_is_judged_by_its_log(runs: dict[str, Path], tmp_path: Path) -> None:
+    """On a shared filesystem the pid and socket of another host's run mean nothing here."""
+    copy = tmp_path / "runs" / runs["crashed"].name
+    shutil.copytree(runs["crashed"], copy, ignore=shutil.ignore_patterns("control.sock"))
+    info = rundir.read_json(copy / "run.json")
+    rundir.write_json_atomic(copy / "run.json", {**info, "host": "gpu-node-7"})
+    st = rundir.run_state(copy)  # its log was just written (copied)
+    assert st.state == "running" and "gpu-node-7" in st.detail
+    attach = run_cli("attach", copy, cwd=tmp_path)
+    assert attach.returncode == 1 and "ssh gpu-node-7" in attach.stderr
+    old = time.time() - 3600
+    os.utime(copy / "events.jsonl", (old, old))
+    assert rundir.run_state(copy).state == "crashed"

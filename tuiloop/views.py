@@ -1,0 +1,108 @@
+"""``tuiloop attach``, ``show`` and ``ls``: looking at runs from outside their process.
+
+Every view is rebuilt from the run directory (the event log) and commands go over the run's
+control socket, so a run started in one terminal can be watched and steered from any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from tuiloop import rundir
+from tuiloop.runs import RunNotFound, format_table, latest_live, list_runs, resolve_run
+
+EXIT_NOT_LIVE, EXIT_USAGE = 1, 2
+
+
+def _error(text: str) -> None:
+    print(f"tuiloop: error: {text}", file=sys.stderr)
+
+
+def _when(ts: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if isinstance(ts, (int, float)) else "an unknown time"
+
+
+def not_live_message(run_dir: Path, st: rundir.RunState) -> str:
+    """Why ``attach`` cannot open this run, and what to do instead."""
+    if st.summary is not None:
+        reason = st.summary.get("reason") or st.state
+        return f"{run_dir} is not live: it ended ({st.state}: {reason}) at {_when(st.summary.get('ended'))}.\nOpen it read-only with: tuiloop show {run_dir}"
+    return f"{run_dir} is not live: {st.detail} (it crashed or was killed).\nOpen what it logged with: tuiloop show {run_dir}"
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Open the monitor, with its keys, on a live run."""
+    try:
+        if args.run:
+            run_dir = resolve_run(args.run, args.out_dir)
+        else:
+            found = latest_live(args.out_dir)
+            if found is None:
+                _error(f"no live run under {args.out_dir}/; `tuiloop ls {args.out_dir}` lists the runs there, `tuiloop show RUN_DIR` opens a past one")
+                return EXIT_NOT_LIVE
+            run_dir = found.resolve()
+    except RunNotFound as e:
+        _error(str(e))
+        return EXIT_USAGE
+    st = rundir.run_state(run_dir)
+    if not st.live:
+        _error(not_live_message(run_dir, st))
+        return EXIT_NOT_LIVE
+    host = st.info.get("host")
+    if host and host != socket.gethostname():
+        _error(f"{run_dir} {st.detail}: its keys work only there; attach from that machine (ssh {host}, then tuiloop attach {run_dir}), or follow it read-only with tuiloop show {run_dir}")
+        return EXIT_NOT_LIVE
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        _error(f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log")
+        return EXIT_USAGE
+    from tuiloop.tui.launch import monitor_run
+
+    return monitor_run(run_dir, None)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Open a run read-only; without a terminal, print its log as plain lines."""
+    try:
+        run_dir = resolve_run(args.run, args.out_dir)
+    except RunNotFound as e:
+        _error(str(e))
+        return EXIT_USAGE
+    if not sys.stdout.isatty():
+        return print_log(run_dir)
+    from tuiloop.tui.launch import monitor_run
+
+    return monitor_run(run_dir, None, read_only=True)
+
+
+def print_log(run_dir: Path) -> int:
+    """The run's event log as the plain lines a headless run prints, then how it stands."""
+    from tuiloop.engine.sinks import PlainSink
+
+    sink = PlainSink(sys.stdout)
+    for event in rundir.read_events(run_dir):
+        sink(event)
+    st = rundir.run_state(run_dir)
+    if st.state == "crashed":
+        print(f"crashed: {st.detail}")
+    elif st.live:
+        print(f"still running: `tuiloop attach {run_dir}` follows it live")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print the runs under OUT_DIR as a table that fits the terminal (80 columns without one)."""
+    out_dir: Path = args.out_dir
+    if not out_dir.is_dir():
+        _error(f"no runs directory {out_dir} (runs go to [run] out_dir, default ./runs)")
+        return EXIT_USAGE
+    rows = list_runs(out_dir)
+    if not rows:
+        print(f"no runs in {out_dir}")
+        return 0
+    print(format_table(rows, shutil.get_terminal_size((80, 24)).columns))
+    return 0
