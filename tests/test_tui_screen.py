@@ -1,0 +1,406 @@
+"""The monitor's screen and keys with a fake run: events the test writes, commands it records.
+
+The real engine is not the point here (tests/test_tui_live.py drives a real run); the layout,
+what each panel says, and what each key sends are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tuiloop.control import ControlError
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    EarlyStopUpdate,
+    Event,
+    Failed,
+    Finished,
+    LRChanged,
+    Message,
+    RunStarted,
+    StateChanged,
+    TrainSteps,
+    Validated,
+)
+from tuiloop.tui.app import MonitorApp
+from tuiloop.tui.plot import PlotView
+
+T0 = 1_700_000_000.0
+
+
+def run_async(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test body in its own event loop (no pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+class FakeRun:
+    """An event source and command sink in one: what the 'run' wrote, and what it was sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[Event] = []
+        self.is_alive = True
+        self.code: int | None = None
+        self.sent: list[str] = []
+        self.refuse: str | None = None
+        self.killed = False
+
+    def push(self, *events: Event) -> None:
+        with self._lock:
+            self._pending.extend(events)
+
+    def poll(self) -> list[Event]:
+        with self._lock:
+            out, self._pending = self._pending, []
+        return out
+
+    def alive(self) -> bool:
+        return self.is_alive
+
+    def exit_code(self) -> int | None:
+        return self.code
+
+    def kill(self) -> bool:
+        self.killed = True
+        return True
+
+    def command(self, cmd: str) -> dict:
+        if self.refuse:
+            raise ControlError(self.refuse)
+        self.sent.append(cmd)
+        return {"ok": True}
+
+
+def started() -> RunStarted:
+    return RunStarted(run_name="tiny-mlp", run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", device="cpu", device_name="cpu",
+                      epochs=10, steps_per_epoch=8, batch_size=16, train_size=120, val_size=40, problem="multiclass",
+                      metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss", mode="min", patience=3, num_params=1234, time=T0)
+
+
+def epochs(n: int) -> list[Event]:
+    """``n`` epochs of a run that improves twice, then stalls (the early-stopping counter rises)."""
+    out: list[Event] = [started()]
+    t = T0
+    best = None
+    for e in range(n):
+        first = e * 8 + 1
+        out.append(TrainSteps(e, first, [2.0 / (first + i) for i in range(8)], 8, 0.01, 2048.0, time=t + 1))
+        val = [0.9, 0.6, 0.7, 0.65, 0.8][e % 5]
+        is_best = best is None or val < best
+        best = val if is_best else best
+        out.append(Validated(e, first + 7, {"train_loss": 0.5, "val_loss": val, "val_acc": 1 - val / 2}, is_best, 0.1, time=t + 1.1))
+        out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else e - 1, 3, False, time=t + 1.1))
+        if is_best:
+            out.append(CheckpointSaved("best", "checkpoints/best.pt", e + 1, first + 7, val, "val_loss", time=t + 1.2))
+        out.append(CheckpointSaved("last", "checkpoints/last.pt", e + 1, first + 7, val, "val_loss", time=t + 1.2))
+        t += 1.2
+    out.append(LRChanged(n - 1, n * 8, 0.001, 0.01, time=t))
+    out.append(Message("warning", "targets look like one-hot rows", time=t))
+    return out
+
+
+def screen_text(app: MonitorApp) -> str:
+    """What the terminal shows now, as plain lines."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}; screen:\n{screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+
+
+async def settled(pilot, run: FakeRun, app: MonitorApp, n_events: int) -> str:  # type: ignore[no-untyped-def]
+    """Until the app took ``n_events`` and drew a frame after that; returns the screen."""
+    await wait_for(pilot, lambda: app.model.events_seen >= n_events, what=f"{n_events} events")
+    await pilot.pause(0.35)  # one redraw tick
+    return screen_text(app)
+
+
+def make_app(run: FakeRun, **kw) -> MonitorApp:  # type: ignore[no-untyped-def]
+    return MonitorApp(run, run.command, run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", **kw)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+@run_async
+async def test_the_main_layout_shows_every_panel(size: tuple[int, int]) -> None:
+    run = FakeRun()
+    events = epochs(4)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=size) as pilot:
+        screen = await settled(pilot, run, app, len(events))
+    lines = screen.splitlines()
+    assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
+    for needle in ("RUNNING", "tiny-mlp", "epoch 4/10", "step 8/8", "ETA", "samples/s", "run dir",  # progress
+                   "Loss", "train", "val 0.6500", "best 0.6000 (ep 2)",  # the plot's legend
+                   "Metrics", "val_acc", "0.7000",  # metrics and bests
+                   "Early stopping", "2/3",  # the counter
+                   "Learning rate", "lr 0.001",
+                   "Log", "saved best", "targets look like one-hot rows",
+                   "Pause/resume", "Save now", "Stop", "Detach"):  # footer keys
+        assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
+    assert "◆" in screen  # the best point is marked in the plot
+
+
+@run_async
+async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
+    run = FakeRun()
+    events = epochs(5)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settled(pilot, run, app, len(events))
+        loss = app.query_one("#loss", PlotView)
+        wide = loss.content_size.width
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.4)
+        narrow = screen_text(app)
+        assert loss.content_size.width < wide
+        await pilot.resize_terminal(200, 60)
+        await pilot.pause(0.4)
+        large = screen_text(app)
+        await pilot.resize_terminal(44, 12)  # tiny: squeezed, never broken
+        await pilot.pause(0.4)
+        tiny = screen_text(app).splitlines()
+        assert app.is_running and len(tiny) == 12 and tiny[-1].startswith(" p Pause")
+    assert all(len(ln) <= 80 for ln in narrow.splitlines()) and len(narrow.splitlines()) == 24
+    assert len(large.splitlines()) == 60
+    for screen in (narrow, large):
+        assert "Metrics" in screen and "Early stopping" in screen and "Pause/resume" in screen and "val_acc" in screen
+
+
+@run_async
+async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
+    run = FakeRun()
+    events = epochs(2)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settled(pilot, run, app, len(events))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="toggle_pause")
+        run.push(StateChanged("paused", time=T0 + 10))
+        await wait_for(pilot, lambda: "PAUSED" in screen_text(app), what="PAUSED")
+        assert "ETA (paused)" in screen_text(app)
+
+        await pilot.press("s")
+        await wait_for(pilot, lambda: run.sent[-1:] == ["save"], what="save")
+        run.push(CheckpointSaved("manual", "checkpoints/manual-step0000016.pt", 2, 16, 0.6, "val_loss", time=T0 + 11))
+        await wait_for(pilot, lambda: "manual-step0000016.pt" in screen_text(app), what="the manual checkpoint in the log")
+
+        await pilot.press("q")  # asks; n keeps training
+        await wait_for(pilot, lambda: "Stop the run?" in screen_text(app), what="the stop dialog")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: "Stop the run?" not in screen_text(app), what="the dialog to close")
+        assert "stop" not in run.sent
+
+        await pilot.press("q", "y")
+        await wait_for(pilot, lambda: run.sent[-1:] == ["stop"], what="stop")
+        assert app.is_running  # it waits for the run to finish stopping
+        run.push(StateChanged("stopping", "stopped by request", time=T0 + 12), CheckpointSaved("last", "checkpoints/last.pt", 2, 17, 0.6, "val_loss", time=T0 + 12),
+                 Finished("stopped", "stopped by request", 2, 17, 0.6, 1, "val_loss", 12.0, time=T0 + 12))
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close once the run stopped")
+    assert app.return_value == "left" and app.model.exit_status() == 0 and app.model.state == "stopped"
+    assert run.sent == ["toggle_pause", "save", "stop"]
+
+
+@run_async
+async def test_ctrl_c_stops_without_asking_and_a_second_one_forces() -> None:
+    run = FakeRun()
+    events = epochs(1)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settled(pilot, run, app, len(events))
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: run.sent == ["stop"], what="stop")
+        assert "Stop the run?" not in screen_text(app)
+        await wait_for(pilot, lambda: "Ctrl+C again" in screen_text(app), what="the hint about forcing")
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
+    assert run.sent == ["stop", "force"] and app.return_value == "forced"
+
+
+@run_async
+async def test_a_second_ctrl_c_kills_a_run_that_is_not_listening_yet() -> None:
+    run = FakeRun()
+
+    def not_listening(cmd: str) -> dict:
+        try:
+            raise FileNotFoundError("control.sock")
+        except FileNotFoundError as e:
+            raise ControlError("not live: it has no control socket") from e
+
+    app = MonitorApp(run, not_listening, run_dir="/home/me/runs/x")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+c")
+        await pilot.pause(0.2)
+        assert app.is_running and not run.killed
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
+    assert run.killed and app.return_value == "forced"
+
+
+@run_async
+async def test_d_leaves_the_run_going() -> None:
+    run = FakeRun()
+    events = epochs(1)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settled(pilot, run, app, len(events))
+        await pilot.press("d")
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
+    assert run.sent == [] and app.return_value == "detached" and app.model.exit_status() == 0
+
+
+@run_async
+async def test_a_finished_run_stays_on_screen_until_the_user_leaves() -> None:
+    run = FakeRun()
+    events = [*epochs(3), Finished("completed", "10 epochs done", 10, 80, 0.6, 1, "val_loss", 42.0, time=T0 + 50)]
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await settled(pilot, run, app, len(events))
+        run.is_alive = False
+        await pilot.pause(1.5)  # the process is gone too: still on screen
+        assert app.is_running and "COMPLETED" in screen and "completed (10 epochs done)" in screen
+        footer = screen.splitlines()[-1]
+        assert "Leave" in footer and "Pause" not in footer and "Detach" not in footer
+        await pilot.press("p", "s")  # nothing to command any more
+        await pilot.pause(0.2)
+        assert run.sent == []
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.is_running, what="enter to leave")
+    assert app.return_value == "left" and app.model.exit_status() == 0
+
+
+@run_async
+async def test_exit_on_finish_closes_by_itself() -> None:
+    run = FakeRun()
+    app = make_app(run, exit_on_finish=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        run.push(*epochs(2))
+        await pilot.pause(0.5)
+        assert app.is_running
+        run.push(Finished("early_stopped", "val_loss did not improve for 3 checks", 2, 16, 0.6, 1, "val_loss", 3.0, time=T0 + 9))
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close on its own")
+    assert app.model.state == "early_stopped" and app.model.exit_status() == 0
+
+
+@run_async
+async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
+    run = FakeRun()
+    events = epochs(2)
+    run.push(*events)
+    app = make_app(run, read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await settled(pilot, run, app, len(events))
+        assert "read-only" in screen
+        footer = screen.splitlines()[-1]
+        assert "Pause" not in footer and "Save" not in footer and "Leave" in footer
+        await pilot.press("p", "s")
+        await pilot.pause(0.2)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, what="q to leave")
+    assert run.sent == []
+
+
+@run_async
+async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
+    run = FakeRun()
+    tb = 'Traceback (most recent call last):\n  File "/home/me/models.py", line 42, in forward\n    return self.net(x) / 0\nZeroDivisionError: division by zero\n'
+    events = [*epochs(2), Failed("ZeroDivisionError: division by zero", "training, epoch 3, step 20: models.py:42 in forward", tb, time=T0 + 9),
+              CheckpointSaved("last", "checkpoints/last.pt", 2, 19, 0.6, "val_loss", time=T0 + 9),
+              Finished("failed", "ZeroDivisionError in training", 2, 19, 0.6, 1, "val_loss", 9.0, time=T0 + 9)]
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await settled(pilot, run, app, len(events))
+        await pilot.press("q")  # over: q leaves without asking
+        await wait_for(pilot, lambda: not app.is_running, what="q to leave")
+    assert "FAILED" in screen and "Error" in screen
+    assert "ZeroDivisionError: division by zero" in screen and "models.py:42 in forward" in screen
+    assert "return self.net(x) / 0" in screen  # the user's line of the traceback
+    assert app.model.exit_status() == 1
+
+
+@run_async
+async def test_a_nan_loss_shows_its_message_as_the_error() -> None:
+    run = FakeRun()
+    text = "the training loss became nan at step 41; training stopped and the last good state (before step 41) is saved in checkpoints/last.pt."
+    events = [*epochs(2), Message("error", text, time=T0 + 5), Finished("failed", "the training loss became nan at step 41", 2, 40, 0.6, 1, "val_loss", 5.0, time=T0 + 5)]
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await settled(pilot, run, app, len(events))
+    assert "FAILED" in screen and "Error" in screen and "the training loss became nan at step 41; training stopped" in screen
+    assert app.model.exit_status() == 1
+
+
+@run_async
+async def test_a_process_that_dies_without_finishing_is_shown_as_crashed() -> None:
+    run = FakeRun()
+    events = epochs(1)
+    run.push(*events)
+    app = make_app(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settled(pilot, run, app, len(events))
+        run.code = -9
+        run.is_alive = False
+        await wait_for(pilot, lambda: "CRASHED" in screen_text(app), what="CRASHED")
+        assert "exited with status -9" in screen_text(app)
+    assert app.model.exit_status() == 1
+
+
+@run_async
+async def test_a_refused_command_is_shown_in_the_log() -> None:
+    run = FakeRun()
+    events = epochs(1)
+    run.push(*events)
+    run.refuse = "permission denied: only the user who started it can control it"
+    app = make_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settled(pilot, run, app, len(events))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: "toggle_pause: permission denied" in screen_text(app), what="the refusal in the log")
+        assert app.model.state == "running"
+
+
+@run_async
+async def test_keys_pressed_while_the_run_starts_are_delivered_once_it_listens() -> None:
+    run = FakeRun()
+    listening = threading.Event()
+
+    def command(cmd: str) -> dict:
+        if not listening.is_set():
+            try:
+                raise FileNotFoundError("control.sock")
+            except FileNotFoundError as e:
+                raise ControlError("the run is not live: it has no control socket") from e
+        return run.command(cmd)
+
+    app = MonitorApp(run, command, run_dir="/home/me/runs/x")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        assert "STARTING" in screen_text(app) and "waiting for the training process" in screen_text(app)
+        await pilot.press("p")
+        await pilot.pause(0.5)
+        assert run.sent == []
+        run.push(started())
+        listening.set()
+        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="the pause once the run listens")

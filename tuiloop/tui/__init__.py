@@ -1,0 +1,1 @@
+"""The live monitor: a Textual view of a run directory (it never imports torch)."""

@@ -1,0 +1,326 @@
+"""The live training monitor: a Textual app that tails a run's event log and sends it commands.
+
+A reader thread parses new events a few times a second and posts them in batches; the screen
+redraws at most 4 times a second from :class:`~tuiloop.tui.model.MonitorModel`. Training runs
+in its own process, so the screen can never slow it down. Keys send commands over the run's
+control socket (from a thread, so a stuck run cannot freeze the screen).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer
+
+from tuiloop.engine.events import Event
+from tuiloop.tui import panels
+from tuiloop.tui.figures import loss_figure, lr_figure
+from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.plot import PlotView
+from tuiloop.tui.source import EventSource, gpu_memory
+from tuiloop.tui.widgets import ConfirmStop, Panel
+
+Commander = Callable[[str], Any]
+FRAME_S = 0.25  # the screen redraws at most this often
+POLL_S = 0.2  # the reader looks for new events this often
+ALIVE_S = 1.0  # and checks the training process is still there this often
+GPU_S = 5.0
+
+
+@dataclass(eq=False)
+class EventsArrived(Message):
+    """A batch of new events from the log, in order."""
+
+    events: list[Event]
+
+
+@dataclass(eq=False)
+class ProcessGone(Message):
+    """The training process is gone (all its events were posted before this)."""
+
+    exit_code: int | None
+
+
+@dataclass(eq=False)
+class GpuMemory(Message):
+    """What nvidia-smi says the training process holds."""
+
+    text: str | None
+
+
+@dataclass(eq=False)
+class CommandDone(Message):
+    """A command reached the run (``error`` None) or could not be delivered."""
+
+    command: str
+    error: str | None
+
+
+class MonitorApp(App[str]):
+    """The monitor; ``run()`` returns how the user left: left, detached or forced."""
+
+    CSS_PATH = "monitor.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("p", "pause", "Pause/resume"),
+        Binding("s", "save", "Save now"),
+        Binding("q", "stop", "Stop"),
+        Binding("q", "leave", "Leave"),
+        Binding("d", "detach", "Detach"),
+        Binding("d", "leave", "Leave", show=False),
+        Binding("enter", "leave", "Leave", show=False),
+        Binding("r", "toggle_raw", "Raw loss"),
+        Binding("l", "toggle_log", "Log y"),
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
+        Binding("ctrl+q", "detach", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        source: EventSource,
+        commander: Commander | None,
+        run_dir: str = "",
+        read_only: bool = False,
+        exit_on_finish: bool = False,
+        expect_pid: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.commander = None if read_only else commander
+        self.read_only = read_only or commander is None
+        self.exit_on_finish = exit_on_finish
+        self.model = MonitorModel(run_dir, expect_pid=expect_pid)
+        self.show_raw = True
+        self.log_y = False
+        self.stop_sent = False
+        self.forced = False
+        self._leave_when_over = False
+        self._drawn_version = -1
+        self._drawn_clock = 0.0
+        self._was_over = False
+        self._quit_reader = threading.Event()
+        self.pid = 0  # the training process, once the run announced it (read by the reader thread)
+
+    # ---- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        m = self.model
+        yield Panel(lambda w, h: panels.title_text(m, w, self.read_only), id="title")
+        yield Panel(lambda w, h: panels.progress_text(m, time.time(), w), id="progress")
+        with Horizontal(id="main"):
+            with Vertical(id="loss-box", classes="box"):
+                yield PlotView(id="loss")
+            with Vertical(id="side"):
+                yield Panel(lambda w, h: panels.metrics_text(m, w), id="metrics", classes="box")
+                yield Panel(lambda w, h: panels.early_stop_text(m, w), id="early", classes="box")
+                with Vertical(id="lr-box", classes="box"):
+                    yield Panel(lambda w, h: panels.lr_text(m, w), id="lr-value")
+                    yield PlotView(id="lr")
+        yield Panel(lambda w, h: panels.error_text(m, w, max(h, 3)), id="error", classes="box")
+        yield Panel(lambda w, h: panels.log_text(m, h, w), id="log", classes="box")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        titles = {"loss-box": "Loss", "metrics": "Metrics", "early": "Early stopping", "lr-box": "Learning rate", "log": "Log", "error": "Error"}
+        for wid, title in titles.items():
+            self.query_one(f"#{wid}").border_title = title
+        self.query_one("#error").display = False
+        self._redraw()
+        self.set_interval(FRAME_S, self._tick)
+        self._read()
+
+    def on_unmount(self) -> None:
+        self._quit_reader.set()
+
+    # ---- reading the run ------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="reader")
+    def _read(self) -> None:
+        """Reader thread: poll the log, post batches; notice when the process is gone."""
+        next_alive = next_gpu = 0.0
+        gone = False
+        while not self._quit_reader.is_set():
+            events = self.source.poll()
+            if events:
+                self.post_message(EventsArrived(events))
+            now = time.monotonic()
+            if not gone and now >= next_alive:
+                next_alive = now + ALIVE_S
+                if not self.source.alive():
+                    while batch := self.source.poll():  # everything it wrote before it went
+                        self.post_message(EventsArrived(batch))
+                    self.post_message(ProcessGone(self.source.exit_code()))
+                    gone = True
+            if not gone and self.pid and now >= next_gpu and self._on_cuda():
+                next_gpu = now + GPU_S
+                self.post_message(GpuMemory(gpu_memory(self.pid)))
+            if not events:
+                self._quit_reader.wait(POLL_S)
+
+    def _on_cuda(self) -> bool:
+        started = self.model.started
+        return started is not None and started.device.startswith("cuda")
+
+    def on_events_arrived(self, message: EventsArrived) -> None:
+        self.model.apply_all(message.events)
+        if self.model.started is not None:
+            self.pid = self.model.started.pid
+        self._after_change()
+
+    def on_process_gone(self, message: ProcessGone) -> None:
+        self.model.process_gone(message.exit_code, time.time())
+        if self.forced:
+            self.exit("forced")
+            return
+        self._after_change()
+
+    def on_gpu_memory(self, message: GpuMemory) -> None:
+        if message.text != self.model.gpu_memory:
+            self.model.gpu_memory = message.text
+            self.model.version += 1
+
+    def _after_change(self) -> None:
+        if self.model.over and (self.exit_on_finish or self._leave_when_over):
+            self.exit("left")
+            return
+        if self.model.over != self._was_over:
+            self._was_over = self.model.over
+            if isinstance(self.screen, ConfirmStop):
+                self.screen.dismiss(False)
+            self.refresh_bindings()
+            self._redraw()
+
+    # ---- drawing --------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.model.version != self._drawn_version or now - self._drawn_clock >= 1.0:
+            self._redraw()
+
+    def _redraw(self, force: bool = False) -> None:
+        """Refresh the panels from the model (at most every FRAME_S, and on big changes)."""
+        m = self.model
+        self._drawn_version, self._drawn_clock = m.version, time.monotonic()
+        loss = self.query_one("#loss", PlotView)
+        loss.show(loss_figure(m, loss.content_size.width, self.show_raw, self.log_y))
+        lr = self.query_one("#lr", PlotView)
+        lr.show(lr_figure(m, lr.content_size.width))
+        error = self.query_one("#error")
+        error.display = m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)
+        for panel in self.query(Panel):
+            panel.update(force, layout=panel.id in ("metrics", "early", "error"))
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._redraw, True)  # plots are reduced to their new width
+
+    # ---- keys -------------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide the keys that cannot act now (read-only view, run over) from the footer."""
+        over = self.model.over
+        if action in ("pause", "save", "stop"):
+            return not self.read_only and not over
+        if action == "leave":
+            return self.read_only or over
+        if action == "detach":
+            return not self.read_only and not over
+        return True
+
+    def action_pause(self) -> None:
+        self.send("toggle_pause")
+
+    def action_save(self) -> None:
+        self.send("save")
+        self.model.note(time.time(), "info", "save requested: the checkpoint is written at the next step boundary")
+
+    def action_stop(self) -> None:
+        if self.stop_sent:
+            self.model.note(time.time(), "warning", "already stopping; Ctrl+C forces an exit without saving")
+            return
+        if isinstance(self.screen, ConfirmStop):
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and not self.model.over:
+                self._request_stop()
+
+        self.push_screen(ConfirmStop(), confirmed)
+
+    def action_interrupt(self) -> None:
+        """Ctrl+C: stop gracefully (no question: it is the interrupt key); a second one forces."""
+        if self.read_only or self.model.over:
+            self.exit("left")
+            return
+        if isinstance(self.screen, ConfirmStop):
+            self.screen.dismiss(False)
+        if not self.stop_sent:
+            self._request_stop()
+            self.model.note(time.time(), "warning", "interrupt: stopping after this step and saving (Ctrl+C again forces an exit without saving)")
+            return
+        self._force()
+
+    def action_detach(self) -> None:
+        self.exit("detached")
+
+    def action_leave(self) -> None:
+        self.exit("left")
+
+    def action_quit(self) -> None:  # Textual's own ctrl+q: leave, never kill the run
+        self.exit("detached" if not self.model.over else "left")
+
+    def action_toggle_raw(self) -> None:
+        self.show_raw = not self.show_raw
+        self._redraw()
+
+    def action_toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self._redraw()
+
+    def _request_stop(self) -> None:
+        self.stop_sent = True
+        self._leave_when_over = True
+        self.send("stop")
+
+    def _force(self) -> None:
+        """Second Ctrl+C: the run exits at once without saving; the monitor closes."""
+        self.forced = True
+        try:
+            if self.commander is None:
+                raise RuntimeError("read-only")
+            self.commander("force")  # inline: we are leaving anyway, and it must be delivered
+        except Exception:
+            kill = getattr(self.source, "kill", None)  # not listening yet (still starting): kill our own child
+            if kill is not None:
+                kill()
+        self.exit("forced")
+
+    # ---- commands ---------------------------------------------------------------------------------
+    @work(thread=True, group="commands")
+    def send(self, command: str) -> None:
+        """Deliver ``command`` to the run; while it is still starting (no socket yet), keep trying."""
+        if self.commander is None:
+            return
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                self.commander(command)
+            except Exception as e:
+                starting = self.model.started is None and isinstance(e.__cause__, FileNotFoundError)
+                if starting and time.monotonic() < deadline and not self._quit_reader.is_set():
+                    time.sleep(0.25)
+                    continue
+                self.post_message(CommandDone(command, str(e)))
+                return
+            self.post_message(CommandDone(command, None))
+            return
+
+    def on_command_done(self, message: CommandDone) -> None:
+        if message.error is not None:
+            self.model.note(time.time(), "error", f"{message.command}: {message.error}")
+            if message.command == "stop":
+                self.stop_sent = self._leave_when_over = False

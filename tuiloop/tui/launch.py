@@ -1,0 +1,82 @@
+"""Entry point of the monitor for ``tuiloop run``, ``attach`` and ``show``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tuiloop import rundir
+
+EXIT_FORCED = 130
+
+
+def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False) -> int:
+    """Run the monitor on a run directory until the user leaves; return the exit status.
+
+    0: the run completed, early-stopped or was stopped, or the user left it running;
+    1: it failed or its process died; 2: it failed at setup; 130: the user forced it to exit.
+    After the terminal is restored, a failure's error and traceback go to stderr and a one-line
+    summary with the run directory to stdout.
+    """
+    from tuiloop.control import send_command
+    from tuiloop.tui.app import MonitorApp
+    from tuiloop.tui.source import RunSource
+
+    run_dir = Path(run_dir)
+    app = MonitorApp(
+        RunSource(run_dir, proc),
+        None if read_only else (lambda cmd: send_command(run_dir, cmd)),
+        run_dir=str(run_dir),
+        read_only=read_only,
+        exit_on_finish=exit_on_finish,
+        expect_pid=_training_pid(run_dir, proc),
+    )
+    how = app.run()
+    model = app.model
+    if app.return_code:  # the monitor itself broke (Textual printed why); the run is unaffected
+        print(f"tuiloop: the monitor stopped unexpectedly; the run goes on: tuiloop attach {run_dir}", file=sys.stderr)
+        return app.return_code
+    _wait_for_the_end(run_dir, proc, model.over or how == "forced")
+    if model.failure is not None:
+        f = model.failure
+        print(f"tuiloop: error: {f.error}\n  where: {f.where}", file=sys.stderr)
+        if f.traceback:
+            print(f.traceback.rstrip(), file=sys.stderr)
+    elif model.state == "failed" and model.last_error:
+        print(f"tuiloop: error: {model.last_error}", file=sys.stderr)
+    if how == "forced":
+        print(f"{model.run_name or 'the run'}: forced to exit without saving (second Ctrl+C)")
+        print(f"run directory: {run_dir}")
+        return EXIT_FORCED
+    if model.over or read_only:
+        print(model.summary_line())
+    else:
+        print(f"{model.run_name or 'the run'}: left running in the background (epoch {model.epoch + 1}, step {model.step}); watch it again with: tuiloop attach {run_dir}")
+    print(f"run directory: {run_dir}")
+    return model.exit_status()
+
+
+def _training_pid(run_dir: Path, proc: subprocess.Popen | None) -> int | None:
+    """The process whose run this view follows (a resumed run's log also holds earlier sessions)."""
+    if proc is not None:
+        return proc.pid
+    st = rundir.run_state(run_dir)
+    pid = int(st.info.get("pid") or 0) if st.live else 0
+    return pid or None
+
+
+def _wait_for_the_end(run_dir: Path, proc: subprocess.Popen | None, over: bool) -> None:
+    """Once the run has ended, let its process finish writing summary.json before we return."""
+    if not over:
+        return
+    if proc is not None:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and rundir.run_state(run_dir).live:
+        time.sleep(0.1)

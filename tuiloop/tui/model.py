@@ -1,0 +1,350 @@
+"""The monitor's view model: everything the screen shows, fed by events, testable without Textual.
+
+:meth:`MonitorModel.apply` takes the engine's events (read back from ``events.jsonl``) in order;
+the widgets only read from the model. Time-dependent values (ETA, elapsed) take ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    EarlyStopUpdate,
+    Event,
+    Failed,
+    Finished,
+    LRChanged,
+    Message,
+    RunStarted,
+    StateChanged,
+    TrainSteps,
+    Validated,
+)
+from tuiloop.tui.series import Downsampled
+
+ENDED = ("completed", "early_stopped", "stopped", "failed", "crashed")
+HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
+LOG_LINES = 500
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` is better (accuracy yes, loss and MAE no)."""
+    return any(word in name.lower() for word in HIGHER_IS_BETTER)
+
+
+def fmt(value: float | None) -> str:
+    """A metric value in about 4 significant digits."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.4f}"
+
+
+@dataclass
+class LogEntry:
+    """One line of the log; ``level`` is info, save, best, warning, error, success or dim."""
+
+    time: float
+    level: str
+    text: str
+    key: str = ""  # consecutive entries with the same non-empty key collapse into one
+    repeat: int = 1
+
+
+@dataclass
+class MetricStat:
+    """The last and best value of one validation metric, and its history per validation."""
+
+    name: str
+    higher_is_better: bool
+    last: float | None = None
+    best: float | None = None
+    best_epoch: int | None = None
+    history: Downsampled = field(default_factory=lambda: Downsampled(128))
+
+    def update(self, value: float, epoch: int) -> None:
+        self.last = value
+        self.history.append(epoch + 1, value)
+        if not math.isfinite(value):
+            return
+        if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
+            self.best, self.best_epoch = value, epoch
+
+
+class MonitorModel:
+    """What the monitor shows about one run, rebuilt from its events."""
+
+    def __init__(self, run_dir: str = "", resolution: int = 512, expect_pid: int | None = None) -> None:
+        self.run_dir = run_dir
+        # The training process we follow. A resumed run's log starts with its earlier sessions;
+        # their ending must not end this view before the new process announces itself.
+        self.expect_pid = expect_pid
+        self.started: RunStarted | None = None
+        self.state = "starting"
+        self.state_reason = ""
+        self.epoch = 0  # 0-based epoch in progress (or last one done)
+        self.epochs_done = 0
+        self.step_in_epoch = 0
+        self.step = 0  # global optimizer steps done
+        self.lr: float | None = None
+        self.samples_per_s: float | None = None
+        self.train = Downsampled(resolution)  # x = global step
+        self.val = Downsampled(resolution)  # monitored-loss curve: val_loss, x = global step
+        self.lr_history = Downsampled(128)
+        self.metrics: dict[str, MetricStat] = {}
+        self.best_value: float | None = None  # the monitored metric (checkpoint monitor)
+        self.best_epoch: int | None = None
+        self.best_val_point: tuple[float, float] | None = None  # (step, val_loss) at the best check
+        self.early: EarlyStopUpdate | None = None
+        self.failure: Failed | None = None
+        self.last_error: str | None = None
+        self.finished: Finished | None = None
+        self.exit_code: int | None = None  # of the training process, when it is gone
+        self.log: deque[LogEntry] = deque(maxlen=LOG_LINES)
+        self.gpu_memory: str | None = None
+        self.version = 0  # bumped on every change, so views can skip identical redraws
+        self.events_seen = 0
+        # ETA: time spent running (pauses excluded) and the steps done in it, since the start
+        self._active_s = 0.0
+        self._active_steps = 0
+        self._t_last: float | None = None
+        self.last_event_time: float | None = None
+        self._first_start_time: float | None = None
+
+    # ---- feeding ----------------------------------------------------------------------------
+    def apply_all(self, events: list[Event]) -> None:
+        for ev in events:
+            self.apply(ev)
+
+    def apply(self, ev: Event) -> None:
+        """Take one event into the model."""
+        self.version += 1
+        self.events_seen += 1
+        self._clock(ev)
+        handler = getattr(self, f"_on_{ev.kind}", None)
+        if handler is not None:
+            handler(ev)
+        self.last_event_time = ev.time
+
+    def _clock(self, ev: Event) -> None:
+        if self._t_last is not None and self.state == "running":
+            self._active_s += max(ev.time - self._t_last, 0.0)
+        self._t_last = ev.time
+
+    def _on_run_started(self, ev: RunStarted) -> None:
+        self.started = ev
+        self.run_dir = ev.run_dir or self.run_dir
+        self.state, self.state_reason = "running", ""
+        self.finished = None
+        self.failure = None
+        self.exit_code = None
+        self.epoch = self.epochs_done = ev.start_epoch
+        self.step = ev.start_step
+        self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
+        self._active_s, self._active_steps = 0.0, 0
+        if self._first_start_time is None:
+            self._first_start_time = ev.time
+        self.best_value = self.best_value if ev.resumed_from else None
+        for name in ev.metrics:
+            self._metric(name)
+        if ev.resumed_from:
+            self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
+        else:
+            size = f"{ev.epochs} epochs x {ev.steps_per_epoch} steps" if ev.steps_per_epoch else f"{ev.epochs} epochs"
+            problem = f"{ev.problem} " if ev.problem not in ("unknown", "other") else ""  # known after the first batch
+            self._log(ev.time, "info", f"started: {problem}on {ev.device_name}, {ev.num_params:,} parameters, {size}")
+
+    def _on_train_steps(self, ev: TrainSteps) -> None:
+        n = len(ev.losses)
+        self.train.extend(ev.first_step, ev.losses)
+        self.step = ev.first_step + n - 1
+        self.epoch = ev.epoch
+        self.step_in_epoch = ev.step_in_epoch
+        self.lr = ev.lr
+        self.lr_history.append(self.step, ev.lr)
+        if self.state == "running":
+            self._active_steps += n
+        if ev.samples_per_s > 0 and math.isfinite(ev.samples_per_s):
+            prev = self.samples_per_s
+            self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
+
+    def _on_validated(self, ev: Validated) -> None:
+        self.epoch = ev.epoch
+        self.epochs_done = ev.epoch + 1
+        for name, value in ev.metrics.items():
+            self._metric(name).update(value, ev.epoch)
+        val = ev.metrics.get("val_loss")
+        if val is not None:
+            self.val.append(ev.step, val)
+        if ev.is_best:
+            monitor = self.started.monitor if self.started else None
+            if monitor and monitor in ev.metrics:
+                self.best_value, self.best_epoch = ev.metrics[monitor], ev.epoch
+            if val is not None and math.isfinite(val):
+                self.best_val_point = (ev.step, val)
+
+    def _on_lr_changed(self, ev: LRChanged) -> None:
+        self.lr = ev.lr
+        self.lr_history.append(ev.step, ev.lr)
+        # a plateau cut or a warm restart is news; the small steps of a smooth schedule are not
+        if ev.previous > 0 and ev.lr > 0 and abs(math.log(ev.lr / ev.previous)) >= math.log(1.5):
+            self._log(ev.time, "info", f"learning rate {ev.previous:.3g} -> {ev.lr:.3g} (epoch {ev.epoch + 1})", key="lr")
+
+    def _on_early_stop(self, ev: EarlyStopUpdate) -> None:
+        self.early = ev
+        if ev.triggered:
+            self._log(ev.time, "warning", f"early stopping triggered: {ev.monitor} did not improve on {fmt(ev.best)} for {ev.counter}/{ev.patience} checks")
+
+    def _on_checkpoint(self, ev: CheckpointSaved) -> None:
+        prev = self.log[-1] if self.log else None
+        if ev.tag == "last" and prev is not None and prev.key == f"ckpt@{ev.step}":
+            prev.text += " + last.pt"  # the same moment's best/periodic save: one line for both
+            return
+        metric = f"  {ev.monitor} {fmt(ev.metric)}" if ev.metric is not None and ev.monitor else ""
+        level = {"best": "best", "last": "dim"}.get(ev.tag, "save")
+        key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}"
+        self._log(ev.time, level, f"saved {ev.tag} {ev.path}  epoch {ev.epoch}{metric}", key=key)
+
+    def _on_state(self, ev: StateChanged) -> None:
+        self.state, self.state_reason = ev.state, ev.reason
+        text = {"paused": "paused: waiting at a step boundary", "running": "resumed", "stopping": "stopping: finishing the step and saving"}.get(ev.state, ev.state)
+        self._log(ev.time, "warning" if ev.state == "stopping" else "info", text + (f" ({ev.reason})" if ev.reason else ""))
+
+    def _on_message(self, ev: Message) -> None:
+        self._log(ev.time, ev.level if ev.level in ("warning", "error") else "info", ev.text)
+        if ev.level == "error":
+            self.last_error = ev.text  # e.g. a NaN loss, which ends the run without a Failed event
+
+    def _earlier_session(self) -> bool:
+        """True while the events read are those of a session before the process we follow."""
+        return self.expect_pid is not None and self.started is not None and self.started.pid != self.expect_pid
+
+    def _on_failed(self, ev: Failed) -> None:
+        if self._earlier_session() and ev.where != "setup":  # a setup failure is always the new process's
+            self._log(ev.time, "error", f"an earlier session failed: {ev.error}  [{ev.where}]")
+            return
+        self.failure = ev
+        self._log(ev.time, "error", f"{ev.error}  [{ev.where}]")
+
+    def _on_finished(self, ev: Finished) -> None:
+        if self._earlier_session() and not (self.failure is not None and self.failure.where == "setup"):
+            self.state, self.state_reason = "starting", "resuming"
+            self._log(ev.time, "dim", f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {ev.epochs_done} epochs")
+            return
+        self.finished = ev
+        self.state, self.state_reason = ev.status, ev.reason
+        self.epochs_done = ev.epochs_done
+        self.step = ev.step
+        best = f"; best {ev.monitor} {fmt(ev.best_value)} at epoch {ev.best_epoch + 1}" if ev.best_value is not None and ev.best_epoch is not None else ""
+        level = "error" if ev.status == "failed" else "success"
+        self._log(ev.time, level, f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {ev.epochs_done} epochs, {ev.step} steps{best}")
+
+    # ---- outside the event log --------------------------------------------------------------
+    def process_gone(self, exit_code: int | None, now: float) -> None:
+        """The training process is gone; without a Finished event the run crashed or was killed."""
+        self.exit_code = exit_code
+        if self.finished is None:
+            self.version += 1
+            self.state = "crashed"
+            code = f" with status {exit_code}" if exit_code is not None else ""
+            self.state_reason = f"the training process exited{code} without finishing"
+            self._log(now, "error", self.state_reason + " (see output.log in the run directory)")
+
+    def note(self, now: float, level: str, text: str) -> None:
+        """A line from the monitor itself (a command sent, a command refused)."""
+        self.version += 1
+        self._log(now, level, text)
+
+    def _log(self, t: float, level: str, text: str, key: str = "") -> None:
+        if key and self.log and self.log[-1].key == key:
+            prev = self.log[-1]
+            self.log[-1] = LogEntry(t, level, text, key, prev.repeat + 1)
+            return
+        self.log.append(LogEntry(t, level, text, key))
+
+    def _metric(self, name: str) -> MetricStat:
+        stat = self.metrics.get(name)
+        if stat is None:
+            mode_max = self.started is not None and name == self.started.monitor and self.started.mode == "max"
+            stat = self.metrics[name] = MetricStat(name, mode_max or higher_is_better(name))
+        return stat
+
+    # ---- derived values -----------------------------------------------------------------------
+    @property
+    def over(self) -> bool:
+        """True once the run has ended (or its process is gone)."""
+        return self.state in ENDED
+
+    @property
+    def run_name(self) -> str:
+        """The spec's run name; before the run announced itself, the run directory's name."""
+        if self.started is not None:
+            return self.started.run_name
+        return os.path.basename(self.run_dir.rstrip("/")) if self.run_dir else ""
+
+    @property
+    def total_steps(self) -> int | None:
+        if self.started is None or not self.started.steps_per_epoch:
+            return None
+        return self.started.epochs * self.started.steps_per_epoch
+
+    def seconds_per_step(self) -> float | None:
+        """Wall time per step while running, validation and checkpoints included."""
+        if self._active_steps < 1 or self._active_s <= 0:
+            return None
+        return self._active_s / self._active_steps
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left if every epoch runs (early stopping may end it sooner); None if unknown."""
+        total, per_step = self.total_steps, self.seconds_per_step()
+        if self.over or total is None or per_step is None:
+            return None
+        left = max(total - self.step, 0) * per_step
+        if self.state == "running" and self.last_event_time is not None:
+            left -= max(now - self.last_event_time, 0.0)
+        return max(left, 0.0)
+
+    def elapsed(self, now: float) -> float | None:
+        if self.finished is not None:
+            return self.finished.wall_time_s
+        if self._first_start_time is None:
+            return None
+        return max(now - self._first_start_time, 0.0)
+
+    def exit_status(self) -> int:
+        """0 completed, early-stopped, stopped or still running; 1 failed or crashed; 2 setup failure."""
+        if self.finished is not None:
+            if self.finished.status != "failed":
+                return 0
+            return 2 if self.failure is not None and self.failure.where == "setup" else 1
+        return 1 if self.state == "crashed" else 0
+
+    def summary_line(self) -> str:
+        """One line on how the run stands, printed after the monitor closes."""
+        name = self.run_name or "the run"
+        f = self.finished
+        if f is not None:
+            best = f", best {f.monitor} {fmt(f.best_value)} at epoch {f.best_epoch + 1}" if f.best_value is not None and f.best_epoch is not None else ""
+            return f"{name}: {f.status.replace('_', ' ')} ({f.reason}) after {f.epochs_done} epochs, {f.step} steps in {format_duration(f.wall_time_s)}{best}"
+        if self.state == "crashed":
+            return f"{name}: crashed: {self.state_reason}"
+        return f"{name}: still {self.state} at epoch {self.epoch + 1}, step {self.step}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """H:MM:SS, M:SS under an hour, seconds with a decimal under a minute."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
