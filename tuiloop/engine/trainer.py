@@ -164,17 +164,21 @@ class Trainer:
         self.load_state_dict(ckpt.load(path, map_location=self.device))
         self.resumed_from = str(path)
 
-    def save(self, tag: str) -> Path | None:
-        """Write a checkpoint atomically and announce it; None without a run directory."""
-        if self.run_dir is None:
+    def save(self, *tags: str) -> Path | None:
+        """Write checkpoints of the current state atomically (serialized once for all ``tags``:
+        best, last, periodic, manual) and announce each; returns the last path, None without a
+        run directory."""
+        if self.run_dir is None or not tags:
             return None
-        name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (
-            f"epoch-{self.epoch:04d}.pt" if tag == "periodic" else f"manual-step{self.step:07d}.pt"
-        )
-        path = self.run_dir / "checkpoints" / name
-        ckpt.save_atomic(self.state_dict(), path)
+        data = ckpt.serialize(self.state_dict())
         metric = self.last_metrics.get(self.opt.monitor)
-        self.emit(CheckpointSaved(tag, str(path.relative_to(self.run_dir)), self.epoch, self.step, metric, self.opt.monitor))
+        for tag in tags:
+            name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (
+                f"epoch-{self.epoch:04d}.pt" if tag == "periodic" else f"manual-step{self.step:07d}.pt"
+            )
+            path = self.run_dir / "checkpoints" / name
+            ckpt.save_atomic(data, path)
+            self.emit(CheckpointSaved(tag, str(path.relative_to(self.run_dir)), self.epoch, self.step, metric, self.opt.monitor))
         return path
 
     # ---- commands ------------------------------------------------------------------------
@@ -427,13 +431,15 @@ class Trainer:
             self.emit(LRChanged(epoch, self.step, after, before))
 
     def _epoch_checkpoints(self) -> None:
+        tags = []
         if self.opt.save_best and self._pending_best:
-            self.save("best")
+            tags.append("best")
         self._pending_best = False
         if self.opt.every_n_epochs and self.epoch % self.opt.every_n_epochs == 0:
-            self.save("periodic")
+            tags.append("periodic")
         if self.opt.save_last:
-            self.save("last")
+            tags.append("last")
+        self.save(*tags)
 
     def _save_after_crash(self) -> None:
         """After an exception in user code, keep the state of the last completed step."""
