@@ -285,3 +285,29 @@ def test_the_monitor_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tuiloop.tui.app, tuiloop.tui.launch"], capture_output=True, text=True, check=True)
     assert "textual" in out.stderr
     assert " torch" not in out.stderr and "torch." not in out.stderr
+
+
+def test_a_resume_after_a_crash_redraws_the_steps_it_redoes() -> None:
+    """The crashed session logged steps 1-30; its last.pt was at step 20: steps 21-30 are redone."""
+    m = MonitorModel()
+    m.apply(started(pid=100))
+    m.apply(TrainSteps(0, 1, [1.0] * 30, 30, 0.01, 100.0, time=T0 + 1))
+    m.apply(Validated(0, 20, {"train_loss": 1.0, "val_loss": 0.9}, True, 0.1, time=T0 + 1))
+    m.apply(started(pid=200, start_epoch=1, start_step=20, resumed_from="checkpoints/last.pt", time=T0 + 10))
+    xs, _ = m.train.points()
+    assert xs and max(xs) <= 20 and m.step == 20
+    m.apply(TrainSteps(1, 21, [0.5] * 10, 10, 0.01, 100.0, time=T0 + 11))
+    xs, ys = m.train.points()
+    assert xs == sorted(xs) and len(xs) == len(set(xs)) and max(xs) == 30 and ys[-1] == 0.5
+
+
+def test_downsampled_drop_after() -> None:
+    d = Downsampled(4)
+    d.extend(1, [float(i) for i in range(1, 101)])
+    d.drop_after(50)
+    xs, _ = d.points()
+    assert xs and max(xs) <= 50 and len(d) <= 50
+    d.extend(51, [0.0] * 10)
+    assert 50 < max(d.points()[0]) <= 60  # bucket means of the new points
+    d.drop_after(0)
+    assert d.points() == ([], []) and len(d) == 0

@@ -155,6 +155,9 @@ class MonitorModel:
         for name in ev.metrics:
             self._metric(name)
         if ev.resumed_from:
+            # steps logged after the checkpoint by the session that crashed are done again
+            for series in (self.train, self.val, self.lr_history):
+                series.drop_after(ev.start_step)
             self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
         else:
             size = f"{ev.epochs} epochs x {ev.steps_per_epoch} steps" if ev.steps_per_epoch else f"{ev.epochs} epochs"

@@ -68,6 +68,19 @@ class Downsampled:
             self.ys.append(ys[-1])
         self.size *= 2
 
+    def drop_after(self, x: float) -> None:
+        """Forget the points past ``x``: a run resumed from an earlier checkpoint redoes those
+        steps. Cut at bucket granularity (the partial bucket goes, and full buckets whose mean
+        lies past ``x``)."""
+        keep = len(self.xs)
+        while keep and self.xs[keep - 1] > x:
+            keep -= 1
+        del self.xs[keep:], self.ys[keep:]
+        self._sx = self._sy = 0.0
+        self._n = self._seen = 0
+        self.count = keep * self.size
+        self.last = (self.xs[-1], self.ys[-1]) if self.xs else None
+
     def points(self) -> tuple[list[float], list[float]]:
         """The bucket means to draw, the partial bucket last (a copy)."""
         xs, ys = list(self.xs), list(self.ys)
