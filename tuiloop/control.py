@@ -86,9 +86,12 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
-            with conn:
-                with contextlib.suppress(OSError, ValueError):
-                    self._handle(conn)
+            # one thread per client: a client that connects and says nothing delays no one else
+            threading.Thread(target=self._serve_one, args=(conn,), name="tuiloop-control-client", daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, ValueError):
+            self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(5.0)

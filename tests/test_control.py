@@ -1,0 +1,45 @@
+"""The control socket on its own: commands reach the mailbox, a silent client blocks no one."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from tuiloop.control import ControlError, ControlServer, send_command
+from tuiloop.engine.commands import Commands
+from tuiloop.rundir import CONTROL
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    commands = Commands()
+    srv = ControlServer(tmp_path / CONTROL, commands).start()
+    yield tmp_path, commands
+    srv.close()
+
+
+def test_commands_reach_the_run_and_the_socket_is_owner_only(server) -> None:
+    run_dir, commands = server
+    assert stat.S_IMODE((run_dir / CONTROL).stat().st_mode) == 0o600
+    assert send_command(run_dir, "pause") == {"ok": True}
+    assert send_command(run_dir, "save") == {"ok": True}
+    assert commands.take() == ["pause", "save"]
+    with pytest.raises(ControlError, match="unknown command 'explode'"):
+        send_command(run_dir, "explode")
+
+
+def test_a_client_that_never_speaks_does_not_delay_others(server) -> None:
+    run_dir, commands = server
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(run_dir / CONTROL))
+    try:
+        t0 = time.monotonic()
+        assert send_command(run_dir, "stop", timeout=2.0) == {"ok": True}
+        assert time.monotonic() - t0 < 1.0
+        assert commands.take() == ["stop"]
+    finally:
+        silent.close()
