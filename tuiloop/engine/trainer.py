@@ -84,14 +84,15 @@ class Trainer:
         device: torch.device | None = None,
         run_dir: Path | None = None,
     ) -> None:
-        self.model = model
+        self.device = device or train.device
+        # Module.to moves parameters in place, so an optimizer built on them stays valid.
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
         self.train_batches = train
         self.val_batches = val
-        self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.opt = options or Options()
-        self.device = device or train.device
         self.run_dir = Path(run_dir) if run_dir else None
         self.commands = Commands()
         self.sinks: list[Sink] = []
