@@ -3,7 +3,6 @@ another terminal while the first is still open, whose keys the run obeys."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import time
@@ -16,10 +15,7 @@ from runs_support import TUILOOP, Tmux, events, kill_run, last_step, new_run_dir
 
 from tuiloop import rundir
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
-    pytest.mark.skipif(importlib.util.find_spec("tuiloop.tui.launch") is None, reason="the monitor (tuiloop.tui.launch) is not built yet"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 # 8 steps of 50 ms per epoch and far more epochs than a test waits for: it ends when told to.
 LONG = dict(run={"epochs": 500}, model={"delay": 0.05})

@@ -4,7 +4,6 @@ run's owner can command it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pwd
 import shutil
@@ -97,7 +96,6 @@ def test_headless_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup: 
 
 
 @needs_tmux
-@pytest.mark.skipif(importlib.util.find_spec("tuiloop.tui.launch") is None, reason="the monitor (tuiloop.tui.launch) is not built yet")
 def test_monitored_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup: list[Path]) -> None:
     """`tuiloop run SPEC` with the live monitor; the terminal dies (SIGHUP) mid-run."""
     spec = write_spec(workdir, **SURVIVOR)
