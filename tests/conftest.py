@@ -114,3 +114,24 @@ def assert_same_weights(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture
+def tmux(workdir: Path):
+    """A private tmux server whose terminals start in ``workdir``; killed at teardown."""
+    from runs_support import Tmux
+
+    t = Tmux(workdir)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def cleanup():
+    """Run directories whose training processes are killed at teardown, whatever happened."""
+    from runs_support import kill_run
+
+    dirs: list[Path] = []
+    yield dirs
+    for d in dirs:
+        kill_run(d)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_cli, write_spec
-from runs_support import TUILOOP, Tmux, events, kill_run, last_step, new_run_dir, start_detached, summary, wait_live, wait_until
+from runs_support import TUILOOP, Tmux, events, last_step, new_run_dir, start_detached, summary, wait_live, wait_until
 
 from tuiloop import rundir
 
@@ -21,19 +20,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 LONG = dict(run={"epochs": 500}, model={"delay": 0.05})
 
 
-@pytest.fixture
-def tmux(workdir: Path) -> Iterator[Tmux]:
-    t = Tmux(workdir)
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Path]]:
-    dirs: list[Path] = []
-    yield dirs
-    for d in dirs:
-        kill_run(d)
 
 
 def states(run_dir: Path) -> list[str]:

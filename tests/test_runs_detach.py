@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import run_cli, write_spec
-from runs_support import kill_run, start_detached, summary, wait_until
+from runs_support import start_detached, summary, wait_until
 
 from tuiloop import rundir
 
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Path]]:
-    dirs: list[Path] = []
-    yield dirs
-    for d in dirs:
-        kill_run(d)
 
 
 def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: Path, cleanup: list[Path]) -> None:

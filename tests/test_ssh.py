@@ -28,20 +28,6 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 SURVIVOR = dict(run={"epochs": 8}, model={"delay": 0.04, "dropout": 0.2}, scheduler={"target": "StepLR", "step_size": 2, "gamma": 0.7})
 
 
-@pytest.fixture
-def tmux(workdir: Path) -> Iterator[Tmux]:
-    t = Tmux(workdir)
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Path]]:
-    """Run directories whose training processes are killed at teardown, whatever happened."""
-    dirs: list[Path] = []
-    yield dirs
-    for d in dirs:
-        kill_run(d)
 
 
 def reference_run(workdir: Path, spec: Path) -> Path:

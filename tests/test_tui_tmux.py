@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 DIGITS = DEMOS / "digits.toml"
 
-
-@pytest.fixture
-def tmux(workdir: Path) -> Iterator[Tmux]:
-    t = Tmux(workdir)
-    yield t
-    t.close()
 
 
 def lines_of(screen: str) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuiloop.engine.events import Event, event_from_json
+from tuiloop.procs import pid_alive, process_start
 
 SPEC = "spec.toml"
 RUN_INFO = "run.json"
@@ -108,35 +109,6 @@ def read_events(run_dir: Path) -> list[Event]:
     while batch := tail.poll():
         out.extend(batch)
     return out
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (zombies excepted, where that can be told)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child has exited; Linux shows it as state Z
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def process_start(pid: int) -> int | None:
-    """When the process started, in clock ticks since boot (Linux); None where unknown.
-
-    A pid and its start time name one process for good: a recycled pid has a later start.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def record_process(run_dir: Path, pid: int) -> None:

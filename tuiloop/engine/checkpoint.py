@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from tuiloop.procs import pid_alive
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP/DataParallel (``module.``) and torch.compile (``_orig_mod.``)."""
@@ -67,20 +69,10 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

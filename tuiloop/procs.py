@@ -1,0 +1,34 @@
+"""Facts about processes by pid, for telling a live run from a dead one (Linux /proc where it helps)."""
+
+from __future__ import annotations
+
+import os
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (zombies excepted, where that can be told)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child has exited; Linux shows it as state Z
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux); None where unknown.
+
+    A pid and its start time name one process for good: a recycled pid has a later start.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
