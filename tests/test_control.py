@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_spec
 
+from tuiloop import load_spec
 from tuiloop.control import ControlError, ControlServer, send_command
 from tuiloop.engine.commands import Commands
 from tuiloop.rundir import CONTROL
+from tuiloop.session import prepare_run_dir
 
 
 @pytest.fixture
@@ -43,3 +46,11 @@ def test_a_client_that_never_speaks_does_not_delay_others(server) -> None:
         assert commands.take() == ["stop"]
     finally:
         silent.close()
+
+
+def test_run_directories_are_owner_only(workdir: Path) -> None:
+    """Where no second user can be made to try (test_ssh), the permissions that keep one out."""
+    spec = load_spec(write_spec(workdir))
+    run_dir = prepare_run_dir(spec)
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "checkpoints").stat().st_mode) == 0o700
