@@ -38,6 +38,6 @@ def test_readme_python_example_runs(index: int, tmp_path: Path, monkeypatch: pyt
     if "execute(" in code:
         runs = list((tmp_path / "runs").iterdir())
         assert len(runs) == 1 and (runs[0] / "summary.json").is_file() and (runs[0] / "checkpoints" / "best.pt").is_file()
-        assert out.rstrip().splitlines()[-1] == f"0 {Path('runs') / runs[0].name}"
+        assert out.rstrip().splitlines()[-1] == f"0 {runs[0]}"
     else:
         assert out.rstrip().splitlines()[-1].startswith(("completed ", "early_stopped "))

@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tuiloop.spec import resolve
 
     resolve(spec)  # import errors show here, before anything starts
-    run_dir = prepare_run_dir(spec, args.resume).resolve()
+    run_dir = prepare_run_dir(spec, args.resume)
     proc = spawn_worker(run_dir, resume=args.resume is not None)
     from tuiloop.rundir import record_process
 

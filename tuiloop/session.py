@@ -38,11 +38,12 @@ def versions() -> dict[str, str]:
 
 def prepare_run_dir(spec: Spec, resume: Path | None = None) -> Path:
     """Create the run directory (or reuse it for ``--resume``) and write spec.toml and run.json."""
+    # Absolute: the event log and run.json are read from other directories (attach, show, ls).
     if resume is not None:
-        run_dir = resume
+        run_dir = resume.resolve()
         info = rundir.read_json(run_dir / rundir.RUN_INFO) or {}
     else:
-        run_dir = rundir.create_run_dir(Path(spec.run.out_dir), spec.run.name)
+        run_dir = rundir.create_run_dir(Path(spec.run.out_dir), spec.run.name).resolve()
         info = {"started": time.time()}
     (run_dir / rundir.SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
     info.update(
