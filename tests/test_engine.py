@@ -15,9 +15,18 @@ from torch import nn
 
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.device import to_device
-from tuiloop.engine.events import EarlyStopUpdate, Event, Failed, Finished, LRChanged, Message, TrainSteps, Validated
+from tuiloop.engine.events import (
+    EarlyStopUpdate,
+    Event,
+    Failed,
+    Finished,
+    LRChanged,
+    Message,
+    TrainSteps,
+    Validated,
+)
 from tuiloop.engine.monitor import MetricMonitor
-from tuiloop.engine.trainer import Options, Trainer
+from tuiloop.engine.trainer import PROBLEM_TEXT, Options, Trainer
 from tuiloop.rundir import read_json
 from tuiloop.session import run_spec
 
@@ -369,6 +378,8 @@ def test_problem_type_and_metric_match_a_hand_computation(workdir: Path, problem
     assert set(val.metrics) == {"train_loss", "val_loss", metric}
     ckpt = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert ckpt["problem"] == problem
+    (said,) = [m.text for m in of(events, Message) if m.level == "info"]  # what the run decided, once
+    assert said.startswith(PROBLEM_TEXT[problem]) and said.endswith(f"metrics: train_loss, val_loss, {metric}")
     model = tiny.MLP(4, sections.get("model", {}).get("out_features", 3), 16)
     model.load_state_dict(ckpt["model_state_dict"])
     data_fn = getattr(tiny, sections.get("data", {}).get("target", "tiny.py:classes").split(":")[1])

@@ -73,7 +73,7 @@ class PlainSink:
         if isinstance(ev, RunStarted):
             self._epochs, self._steps = ev.epochs, ev.steps_per_epoch
             what = f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step}" if ev.resumed_from else "started"
-            self._print(f"run {ev.run_name} {what}: {ev.problem} on {ev.device_name}, {ev.num_params:,} parameters, {ev.epochs} epochs of {ev.steps_per_epoch or '?'} steps")
+            self._print(f"run {ev.run_name} {what} on {ev.device_name}, {ev.num_params:,} parameters, {ev.epochs} epochs of {ev.steps_per_epoch or '?'} steps")
             self._print(f"run directory: {ev.run_dir}")
         elif isinstance(ev, TrainSteps):
             now = time.monotonic()

@@ -35,6 +35,15 @@ from tuiloop.engine.problem import MetricTotals, SetupError, check_batch, infer_
 Sink = Callable[[Event], None]
 
 
+PROBLEM_TEXT = {
+    "multiclass": "multi-class classification",
+    "binary": "binary classification",
+    "multilabel": "multi-label classification",
+    "regression": "regression",
+    "other": "a problem tuiloop has no metric for",
+}
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -358,6 +367,8 @@ class Trainer:
         for name, monitor in (("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor), ("[checkpoint] monitor", self.opt.monitor)):
             if monitor is not None and monitor not in available:
                 raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
+        what = PROBLEM_TEXT.get(self.problem, self.problem)
+        self.emit(Message("info", f"{what} ({type(self.loss_fn).__name__}); metrics: {', '.join(available)}"))
 
     def _flush(self, epoch: int) -> None:
         """Emit the buffered step losses as one event (one device sync on accelerators)."""
