@@ -146,10 +146,16 @@ def test_sigkilled_run_resumes_exactly(workdir: Path) -> None:
     assert run_state(run_dir).state == "crashed"
     ck = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert 3 <= ck["epoch"] < 12
+    with open(run_dir / "events.jsonl", "ab") as log:  # as if killed in the middle of writing a long line
+        log.write(b'{"time": 1.0, "epoch": 3, "first_step": 50, "losses": [0.5, 0.4')
 
     resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", "model.delay=0.0", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at epoch {ck['epoch'] + 1}" in resumed.stdout
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    torn = [ln for ln in lines if not ln.endswith("}")]
+    assert torn == ['{"time": 1.0, "epoch": 3, "first_step": 50, "losses": [0.5, 0.4'], "only the torn line is lost"
+    assert [e.resumed_from for e in read_events(run_dir) if e.kind == "run_started"][-1] is not None
     want = load_ckpt(only_run(workdir / "ref") / "checkpoints" / "last.pt")
     got = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert_same_weights(got["model_state_dict"], want["model_state_dict"])

@@ -27,6 +27,8 @@ class JsonlSink:
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "a", encoding="utf-8")
+        if _ends_mid_line(path):  # a killed process may have left half a line: end it
+            self._file.write("\n")
 
     def __call__(self, event: Event) -> None:
         self._file.write(event.to_json() + "\n")
@@ -36,6 +38,14 @@ class JsonlSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def fmt(value: float | None) -> str:
