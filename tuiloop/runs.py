@@ -122,7 +122,7 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
 
 def _spec_epochs(run_dir: Path) -> int | None:
     """``run.epochs`` from the saved spec (the event log may be empty for a setup failure)."""
-    import tomllib
+    from tuiloop.spec.load import tomllib  # tomli on Python 3.10
 
     try:
         raw = tomllib.loads((run_dir / rundir.SPEC).read_text(encoding="utf-8"))
