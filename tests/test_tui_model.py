@@ -311,3 +311,17 @@ def test_downsampled_drop_after() -> None:
     assert 50 < max(d.points()[0]) <= 60  # bucket means of the new points
     d.drop_after(0)
     assert d.points() == ([], []) and len(d) == 0
+
+
+def test_a_manual_save_keeps_its_log_line_when_best_and_last_follow_at_the_same_step() -> None:
+    m = MonitorModel()
+    m.apply(started())
+    m.apply(CheckpointSaved("manual", "checkpoints/manual-step0000008.pt", 0, 8, None, "val_loss", time=T0 + 1))
+    m.apply(CheckpointSaved("best", "checkpoints/best.pt", 1, 8, 0.5, "val_loss", time=T0 + 1))
+    m.apply(CheckpointSaved("last", "checkpoints/last.pt", 1, 8, 0.5, "val_loss", time=T0 + 1))
+    m.apply(CheckpointSaved("last", "checkpoints/last.pt", 2, 16, 0.6, "val_loss", time=T0 + 2))
+    m.apply(CheckpointSaved("last", "checkpoints/last.pt", 3, 24, 0.6, "val_loss", time=T0 + 3))
+    texts = [e.text for e in m.log][-3:]
+    assert "manual-step0000008.pt" in texts[0]
+    assert "best.pt" in texts[1] and texts[1].endswith("+ last.pt")
+    assert "last.pt  epoch 3" in texts[2] and m.log[-1].repeat == 2

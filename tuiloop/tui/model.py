@@ -207,12 +207,13 @@ class MonitorModel:
 
     def _on_checkpoint(self, ev: CheckpointSaved) -> None:
         prev = self.log[-1] if self.log else None
-        if ev.tag == "last" and prev is not None and prev.key == f"ckpt@{ev.step}":
+        if ev.tag == "last" and prev is not None and prev.key.startswith(f"ckpt@{ev.step}:"):
             prev.text += " + last.pt"  # the same moment's best/periodic save: one line for both
             return
         metric = f"  {ev.monitor} {fmt(ev.metric)}" if ev.metric is not None and ev.monitor else ""
         level = {"best": "best", "last": "dim"}.get(ev.tag, "save")
-        key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}"
+        # repeated last.pt saves collapse into one line; other saves each keep their own
+        key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}:{ev.tag}"
         self._log(ev.time, level, f"saved {ev.tag} {ev.path}  epoch {ev.epoch}{metric}", key=key)
 
     def _on_state(self, ev: StateChanged) -> None:
