@@ -54,3 +54,34 @@ def test_run_directories_are_owner_only(workdir: Path) -> None:
     run_dir = prepare_run_dir(spec)
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((run_dir / "checkpoints").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("owner_alive", [False, True])
+def test_a_connection_reset_names_a_dead_run_stale(tmp_path: Path, owner_alive: bool) -> None:
+    """A run killed after accepting us resets the connection: stale if its process is gone."""
+    import os
+    import select
+    import threading
+
+    from tuiloop.rundir import RUN_INFO, process_start, write_json_atomic
+
+    pid = os.getpid() if owner_alive else 0
+    write_json_atomic(tmp_path / RUN_INFO, {"pid": pid, "pid_start": process_start(pid)})
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / CONTROL))
+    listener.listen()
+
+    def die_unread() -> None:  # closing with the request unread resets the client
+        conn, _ = listener.accept()
+        select.select([conn], [], [], 5)
+        conn.close()
+
+    t = threading.Thread(target=die_unread, daemon=True)
+    t.start()
+    try:
+        expected = "closed the connection without answering" if owner_alive else "stale control socket"
+        with pytest.raises(ControlError, match=expected):
+            send_command(tmp_path, "pause")
+    finally:
+        t.join(5)
+        listener.close()

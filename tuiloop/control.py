@@ -123,9 +123,10 @@ class ControlError(Exception):
 
 def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     """Send one command to a live run and return its reply; raises :class:`ControlError`."""
-    from tuiloop.rundir import CONTROL
+    from tuiloop.rundir import CONTROL, RUN_INFO, process_is_run, read_json
 
     path = Path(run_dir) / CONTROL
+    stale = f"{run_dir} is not live: its process has gone and left a stale control socket"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)  # a stuck run must not hang the caller
     try:
@@ -141,7 +142,11 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     except PermissionError as e:
         raise ControlError(f"permission denied: only the user who started {run_dir} can control it") from e
     except ConnectionRefusedError as e:
-        raise ControlError(f"{run_dir} is not live: its process has gone and left a stale control socket") from e
+        raise ControlError(stale) from e
+    except ConnectionResetError as e:  # the process died between our connect and its reply
+        if not process_is_run(read_json(Path(run_dir) / RUN_INFO) or {}):
+            raise ControlError(stale) from e
+        raise ControlError(f"{run_dir} closed the connection without answering {cmd!r}") from e
     except TimeoutError as e:
         raise ControlError(f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)") from e
     except OSError as e:

@@ -15,11 +15,23 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child has exited; Linux shows it as state Z
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    # Linux: a zombie has exited. Killed, a threaded process's leader turns Z while its other
+    # threads still tear down (its files, sockets included, stay open), so look at every thread.
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return any(_thread_state(pid, tid) not in (b"Z", b"X", None) for tid in tasks)
+
+
+def _thread_state(pid: int, tid: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True
+        return None  # the thread is gone
 
 
 def process_start(pid: int) -> int | None:
