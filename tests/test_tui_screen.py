@@ -7,6 +7,7 @@ what each panel says, and what each key sends are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable
@@ -134,36 +135,36 @@ def make_app(run: FakeRun, **kw) -> MonitorApp:  # type: ignore[no-untyped-def]
     return MonitorApp(run, run.command, run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", **kw)
 
 
+@contextlib.asynccontextmanager
+async def monitor(events: list[Event], size: tuple[int, int], **kw):  # type: ignore[no-untyped-def]
+    """A monitor on a fake run that wrote ``events``, once it has drawn them: (run, app, pilot, screen)."""
+    run = FakeRun()
+    run.push(*events)
+    app = make_app(run, **kw)
+    async with app.run_test(size=size) as pilot:
+        yield run, app, pilot, await settled(pilot, run, app, len(events))
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 @run_async
 async def test_the_main_layout_shows_every_panel(size: tuple[int, int]) -> None:
-    run = FakeRun()
-    events = epochs(4)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=size) as pilot:
-        screen = await settled(pilot, run, app, len(events))
-    lines = screen.splitlines()
-    assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
-    for needle in ("RUNNING", "tiny-mlp", "epoch 4/10", "step 8/8", "ETA", "samples/s", "run dir",  # progress
-                   "Loss", "train", "val 0.6500", "best 0.6000 (ep 2)",  # the plot's legend
-                   "Metrics", "val_acc", "0.7000",  # metrics and bests
-                   "Early stopping", "2/3",  # the counter
-                   "Learning rate", "lr 0.001",
-                   "Log", "saved best", "targets look like one-hot rows",
-                   "Pause/resume", "Save now", "Stop", "Detach"):  # footer keys
-        assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
-    assert "◆" in screen  # the best point is marked in the plot
+    async with monitor(epochs(4), size) as (_, _, _, screen):
+        lines = screen.splitlines()
+        assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
+        for needle in ("RUNNING", "tiny-mlp", "epoch 4/10", "step 8/8", "ETA", "samples/s", "run dir",  # progress
+                       "Loss", "train", "val 0.6500", "best 0.6000 (ep 2)",  # the plot's legend
+                       "Metrics", "val_acc", "0.7000",  # metrics and bests
+                       "Early stopping", "2/3",  # the counter
+                       "Learning rate", "lr 0.001",
+                       "Log", "saved best", "targets look like one-hot rows",
+                       "Pause/resume", "Save now", "Stop", "Detach"):  # footer keys
+            assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
+        assert "◆" in screen  # the best point is marked in the plot
 
 
 @run_async
 async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
-    run = FakeRun()
-    events = epochs(5)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(160, 48)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(5), (160, 48)) as (run, app, pilot, screen):
         loss = app.query_one("#loss", PlotView)
         wide = loss.content_size.width
         await pilot.resize_terminal(80, 24)
@@ -185,12 +186,7 @@ async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
 
 @run_async
 async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
-    run = FakeRun()
-    events = epochs(2)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(2), (100, 30)) as (run, app, pilot, screen):
         await pilot.press("p")
         await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="toggle_pause")
         run.push(StateChanged("paused", time=T0 + 10))
@@ -220,12 +216,7 @@ async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
 
 @run_async
 async def test_ctrl_c_stops_without_asking_and_a_second_one_forces() -> None:
-    run = FakeRun()
-    events = epochs(1)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(1), (80, 24)) as (run, app, pilot, screen):
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: run.sent == ["stop"], what="stop")
         assert "Stop the run?" not in screen_text(app)
@@ -257,12 +248,7 @@ async def test_a_second_ctrl_c_kills_a_run_that_is_not_listening_yet() -> None:
 
 @run_async
 async def test_d_leaves_the_run_going() -> None:
-    run = FakeRun()
-    events = epochs(1)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(1), (80, 24)) as (run, app, pilot, screen):
         await pilot.press("d")
         await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
     assert run.sent == [] and app.return_value == "detached" and app.model.exit_status() == 0
@@ -270,12 +256,8 @@ async def test_d_leaves_the_run_going() -> None:
 
 @run_async
 async def test_a_finished_run_stays_on_screen_until_the_user_leaves() -> None:
-    run = FakeRun()
     events = [*epochs(3), Finished("completed", "10 epochs done", 10, 80, 0.6, 1, "val_loss", 42.0, time=T0 + 50)]
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(80, 24)) as pilot:
-        screen = await settled(pilot, run, app, len(events))
+    async with monitor(events, (80, 24)) as (run, app, pilot, screen):
         run.is_alive = False
         await pilot.pause(1.5)  # the process is gone too: still on screen
         assert app.is_running and "COMPLETED" in screen and "completed (10 epochs done)" in screen
@@ -304,12 +286,7 @@ async def test_exit_on_finish_closes_by_itself() -> None:
 
 @run_async
 async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
-    run = FakeRun()
-    events = epochs(2)
-    run.push(*events)
-    app = make_app(run, read_only=True)
-    async with app.run_test(size=(80, 24)) as pilot:
-        screen = await settled(pilot, run, app, len(events))
+    async with monitor(epochs(2), (80, 24), read_only=True) as (run, app, pilot, screen):
         assert "read-only" in screen
         footer = screen.splitlines()[-1]
         assert "Pause" not in footer and "Save" not in footer and "Leave" in footer
@@ -322,15 +299,11 @@ async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
 
 @run_async
 async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
-    run = FakeRun()
     tb = 'Traceback (most recent call last):\n  File "/home/me/models.py", line 42, in forward\n    return self.net(x) / 0\nZeroDivisionError: division by zero\n'
     events = [*epochs(2), Failed("ZeroDivisionError: division by zero", "training, epoch 3, step 20: models.py:42 in forward", tb, time=T0 + 9),
               CheckpointSaved("last", "checkpoints/last.pt", 2, 19, 0.6, "val_loss", time=T0 + 9),
               Finished("failed", "ZeroDivisionError in training", 2, 19, 0.6, 1, "val_loss", 9.0, time=T0 + 9)]
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(100, 30)) as pilot:
-        screen = await settled(pilot, run, app, len(events))
+    async with monitor(events, (100, 30)) as (run, app, pilot, screen):
         await pilot.press("q")  # over: q leaves without asking
         await wait_for(pilot, lambda: not app.is_running, what="q to leave")
     assert "FAILED" in screen and "Error" in screen
@@ -341,25 +314,16 @@ async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
 
 @run_async
 async def test_a_nan_loss_shows_its_message_as_the_error() -> None:
-    run = FakeRun()
     text = "the training loss became nan at step 41; training stopped and the last good state (before step 41) is saved in checkpoints/last.pt."
     events = [*epochs(2), Message("error", text, time=T0 + 5), Finished("failed", "the training loss became nan at step 41", 2, 40, 0.6, 1, "val_loss", 5.0, time=T0 + 5)]
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(100, 30)) as pilot:
-        screen = await settled(pilot, run, app, len(events))
-    assert "FAILED" in screen and "Error" in screen and "the training loss became nan at step 41; training stopped" in screen
+    async with monitor(events, (100, 30)) as (_, app, _, screen):
+        assert "FAILED" in screen and "Error" in screen and "the training loss became nan at step 41; training stopped" in screen
     assert app.model.exit_status() == 1
 
 
 @run_async
 async def test_a_process_that_dies_without_finishing_is_shown_as_crashed() -> None:
-    run = FakeRun()
-    events = epochs(1)
-    run.push(*events)
-    app = make_app(run)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(1), (80, 24)) as (run, app, pilot, screen):
         run.code = -9
         run.is_alive = False
         await wait_for(pilot, lambda: "CRASHED" in screen_text(app), what="CRASHED")
@@ -369,13 +333,8 @@ async def test_a_process_that_dies_without_finishing_is_shown_as_crashed() -> No
 
 @run_async
 async def test_a_refused_command_is_shown_in_the_log() -> None:
-    run = FakeRun()
-    events = epochs(1)
-    run.push(*events)
-    run.refuse = "permission denied: only the user who started it can control it"
-    app = make_app(run)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await settled(pilot, run, app, len(events))
+    async with monitor(epochs(1), (100, 30)) as (run, app, pilot, screen):
+        run.refuse = "permission denied: only the user who started it can control it"
         await pilot.press("p")
         await wait_for(pilot, lambda: "toggle_pause: permission denied" in screen_text(app), what="the refusal in the log")
         assert app.model.state == "running"
