@@ -42,11 +42,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import bench_task  # noqa: E402  (sets torch to one thread)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import bench_task  # noqa: E402  (sets torch to one thread)
 from tuiloop.engine.batches import Batches  # noqa: E402
 
 SPEC = """\
@@ -147,7 +147,7 @@ def tuiloop_run(args: argparse.Namespace, workdir: Path) -> list[float]:
 
 def steady(stamps: list[float], warmup: int) -> list[float]:
     """Epoch intervals after the first ``warmup`` of them."""
-    return [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)][warmup:]
 
 
 def part1(args: argparse.Namespace) -> None:
@@ -199,19 +199,19 @@ def hand_loop(args: argparse.Namespace) -> list[float]:
     return stamps
 
 
-def trainer_loop(args: argparse.Namespace, log: Path) -> list[float]:
+def trainer_loop(args: argparse.Namespace, run_dir: Path) -> list[float]:
     """The Trainer on the same batches with the event log a run writes; no validation or checkpoints.
 
     Returns the time at the end of each epoch: when its last steps' event reaches the sinks.
     """
     from tuiloop.engine.events import TrainSteps
-    from tuiloop.engine.sinks import JsonlSink
     from tuiloop.engine.trainer import Options, Trainer
+    from tuiloop.rundir.eventlog import EventLog
 
     model, optimizer, batches = _fresh(args)
     steps = len(batches)
     trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=args.epochs, save_best=False, save_last=False))
-    sink = JsonlSink(log)
+    sink = EventLog(run_dir)
     trainer.subscribe(sink)
     stamps = []
     trainer.subscribe(lambda e: stamps.append(time.perf_counter()) if isinstance(e, TrainSteps) and e.step_in_epoch == steps else None)
@@ -226,10 +226,9 @@ def part2(args: argparse.Namespace) -> None:
     print(f"part 2: per-step cost of training only, same fast batching (tuiloop Batches), {args.epochs} epochs x {args.rounds} rounds")
     hand, eng = [], []
     with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
-        log = Path(tmp) / "events.jsonl"
         for r in range(args.rounds):
             for name in (("hand", "trainer") if r % 2 == 0 else ("trainer", "hand")):
-                stamps = hand_loop(args) if name == "hand" else trainer_loop(args, log)
+                stamps = hand_loop(args) if name == "hand" else trainer_loop(args, Path(tmp))
                 (hand if name == "hand" else eng).extend(t / steps for t in steady(stamps, args.warmup))
     h, e = statistics.median(hand), statistics.median(eng)
     print(f"  hand loop {h * 1e6:.1f} us/step   tuiloop Trainer {e * 1e6:.1f} us/step   overhead {(e - h) * 1e6:+.1f} us/step ({(e / h - 1) * 100:+.1f}%)")
@@ -241,8 +240,8 @@ def profile(args: argparse.Namespace) -> None:
     import cProfile
     import pstats
 
-    from tuiloop.engine.sinks import PlainSink
-    from tuiloop.session import execute
+    from tuiloop.engine.plain import PlainSink
+    from tuiloop.session.run import execute
     from tuiloop.spec import load_spec
 
     null = open(os.devnull, "w")

@@ -156,7 +156,7 @@ def epoch_times(run_dir: Path, warmup: int) -> list[float]:
     if finished.get("event") != "finished" or finished.get("status") != "completed":
         raise SystemExit(f"the run did not complete: {finished}")
     stamps = [e["time"] for e in events if e["event"] == "validated"]
-    return [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)][warmup:]
 
 
 def run_headless(spec: Path, workdir: Path, env: dict[str, str]) -> Path:

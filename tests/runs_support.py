@@ -17,7 +17,9 @@ from typing import Any
 
 from conftest import cli_env, run_cli
 
-from tuiloop import rundir
+from tuiloop.rundir import layout
+from tuiloop.rundir.control import ControlError, send_command
+from tuiloop.rundir.lock import is_locked
 
 TUILOOP = f"{shlex.quote(sys.executable)} -m tuiloop"
 
@@ -38,7 +40,7 @@ def events(run_dir: Path) -> list[dict[str, Any]]:
     """The run's event log as dicts (a torn last line is skipped)."""
     out = []
     try:
-        text = (run_dir / rundir.EVENTS).read_text(encoding="utf-8")
+        text = (run_dir / layout.EVENTS).read_text(encoding="utf-8")
     except FileNotFoundError:
         return out
     for line in text.splitlines():
@@ -56,14 +58,14 @@ def last_step(run_dir: Path) -> int:
 
 
 def summary(run_dir: Path) -> dict[str, Any] | None:
-    return rundir.read_json(run_dir / rundir.SUMMARY)
+    return layout.read_json(run_dir / layout.SUMMARY)
 
 
 def new_run_dir(out_dir: Path, before: set[Path], timeout: float = 60) -> Path:
     """The run directory that appeared under ``out_dir`` since ``before`` was taken."""
 
     def find() -> Path | None:
-        fresh = [p for p in out_dir.glob("*") if p.is_dir() and p not in before and (p / rundir.RUN_INFO).is_file()]
+        fresh = [p for p in out_dir.glob("*") if p.is_dir() and p not in before and (p / layout.RUN_INFO).is_file()]
         return fresh[0] if fresh else None
 
     return wait_until(find, timeout, f"a new run directory under {out_dir}")
@@ -79,20 +81,72 @@ def start_detached(spec: Path, *sets: str, cwd: Path) -> Path:
     return Path(m.group(1))
 
 
+def answers(run_dir: Path) -> bool:
+    """True if the run's control socket answers a ping."""
+    try:
+        send_command(run_dir, "ping", timeout=1.0)
+    except ControlError:
+        return False
+    return True
+
+
 def wait_live(run_dir: Path, timeout: float = 60) -> None:
     """Until the run's control socket answers (the training process is set up)."""
-    wait_until(lambda: rundir.control_alive(run_dir) or summary(run_dir), timeout, f"{run_dir.name} to go live")
-    assert summary(run_dir) is None, f"{run_dir.name} ended before the test could act: {summary(run_dir)}"
+    wait_until(lambda: answers(run_dir) or summary(run_dir), timeout, f"{run_dir.name} to go live")
+    assert summary(run_dir) is None or is_locked(run_dir), f"{run_dir.name} ended before the test could act: {summary(run_dir)}"
+
+
+def run_pid(run_dir: Path) -> int:
+    """The training process of a live run (run.json, written by that process)."""
+    return int((layout.read_json(run_dir / layout.RUN_INFO) or {}).get("pid") or 0)
 
 
 def kill_run(run_dir: Path) -> None:
-    """SIGKILL a run's training process if it is still that process (teardown)."""
-    info = rundir.read_json(run_dir / rundir.RUN_INFO) or {}
-    if rundir.process_is_run(info):
+    """SIGKILL a run's training process while it still holds the run (teardown)."""
+    pid = run_pid(run_dir)
+    if pid and is_locked(run_dir):
         try:
-            os.kill(int(info["pid"]), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def start_worker(spec: Any) -> tuple[Path, subprocess.Popen]:
+    """What ``tuiloop run SPEC`` does before it opens the monitor: a locked run directory, a worker."""
+    from tuiloop.session import worker
+    from tuiloop.session.run import new_run_dir
+
+    run_dir, lock = new_run_dir(spec)
+    try:
+        return run_dir, worker.start(run_dir, lock, spec)
+    finally:
+        lock.release()
+
+
+def resume_worker(run_dir: Path, spec: Any) -> subprocess.Popen:
+    """What ``tuiloop run --resume RUN_DIR`` does before it opens the monitor (the resume is checked)."""
+    import io
+
+    from tuiloop.session import worker
+    from tuiloop.session.run import lock_for_resume
+
+    lock = lock_for_resume(run_dir)
+    try:
+        proc = worker.start(run_dir, lock, spec, resume=True)
+    finally:
+        lock.release()
+    said = io.StringIO()
+    assert worker.wait_ready(proc, said), said.getvalue()
+    return proc
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
 
 
 def children(pid: int) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli, write_spec
 from runs_support import TUILOOP, Tmux, events, last_step, new_run_dir, start_detached, summary, wait_live, wait_until
 
-from tuiloop import rundir
+from tuiloop.rundir.state import run_state
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -74,7 +74,7 @@ def test_attach_from_a_second_terminal_obeys_the_keys(workdir: Path, tmux: Tmux,
     from conftest import load_ckpt
 
     assert load_ckpt(last)["step"] == s["steps"]
-    assert rundir.run_state(run_dir).state == "stopped"
+    assert run_state(run_dir).state == "stopped"
     tmux.wait_for(original, r"(?i)stopped")  # the original terminal saw it too
 
 
@@ -94,7 +94,7 @@ def test_attach_without_argument_picks_the_newest_live_run_and_d_leaves_it_going
     tmux.wait_for(view, r"\[exit 0\]")
     step = last_step(newer)
     wait_until(lambda: last_step(newer) > step, 20, "the run to go on after the view detached")
-    assert rundir.run_state(newer).live and summary(newer) is None
+    assert run_state(newer).live and summary(newer) is None
 
 
 def test_show_opens_a_finished_run_read_only(workdir: Path, tmux: Tmux) -> None:

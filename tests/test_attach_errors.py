@@ -13,7 +13,8 @@ import pytest
 from conftest import FIXTURES, only_run, run_cli, write_spec
 from runs_support import kill_run, start_detached, wait_live, wait_until
 
-from tuiloop import rundir
+from tuiloop.rundir.layout import read_json
+from tuiloop.rundir.lock import is_locked
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,9 @@ def crashed(workdir: Path) -> Iterator[Path]:
     try:
         wait_live(run_dir)
         wait_until(lambda: b'"event":"validated"' in (run_dir / "events.jsonl").read_bytes(), 60, "an epoch")
-        pid = rundir.read_json(run_dir / "run.json")["pid"]
+        pid = read_json(run_dir / "run.json")["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not rundir.pid_alive(pid), 10, "the process to die")
+        wait_until(lambda: not is_locked(run_dir), 10, "the process to die")
         yield run_dir
     finally:
         kill_run(run_dir)
@@ -102,3 +103,32 @@ def test_show_without_a_terminal_prints_the_log(finished: Path, crashed: Path, w
     assert shown.returncode == 0, shown.stderr
     assert "epoch 1/500" in shown.stdout
     assert shown.stdout.rstrip().splitlines()[-1].startswith("crashed: its process")
+
+
+def test_show_piped_into_a_reader_that_stops_early_exits_quietly(finished: Path, workdir: Path) -> None:
+    """``tuiloop show RUN | head -1``: no BrokenPipeError traceback when head has had enough."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    cmd = f"{shlex.quote(sys.executable)} -m tuiloop show {shlex.quote(str(finished))} | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=workdir, capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert done.stdout.startswith("run tiny started") and done.stdout.count("\n") == 1
+    assert done.stderr == "", done.stderr
+    assert done.returncode == 0
+
+
+def test_show_skips_lines_it_cannot_read_and_says_so(finished: Path, tmp_path: Path) -> None:
+    """A line from a newer tuiloop, a line missing a field, a torn line: skipped with a warning."""
+    copy = tmp_path / finished.name
+    shutil.copytree(finished, copy)
+    lines = (copy / "events.jsonl").read_text().splitlines()
+    odd = ['{"event":"gpu_sample","time":1.0,"util":[99]}', '{"event":"validated","time":1.0}', '[1, 2]', '{"event":"train_ste']
+    (copy / "events.jsonl").write_text("\n".join(lines[:2] + odd + lines[2:]) + "\n")
+    shown = run_cli("show", copy, cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "finished: completed" in shown.stdout
+    assert shown.stderr.startswith("tuiloop: warning: skipped 4 line(s)") and "line 3: unknown event type 'gpu_sample'" in shown.stderr
+    assert "line 4: 'validated' event without epoch, step, metrics, is_best, duration_s" in shown.stderr

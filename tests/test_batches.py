@@ -65,8 +65,8 @@ def test_a_restart_at_batch_k_is_the_rest_of_the_epoch_laid_out_the_same(chunk_b
     for start in range(len(batches) + 1):
         rest = list(batches.epoch(2, start=start))
         assert len(rest) == len(full) - start
-        for got, want in zip(rest, full[start:]):
-            assert all(torch.equal(g, w) for g, w in zip(got, want))
+        for got, want in zip(rest, full[start:], strict=True):
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
             assert [t.storage_offset() for t in got] == [t.storage_offset() for t in want]
 
 

@@ -21,8 +21,10 @@ from tuiloop.engine.batches import Batches
 from tuiloop.engine.checkpoint import remove_stale_temps, unwrap
 from tuiloop.engine.events import CheckpointSaved, Event
 from tuiloop.engine.trainer import Options, Trainer
-from tuiloop.rundir import read_events, read_json, run_state
-from tuiloop.session import run_spec
+from tuiloop.rundir.eventlog import read_events
+from tuiloop.rundir.layout import read_json
+from tuiloop.rundir.state import run_state
+from tuiloop.session.run import run_spec
 
 RECIPE_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch", "loss"}
 RESUME_KEYS = {"scheduler_state_dict", "step", "batch_in_epoch", "best", "early_stopping", "rng_state"}
@@ -50,14 +52,18 @@ def test_run_directory_layout(workdir: Path) -> None:
     summary = read_json(run_dir / "summary.json")
     assert summary is not None
     assert summary["status"] == "completed" and summary["epochs_done"] == 3 and summary["steps"] == 24
-    assert summary["monitor"] == "val_acc" and summary["best_value"] is not None and summary["best_epoch"] in (0, 1, 2)
+    assert summary["monitor"] == "val_acc" and summary["best_value"] is not None and summary["best_epoch"] in (1, 2, 3)
     assert summary["wall_time_s"] > 0 and summary["ended"] >= summary["started"]
     assert summary["versions"]["torch"] == torch.__version__
     assert set(summary["final_metrics"]) == {"train_loss", "val_loss", "val_acc"}
     assert run_state(run_dir).state == "finished"
 
-    logged = read_events(run_dir)
-    assert [e.kind for e in logged] == [e.kind for e in events], "events.jsonl holds every event, in order"
+    logged, tail = read_events(run_dir)
+    assert tail.skipped == 0
+    # every event, in order; a foreground run's start-up phases come before its directory exists
+    phases = [e.phase for e in events if e.kind == "starting"]
+    assert phases[:2] == ["importing torch", "importing the spec's targets"] and "loading the data" in phases
+    assert [e.kind for e in logged] == [e.kind for e in events[len(phases) :]], "events.jsonl holds every event, in order"
     assert logged[0].kind == "run_started" and logged[-1].kind == "finished"
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert all(json.loads(line)["event"] for line in lines)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import assert_same_weights, load_ckpt, write_spec
 
-from tuiloop.engine.build import build_trainer
 from tuiloop.engine.events import Event, TrainSteps
 from tuiloop.engine.trainer import Trainer
+from tuiloop.session.build import build_trainer
 from tuiloop.spec import load_spec, resolve
 
 
@@ -41,7 +41,7 @@ def full_state(trainer: Trainer) -> dict[str, Any]:
 
 def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert_same_weights(a["model"], b["model"])
-    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True):
         assert ka == kb
         assert_same_weights(va, vb)
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]

@@ -13,8 +13,10 @@ from typing import Any
 
 from conftest import DEMOS, assert_same_weights, load_ckpt, only_run, run_cli, start_cli, write_spec
 
-from tuiloop.control import send_command
-from tuiloop.rundir import EventTail, read_events, read_json, run_state
+from tuiloop.rundir.control import send_command
+from tuiloop.rundir.eventlog import EventTail, read_events
+from tuiloop.rundir.layout import read_json
+from tuiloop.rundir.state import run_state
 
 # Early stopping that can only count up (nothing improves val_acc by 0.5): it ends at epoch 4.
 RESUMABLE = dict(
@@ -36,7 +38,7 @@ def wait_for_run_dir(out_dir: Path, proc: subprocess.Popen, timeout: float = 60)
 
 def wait_for_steps(run_dir: Path, proc: subprocess.Popen, accept: Any = lambda e: True, timeout: float = 60) -> Any:
     """The first train_steps event in events.jsonl that ``accept`` likes."""
-    tail = EventTail(run_dir / "events.jsonl")
+    tail = EventTail(run_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for e in tail.poll():
@@ -85,11 +87,11 @@ def test_stop_after_epoch_k_then_resume_is_exact(workdir: Path) -> None:
 
     log_after = (run_dir / "events.jsonl").read_bytes()
     assert log_after.startswith(log_before), "events.jsonl must be appended to, not rewritten"
-    events = read_events(run_dir)
+    events, _ = read_events(run_dir)
     started = [e for e in events if e.kind == "run_started"]
     assert len(started) == 2 and started[1].resumed_from and (started[1].start_epoch, started[1].start_step) == (2, 16)
     assert [e.status for e in events if e.kind == "finished"] == ["completed", "early_stopped"]
-    assert [e.epoch for e in events if e.kind == "validated"] == [0, 1, 2, 3]
+    assert [e.epoch for e in events if e.kind == "validated"] == [1, 2, 3, 4]
     info = read_json(run_dir / "run.json")
     assert info is not None and len(info["resumes"]) == 1
 
@@ -103,7 +105,7 @@ def test_stop_mid_epoch_over_the_control_socket_then_resume(workdir: Path) -> No
     proc = start_cli("run", spec, "--headless", "--set", "run.out_dir=cut", "--set", "model.delay=0.05", cwd=workdir)
     try:
         run_dir = wait_for_run_dir(workdir / "cut", proc)
-        wait_for_steps(run_dir, proc, lambda e: e.epoch == 1 and 1 <= e.step_in_epoch <= 4)
+        wait_for_steps(run_dir, proc, lambda e: e.epoch == 2 and 1 <= e.step_in_epoch <= 4)
         assert send_command(run_dir, "ping")["pid"] == proc.pid
         assert send_command(run_dir, "stop") == {"ok": True}
         code, out, err = finish(proc)
@@ -117,8 +119,8 @@ def test_stop_mid_epoch_over_the_control_socket_then_resume(workdir: Path) -> No
     ck = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert ck["epoch"] == 1 and 1 <= ck["batch_in_epoch"] <= 7, "the stop should land mid-epoch"
 
-    # the delay only slows the forward pass; resuming without it changes no number
-    resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", "model.delay=0.0", cwd=workdir)
+    # the delay only slows the forward pass (and [model] keys cannot change on resume)
+    resumed = run_cli("run", "--resume", run_dir, "--headless", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     want = load_ckpt(only_run(workdir / "ref") / "checkpoints" / "last.pt")
     got = load_ckpt(run_dir / "checkpoints" / "last.pt")
@@ -137,7 +139,7 @@ def test_sigkilled_run_resumes_exactly(workdir: Path) -> None:
     proc = start_cli("run", spec, "--headless", "--set", "run.out_dir=cut", "--set", "model.delay=0.004", cwd=workdir)
     try:
         run_dir = wait_for_run_dir(workdir / "cut", proc)
-        wait_for_steps(run_dir, proc, lambda e: e.epoch >= 3)
+        wait_for_steps(run_dir, proc, lambda e: e.epoch >= 4)
         time.sleep(random.uniform(0.0, 0.1))
         proc.kill()
         proc.wait()
@@ -149,13 +151,13 @@ def test_sigkilled_run_resumes_exactly(workdir: Path) -> None:
     with open(run_dir / "events.jsonl", "ab") as log:  # as if killed in the middle of writing a long line
         log.write(b'{"time": 1.0, "epoch": 3, "first_step": 50, "losses": [0.5, 0.4')
 
-    resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", "model.delay=0.0", cwd=workdir)
+    resumed = run_cli("run", "--resume", run_dir, "--headless", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at epoch {ck['epoch'] + 1}" in resumed.stdout
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     torn = [ln for ln in lines if not ln.endswith("}")]
     assert torn == ['{"time": 1.0, "epoch": 3, "first_step": 50, "losses": [0.5, 0.4'], "only the torn line is lost"
-    assert [e.resumed_from for e in read_events(run_dir) if e.kind == "run_started"][-1] is not None
+    assert [e.resumed_from for e in read_events(run_dir)[0] if e.kind == "run_started"][-1] is not None
     want = load_ckpt(only_run(workdir / "ref") / "checkpoints" / "last.pt")
     got = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert_same_weights(got["model_state_dict"], want["model_state_dict"])
@@ -205,8 +207,10 @@ def test_second_sigint_forces_exit_130(workdir: Path) -> None:
         proc.kill()
     assert code == 130
     assert "second interrupt, exiting now" in err and "Traceback" not in err
-    assert not (run_dir / "summary.json").exists()
-    assert run_state(run_dir).state == "crashed"
+    summary = read_json(run_dir / "summary.json")
+    assert summary is not None and (summary["status"], summary["reason"]) == ("forced", "forced to exit without saving")
+    assert run_state(run_dir).state == "forced"
+    assert not (run_dir / "checkpoints" / "last.pt").exists(), "forced: nothing is saved"
 
 
 def test_sigterm_stops_gracefully(workdir: Path) -> None:
@@ -234,6 +238,9 @@ def test_piped_output_is_plain_lines(tmp_path: Path) -> None:
         lines = r.stdout.splitlines()
         assert lines[0].startswith("run digits-mlp started") and lines[1].startswith("run directory: ")
         assert sum(line.startswith("epoch ") for line in lines) == 3
+        es_lines = [line for line in lines if line.startswith("epoch ")]
+        assert all("patience " in line for line in es_lines), "the early-stopping counter rides on the epoch line"
+        assert not any(line.startswith("early stopping") for line in lines)
         assert lines[-1].startswith("finished: completed (3 epochs done)")
         events = [json.loads(line) for line in (only_run(out_dir) / "events.jsonl").read_text().splitlines()]
         assert events[0]["event"] == "run_started" and events[-1]["event"] == "finished"

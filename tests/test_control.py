@@ -1,9 +1,13 @@
-"""The control socket on its own: commands reach the mailbox, a silent client blocks no one."""
+"""The control socket on its own: commands reach the mailbox, a silent client blocks no one, a
+malformed request is answered and reported but stops nothing."""
 
 from __future__ import annotations
 
+import json
+import select
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -11,22 +15,24 @@ import pytest
 from conftest import write_spec
 
 from tuiloop import load_spec
-from tuiloop.control import ControlError, ControlServer, send_command
 from tuiloop.engine.commands import Commands
-from tuiloop.rundir import CONTROL
-from tuiloop.session import prepare_run_dir
+from tuiloop.rundir.control import ControlError, ControlServer, send_command
+from tuiloop.rundir.layout import CONTROL
+from tuiloop.rundir.lock import RunLock
+from tuiloop.session.run import new_run_dir
 
 
 @pytest.fixture
 def server(tmp_path: Path):
     commands = Commands()
-    srv = ControlServer(tmp_path / CONTROL, commands).start()
-    yield tmp_path, commands
+    warnings: list[str] = []
+    srv = ControlServer(tmp_path, commands, warn=warnings.append).start()
+    yield tmp_path, commands, warnings
     srv.close()
 
 
 def test_commands_reach_the_run_and_the_socket_is_owner_only(server) -> None:
-    run_dir, commands = server
+    run_dir, commands, _ = server
     assert stat.S_IMODE((run_dir / CONTROL).stat().st_mode) == 0o600
     assert send_command(run_dir, "pause") == {"ok": True}
     assert send_command(run_dir, "save") == {"ok": True}
@@ -35,8 +41,38 @@ def test_commands_reach_the_run_and_the_socket_is_owner_only(server) -> None:
         send_command(run_dir, "explode")
 
 
+def _raw(run_dir: Path, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(run_dir / CONTROL))
+        s.sendall(payload)
+        return s.makefile("rb").readline()
+
+
+@pytest.mark.parametrize(
+    ("payload", "said"),
+    [(b"hello\n", "is not JSON"), (b"[1, 2]\n", "is a JSON list, not an object"), (b'{"command": "stop"}\n', 'has no "cmd" string'), (b'{"cmd": 5}\n', 'has no "cmd" string')],
+)
+def test_malformed_requests_are_answered_reported_and_harmless(server, payload: bytes, said: str) -> None:
+    run_dir, commands, warnings = server
+    reply = json.loads(_raw(run_dir, payload))
+    assert reply == {"ok": False, "error": f"bad request: it {said}"}
+    assert len(warnings) == 1 and said in warnings[0] and "control socket: ignored a request" in warnings[0]
+    assert commands.take() == []
+    assert send_command(run_dir, "stop") == {"ok": True}, "the server goes on serving"
+    assert commands.take() == ["stop"]
+
+
+def test_force_is_answered_before_it_acts(server) -> None:
+    run_dir, commands, _ = server
+    forced = threading.Event()
+    commands.on_force = forced.set  # a session ends the process here
+    assert send_command(run_dir, "force") == {"ok": True}
+    assert forced.wait(5) and commands.take() == []
+
+
 def test_a_client_that_never_speaks_does_not_delay_others(server) -> None:
-    run_dir, commands = server
+    run_dir, commands, _ = server
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(str(run_dir / CONTROL))
     try:
@@ -50,23 +86,19 @@ def test_a_client_that_never_speaks_does_not_delay_others(server) -> None:
 
 def test_run_directories_are_owner_only(workdir: Path) -> None:
     """Where no second user can be made to try (test_ssh), the permissions that keep one out."""
-    spec = load_spec(write_spec(workdir))
-    run_dir = prepare_run_dir(spec)
+    run_dir, lock = new_run_dir(load_spec(write_spec(workdir)))
+    lock.release()
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((run_dir / "checkpoints").stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "run.lock").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("owner_alive", [False, True])
 def test_a_connection_reset_names_a_dead_run_stale(tmp_path: Path, owner_alive: bool) -> None:
-    """A run killed after accepting us resets the connection: stale if its process is gone."""
-    import os
-    import select
-    import threading
-
-    from tuiloop.rundir import RUN_INFO, process_start, write_json_atomic
-
-    pid = os.getpid() if owner_alive else 0
-    write_json_atomic(tmp_path / RUN_INFO, {"pid": pid, "pid_start": process_start(pid)})
+    """A run killed after accepting us resets the connection: stale if its lock is free."""
+    lock = RunLock.acquire(tmp_path)
+    if not owner_alive:
+        lock.release()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / CONTROL))
     listener.listen()
@@ -85,3 +117,4 @@ def test_a_connection_reset_names_a_dead_run_stale(tmp_path: Path, owner_alive: 
     finally:
         t.join(5)
         listener.close()
+        lock.release()

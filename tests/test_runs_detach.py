@@ -8,8 +8,7 @@ from pathlib import Path
 from conftest import run_cli, write_spec
 from runs_support import start_detached, summary, wait_until
 
-from tuiloop import rundir
-
+from tuiloop.rundir.state import run_state
 
 
 def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: Path, cleanup: list[Path]) -> None:
@@ -28,7 +27,7 @@ def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: 
     # Listed as running straight away, even before the training process has started up.
     listed = run_cli("ls", workdir / "runs", cwd=workdir)
     assert listed.stdout.splitlines()[1].split()[1] in ("running", "finished"), listed.stdout
-    assert rundir.run_state(run_dir).state in ("running", "finished")
+    assert run_state(run_dir).state in ("running", "finished")
 
     wait_until(lambda: summary(run_dir), 90, "the background run's summary")
     s = summary(run_dir)

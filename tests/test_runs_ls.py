@@ -17,9 +17,11 @@ import pytest
 from conftest import FIXTURES, run_cli, start_cli, write_spec
 from runs_support import events, kill_run, start_detached, wait_live, wait_until
 
-from tuiloop import rundir
-from tuiloop.control import send_command
-from tuiloop.runs import fmt_value
+from tuiloop.engine import fmt
+from tuiloop.rundir.control import send_command
+from tuiloop.rundir.layout import read_json, write_json_atomic
+from tuiloop.rundir.lock import is_locked
+from tuiloop.rundir.state import run_state
 
 SLOW = {"model": {"delay": 0.05}}  # 8 steps of 50 ms: 0.4 s an epoch, so a test can act mid-run
 
@@ -34,7 +36,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(workdir: Path) -> Iterator[dict[str, Path]]:
-    """One out_dir holding a finished, early-stopped, failed, stopped, crashed and running run."""
+    """One out_dir holding a finished, early-stopped, failed, stopped, crashed and running run,
+    and one that failed before its first step (a typo in a data argument)."""
     made: dict[str, Path] = {}
     headless = {
         "finished": write_spec(workdir, "finished.toml", run={"name": "done", "epochs": 2}),
@@ -42,28 +45,30 @@ def runs(workdir: Path) -> Iterator[dict[str, Path]]:
         "early_stopped": write_spec(workdir, "early.toml", run={"name": "plateau", "epochs": 6}, optimizer={"target": "SGD", "lr": 0.0}, early_stopping={"monitor": "val_loss", "patience": 1}),
         "failed": write_spec(workdir, "failed.toml", run={"name": "nan"}, data={"target": "tiny.py:with_nan", "shuffle": False}, model={"out_features": 1}, loss={"target": "MSELoss"}),
     }
+    setup = write_spec(workdir, "setup.toml", run={"name": "typo"}, model={"out_features": 1})  # fails at the first batch
     slow = write_spec(workdir, "slow.toml", run={"name": "slow", "epochs": 200}, **SLOW)
     out_dir = workdir / "runs"
     try:
-        procs = [start_cli("run", spec, "--headless", cwd=workdir) for spec in headless.values()]
+        procs = [start_cli("run", spec, "--headless", cwd=workdir) for spec in [*headless.values(), setup]]
         made["stopped"] = start_detached(slow, cwd=workdir)
         made["crashed"] = start_detached(slow, cwd=workdir)
         made["running"] = start_detached(slow, "run.name=an-experiment-with-a-rather-long-name", cwd=workdir)
         for proc in procs:
             proc.communicate(timeout=120)
         for p in out_dir.iterdir():
-            for key, prefix in (("finished", "done-"), ("early_stopped", "plateau-"), ("failed", "nan-")):
+            for key, prefix in (("finished", "done-"), ("early_stopped", "plateau-"), ("failed", "nan-"), ("setup", "typo-")):
                 if p.name.startswith(prefix):
                     made[key] = p
         for key in ("stopped", "crashed", "running"):
             wait_live(made[key])
         for key in ("stopped", "crashed"):  # some history first: a validated epoch
-            wait_until(lambda: any(e["event"] == "validated" for e in events(made[key])), 60, f"an epoch of the {key} run")
+            path = made[key]
+            wait_until(lambda path=path: any(e["event"] == "validated" for e in events(path)), 60, f"an epoch of the {key} run")
         send_command(made["stopped"], "stop")
-        wait_until(lambda: rundir.read_json(made["stopped"] / "summary.json"), 60, "the stopped run's summary")
-        pid = rundir.read_json(made["crashed"] / "run.json")["pid"]
+        wait_until(lambda: read_json(made["stopped"] / "summary.json"), 60, "the stopped run's summary")
+        pid = read_json(made["crashed"] / "run.json")["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not rundir.pid_alive(pid), 10, "the killed run's process to go")
+        wait_until(lambda: not is_locked(made["crashed"]), 10, "the killed run's lock to go")
         yield made
     finally:
         for path in made.values():
@@ -84,61 +89,79 @@ def row_of(lines: list[str], run_dir: Path) -> str:
     return hits[0]
 
 
-def test_ls_shows_every_state_sorted_and_within_80_columns(runs: dict[str, Path], workdir: Path) -> None:
+def test_ls_shows_every_state_sorted_with_whole_names_when_piped(runs: dict[str, Path], workdir: Path) -> None:
     out_dir = workdir / "runs"
     lines = ls_lines(out_dir, workdir)
     assert lines[0].split()[:3] == ["RUN", "STATE", "EPOCHS"]
-    assert len(lines) == 1 + 6
-    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    shown = {key: path for key, path in runs.items() if key != "setup"}
+    assert len(lines) == 1 + len(shown) + 1
+    assert lines[-1] == "(1 run that failed at setup hidden; --all shows it)"
+    lines = lines[:-1]
 
-    for key, path in runs.items():  # each key is the state its run is in
+    for key, path in shown.items():  # each key is the state its run is in
         row = row_of(lines, path)
         assert row.split()[1] == key, f"{key}: {row}"
+        assert row.split()[0] == path.name, "piped (into a log or grep), names are never cut"
 
     # Sorted by start time, oldest first.
-    started = {rundir.read_json(p / "run.json")["started"]: p for p in runs.values()}
+    started = {read_json(p / "run.json")["started"]: p for p in shown.values()}
     order = [started[t].name[-4:] for t in sorted(started)]
     assert [line.split()[0][-4:] for line in lines[1:]] == order
 
     # Epochs done and best metric come from the summary of runs that ended...
     for key in ("finished", "early_stopped", "stopped"):
-        s = rundir.read_json(runs[key] / "summary.json")
+        s = read_json(runs[key] / "summary.json")
         row = row_of(lines, runs[key])
         total = {"finished": 2, "early_stopped": 6, "stopped": 200}[key]
         assert f" {s['epochs_done']}/{total} " in row, row
-        assert f"{fmt_value(s['best_value'])} @{s['best_epoch'] + 1}" in row, row
-    assert rundir.read_json(runs["early_stopped"] / "summary.json")["epochs_done"] == 2
-    assert rundir.read_json(runs["failed"] / "summary.json")["status"] == "failed"
+        assert f"{fmt.value(s['best_value'])} @{s['best_epoch']}" in row, row
+    assert read_json(runs["early_stopped"] / "summary.json")["epochs_done"] == 2
+    assert read_json(runs["failed"] / "summary.json")["status"] == "failed"
     # ... and from the event log of those that did not (the crashed one validated some epochs).
-    crashed_done = max(e["epoch"] + 1 for e in map(json.loads, (runs["crashed"] / "events.jsonl").read_text().splitlines()) if e["event"] == "validated")
+    crashed_done = max(e["epoch"] for e in map(json.loads, (runs["crashed"] / "events.jsonl").read_text().splitlines()) if e["event"] == "validated")
     assert re.search(rf" {crashed_done}/200 ", row_of(lines, runs["crashed"]))
     assert re.search(r" \d+/200 ", row_of(lines, runs["running"]))
 
-    # The long name was shortened in the middle to fit; any unique part of it finds the run.
-    long_row = row_of(lines, runs["running"]).split()[0]
-    assert "~" in long_row and long_row != runs["running"].name
-    shown = run_cli("show", runs["running"].name[-4:], cwd=workdir)
-    assert shown.returncode == 0, shown.stderr
-    assert f"run directory: {runs['running']}" in shown.stdout
-    assert "still running" in shown.stdout
+    # Any unique part of a name finds the run.
+    found = run_cli("show", runs["running"].name[-4:], cwd=workdir)
+    assert found.returncode == 0, found.stderr
+    assert f"run directory: {runs['running']}" in found.stdout
+    assert "still running" in found.stdout
 
 
-def test_killed_run_is_crashed_even_when_its_pid_is_reused(runs: dict[str, Path], workdir: Path) -> None:
+def test_ls_filters_by_state_and_all_shows_setup_failures(runs: dict[str, Path], workdir: Path) -> None:
+    out_dir = workdir / "runs"
+    everything = run_cli("ls", out_dir, "--all", cwd=workdir).stdout.splitlines()
+    assert len(everything) == 1 + len(runs) and row_of(everything, runs["setup"]).split()[1] == "failed"
+    failed = run_cli("ls", out_dir, "--state", "failed", cwd=workdir).stdout.splitlines()
+    assert sorted(line.split()[0] for line in failed[1:]) == sorted([runs["failed"].name, runs["setup"].name])
+    live = run_cli("ls", out_dir, "--state", "running,paused,crashed", cwd=workdir).stdout.splitlines()
+    assert {line.split()[1] for line in live[1:]} <= {"running", "paused", "crashed"} and len(live) == 3
+    none = run_cli("ls", out_dir, "--state", "forced", cwd=workdir)
+    assert (none.returncode, none.stdout.strip()) == (0, f"no forced runs in {out_dir}")
+    bad = run_cli("ls", out_dir, "--state", "runing", cwd=workdir)
+    assert bad.returncode == 2 and "use one or more of running, paused" in bad.stderr
+
+
+def test_liveness_is_the_lock_not_the_pid(runs: dict[str, Path], workdir: Path) -> None:
     crashed, running = runs["crashed"], runs["running"]
-    assert rundir.run_state(crashed).state == "crashed"
-    assert "stale control socket" in rundir.run_state(crashed).detail
-    # Its pid now belongs to another live tuiloop process (the running run's worker): still crashed,
-    # because its control socket refuses connections.
-    info = rundir.read_json(crashed / "run.json")
-    live_pid = rundir.read_json(running / "run.json")["pid"]
-    rundir.write_json_atomic(crashed / "run.json", {**info, "pid": live_pid})
-    assert rundir.run_state(crashed).state == "crashed"
-    # Even without the stale socket (a run killed before it opened one), the pid's start time
-    # gives the impostor away.
+    assert run_state(crashed).state == "crashed"
+    assert "stale control socket" in run_state(crashed).detail
+    # Its pid now belongs to a live tuiloop process (the running run's worker): still crashed,
+    # because nobody holds its lock.
+    info = read_json(crashed / "run.json")
+    live_pid = read_json(running / "run.json")["pid"]
+    write_json_atomic(crashed / "run.json", {**info, "pid": live_pid})
+    assert run_state(crashed).state == "crashed"
     (crashed / "control.sock").unlink()
-    st = rundir.run_state(crashed)
-    assert st.state == "crashed", st
-    assert rundir.run_state(running).state == "running"
+    assert run_state(crashed).state == "crashed"
+    # And a run whose recorded pid is nonsense is live while its lock is held.
+    info = read_json(running / "run.json")
+    write_json_atomic(running / "run.json", {**info, "pid": 999999999})
+    try:
+        assert run_state(running).state == "running"
+    finally:
+        write_json_atomic(running / "run.json", info)
     lines = ls_lines(workdir / "runs", workdir)
     assert row_of(lines, crashed).split()[1] == "crashed"
 
@@ -182,8 +205,11 @@ def test_ls_on_a_terminal_fits_its_width(runs: dict[str, Path], workdir: Path) -
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     lines = b"".join(chunks).decode().replace("\r\n", "\n").rstrip("\n").split("\n")
-    assert len(lines) == 7 and max(len(line) for line in lines) <= 60, lines
+    assert len(lines) == 1 + 6 + 1 and max(len(line) for line in lines) <= 60, lines
     assert row_of(lines, runs["crashed"]).split()[1] == "crashed"
+    # On a terminal the long name is shortened in the middle to fit; any unique part finds it.
+    long_row = row_of(lines, runs["running"]).split()[0]
+    assert "~" in long_row and long_row != runs["running"].name
 
 
 def test_run_dir_and_socket_are_owner_only(runs: dict[str, Path]) -> None:
@@ -197,12 +223,12 @@ def test_a_run_on_another_machine_is_judged_by_its_log(runs: dict[str, Path], tm
     """On a shared filesystem the pid and socket of another host's run mean nothing here."""
     copy = tmp_path / "runs" / runs["crashed"].name
     shutil.copytree(runs["crashed"], copy, ignore=shutil.ignore_patterns("control.sock"))
-    info = rundir.read_json(copy / "run.json")
-    rundir.write_json_atomic(copy / "run.json", {**info, "host": "gpu-node-7"})
-    st = rundir.run_state(copy)  # its log was just written (copied)
+    info = read_json(copy / "run.json")
+    write_json_atomic(copy / "run.json", {**info, "host": "gpu-node-7"})
+    st = run_state(copy)  # its log was just written (copied)
     assert st.state == "running" and "gpu-node-7" in st.detail
     attach = run_cli("attach", copy, cwd=tmp_path)
     assert attach.returncode == 1 and "ssh gpu-node-7" in attach.stderr
     old = time.time() - 3600
     os.utime(copy / "events.jsonl", (old, old))
-    assert rundir.run_state(copy).state == "crashed"
+    assert run_state(copy).state == "crashed"

@@ -263,4 +263,4 @@ def test_real_cli_set_overrides_apply(workdir: Path) -> None:
     run_dir = next((workdir / "runs").iterdir())
     saved = (run_dir / "spec.toml").read_text()
     assert "epochs = 1" in saved and 'device = "cpu"' in saved and "lr = 0.0003" in saved
-    assert "after 1 epochs" in r.stdout
+    assert "after 1 epoch," in r.stdout

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_same_weights, load_ckpt, only_run, run_cli, write_spec
-from runs_support import TUILOOP, Tmux, children, events, kill_run, new_run_dir, start_detached, summary, wait_live, wait_until
+from runs_support import TUILOOP, Tmux, children, events, kill_run, new_run_dir, process_gone, start_detached, summary, wait_live, wait_until
 
-from tuiloop import rundir
-from tuiloop.control import ControlError, send_command
+from tuiloop.rundir.control import ControlError, send_command
+from tuiloop.rundir.layout import read_json
+from tuiloop.rundir.lock import is_locked
+from tuiloop.rundir.state import run_state
 
 RUNUSER = shutil.which("runuser") or "runuser"
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -77,7 +79,7 @@ def test_headless_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup: 
     assert summary(run_dir)["status"] == "completed"
     assert max(e["step"] for e in events(run_dir) if e["event"] == "validated") > killed_at
     assert not (run_dir / "control.sock").exists()
-    assert rundir.run_state(run_dir).state == "finished"
+    assert run_state(run_dir).state == "finished"
     assert_same_results(run_dir, reference_run(workdir, spec))
 
 
@@ -95,7 +97,7 @@ def test_monitored_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup:
     assert len(monitor) == 1
     killed_at = kill_terminal_mid_run(tmux, session, run_dir)
     # The view goes with its terminal (it does not linger writing to nowhere); the run does not.
-    wait_until(lambda: not rundir.pid_alive(monitor[0]), 10, "the monitor to end with its terminal")
+    wait_until(lambda: process_gone(monitor[0]), 10, "the monitor to end with its terminal")
 
     wait_until(lambda: summary(run_dir), 90, "the summary of the run whose monitor died")
     assert summary(run_dir)["status"] == "completed"
@@ -154,7 +156,7 @@ def _user_env() -> dict[str, str]:
 def user_python(other_user: str) -> str:
     """A Python interpreter the other user may run (ours may live in root's home), with tuiloop on its path."""
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        ok = subprocess.run([RUNUSER, "-u", other_user, "--", candidate, "-c", "import tuiloop.control"], capture_output=True, env=_user_env())
+        ok = subprocess.run([RUNUSER, "-u", other_user, "--", candidate, "-c", "import tuiloop.rundir.control"], capture_output=True, env=_user_env())
         if ok.returncode == 0:
             return candidate
     pytest.skip(f"no Python that user {other_user} can run with tuiloop importable")
@@ -162,7 +164,7 @@ def user_python(other_user: str) -> str:
 
 def as_user(user: str, python: str, run_dir: Path, cmd: str) -> subprocess.CompletedProcess:
     """``send_command(run_dir, cmd)`` in a process of ``user``; prints the reply or the error."""
-    code = "import sys\nfrom tuiloop.control import send_command, ControlError\ntry:\n    print('REPLY', send_command(sys.argv[1], sys.argv[2]))\nexcept ControlError as e:\n    print('REFUSED', e)\n"
+    code = "import sys\nfrom tuiloop.rundir.control import send_command, ControlError\ntry:\n    print('REPLY', send_command(sys.argv[1], sys.argv[2]))\nexcept ControlError as e:\n    print('REFUSED', e)\n"
     return subprocess.run([RUNUSER, "-u", user, "--", python, "-c", code, str(run_dir), cmd], capture_output=True, text=True, timeout=60, env=_user_env())
 
 
@@ -189,7 +191,7 @@ def test_only_the_owner_can_command_a_run(other_user: str, user_python: str, cle
         os.chmod(run_dir / "control.sock", 0o666)
         probe = as_user(other_user, user_python, run_dir, "stop")
         assert probe.stdout.startswith("REFUSED permission denied: not the owner"), probe.stdout + probe.stderr
-        assert rundir.run_state(run_dir).state == "running" and summary(run_dir) is None
+        assert run_state(run_dir).state == "running" and summary(run_dir) is None
 
         # The owner still can.
         assert send_command(run_dir, "stop")["ok"]
@@ -197,9 +199,8 @@ def test_only_the_owner_can_command_a_run(other_user: str, user_python: str, cle
         assert summary(run_dir)["status"] == "stopped"
     finally:
         for run_dir in (top / "runs").glob("*"):
-            pid = (rundir.read_json(run_dir / "run.json") or {}).get("pid", 0)
             kill_run(run_dir)
-            wait_until(lambda: not rundir.pid_alive(pid), 10, "the run's process to go")
+            wait_until(lambda run_dir=run_dir: not is_locked(run_dir), 10, "the run's process to go")
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -212,13 +213,13 @@ def test_commands_to_a_dead_run_fail_fast(workdir: Path, cleanup: list[Path]) ->
     run_dir = start_detached(spec, cwd=workdir)
     cleanup.append(run_dir)
     wait_live(run_dir)
-    pid = rundir.read_json(run_dir / "run.json")["pid"]
+    pid = read_json(run_dir / "run.json")["pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not rundir.pid_alive(pid), 10, "the process to die")
+    wait_until(lambda: not is_locked(run_dir), 10, "the process to die")
     assert (run_dir / "control.sock").exists()
     t0 = time.monotonic()
     with pytest.raises(ControlError, match="stale control socket"):
         send_command(run_dir, "pause")
     assert time.monotonic() - t0 < 2
-    st = rundir.run_state(run_dir)
+    st = run_state(run_dir)
     assert st.state == "crashed" and "stale control socket" in st.detail

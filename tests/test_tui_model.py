@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tuiloop.engine import fmt
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -22,7 +23,7 @@ from tuiloop.engine.events import (
 )
 from tuiloop.tui import panels
 from tuiloop.tui.figures import loss_figure, lr_figure
-from tuiloop.tui.model import MonitorModel, fmt, format_duration
+from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.plot import nice_ticks, render_figure
 from tuiloop.tui.series import Downsampled, ema, reduce_to
 from tuiloop.tui.source import parse_compute_apps
@@ -39,15 +40,15 @@ def started(**kw) -> RunStarted:
 
 
 def epoch_events(epoch: int, t: float, val_loss: float, best: bool, lr: float = 0.01, counter: int = 0) -> list:
-    """One epoch of 8 steps in two flushes, then validation, early-stop update and checkpoints."""
-    first = epoch * 8 + 1
+    """Epoch ``epoch`` (from 1): 8 steps in two flushes, then validation, early-stop update and checkpoints."""
+    first = (epoch - 1) * 8 + 1
     return [
         TrainSteps(epoch, first, [1.0 / (first + i) for i in range(4)], 4, lr, 1000.0, time=t + 0.5),
         TrainSteps(epoch, first + 4, [1.0 / (first + 4 + i) for i in range(4)], 8, lr, 1000.0, time=t + 1.0),
         Validated(epoch, first + 7, {"train_loss": 0.5, "val_loss": val_loss, "val_acc": 1 - val_loss}, best, 0.1, time=t + 1.1),
         EarlyStopUpdate(epoch, "val_loss", val_loss, val_loss if best else 0.1, counter, 3, counter >= 3, time=t + 1.1),
-        *([CheckpointSaved("best", "checkpoints/best.pt", epoch + 1, first + 7, val_loss, "val_loss", time=t + 1.2)] if best else []),
-        CheckpointSaved("last", "checkpoints/last.pt", epoch + 1, first + 7, val_loss, "val_loss", time=t + 1.2),
+        *([CheckpointSaved("best", "checkpoints/best.pt", epoch, first + 7, val_loss, "val_loss", time=t + 1.2)] if best else []),
+        CheckpointSaved("last", "checkpoints/last.pt", epoch, first + 7, val_loss, "val_loss", time=t + 1.2),
     ]
 
 
@@ -104,12 +105,13 @@ def test_model_progress_best_metrics_early_stop_and_log() -> None:
     m = MonitorModel()
     m.apply(started())
     assert m.state == "running" and m.run_name == "tiny" and m.run_dir == "/runs/tiny-1"
-    m.apply_all(epoch_events(0, T0, 0.40, True))
-    m.apply_all(epoch_events(1, T0 + 1.2, 0.30, True))
-    m.apply_all(epoch_events(2, T0 + 2.4, 0.35, False, counter=1))
-    assert (m.epoch, m.epochs_done, m.step_in_epoch, m.step) == (2, 3, 8, 24)
+    m.apply_all(epoch_events(1, T0, 0.40, True))
+    m.apply_all(epoch_events(2, T0 + 1.2, 0.30, True))
+    m.apply_all(epoch_events(3, T0 + 2.4, 0.35, False, counter=1))
+    assert (m.epoch, m.epochs_done, m.step_in_epoch, m.step) == (3, 3, 8, 24)
     assert len(m.train) == 24 and m.train.last == (24, 1 / 24)
-    assert m.best_value == 0.30 and m.best_epoch == 1 and m.best_val_point == (16, 0.30)
+    assert m.best_value == 0.30 and m.best_epoch == 2 and m.best_val_point == (16, 0.30)
+    assert m.metrics["val_loss"].best_epoch == 2
     assert m.metrics["val_loss"].best == 0.30 and m.metrics["val_loss"].last == 0.35
     assert m.metrics["val_acc"].higher_is_better and m.metrics["val_acc"].best == pytest.approx(0.70)
     assert m.early is not None and m.early.counter == 1
@@ -123,9 +125,9 @@ def test_model_progress_best_metrics_early_stop_and_log() -> None:
 def test_model_logs_big_learning_rate_changes_only() -> None:
     m = MonitorModel()
     m.apply(started())
-    m.apply(LRChanged(0, 8, 0.0099, 0.01, time=T0 + 1))  # a smooth schedule's step: no line
+    m.apply(LRChanged(1, 8, 0.0099, 0.01, time=T0 + 1))  # a smooth schedule's step: no line
     assert not any("learning rate" in e.text for e in m.log) and m.lr == 0.0099
-    m.apply(LRChanged(3, 32, 0.005, 0.01, time=T0 + 2))  # a plateau cut: a line
+    m.apply(LRChanged(4, 32, 0.005, 0.01, time=T0 + 2))  # a plateau cut: a line
     assert m.log[-1].text == "learning rate 0.01 -> 0.005 (epoch 4)"
     assert m.lr_history.points() == ([8, 32], [0.0099, 0.005])
 
@@ -133,7 +135,7 @@ def test_model_logs_big_learning_rate_changes_only() -> None:
 def test_model_eta_counts_running_time_only() -> None:
     m = MonitorModel()
     m.apply(started(epochs=10, steps_per_epoch=8))
-    m.apply_all(epoch_events(0, T0, 0.4, True))  # 8 steps in 1.2 s of events
+    m.apply_all(epoch_events(1, T0, 0.4, True))  # 8 steps in 1.2 s of events
     per_step = m.seconds_per_step()
     assert per_step == pytest.approx(1.2 / 8)
     assert m.eta(T0 + 1.2) == pytest.approx(72 * per_step)
@@ -146,7 +148,7 @@ def test_model_eta_counts_running_time_only() -> None:
 def test_model_end_states_and_exit_statuses() -> None:
     m = MonitorModel()
     m.apply(started())
-    m.apply(Finished("early_stopped", "val_loss did not improve for 3 checks", 7, 56, 0.2, 3, "val_loss", 12.0, time=T0 + 13))
+    m.apply(Finished("early_stopped", "val_loss did not improve for 3 checks", 7, 56, 0.2, 4, "val_loss", 12.0, time=T0 + 13))
     assert m.over and m.state == "early_stopped" and m.exit_status() == 0
     assert "early stopped" in m.summary_line() and "best val_loss 0.2000 at epoch 4" in m.summary_line()
 
@@ -173,9 +175,22 @@ def test_model_end_states_and_exit_statuses() -> None:
     m.process_gone(0, T0 + 3)  # a normal exit after its Finished event is not a crash
     assert m.state == "stopped" and m.exit_status() == 0
 
+    m = MonitorModel()
+    m.apply(started())
+    m.apply(Finished("forced", "forced to exit without saving", 0, 5, None, None, "val_loss", 2.0, time=T0 + 2))
+    m.process_gone(130, T0 + 3)
+    assert m.state == "forced" and m.over and m.exit_status() == 130
+    assert m.summary_line() == "tiny: forced (forced to exit without saving) after 0 epochs, 5 steps in 2.0s"
+
+    m = MonitorModel()  # forced by killing it (it could not be told): still shown as forced
+    m.apply(started())
+    m.gone_status = "forced"
+    m.process_gone(-9, T0 + 3)
+    assert m.state == "forced" and m.exit_status() == 130
+
 
 def test_a_resumed_runs_earlier_ending_does_not_end_the_view() -> None:
-    old = [started(pid=100), *epoch_events(0, T0, 0.4, True), Finished("stopped", "stopped by request", 1, 8, 0.4, 0, "val_loss", 1.0, time=T0 + 2)]
+    old = [started(pid=100), *epoch_events(1, T0, 0.4, True), Finished("stopped", "stopped by request", 1, 8, 0.4, 1, "val_loss", 1.0, time=T0 + 2)]
     m = MonitorModel(expect_pid=200)
     m.apply_all(old)
     assert not m.over and m.state == "starting" and m.finished is None
@@ -199,13 +214,13 @@ def test_a_resumed_runs_earlier_ending_does_not_end_the_view() -> None:
 def test_panels_never_exceed_their_width(width: int) -> None:
     m = MonitorModel("/a/very/long/path/to/runs/" + "x" * 120)
     m.apply(started(run_name="a-long-run-name-" * 4, device_name="cuda:0 (NVIDIA H100 80GB HBM3)"))
-    for e in range(4):
-        m.apply_all(epoch_events(e, T0 + 1.2 * e, 0.4 - 0.01 * e, e < 2, counter=max(e - 1, 0)))
-    m.apply(LRChanged(3, 32, 0.001, 0.01, time=T0 + 5))
+    for e in range(1, 5):
+        m.apply_all(epoch_events(e, T0 + 1.2 * e, 0.4 - 0.01 * e, e < 3, counter=max(e - 2, 0)))
+    m.apply(LRChanged(4, 32, 0.001, 0.01, time=T0 + 5))
     m.apply(Message("warning", "a setup warning that is longer than any terminal line " * 4, time=T0 + 5))
     m.apply(Failed("RuntimeError: " + "y" * 300, "training, epoch 4, step 30: m.py:1 in forward",
                    '  File "/home/u/m.py", line 1, in forward\n    raise RuntimeError()\nRuntimeError\n', time=T0 + 6))
-    m.apply(Finished("failed", "RuntimeError in training", 4, 32, 0.38, 1, "val_loss", 6.0, time=T0 + 6))
+    m.apply(Finished("failed", "RuntimeError in training", 4, 32, 0.38, 2, "val_loss", 6.0, time=T0 + 6))
     texts = [
         panels.title_text(m, width, read_only=True),
         panels.progress_text(m, T0 + 7, width),
@@ -236,7 +251,7 @@ def test_early_stop_panel_marks_the_trigger() -> None:
     assert panels.early_stop_text(m, 40).plain.startswith("off")
 
 
-def test_error_panel_shows_the_users_frames_not_torchs() -> None:
+def test_error_panel_shows_the_users_frames_the_engine_picked() -> None:
     tb = (
         "Traceback (most recent call last):\n"
         '  File "/x/site-packages/tuiloop/engine/trainer.py", line 227, in run\n    self._train_epoch(epoch)\n'
@@ -244,8 +259,9 @@ def test_error_panel_shows_the_users_frames_not_torchs() -> None:
         '  File "/home/me/models.py", line 16, in forward\n    raise ValueError("bad batch")\n'
         "ValueError: bad batch\n"
     )
+    frames = ['File "/home/me/models.py", line 16, in forward', '  raise ValueError("bad batch")']
     m = MonitorModel()
-    m.apply(Failed("ValueError: bad batch", "training, epoch 2, step 9: models.py:16 in forward", tb, time=T0))
+    m.apply(Failed("ValueError: bad batch", "training, epoch 2, step 9: models.py:16 in forward", tb, frames, time=T0))
     lines = panels.error_text(m, 100, 10).plain.splitlines()
     assert lines[0] == "ValueError: bad batch"
     assert "models.py:16 in forward" in lines[1]
@@ -257,9 +273,9 @@ def test_loss_figure_is_at_plot_resolution_whatever_the_run_length() -> None:
     m = MonitorModel()
     m.apply(started(epochs=100_000, steps_per_epoch=100))
     step = 1
-    for epoch in range(2000):  # 200,000 steps
+    for epoch in range(1, 2001):  # 200,000 steps
         m.apply(TrainSteps(epoch, step, [1.0 + math.sin(step + i) for i in range(100)], 100, 0.01, 1e4, time=T0 + epoch))
-        m.apply(Validated(epoch, step + 99, {"train_loss": 1.0, "val_loss": 1.0 / (epoch + 1)}, True, 0.0, time=T0 + epoch))
+        m.apply(Validated(epoch, step + 99, {"train_loss": 1.0, "val_loss": 1.0 / epoch}, True, 0.0, time=T0 + epoch))
         step += 100
     fig = loss_figure(m, 60)
     assert all(len(line.xs) <= 120 for line in fig.lines)
@@ -273,8 +289,11 @@ def test_loss_figure_is_at_plot_resolution_whatever_the_run_length() -> None:
 
 
 def test_helpers() -> None:
-    assert fmt(None) == "-" and fmt(0.12345) == "0.1235" and fmt(1.5e-5) == "1.5e-05" and fmt(float("nan")) == "nan"
-    assert format_duration(5.25) == "5.2s" and format_duration(75) == "1:15" and format_duration(3725) == "1:02:05"
+    assert fmt.value(None) == "-" and fmt.value(0.12345) == "0.1235" and fmt.value(1.5e-5) == "1.5e-05" and fmt.value(float("nan")) == "nan"
+    assert fmt.value(12345.6) == "1.235e+04" and fmt.value(0.0) == "0.0000"
+    assert fmt.clock(5.25) == "5.2s" and fmt.clock(75) == "1:15" and fmt.clock(3725) == "1:02:05"
+    assert fmt.duration(42) == "42s" and fmt.duration(245) == "4m05s" and fmt.duration(7380) == "2h03m" and fmt.duration(273600) == "3d04h"
+    assert fmt.plural(1, "step") == "1 step" and fmt.plural(2, "step") == "2 steps" and fmt.plural(1024, "batch", "batches") == "1,024 batches"
     assert nice_ticks(0, 10, 6, integer=True) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.3, 1.0, 5) == [0.4, 0.6, 0.8, 1.0]
     assert parse_compute_apps("123, 2048\n456, 100\n123, 512\n", 123) == 2560
@@ -291,12 +310,12 @@ def test_a_resume_after_a_crash_redraws_the_steps_it_redoes() -> None:
     """The crashed session logged steps 1-30; its last.pt was at step 20: steps 21-30 are redone."""
     m = MonitorModel()
     m.apply(started(pid=100))
-    m.apply(TrainSteps(0, 1, [1.0] * 30, 30, 0.01, 100.0, time=T0 + 1))
-    m.apply(Validated(0, 20, {"train_loss": 1.0, "val_loss": 0.9}, True, 0.1, time=T0 + 1))
+    m.apply(TrainSteps(1, 1, [1.0] * 30, 30, 0.01, 100.0, time=T0 + 1))
+    m.apply(Validated(1, 20, {"train_loss": 1.0, "val_loss": 0.9}, True, 0.1, time=T0 + 1))
     m.apply(started(pid=200, start_epoch=1, start_step=20, resumed_from="checkpoints/last.pt", time=T0 + 10))
     xs, _ = m.train.points()
     assert xs and max(xs) <= 20 and m.step == 20
-    m.apply(TrainSteps(1, 21, [0.5] * 10, 10, 0.01, 100.0, time=T0 + 11))
+    m.apply(TrainSteps(2, 21, [0.5] * 10, 10, 0.01, 100.0, time=T0 + 11))
     xs, ys = m.train.points()
     assert xs == sorted(xs) and len(xs) == len(set(xs)) and max(xs) == 30 and ys[-1] == 0.5
 

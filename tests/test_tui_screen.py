@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tuiloop.control import ControlError
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -24,10 +23,12 @@ from tuiloop.engine.events import (
     LRChanged,
     Message,
     RunStarted,
+    Starting,
     StateChanged,
     TrainSteps,
     Validated,
 )
+from tuiloop.rundir.control import ControlError
 from tuiloop.tui.app import MonitorApp
 from tuiloop.tui.plot import PlotView
 
@@ -55,6 +56,7 @@ class FakeRun:
         self.sent: list[str] = []
         self.refuse: str | None = None
         self.killed = False
+        self.skipped: list[str] = []
 
     def push(self, *events: Event) -> None:
         with self._lock:
@@ -65,6 +67,11 @@ class FakeRun:
             out, self._pending = self._pending, []
         return out
 
+    def problems(self) -> list[str]:
+        with self._lock:
+            out, self.skipped = self.skipped, []
+        return out
+
     def alive(self) -> bool:
         return self.is_alive
 
@@ -73,6 +80,7 @@ class FakeRun:
 
     def kill(self) -> bool:
         self.killed = True
+        self.is_alive = False
         return True
 
     def command(self, cmd: str) -> dict:
@@ -93,19 +101,19 @@ def epochs(n: int) -> list[Event]:
     out: list[Event] = [started()]
     t = T0
     best = None
-    for e in range(n):
-        first = e * 8 + 1
+    for e in range(1, n + 1):
+        first = (e - 1) * 8 + 1
         out.append(TrainSteps(e, first, [2.0 / (first + i) for i in range(8)], 8, 0.01, 2048.0, time=t + 1))
-        val = [0.9, 0.6, 0.7, 0.65, 0.8][e % 5]
+        val = [0.9, 0.6, 0.7, 0.65, 0.8][(e - 1) % 5]
         is_best = best is None or val < best
         best = val if is_best else best
         out.append(Validated(e, first + 7, {"train_loss": 0.5, "val_loss": val, "val_acc": 1 - val / 2}, is_best, 0.1, time=t + 1.1))
-        out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else e - 1, 3, False, time=t + 1.1))
+        out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else e - 2, 3, False, time=t + 1.1))
         if is_best:
-            out.append(CheckpointSaved("best", "checkpoints/best.pt", e + 1, first + 7, val, "val_loss", time=t + 1.2))
-        out.append(CheckpointSaved("last", "checkpoints/last.pt", e + 1, first + 7, val, "val_loss", time=t + 1.2))
+            out.append(CheckpointSaved("best", "checkpoints/best.pt", e, first + 7, val, "val_loss", time=t + 1.2))
+        out.append(CheckpointSaved("last", "checkpoints/last.pt", e, first + 7, val, "val_loss", time=t + 1.2))
         t += 1.2
-    out.append(LRChanged(n - 1, n * 8, 0.001, 0.01, time=t))
+    out.append(LRChanged(n, n * 8, 0.001, 0.01, time=t))
     out.append(Message("warning", "targets look like one-hot rows", time=t))
     return out
 
@@ -222,8 +230,22 @@ async def test_ctrl_c_stops_without_asking_and_a_second_one_forces() -> None:
         assert "Stop the run?" not in screen_text(app)
         await wait_for(pilot, lambda: "Ctrl+C again" in screen_text(app), what="the hint about forcing")
         await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: run.sent == ["stop", "force"], what="force")
+        await wait_for(pilot, lambda: "forcing the training process" in screen_text(app), what="the forcing note")
+        await pilot.pause(0.5)
+        assert app.is_running, "it says forced only once the process is gone"
+        run.push(Finished("forced", "forced to exit without saving", 1, 8, 0.9, 1, "val_loss", 2.0, time=T0 + 3))
+        run.is_alive = False
         await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
-    assert run.sent == ["stop", "force"] and app.return_value == "forced"
+    assert app.return_value == "forced" and not run.killed and app.model.exit_status() == 130
+
+
+@run_async
+async def test_ctrl_c_in_an_attached_monitor_detaches() -> None:
+    async with monitor(epochs(1), (80, 24), attached=True) as (run, app, pilot, screen):
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
+    assert run.sent == [] and app.return_value == "detached"
 
 
 @run_async
@@ -242,8 +264,8 @@ async def test_a_second_ctrl_c_kills_a_run_that_is_not_listening_yet() -> None:
         await pilot.pause(0.2)
         assert app.is_running and not run.killed
         await pilot.press("ctrl+c")
-        await wait_for(pilot, lambda: not app.is_running, what="the monitor to close")
-    assert run.killed and app.return_value == "forced"
+        await wait_for(pilot, lambda: not app.is_running, 10, what="the monitor to close")
+    assert run.killed and app.return_value == "forced" and app.model.state == "forced"
 
 
 @run_async
@@ -300,7 +322,8 @@ async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
 @run_async
 async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
     tb = 'Traceback (most recent call last):\n  File "/home/me/models.py", line 42, in forward\n    return self.net(x) / 0\nZeroDivisionError: division by zero\n'
-    events = [*epochs(2), Failed("ZeroDivisionError: division by zero", "training, epoch 3, step 20: models.py:42 in forward", tb, time=T0 + 9),
+    frames = ['File "/home/me/models.py", line 42, in forward', "  return self.net(x) / 0"]
+    events = [*epochs(2), Failed("ZeroDivisionError: division by zero", "training, epoch 3, step 20: models.py:42 in forward", tb, frames, time=T0 + 9),
               CheckpointSaved("last", "checkpoints/last.pt", 2, 19, 0.6, "val_loss", time=T0 + 9),
               Finished("failed", "ZeroDivisionError in training", 2, 19, 0.6, 1, "val_loss", 9.0, time=T0 + 9)]
     async with monitor(events, (100, 30)) as (run, app, pilot, screen):
@@ -357,9 +380,20 @@ async def test_keys_pressed_while_the_run_starts_are_delivered_once_it_listens()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.3)
         assert "STARTING" in screen_text(app) and "waiting for the training process" in screen_text(app)
+        run.push(Starting("importing torch", time=T0 - 2), Starting("loading the data", time=T0 - 1))
+        await wait_for(pilot, lambda: "starting: loading the data" in screen_text(app), what="the start-up phase")
         await pilot.press("p")
         await pilot.pause(0.5)
         assert run.sent == []
         run.push(started())
         listening.set()
         await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="the pause once the run listens")
+
+
+@run_async
+async def test_lines_the_reader_skips_are_reported_in_the_log() -> None:
+    async with monitor(epochs(1), (100, 30)) as (run, app, pilot, screen):
+        with run._lock:
+            run.skipped.append("line 7: unknown event type 'gpu_sample' (written by a newer tuiloop?)")
+        await wait_for(pilot, lambda: "skipped a line of events.jsonl: line 7: unknown event type" in screen_text(app), what="the skipped line in the log")
+        assert app.is_running and app.model.step == 8

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from tuiloop.procs import pid_alive
-
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP/DataParallel (``module.``) and torch.compile (``_orig_mod.``)."""
@@ -62,14 +60,13 @@ def save_atomic(obj: dict[str, Any] | bytes, path: Path) -> None:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete temp files that killed writers left behind (``.NAME.PID.tmp`` of dead PIDs)."""
+    """Delete the temp files (``.NAME.PID.tmp``) that killed writers left behind.
+
+    Call it only while holding the run's lock: then no other process writes there.
+    """
     removed = []
     for tmp in folder.glob(".*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-        except (ValueError, IndexError):
-            continue
-        if pid != os.getpid() and not pid_alive(pid):
+        if not tmp.name.endswith(f".{os.getpid()}.tmp"):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -2,15 +2,23 @@
 
 Key presses, ``attach`` clients, signals: all of them call :meth:`Commands.send`. The training
 loop looks at :attr:`Commands.pending` once per step (a plain attribute read) and only takes the
-lock when something is waiting.
+lock when something is waiting. ``force`` does not wait for the loop: it ends the process at
+once, from the sender's thread, even while a step or the user's dataset is blocked.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
+from collections.abc import Callable
 
 COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "force")
+EXIT_FORCED = 130
+
+
+def _exit_now() -> None:
+    os._exit(EXIT_FORCED)
 
 
 class Commands:
@@ -21,11 +29,16 @@ class Commands:
         # RLock: a signal handler may call send() on the main thread while it holds the lock.
         self._cond = threading.Condition(threading.RLock())
         self.pending = False
+        # What ``force`` does; a session replaces it to record the forced end before exiting.
+        self.on_force: Callable[[], None] = _exit_now
 
     def send(self, command: str) -> None:
         """Queue a command; safe from any thread and from signal handlers' threads."""
         if command not in COMMANDS:
             raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+        if command == "force":
+            self.on_force()
+            return
         with self._cond:
             self._queue.append(command)
             self.pending = True

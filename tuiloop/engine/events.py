@@ -2,6 +2,10 @@
 
 The hot path never builds one event per step: per-step training losses are buffered and
 emitted together as one :class:`TrainSteps` a few times a second.
+
+Epochs are counted from 1 everywhere, as the screen shows them: ``epoch`` of a step is the epoch
+it belongs to, ``epoch`` of a validation is the epoch just completed, and ``epochs_done`` /
+``best_epoch`` count completed epochs. Steps are optimizer steps, also from 1.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ class Event:
     time: float = field(default_factory=now, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"event": kind, **fields}``: the kind first, so a reader can tell a line by its start."""
         # Shallow: events hold no nested dataclasses, and asdict's deep copy of a TrainSteps
         # loss list costs ~0.7 us per loss on the training thread.
-        d = dict(self.__dict__)
-        d["event"] = self.kind
-        return d
+        return {"event": self.kind, **self.__dict__}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Starting(Event):
+    """What the run is doing before it trains: importing torch, building the model, loading data."""
+
+    kind: ClassVar[str] = "starting"
+    phase: str
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class TrainSteps(Event):
     """Per-step training losses for steps ``first_step .. first_step+len(losses)-1`` (1-based)."""
 
     kind: ClassVar[str] = "train_steps"
-    epoch: int  # 0-based epoch these steps belong to
+    epoch: int  # the epoch these steps belong to (from 1)
     first_step: int  # global step number of losses[0]
     losses: list[float]
     step_in_epoch: int  # steps done in this epoch after the last loss
@@ -80,7 +91,7 @@ class Validated(Event):
     """A validation check finished; ``metrics`` holds train_loss, val_loss and val_<metric>."""
 
     kind: ClassVar[str] = "validated"
-    epoch: int  # 0-based epoch that just finished
+    epoch: int  # the epoch that just finished (from 1)
     step: int
     metrics: dict[str, float]
     is_best: bool
@@ -126,6 +137,19 @@ class CheckpointSaved(Event):
 
 
 @dataclass(frozen=True)
+class SettingChanged(Event):
+    """A setting of the run changed while it ran or when it was resumed (``source`` says how)."""
+
+    kind: ClassVar[str] = "setting_changed"
+    key: str  # as in the spec: "optimizer.lr", "run.epochs"
+    old: Any
+    new: Any
+    epoch: int
+    step: int
+    source: str  # "resume --set", "key +", ...
+
+
+@dataclass(frozen=True)
 class StateChanged(Event):
     """The run's state changed: running, paused or stopping."""
 
@@ -151,6 +175,7 @@ class Failed(Event):
     error: str
     where: str
     traceback: str
+    user_frames: list[str] = field(default_factory=list)  # the traceback's frames in the user's code
 
 
 @dataclass(frozen=True)
@@ -171,12 +196,14 @@ class Finished(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
+        Starting,
         RunStarted,
         TrainSteps,
         Validated,
         LRChanged,
         EarlyStopUpdate,
         CheckpointSaved,
+        SettingChanged,
         StateChanged,
         Message,
         Failed,
@@ -185,19 +212,17 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def event_from_dict(d: dict[str, Any]) -> Event | None:
-    """Rebuild an event from its JSON dict; unknown kinds (from a newer tuiloop) give None."""
-    cls = EVENT_TYPES.get(d.get("event", ""))
+def event_from_dict(d: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON dict; raises ValueError for an unknown kind or a missing field.
+
+    Fields this version does not know (written by a newer tuiloop) are dropped.
+    """
+    kind = d.get("event")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def event_from_json(line: str) -> Event | None:
-    """Parse one line of ``events.jsonl``; a torn or foreign line gives None."""
-    try:
-        d = json.loads(line)
-    except ValueError:
-        return None
-    return event_from_dict(d) if isinstance(d, dict) else None
+        raise ValueError(f"unknown event type {kind!r} (written by a newer tuiloop?)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    missing = [n for n, f in fields.items() if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{kind!r} event without {', '.join(missing)}")
+    return cls(**{k: v for k, v in d.items() if k in fields})

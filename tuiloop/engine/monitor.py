@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tuiloop.engine.errors import ResumeError
+
 
 class MetricMonitor:
     """Best value of one metric; ``counter`` counts checks without improvement.
@@ -33,7 +35,7 @@ class MetricMonitor:
         return value > self.best + self.min_delta
 
     def update(self, value: float, epoch: int) -> bool:
-        """Record a check; True if it is a new best."""
+        """Record a check after ``epoch`` (counted from 1); True if it is a new best."""
         if self.improves(value):
             self.best, self.best_epoch, self.counter = value, epoch, 0
             return True
@@ -46,6 +48,16 @@ class MetricMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "counter": self.counter}
+
+    def check_compatible(self, state: dict[str, Any], section: str) -> None:
+        """Raise :class:`ResumeError` if a checkpoint's state tracks another metric or direction."""
+        theirs = (state.get("monitor"), state.get("mode"))
+        if theirs != (self.monitor, self.mode):
+            raise ResumeError(
+                f"the checkpoint's {section} state tracks {theirs[0]} ({theirs[1]}), but the spec monitors {self.monitor} ({self.mode}); "
+                f"its best value and counter mean nothing for another metric. Resume with {section} monitor = {theirs[0]!r} and mode = {theirs[1]!r}, "
+                "or start a new run."
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.counter = state["best"], state["best_epoch"], state["counter"]

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from tuiloop.engine.errors import SetupError
+
 MULTICLASS = ("CrossEntropyLoss", "NLLLoss")
 BCE = ("BCEWithLogitsLoss", "BCELoss")
 REGRESSION = ("MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss")
-
-
-class SetupError(ValueError):
-    """Outputs, targets and loss do not fit together; the message names the fix."""
 
 
 def loss_name(loss_fn: object) -> str:
@@ -101,6 +99,26 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
         if not y.is_floating_point():
             raise SetupError(f"{name} needs float targets, but they are {y.dtype}. Convert them in your data function with y.float().")
     return warnings
+
+
+def check_inputs(model: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
+    """Why the first forward failed, where PyTorch's own message does not name the fix ('' if unknown).
+
+    The classic case: float64 inputs (from NumPy) against a float32 model.
+    """
+    param = next(iter(model.parameters()), None)
+    if param is None or not param.is_floating_point():
+        return ""
+    inputs = [*args, *kwargs.values()]
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    other = {t.dtype for t in tensors if t.is_floating_point() and t.dtype != param.dtype}
+    if not other:
+        return ""
+    dtype = sorted(map(str, other))[0]
+    return (
+        f"the inputs are {dtype} but the model's parameters are {param.dtype}. "
+        "Convert the inputs in your data function: x.float(), or torch.as_tensor(X, dtype=torch.float32) for NumPy arrays."
+    )
 
 
 class MetricTotals:

@@ -16,6 +16,7 @@ from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.device import device_name
+from tuiloop.engine.errors import NonFiniteLoss, ResumeError, SetupError
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -30,7 +31,8 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.engine.monitor import MetricMonitor
-from tuiloop.engine.problem import MetricTotals, SetupError, check_batch, infer_problem, metric_names
+from tuiloop.engine.origin import describe_where, format_frames, user_frames
+from tuiloop.engine.problem import MetricTotals, check_batch, check_inputs, infer_problem, metric_names
 
 Sink = Callable[[Event], None]
 
@@ -42,10 +44,6 @@ PROBLEM_TEXT = {
     "regression": "regression",
     "other": "a problem tuiloop has no metric for",
 }
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -75,11 +73,17 @@ def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         raise SetupError("a dict batch needs its target under one of the keys y, target, targets, label or labels")
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return tuple(batch[:-1]), {}, batch[-1]
-    raise SetupError(f"each batch must be (inputs, targets), (input1, ..., targets) or a dict; got {type(batch).__name__}")
+    what = f"a {type(batch).__name__} of {len(batch)} item" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    raise SetupError(f"each batch must be (inputs, targets), (input1, ..., targets) or a dict; got {what}")
 
 
 class Trainer:
-    """Runs training on objects; build one from a spec with :func:`tuiloop.engine.build.build_trainer`."""
+    """Runs training on objects; the spec's glue (:mod:`tuiloop.session.build`) builds one from a spec.
+
+    ``run_dir`` is where ``checkpoints/`` go. The engine writes nothing else there: the full run
+    directory (event log, control socket, summary) is the session's (``tuiloop.Trainer`` runs
+    inside one when given a ``run_dir``).
+    """
 
     def __init__(
         self,
@@ -114,9 +118,11 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
+        self.epoch_rng: dict[str, Any] | None = None  # RNG at the epoch's start, for a user's shuffling DataLoader
         self.last_metrics: dict[str, float] = {}
         self.problem: str | None = None
         self.resumed_from: str | None = None
+        self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
         self.state = "running"
         self._stop_reason = ""
         self._buffer: list[Any] = []
@@ -151,13 +157,28 @@ class Trainer:
             "early_stopping": self.es.state_dict() if self.es else None,
             "problem": self.problem,
             "rng_state": ckpt.rng_state(),
+            "epoch_rng_state": self.epoch_rng,
             "tuiloop_version": _version(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore everything :meth:`state_dict` saved, for an exact resume."""
-        ckpt.unwrap(self.model).load_state_dict(state["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        """Restore everything :meth:`state_dict` saved, for an exact resume.
+
+        Raises :class:`ResumeError` when the checkpoint belongs to another model or tracks
+        another metric than this run monitors.
+        """
+        self.best.check_compatible(state["best"], "[checkpoint]")
+        if self.es and state.get("early_stopping"):
+            self.es.check_compatible(state["early_stopping"], "[early_stopping]")
+        try:
+            ckpt.unwrap(self.model).load_state_dict(state["model_state_dict"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise ResumeError(f"the checkpoint holds the weights of another model: {' '.join(first[:3])}. Resume with the [model] the run was started with.") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        except ValueError as e:
+            raise ResumeError(f"the checkpoint's optimizer state does not fit this optimizer ({e}). Resume with the [optimizer] the run was started with.") from None
         if self.scheduler is not None and state.get("scheduler_state_dict") is not None:
             self.scheduler.load_state_dict(state["scheduler_state_dict"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
@@ -167,11 +188,13 @@ class Trainer:
         if self.es and state.get("early_stopping"):
             self.es.load_state_dict(state["early_stopping"])
         self.problem = state.get("problem")
+        self.epoch_rng = state.get("epoch_rng_state")
         ckpt.set_rng_state(state["rng_state"])
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint file written by this engine."""
-        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        self.load_state_dict(ckpt.load(path, map_location="cpu"))
         self.resumed_from = str(path)
 
     def save(self, *tags: str) -> Path | None:
@@ -192,19 +215,19 @@ class Trainer:
         return path
 
     # ---- commands ------------------------------------------------------------------------
-    def _handle_commands(self, epoch: int) -> None:
+    def _handle_commands(self) -> None:
         """Obey queued commands at a step boundary; blocks here while paused."""
         for cmd in self.commands.take():
-            self._apply(cmd, epoch)
+            self._apply(cmd)
         while self.state == "paused":
             for cmd in self.commands.wait(0.5):
-                self._apply(cmd, epoch)
+                self._apply(cmd)
 
-    def _apply(self, cmd: str, epoch: int) -> None:
+    def _apply(self, cmd: str) -> None:
         if cmd == "toggle_pause":
             cmd = "resume" if self.state == "paused" else "pause"
         if cmd == "pause" and self.state == "running":
-            self._flush(epoch)
+            self._flush()
             self.state = "paused"
             self.emit(StateChanged("paused"))
         elif cmd == "resume" and self.state == "paused":
@@ -213,14 +236,12 @@ class Trainer:
             self._samples = 0
             self.emit(StateChanged("running"))
         elif cmd == "save":
-            self._flush(epoch)
+            self._flush()
             self.save("manual")
         elif cmd == "stop" and self.state != "stopping":
             self.state = "stopping"
             self._stop_reason = self._stop_reason or "stopped by request"  # a signal set its own
             self.emit(StateChanged("stopping", self._stop_reason))
-        elif cmd == "force":
-            os._exit(130)
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary (used by signal handlers)."""
@@ -236,19 +257,19 @@ class Trainer:
         where = "setup"
         try:
             while self.epoch < self.opt.epochs:
-                epoch = self.epoch
                 where = "training"
-                self._train_epoch(epoch)
+                self._train_epoch()
                 if self.state == "stopping":
                     status, reason = "stopped", self._stop_reason or "stopped by request"
                     break
                 where = "validation"
-                if self.val_batches is not None and (epoch + 1) % self.opt.val_every == 0:
-                    self._validate(epoch)
+                if (self.epoch + 1) % self.opt.val_every == 0:
+                    self._check()
                 elif self.scheduler is not None and self.opt.scheduler_interval == "epoch" and not self.plateau:
-                    self._step_scheduler_epoch(epoch, None)
-                self.epoch, self.batch_in_epoch = epoch + 1, 0
+                    self._step_scheduler_epoch(None)
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+                self.epoch_rng = None
                 where = "saving checkpoints"
                 self._epoch_checkpoints()
                 if self.es is not None and self.es.triggered:
@@ -267,7 +288,8 @@ class Trainer:
             self.emit(Failed(str(e), f"{where}, first batch", ""))
         except Exception as e:
             status, reason = "failed", f"{type(e).__name__} in {where}"
-            self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch, self.step), traceback.format_exc()))
+            frames = format_frames(user_frames(e))
+            self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), frames))
             self._save_after_crash()
         finally:
             self._close_loaders()
@@ -298,7 +320,7 @@ class Trainer:
                 train_size=train_size,
                 val_size=self.val_batches.num_samples if self.val_batches else None,
                 problem=self.problem or "unknown",
-                metrics=["train_loss", "val_loss", *metric_names(self.problem or "")],
+                metrics=self._metrics_available(),
                 monitor=self.opt.monitor,
                 mode=self.opt.mode,
                 patience=self.es.patience if self.es else None,
@@ -309,8 +331,16 @@ class Trainer:
                 pid=os.getpid(),
             )
         )
+        for event in self.announcements:
+            self.emit(event)
+        self.announcements = []
 
-    def _train_epoch(self, epoch: int) -> None:
+    def _metrics_available(self) -> list[str]:
+        if self.val_batches is None:
+            return ["train_loss"]
+        return ["train_loss", "val_loss", *metric_names(self.problem or "")]
+
+    def _train_epoch(self) -> None:
         model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
         step_scheduler = self.scheduler if self.opt.scheduler_interval == "step" else None
         commands, buffer = self.commands, self._buffer
@@ -322,20 +352,24 @@ class Trainer:
         self._samples = 0
         model.train()
         if commands.pending:  # a command that came in during validation or saving
-            self._handle_commands(epoch)
+            self._handle_commands()
             if self.state == "stopping":
                 return
-        for batch in self.train_batches.epoch(epoch, start=self.batch_in_epoch):
+        if self.batch_in_epoch == 0 and self.train_batches.order_from_global_rng:
+            self.epoch_rng = ckpt.rng_state()
+        for batch in self.train_batches.epoch(self.epoch, start=self.batch_in_epoch, epoch_rng=self.epoch_rng):
             args, kwargs, target = split_batch(batch)
             optimizer.zero_grad(set_to_none=True)
-            output = model(*args, **kwargs)
-            if self.problem is None:  # before the loss: its own error would be less clear
-                self._first_batch(output, target)
+            if self.problem is None:
+                output = self._first_forward(args, kwargs)
+                self._first_batch(output, target)  # before the loss: its own error would be less clear
+            else:
+                output = model(*args, **kwargs)
             loss = loss_fn(output, target)
             if exact:  # on the CPU .item() costs no device sync: check before the step
                 value = loss.item()
                 if not math.isfinite(value):
-                    self._flush(epoch)
+                    self._flush()
                     self._non_finite(value, saved=self._save_last_good())
             else:
                 value = loss.detach()
@@ -348,29 +382,41 @@ class Trainer:
             self._samples += len(target)
             buffer.append(value)
             if time.perf_counter() >= next_flush:
-                self._flush(epoch)
+                self._flush()
                 next_flush = self._last_flush_time + interval
             # Commands after the step, before the next batch is fetched: a dataset that draws
             # random numbers must not have drawn for a batch the checkpoint says is not done.
             if commands.pending:
-                self._handle_commands(epoch)
+                self._handle_commands()
                 if self.state == "stopping":
                     break
-        self._flush(epoch)
+        self._flush()
+
+    def _first_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The first forward pass, with what PyTorch's own error leaves out (a dtype mismatch)."""
+        try:
+            return self.model(*args, **kwargs)
+        except RuntimeError as e:
+            problem = check_inputs(self.model, args, kwargs)
+            if problem:
+                raise SetupError(problem) from e
+            raise
 
     def _first_batch(self, output: Any, target: Any) -> None:
         self.problem = infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
         for text in check_batch(self.loss_fn, output, target, self.problem):
             self.emit(Message("warning", text))
-        available = ["train_loss", "val_loss", *metric_names(self.problem)]
+        available = self._metrics_available()
         # [checkpoint] monitor defaults to the early-stopping one: name the key the user wrote first
         for name, monitor in (("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor), ("[checkpoint] monitor", self.opt.monitor)):
             if monitor is not None and monitor not in available:
+                if self.val_batches is None:
+                    raise SetupError(f"{name} = {monitor!r} needs a validation split, and the data has none. Monitor train_loss, or return (train, val) from the data function.")
                 raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
         what = PROBLEM_TEXT.get(self.problem, self.problem)
         self.emit(Message("info", f"{what} ({type(self.loss_fn).__name__}); metrics: {', '.join(available)}"))
 
-    def _flush(self, epoch: int) -> None:
+    def _flush(self) -> None:
         """Emit the buffered step losses as one event (one device sync on accelerators)."""
         buffer = self._buffer
         if not buffer:
@@ -387,7 +433,7 @@ class Trainer:
         self._first_step += len(losses)
         self.epoch_loss_sum += sum(losses)
         self.epoch_loss_count += len(losses)
-        self.emit(TrainSteps(epoch, first, losses, self.batch_in_epoch, self.optimizer.param_groups[0]["lr"], rate))
+        self.emit(TrainSteps(self.epoch + 1, first, losses, self.batch_in_epoch, self.optimizer.param_groups[0]["lr"], rate))
         if not self._exact_nan_check and not all(map(math.isfinite, losses)):
             bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
             self._non_finite(losses[bad], saved=None, at_step=first + bad)
@@ -406,8 +452,24 @@ class Trainer:
     def _save_last_good(self) -> Path | None:
         return self.save("last") if self.opt.save_last else None
 
-    def _validate(self, epoch: int) -> None:
+    def _check(self) -> None:
+        """The end-of-epoch check: validation (or the train loss alone), best, early stopping, scheduler."""
         started = time.perf_counter()
+        epoch = self.epoch + 1
+        metrics = {"train_loss": self.epoch_loss_sum / max(self.epoch_loss_count, 1)}
+        if self.val_batches is not None:
+            metrics.update(self._validate())
+        self.last_metrics = metrics
+        is_best = self.best.update(metrics[self.opt.monitor], epoch)
+        self.emit(Validated(epoch, self.step, metrics, is_best, time.perf_counter() - started))
+        if self.es is not None:
+            value = metrics[self.es.monitor]
+            self.es.update(value, epoch)
+            self.emit(EarlyStopUpdate(epoch, self.es.monitor, value, self.es.best, self.es.counter, self.es.patience or 0, self.es.triggered))
+        self._step_scheduler_epoch(metrics)
+        self._pending_best = is_best
+
+    def _validate(self) -> dict[str, float]:
         model = self.model
         model.eval()
         totals = MetricTotals(self.problem or "other", self.loss_fn, self.device)
@@ -417,18 +479,9 @@ class Trainer:
                 output = model(*args, **kwargs)
                 totals.add(self.loss_fn(output, target), output, target)
         model.train()
-        metrics = {"train_loss": self.epoch_loss_sum / max(self.epoch_loss_count, 1), **totals.result()}
-        self.last_metrics = metrics
-        is_best = self.best.update(metrics[self.opt.monitor], epoch)
-        self.emit(Validated(epoch, self.step, metrics, is_best, time.perf_counter() - started))
-        if self.es is not None:
-            value = metrics[self.es.monitor]
-            self.es.update(value, epoch)
-            self.emit(EarlyStopUpdate(epoch, self.es.monitor, value, self.es.best, self.es.counter, self.es.patience or 0, self.es.triggered))
-        self._step_scheduler_epoch(epoch, metrics)
-        self._pending_best = is_best
+        return totals.result()
 
-    def _step_scheduler_epoch(self, epoch: int, metrics: dict[str, float] | None) -> None:
+    def _step_scheduler_epoch(self, metrics: dict[str, float] | None) -> None:
         if self.scheduler is None or self.opt.scheduler_interval != "epoch":
             return
         before = self.optimizer.param_groups[0]["lr"]
@@ -440,7 +493,7 @@ class Trainer:
             self.scheduler.step()
         after = self.optimizer.param_groups[0]["lr"]
         if after != before:
-            self.emit(LRChanged(epoch, self.step, after, before))
+            self.emit(LRChanged(self.epoch + 1, self.step, after, before))
 
     def _epoch_checkpoints(self) -> None:
         tags = []
@@ -465,13 +518,6 @@ class Trainer:
         for batches in (self.train_batches, self.val_batches):
             if batches is not None:
                 batches.close()
-
-
-def describe_where(e: BaseException, phase: str, epoch: int, step: int) -> str:
-    """'training, epoch 3, step 120: models.py:42 in forward' (innermost frame outside torch)."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename and f"{os.sep}tuiloop{os.sep}" not in f.filename]
-    loc = f": {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-    return f"{phase}, epoch {epoch + 1}, step {step + 1}{loc}"
 
 
 def _version() -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.schema import (
@@ -95,12 +98,24 @@ def _check_type(where: str, section: str, key: str, value: Any, expected: Any) -
     if ok:
         return
     want = "a number" if types == NUMBER else " or ".join(type_name(t()) for t in types)
-    example = {int: "1", float: "0.001", str: '"text"', bool: "true"}[types[0]]
+    example = _meant(value, types) or {int: "1", float: "0.001", str: '"text"', bool: "true"}[types[0]]
     raise SpecError(
         f"{where}, [{section}] {key}",
         f"expected {want}, got {value!r} ({type_name(value)})",
         f"Write it as, for example, {key} = {example}.",
     )
+
+
+def _meant(value: Any, types: tuple[type, ...]) -> str | None:
+    """The TOML the user probably meant: "60" -> 60, "1e-3" -> 0.001, "true" -> true, 5 -> "5"."""
+    if isinstance(value, str):
+        parsed = parse_value(value.strip())
+        if isinstance(parsed, types) and not isinstance(parsed, str) and not (isinstance(parsed, bool) and bool not in types):
+            return tomli_w.dumps({"v": parsed}).partition("=")[2].strip()
+        return None
+    if str in types and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'"{value}"'
+    return None
 
 
 def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -137,6 +152,25 @@ def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _check_name(where: str, name: str) -> None:
+    """A run's name becomes part of a folder name: no separators, no '..', nothing unprintable."""
+    bad = ""
+    if not name.strip():
+        bad = "is empty"
+    elif "/" in name or "\\" in name or os.sep in name:
+        bad = "contains a path separator"
+    elif name in (".", "..") or name.startswith(".."):
+        bad = "starts with '..'"
+    elif any(not ch.isprintable() for ch in name):
+        bad = "contains a control character"
+    if bad:
+        raise SpecError(
+            f"{where}, [run] name",
+            f"{name!r} {bad}, and the name becomes the run directory's folder name",
+            "Use letters, digits, '-', '_' and '.' (for example name = \"digits-mlp\"); put runs elsewhere with out_dir.",
+        )
+
+
 def _check_monitor(where: str, section: str, value: str | None) -> None:
     if value is not None and value not in METRICS:
         raise SpecError(
@@ -170,6 +204,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     if run["name"] is None:
         run["name"] = path.stem if path else "run"
         raw.setdefault("run", {})["name"] = run["name"]  # the saved spec keeps the run's name
+    _check_name(where, run["name"])
     for key in ("epochs", "val_every"):
         if run[key] < 1:
             raise SpecError(f"{where}, [run] {key}", f"must be at least 1, got {run[key]}", f"Set {key} = 1 or more.")
@@ -199,7 +234,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     mode = c["mode"] or (es.mode if es and es.monitor == monitor else default_mode(monitor))
     if c["every_n_epochs"] < 0:
         raise SpecError(f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off.")
-    checkpoint = CheckpointSpec(c["best"], c["last"], c["every_n_epochs"], monitor, mode)
+    checkpoint = CheckpointSpec(c["best"], c["last"], c["every_n_epochs"], monitor, mode, explicit_monitor=c["monitor"] is not None)
 
     sched = None
     if "scheduler" in raw:

@@ -8,16 +8,15 @@ the spec file's folder).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
-import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tuiloop.engine.origin import user_frames
+from tuiloop.spec import userfiles
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
-from tuiloop.spec.schema import Spec, TargetSpec
+from tuiloop.spec.schema import SCHEMA, Spec, TargetSpec
 
 # Arguments tuiloop passes itself, by section: the user must not set them.
 SUPPLIED = {"optimizer": ("params",), "scheduler": ("optimizer",), "model": (), "loss": (), "data": ()}
@@ -52,30 +51,15 @@ def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
 
 
 def _import_file(file: Path, where: str, target: str) -> Any:
-    name = f"tuiloop_user_{abs(hash(str(file)))}_{file.stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise SpecError(where, f"cannot import {file} named by target = {target!r}", "Name a .py file.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    folder = str(file.parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)  # so the file can import its neighbours
     try:
-        spec.loader.exec_module(module)
+        return userfiles.import_file(file)
     except Exception as e:
-        del sys.modules[name]
-        raise SpecError(where, f"importing {file} (target = {target!r}) raised {_describe(e)}", "Fix that file; run it with python to see the full traceback, or pass --debug.") from e
-    return module
+        raise SpecError(where, f"importing {file} (target = {target!r}) raised {describe_exception(e)}", "Fix that file; run it with python to see the full traceback, or pass --debug.") from e
 
 
-def _describe(e: BaseException) -> str:
+def describe_exception(e: BaseException) -> str:
     """'TypeError: ... (models.py, line 12)' for the innermost frame in user code."""
-    frames = traceback.extract_tb(e.__traceback__)
-    user = [f for f in frames if "importlib" not in f.filename]
+    user = user_frames(e)
     loc = f" ({Path(user[-1].filename).name}, line {user[-1].lineno})" if user else ""
     if isinstance(e, SyntaxError) and e.filename:
         loc = f" ({Path(e.filename).name}, line {e.lineno})"
@@ -118,9 +102,9 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
         except ModuleNotFoundError as e:
             if e.name and module_part.startswith(e.name):
                 raise SpecError(here, f"no module named {e.name!r} (from target = {target!r})", f"Install it, or for a file next to the spec write \"{module_part.replace('.', '/')}.py:{attr}\".") from None
-            raise SpecError(here, f"importing {module_part} raised {_describe(e)}", "Install the missing package.") from e
+            raise SpecError(here, f"importing {module_part} raised {describe_exception(e)}", "Install the missing package.") from e
         except Exception as e:
-            raise SpecError(here, f"importing {module_part} raised {_describe(e)}", "Fix that module, or pass --debug for the traceback.") from e
+            raise SpecError(here, f"importing {module_part} raised {describe_exception(e)}", "Fix that module, or pass --debug for the traceback.") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -143,14 +127,24 @@ def check_kwargs(fn: Callable[..., Any], section: str, target: str, kwargs: dict
         params.pop(name, None)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for key in kwargs:
+    ours = [k for k in SCHEMA.get(section, {}) if k != "target"]
+    for key, value in kwargs.items():
         if key in supplied:
             raise SpecError(f"{where}, [{section}] {key}", f"tuiloop passes {key} to {target} itself", f"Remove {key} from [{section}].")
         if key not in named and not takes_any:
+            own = f" tuiloop's own keys of [{section}]: {', '.join(ours)}." if ours else ""
             raise SpecError(
                 f"{where}, [{section}] {key}",
                 f"{key!r} is not a parameter of {target}",
-                join_fix(did_you_mean(key, named), f"{target} accepts: {', '.join(named) or 'no keyword arguments'}."),
+                join_fix(did_you_mean(key, [*named, *ours]), f"{target} accepts: {', '.join(named) or 'no keyword arguments'}.{own}"),
+            )
+        param = params.get(key)
+        default = param.default if param is not None else None
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise SpecError(
+                f"{where}, [{section}] {key}",
+                f"{key} was read as the string {value!r}, but {target} expects a number (its default is {default!r})",
+                f"Write a number without quotes, e.g. {key} = {default!r}.",
             )
     for name, p in params.items():
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs:

@@ -32,6 +32,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "shuffle": (bool, True),
         "drop_last": (bool, False),
         "pin_memory": ((bool, str), "auto"),
+        "persistent_workers": (bool, False),
+        "multiprocessing_context": (str, None),
     },
     "loss": {"target": (str, REQUIRED)},
     "optimizer": {"target": (str, REQUIRED)},
@@ -62,6 +64,7 @@ METRICS = ("train_loss", "val_loss", "val_acc", "val_mae")
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("scheduler", "interval"): ("epoch", "step"),
+    ("data", "multiprocessing_context"): ("fork", "spawn", "forkserver"),
     ("early_stopping", "mode"): ("min", "max"),
     ("checkpoint", "mode"): ("min", "max"),
 }
@@ -100,6 +103,8 @@ class DataSpec(TargetSpec):
     shuffle: bool = True
     drop_last: bool = False
     pin_memory: bool | str = "auto"
+    persistent_workers: bool = False
+    multiprocessing_context: str | None = None
 
 
 @dataclass
@@ -123,6 +128,7 @@ class CheckpointSpec:
     every_n_epochs: int
     monitor: str
     mode: str
+    explicit_monitor: bool = False  # the spec names it (else it follows early stopping, or val_loss)
 
 
 @dataclass

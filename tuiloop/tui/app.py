@@ -44,6 +44,13 @@ class EventsArrived(Message):
 
 
 @dataclass(eq=False)
+class LinesSkipped(Message):
+    """Lines of the event log the reader could not use, and why."""
+
+    problems: list[str]
+
+
+@dataclass(eq=False)
 class ProcessGone(Message):
     """The training process is gone (all its events were posted before this)."""
 
@@ -92,12 +99,15 @@ class MonitorApp(App[str]):
         read_only: bool = False,
         exit_on_finish: bool = False,
         expect_pid: int | None = None,
+        attached: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
         self.commander = None if read_only else commander
         self.read_only = read_only or commander is None
         self.exit_on_finish = exit_on_finish
+        # A monitor opened with ``attach`` watches someone's run: Ctrl+C there leaves, it never stops the run.
+        self.attached = attached
         self.model = MonitorModel(run_dir, expect_pid=expect_pid)
         self.show_raw = True
         self.log_y = False
@@ -150,6 +160,9 @@ class MonitorApp(App[str]):
             events = self.source.poll()
             if events:
                 self.post_message(EventsArrived(events))
+            problems = self.source.problems()
+            if problems:
+                self.post_message(LinesSkipped(problems))
             now = time.monotonic()
             if not gone and now >= next_alive:
                 next_alive = now + ALIVE_S
@@ -174,10 +187,14 @@ class MonitorApp(App[str]):
             self.pid = self.model.started.pid
         self._after_change()
 
+    def on_lines_skipped(self, message: LinesSkipped) -> None:
+        for text in message.problems:
+            self.model.note(time.time(), "warning", f"skipped a line of events.jsonl: {text}")
+
     def on_process_gone(self, message: ProcessGone) -> None:
         self.model.process_gone(message.exit_code, time.time())
         if self.forced:
-            self.exit("forced")
+            self.exit("forced")  # only now: the process is gone
             return
         self._after_change()
 
@@ -187,7 +204,7 @@ class MonitorApp(App[str]):
             self.model.version += 1
 
     def _after_change(self) -> None:
-        if self.model.over and (self.exit_on_finish or self._leave_when_over):
+        if self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced:  # forced: leave once the process is gone
             self.exit("left")
             return
         if self.model.over != self._was_over:
@@ -252,9 +269,16 @@ class MonitorApp(App[str]):
         self.push_screen(ConfirmStop(), confirmed)
 
     def action_interrupt(self) -> None:
-        """Ctrl+C: stop gracefully (no question: it is the interrupt key); a second one forces."""
+        """Ctrl+C: stop gracefully (no question: it is the interrupt key); a second one forces.
+
+        In a monitor opened with ``attach`` it detaches instead: another viewer's habit must not
+        end someone's long run (``q`` still stops it, after asking).
+        """
         if self.read_only or self.model.over:
             self.exit("left")
+            return
+        if self.attached:
+            self.exit("detached")
             return
         if isinstance(self.screen, ConfirmStop):
             self.screen.dismiss(False)
@@ -287,17 +311,28 @@ class MonitorApp(App[str]):
         self.send("stop")
 
     def _force(self) -> None:
-        """Second Ctrl+C: the run exits at once without saving; the monitor closes."""
+        """Second Ctrl+C: the run exits at once without saving; the monitor closes once it is gone."""
+        if self.forced:
+            return
         self.forced = True
+        self.model.gone_status = "forced"
+        self.model.note(time.time(), "error", "forcing the training process to exit now, without saving…")
+        self._deliver_force()
+
+    @work(thread=True, group="commands")
+    def _deliver_force(self) -> None:
         try:
             if self.commander is None:
                 raise RuntimeError("read-only")
-            self.commander("force")  # inline: we are leaving anyway, and it must be delivered
+            self.commander("force")
         except Exception:
-            kill = getattr(self.source, "kill", None)  # not listening yet (still starting): kill our own child
-            if kill is not None:
-                kill()
-        self.exit("forced")
+            pass  # not listening (still starting, or stuck): our own child is killed below
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and self.source.alive():
+            time.sleep(0.05)
+        kill = getattr(self.source, "kill", None)
+        if self.source.alive() and kill is not None:
+            kill()
 
     # ---- commands ---------------------------------------------------------------------------------
     @work(thread=True, group="commands")

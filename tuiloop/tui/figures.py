@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from tuiloop.tui.model import MonitorModel, fmt
+from tuiloop.engine import fmt
+from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.series import ema, reduce_to
 
 # 256-colour palette numbers (what the terminal shows; Rich maps them to the same colours)
@@ -44,7 +45,7 @@ class Figure:
 
 
 def _finite(xs: list[float], ys: list[float], positive: bool = False) -> tuple[list[float], list[float]]:
-    keep = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not positive)]
+    keep = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and (y > 0 or not positive)]
     return [p[0] for p in keep], [p[1] for p in keep]
 
 
@@ -76,13 +77,13 @@ def loss_figure(model: MonitorModel, width: int, show_raw: bool = True, log_y: b
         fig.lines.append(Line(vx, vy, VAL, "braille", joined=True))
         if len(vx) <= width // 3:  # a dot per check while they are few enough to tell apart
             fig.lines.append(Line(vx, vy, VAL, "•", joined=False))
-        fig.legend.append((f"• val {fmt(vy[-1])}", VAL, 2))
+        fig.legend.append((f"• val {fmt.value(vy[-1])}", VAL, 2))
     if model.best_val_point is not None:
         bx, by = model.best_val_point
         if by > 0 or not log_y:
             fig.lines.append(Line([bx * scale], [by], BEST, "◆", joined=False))
             monitor = model.started.monitor if model.started else None
-            what = fmt(by) if monitor in (None, "val_loss") else f"{monitor} {fmt(model.best_value)}"
+            what = fmt.value(by) if monitor in (None, "val_loss") else f"{monitor} {fmt.value(model.best_value)}"
             where = f"ep {round(bx * scale)}" if spe else f"step {int(bx)}"
             fig.legend.append((f"◆ best {what} ({where})", BEST, 1))
     if model.over:

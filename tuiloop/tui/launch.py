@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from tuiloop import rundir
+from tuiloop.rundir.state import run_state
 
 EXIT_FORCED = 130
 
 
-def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False) -> int:
+def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False, attached: bool = False) -> int:
     """Run the monitor on a run directory until the user leaves; return the exit status.
 
     0: the run completed, early-stopped or was stopped, or the user left it running;
@@ -20,7 +20,7 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
     After the terminal is restored, a failure's error and traceback go to stderr and a one-line
     summary with the run directory to stdout.
     """
-    from tuiloop.control import send_command
+    from tuiloop.rundir.control import send_command
     from tuiloop.tui.app import MonitorApp
     from tuiloop.tui.source import RunSource
 
@@ -32,6 +32,7 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
         read_only=read_only,
         exit_on_finish=exit_on_finish,
         expect_pid=_training_pid(run_dir, proc),
+        attached=attached,
     )
     how = app.run()
     model = app.model
@@ -47,13 +48,15 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
     elif model.state == "failed" and model.last_error:
         print(f"tuiloop: error: {model.last_error}", file=sys.stderr)
     if how == "forced":
-        print(f"{model.run_name or 'the run'}: forced to exit without saving (second Ctrl+C)")
+        print(f"{model.run_name or 'the run'}: forced to exit without saving (second Ctrl+C); its process is gone")
         print(f"run directory: {run_dir}")
         return EXIT_FORCED
     if model.over or read_only:
         print(model.summary_line())
     else:
-        print(f"{model.run_name or 'the run'}: left running in the background (epoch {model.epoch + 1}, step {model.step}); watch it again with: tuiloop attach {run_dir}")
+        print(f"{model.run_name or 'the run'}: left running in the background (epoch {model.epoch}, step {model.step}); watch it again with: tuiloop attach {run_dir}")
+        if attached and how == "detached":
+            print("(in a monitor opened with attach, Ctrl+C detaches and the run goes on; q stops the run)")
     print(f"run directory: {run_dir}")
     return model.exit_status()
 
@@ -62,7 +65,7 @@ def _training_pid(run_dir: Path, proc: subprocess.Popen | None) -> int | None:
     """The process whose run this view follows (a resumed run's log also holds earlier sessions)."""
     if proc is not None:
         return proc.pid
-    st = rundir.run_state(run_dir)
+    st = run_state(run_dir)
     pid = int(st.info.get("pid") or 0) if st.live else 0
     return pid or None
 
@@ -78,5 +81,5 @@ def _wait_for_the_end(run_dir: Path, proc: subprocess.Popen | None, over: bool) 
             pass
         return
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and rundir.run_state(run_dir).live:
+    while time.monotonic() < deadline and run_state(run_dir).live:
         time.sleep(0.1)

@@ -11,6 +11,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
+from tuiloop.engine import fmt
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -20,13 +21,15 @@ from tuiloop.engine.events import (
     LRChanged,
     Message,
     RunStarted,
+    SettingChanged,
+    Starting,
     StateChanged,
     TrainSteps,
     Validated,
 )
 from tuiloop.tui.series import Downsampled
 
-ENDED = ("completed", "early_stopped", "stopped", "failed", "crashed")
+ENDED = ("completed", "early_stopped", "stopped", "failed", "forced", "crashed")
 HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
 LOG_LINES = 500
 
@@ -34,17 +37,6 @@ LOG_LINES = 500
 def higher_is_better(name: str) -> bool:
     """Whether a larger value of metric ``name`` is better (accuracy yes, loss and MAE no)."""
     return any(word in name.lower() for word in HIGHER_IS_BETTER)
-
-
-def fmt(value: float | None) -> str:
-    """A metric value in about 4 significant digits."""
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.3g}"
-    return f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.4f}"
 
 
 @dataclass
@@ -71,7 +63,7 @@ class MetricStat:
 
     def update(self, value: float, epoch: int) -> None:
         self.last = value
-        self.history.append(epoch + 1, value)
+        self.history.append(epoch, value)
         if not math.isfinite(value):
             return
         if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
@@ -89,7 +81,8 @@ class MonitorModel:
         self.started: RunStarted | None = None
         self.state = "starting"
         self.state_reason = ""
-        self.epoch = 0  # 0-based epoch in progress (or last one done)
+        self.phase: str | None = None  # what a starting run is doing (importing torch, loading the data, ...)
+        self.epoch = 1  # the epoch in progress, or the last one (from 1)
         self.epochs_done = 0
         self.step_in_epoch = 0
         self.step = 0  # global optimizer steps done
@@ -108,6 +101,7 @@ class MonitorModel:
         self.finished: Finished | None = None
         self.exit_code: int | None = None  # of the training process, when it is gone
         self.log: deque[LogEntry] = deque(maxlen=LOG_LINES)
+        self.gone_status = "crashed"  # how a run that vanished without a summary is shown
         self.gpu_memory: str | None = None
         self.version = 0  # bumped on every change, so views can skip identical redraws
         self.events_seen = 0
@@ -138,14 +132,19 @@ class MonitorModel:
             self._active_s += max(ev.time - self._t_last, 0.0)
         self._t_last = ev.time
 
+    def _on_starting(self, ev: Starting) -> None:
+        self.phase = ev.phase
+
     def _on_run_started(self, ev: RunStarted) -> None:
         self.started = ev
         self.run_dir = ev.run_dir or self.run_dir
         self.state, self.state_reason = "running", ""
+        self.phase = "waiting for the first batch"
         self.finished = None
         self.failure = None
         self.exit_code = None
-        self.epoch = self.epochs_done = ev.start_epoch
+        self.epochs_done = ev.start_epoch
+        self.epoch = min(ev.start_epoch + 1, ev.epochs)
         self.step = ev.start_step
         self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
         self._active_s, self._active_steps = 0.0, 0
@@ -166,6 +165,7 @@ class MonitorModel:
 
     def _on_train_steps(self, ev: TrainSteps) -> None:
         n = len(ev.losses)
+        self.phase = None
         self.train.extend(ev.first_step, ev.losses)
         self.step = ev.first_step + n - 1
         self.epoch = ev.epoch
@@ -180,7 +180,7 @@ class MonitorModel:
 
     def _on_validated(self, ev: Validated) -> None:
         self.epoch = ev.epoch
-        self.epochs_done = ev.epoch + 1
+        self.epochs_done = ev.epoch
         for name, value in ev.metrics.items():
             self._metric(name).update(value, ev.epoch)
         val = ev.metrics.get("val_loss")
@@ -198,19 +198,24 @@ class MonitorModel:
         self.lr_history.append(ev.step, ev.lr)
         # a plateau cut or a warm restart is news; the small steps of a smooth schedule are not
         if ev.previous > 0 and ev.lr > 0 and abs(math.log(ev.lr / ev.previous)) >= math.log(1.5):
-            self._log(ev.time, "info", f"learning rate {ev.previous:.3g} -> {ev.lr:.3g} (epoch {ev.epoch + 1})", key="lr")
+            self._log(ev.time, "info", f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)} (epoch {ev.epoch})", key="lr")
+
+    def _on_setting_changed(self, ev: SettingChanged) -> None:
+        if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
+            self.lr_history.append(ev.step, float(ev.new))
+        self._log(ev.time, "warning", f"{ev.key} {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})")
 
     def _on_early_stop(self, ev: EarlyStopUpdate) -> None:
         self.early = ev
         if ev.triggered:
-            self._log(ev.time, "warning", f"early stopping triggered: {ev.monitor} did not improve on {fmt(ev.best)} for {ev.counter}/{ev.patience} checks")
+            self._log(ev.time, "warning", f"early stopping triggered: {ev.monitor} did not improve on {fmt.value(ev.best)} for {ev.counter}/{ev.patience} checks")
 
     def _on_checkpoint(self, ev: CheckpointSaved) -> None:
         prev = self.log[-1] if self.log else None
         if ev.tag == "last" and prev is not None and prev.key.startswith(f"ckpt@{ev.step}:"):
             prev.text += " + last.pt"  # the same moment's best/periodic save: one line for both
             return
-        metric = f"  {ev.monitor} {fmt(ev.metric)}" if ev.metric is not None and ev.monitor else ""
+        metric = f"  {ev.monitor} {fmt.value(ev.metric)}" if ev.metric is not None and ev.monitor else ""
         level = {"best": "best", "last": "dim"}.get(ev.tag, "save")
         # repeated last.pt saves collapse into one line; other saves each keep their own
         key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}:{ev.tag}"
@@ -240,15 +245,15 @@ class MonitorModel:
     def _on_finished(self, ev: Finished) -> None:
         if self._earlier_session() and not (self.failure is not None and self.failure.where == "setup"):
             self.state, self.state_reason = "starting", "resuming"
-            self._log(ev.time, "dim", f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {ev.epochs_done} epochs")
+            self._log(ev.time, "dim", f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}")
             return
         self.finished = ev
         self.state, self.state_reason = ev.status, ev.reason
         self.epochs_done = ev.epochs_done
         self.step = ev.step
-        best = f"; best {ev.monitor} {fmt(ev.best_value)} at epoch {ev.best_epoch + 1}" if ev.best_value is not None and ev.best_epoch is not None else ""
-        level = "error" if ev.status == "failed" else "success"
-        self._log(ev.time, level, f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {ev.epochs_done} epochs, {ev.step} steps{best}")
+        best = f"; best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}" if ev.best_value is not None and ev.best_epoch is not None else ""
+        level = "error" if ev.status in ("failed", "forced") else "success"
+        self._log(ev.time, level, f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}{best}")
 
     # ---- outside the event log --------------------------------------------------------------
     def process_gone(self, exit_code: int | None, now: float) -> None:
@@ -256,7 +261,7 @@ class MonitorModel:
         self.exit_code = exit_code
         if self.finished is None:
             self.version += 1
-            self.state = "crashed"
+            self.state = self.gone_status
             code = f" with status {exit_code}" if exit_code is not None else ""
             self.state_reason = f"the training process exited{code} without finishing"
             self._log(now, "error", self.state_reason + " (see output.log in the run directory)")
@@ -323,7 +328,9 @@ class MonitorModel:
         return max(now - self._first_start_time, 0.0)
 
     def exit_status(self) -> int:
-        """0 completed, early-stopped, stopped or still running; 1 failed or crashed; 2 setup failure."""
+        """0 completed, early-stopped, stopped or still running; 1 failed or crashed; 2 setup failure; 130 forced."""
+        if self.state == "forced":
+            return 130
         if self.finished is not None:
             if self.finished.status != "failed":
                 return 0
@@ -335,20 +342,8 @@ class MonitorModel:
         name = self.run_name or "the run"
         f = self.finished
         if f is not None:
-            best = f", best {f.monitor} {fmt(f.best_value)} at epoch {f.best_epoch + 1}" if f.best_value is not None and f.best_epoch is not None else ""
-            return f"{name}: {f.status.replace('_', ' ')} ({f.reason}) after {f.epochs_done} epochs, {f.step} steps in {format_duration(f.wall_time_s)}{best}"
+            best = f", best {f.monitor} {fmt.value(f.best_value)} at epoch {f.best_epoch}" if f.best_value is not None and f.best_epoch is not None else ""
+            return f"{name}: {f.status.replace('_', ' ')} ({f.reason}) after {fmt.plural(f.epochs_done, 'epoch')}, {fmt.plural(f.step, 'step')} in {fmt.clock(f.wall_time_s)}{best}"
         if self.state == "crashed":
             return f"{name}: crashed: {self.state_reason}"
-        return f"{name}: still {self.state} at epoch {self.epoch + 1}, step {self.step}"
-
-
-def format_duration(seconds: float | None) -> str:
-    """H:MM:SS, M:SS under an hour, seconds with a decimal under a minute."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+        return f"{name}: still {self.state} at epoch {self.epoch}, step {self.step}"

@@ -11,7 +11,8 @@ import time
 
 from rich.text import Text
 
-from tuiloop.tui.model import MonitorModel, fmt, format_duration
+from tuiloop.engine import fmt
+from tuiloop.tui.model import MonitorModel
 
 STATE_STYLE = {
     "starting": ("STARTING", "bold black on yellow"),
@@ -22,6 +23,7 @@ STATE_STYLE = {
     "early_stopped": ("EARLY STOPPED", "bold black on cyan"),
     "stopped": ("STOPPED", "bold white on blue"),
     "failed": ("FAILED", "bold white on red"),
+    "forced": ("FORCED", "bold white on red"),
     "crashed": ("CRASHED", "bold white on red"),
 }
 LEVEL_STYLE = {
@@ -33,7 +35,7 @@ LEVEL_STYLE = {
     "warning": ("!", "bold yellow"),
     "error": ("✗", "bold red"),
 }
-ENDED_STYLE = {"completed": "bold green", "early_stopped": "bold cyan", "stopped": "bold blue", "failed": "bold red", "crashed": "bold red"}
+ENDED_STYLE = {"completed": "bold green", "early_stopped": "bold cyan", "stopped": "bold blue", "failed": "bold red", "forced": "bold red", "crashed": "bold red"}
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -87,27 +89,29 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
     s = model.started
     lines = []
     if s is None:
-        first = Text("waiting for the training process to start…", style="yellow")
+        first = Text(f"starting: {model.phase}…" if model.phase else "waiting for the training process to start…", style="yellow")
         if model.over:
             first = Text(model.state_reason or model.state, style="bold red")
     else:
-        epoch = min(model.epoch + 1, s.epochs) if not model.over else model.epochs_done
+        epoch = min(model.epoch, s.epochs) if not model.over else model.epochs_done
         spe = s.steps_per_epoch
-        frac = (model.epochs_done if model.over else model.epoch + (model.step_in_epoch / spe if spe else 0)) / max(s.epochs, 1)
+        frac = (model.epochs_done if model.over else model.epoch - 1 + (model.step_in_epoch / spe if spe else 0)) / max(s.epochs, 1)
         label = Text(f"epoch {epoch}/{s.epochs} ", style="bold")
         pieces = [label + _bar(frac, max(8, min(24, width // 6)))]
+        if model.phase and not model.over:
+            pieces.append(Text(f"{model.phase}…", style="yellow"))
         if spe and not model.over:
             pieces.append(Text(f"step {model.step_in_epoch}/{spe}"))
         eta = model.eta(now)
         if model.state == "paused":
             pieces.append(Text("ETA (paused)", style="yellow"))
         elif eta is not None:
-            pieces.append(Text(f"ETA {format_duration(eta)}"))
+            pieces.append(Text(f"ETA {fmt.clock(eta)}"))
         if model.samples_per_s is not None and not model.over:
             pieces.append(Text(f"{model.samples_per_s:,.0f} samples/s"))
         elapsed = model.elapsed(now)
         if elapsed is not None:
-            pieces.append(Text(f"elapsed {format_duration(elapsed)}", style="dim"))
+            pieces.append(Text(f"elapsed {fmt.clock(elapsed)}", style="dim"))
         pieces.append(Text(f"global step {model.step:,}", style="dim"))
         first = _fit(pieces, width)
     lines.append(first)
@@ -147,10 +151,10 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
     monitor = model.started.monitor if model.started else None
     for name, stat in model.metrics.items():
         row = Text(f"{name:<{name_w}}", style="bold" if name == monitor else "")
-        row.append(f"{fmt(stat.last):>8} ")
+        row.append(f"{fmt.value(stat.last):>8} ")
         just_best = stat.last is not None and stat.best == stat.last
-        row.append(f"{fmt(stat.best):>8}", style="green" if just_best else "")
-        row.append(f" {stat.best_epoch + 1:>4}" if stat.best_epoch is not None else "     ", style="dim")
+        row.append(f"{fmt.value(stat.best):>8}", style="green" if just_best else "")
+        row.append(f" {stat.best_epoch:>4}" if stat.best_epoch is not None else "     ", style="dim")
         if spark_w >= 5:
             row.append(" " + sparkline(stat.history.points()[1], spark_w - 1), style="cyan")
         rows.append(row)
@@ -167,7 +171,7 @@ def early_stop_text(model: MonitorModel, width: int) -> Text:
     patience = es.patience if es else s.patience
     counter = es.counter if es else 0
     head = Text(f"{es.monitor if es else s.monitor} ({s.mode})", style="bold")
-    head.append(f"  best {fmt(es.best if es else None)}")
+    head.append(f"  best {fmt.value(es.best if es else None)}")
     head.truncate(width, overflow="ellipsis")
     cells = max(min(patience, width - 10), 1)
     used = round(cells * counter / max(patience, 1))
@@ -206,18 +210,6 @@ def log_text(model: MonitorModel, height: int, width: int) -> Text:
     return Text("\n").join(lines) if lines else Text("")
 
 
-def user_frames(traceback_text: str) -> list[str]:
-    """The traceback's frames in the user's code (not torch, not site-packages, not tuiloop), as lines."""
-    frames: list[list[str]] = []
-    for line in traceback_text.rstrip().splitlines():
-        if line.startswith("  File "):
-            frames.append([line.strip()])
-        elif frames and line.startswith("    ") and line.strip() and set(line.strip()) - set("^~ "):
-            frames[-1].append("  " + line.strip())
-    keep = [f for f in frames if not any(part in f[0] for part in ("site-packages", "/tuiloop/", "/torch/", "<frozen"))]
-    return [ln for f in keep for ln in f]
-
-
 def error_text(model: MonitorModel, width: int, max_lines: int = 8) -> Text:
     """The failure: what, where, and the user's frames of the traceback."""
     f = model.failure
@@ -228,7 +220,7 @@ def error_text(model: MonitorModel, width: int, max_lines: int = 8) -> Text:
     lines = [Text(ln, style="bold red") for ln in wrapped[: max(max_lines - 1, 1)]]
     lines.append(Text.assemble(("where ", "dim"), (f.where, "yellow")))
     room = max(max_lines - len(lines), 0)
-    frames = user_frames(f.traceback)[-room:] if room else []
+    frames = f.user_frames[-room:] if room else []  # the engine picked the frames in the user's code
     lines += [Text(ln, style="dim") for ln in frames]
     for ln in lines:
         ln.truncate(width, overflow="ellipsis")

@@ -1,4 +1,4 @@
-"""Where the monitor's events come from: a run directory's event log, and its process's health.
+"""Where the monitor's events come from: a run directory's event log, and whether its run is live.
 
 The monitor's reader thread calls these; nothing here touches the screen.
 """
@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from tuiloop import rundir
 from tuiloop.engine.events import Event
+from tuiloop.rundir.eventlog import EventTail
+from tuiloop.rundir.state import run_state
 
 READ_CHUNK = 4 << 20  # bytes of the log parsed per poll, so catching up on a long run stays responsive
 
@@ -25,22 +26,32 @@ class EventSource(Protocol):
 
     def exit_code(self) -> int | None: ...
 
+    def problems(self) -> list[str]: ...
+
 
 class RunSource:
-    """Tails ``run_dir/events.jsonl``; the process is ``proc`` when we started it, else the one in run.json."""
+    """Tails ``run_dir/events.jsonl``; the run is live while ``proc`` runs (when we started it)
+    or while it holds its lock."""
 
     def __init__(self, run_dir: Path, proc: subprocess.Popen | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.proc = proc
-        self.tail = rundir.EventTail(self.run_dir / rundir.EVENTS)
+        self.tail = EventTail(self.run_dir)
+        self._reported = 0
 
     def poll(self) -> list[Event]:
         return self.tail.poll(READ_CHUNK)
 
+    def problems(self) -> list[str]:
+        """Why lines were skipped, the ones not reported before."""
+        new = self.tail.problems[self._reported :]
+        self._reported = len(self.tail.problems)
+        return new
+
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return rundir.run_state(self.run_dir).live
+        return run_state(self.run_dir).live
 
     def exit_code(self) -> int | None:
         return self.proc.returncode if self.proc is not None else None

@@ -1,10 +1,9 @@
-"""The ``tuiloop`` command: run, attach, show, ls."""
+"""The ``tuiloop`` command: its arguments, and what every subcommand shares (errors, pipes)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -49,9 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list runs: state, epochs, best metric, duration, start time")
     ls.add_argument("out_dir", nargs="?", type=Path, default=Path("runs"), metavar="OUT_DIR", help="the runs directory (default: ./runs)")
+    ls.add_argument("--state", metavar="STATE[,STATE]", help="only runs in these states: running, paused, finished, early_stopped, stopped, failed, forced, crashed")
+    ls.add_argument("--all", action="store_true", help="also list runs that failed before their first step (hidden by default)")
 
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("run_dir", type=Path)
+    w.add_argument("--lock-fd", type=int, required=True)
     w.add_argument("--resume", action="store_true")
     return p
 
@@ -64,13 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         if args.command == "run":
+            from tuiloop.cli.run import cmd_run
+
             return cmd_run(args)
         if args.command == "_worker":
-            return cmd_worker(args)
-        if args.command in ("attach", "show", "ls"):
-            from tuiloop import views
+            from tuiloop.session.worker import main as worker_main
 
-            return {"attach": views.cmd_attach, "show": views.cmd_show, "ls": views.cmd_ls}[args.command](args)
+            return worker_main(args.run_dir.resolve(), args.lock_fd, args.resume)
+        if args.command in ("attach", "show"):
+            from tuiloop.cli import views
+
+            code = {"attach": views.cmd_attach, "show": views.cmd_show}[args.command](args)
+        elif args.command == "ls":
+            from tuiloop.cli.ls import cmd_ls
+
+            code = cmd_ls(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is noticed here
+        return code
     except SpecError as e:
         if debug:
             traceback.print_exc()
@@ -80,72 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     return 2
 
 
-def _load(args: argparse.Namespace):
-    from tuiloop.session import load_run_spec
-    from tuiloop.spec import load_spec
-    from tuiloop.spec.load import apply_override, validate
-
-    if args.resume is not None:
-        if not (args.resume / "run.json").is_file():
-            raise SpecError(f"--resume {args.resume}", "not a tuiloop run directory (no run.json)", "Pass a folder under your runs directory; `tuiloop ls` lists them.")
-        args.resume = args.resume.resolve()
-    if args.spec:
-        return load_spec(args.spec, args.overrides)
-    if args.resume is None:
-        raise SpecError("tuiloop run", "no spec file given", "Usage: tuiloop run SPEC.toml (or --resume RUN_DIR).")
-    spec = load_run_spec(args.resume)
-    if args.overrides:
-        for item in args.overrides:
-            apply_override(spec.raw, item)
-        spec = validate(spec.raw, spec.where, spec.base_dir, spec.path)
-    return spec
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from tuiloop.engine.sinks import PlainSink
-    from tuiloop.session import execute, prepare_run_dir
-
-    spec = _load(args)
-    headless = args.headless or not sys.stdout.isatty()
-    if headless and not args.detach:
-        code, _ = execute(spec, resume=args.resume, sinks=[PlainSink(sys.stdout)])
-        return code
-    from tuiloop.spec import resolve
-
-    resolve(spec)  # import errors show here, before anything starts
-    run_dir = prepare_run_dir(spec, args.resume)
-    proc = spawn_worker(run_dir, resume=args.resume is not None)
-    from tuiloop.rundir import record_process
-
-    record_process(run_dir, proc.pid)  # so `ls` and `attach` see it live before it starts up
-    if args.detach:
-        print(f"started {run_dir} (pid {proc.pid})")
-        print(f"  watch it:  tuiloop attach {run_dir}")
-        print(f"  its log:   {run_dir / 'output.log'}")
-        return 0
-    from tuiloop.tui.launch import monitor_run
-
-    return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish)
-
-
-def spawn_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
-    """Start the training process in its own session, so a hung-up terminal does not end it."""
-    cmd = [sys.executable, "-m", "tuiloop", "_worker", str(run_dir)] + (["--resume"] if resume else [])
-    with open(run_dir / "output.log", "ab") as out:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from tuiloop.engine.sinks import PlainSink
-    from tuiloop.session import execute, load_run_spec
-
-    run_dir = args.run_dir.resolve()
-    code, _ = execute(load_run_spec(run_dir), run_dir=run_dir, resume=run_dir if args.resume else None, sinks=[PlainSink(sys.stdout)])
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``tuiloop show RUN | head``): stop without a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+    os.close(devnull)
+    return 0

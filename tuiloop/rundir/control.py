@@ -14,10 +14,12 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuiloop.engine.commands import COMMANDS, Commands
+from tuiloop.rundir.layout import CONTROL
+from tuiloop.rundir.lock import is_locked
 
 _MAX_SUN_PATH = 100  # sun_path is 104-108 bytes; keep a margin
 
@@ -57,11 +59,17 @@ def peer_allowed(uid: int | None, owner: int) -> bool:
 
 
 class ControlServer:
-    """Accepts commands on the run's socket and forwards them to :class:`Commands`."""
+    """Accepts commands on the run's socket and forwards them to :class:`Commands`.
 
-    def __init__(self, path: Path, commands: Commands) -> None:
+    A request it cannot use (not JSON, not an object, no command) is answered with an error and
+    reported through ``warn``; it never stops the server.
+    """
+
+    def __init__(self, run_dir: Path, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
+        path = run_dir / CONTROL
         self.path = path
         self.commands = commands
+        self.warn = warn or (lambda text: None)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from a crashed run
@@ -90,7 +98,7 @@ class ControlServer:
             threading.Thread(target=self._serve_one, args=(conn,), name="tuiloop-control-client", daemon=True).start()
 
     def _serve_one(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError, ValueError):
+        with conn, contextlib.suppress(OSError):
             self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
@@ -99,11 +107,17 @@ class ControlServer:
             conn.sendall(b'{"ok": false, "error": "permission denied: not the owner of this run"}\n')
             return
         line = conn.makefile("rb").readline(4096)
-        request = json.loads(line)
-        cmd = request.get("cmd")
-        if cmd == "ping":
+        cmd, problem = parse_request(line)
+        if problem:
+            self.warn(f"control socket: ignored a request that {problem}: {line[:80]!r}")
+            reply = {"ok": False, "error": f"bad request: it {problem}"}
+        elif cmd == "ping":
             reply = {"ok": True, "pid": os.getpid()}
         elif cmd in COMMANDS:
+            if cmd == "force":  # answer first: the process ends as soon as it is told
+                conn.sendall(b'{"ok": true}\n')
+                self.commands.send(cmd)
+                return
             self.commands.send(cmd)
             reply = {"ok": True}
         else:
@@ -117,14 +131,26 @@ class ControlServer:
             self.path.unlink()
 
 
+def parse_request(line: bytes) -> tuple[str, str]:
+    """(command, "") for a valid request line, or ("", what is wrong with it)."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return "", "is not JSON"
+    if not isinstance(request, dict):
+        return "", f"is a JSON {type(request).__name__}, not an object"
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str):
+        return "", 'has no "cmd" string'
+    return cmd, ""
+
+
 class ControlError(Exception):
     """The run could not be reached or refused the command."""
 
 
 def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     """Send one command to a live run and return its reply; raises :class:`ControlError`."""
-    from tuiloop.rundir import CONTROL, RUN_INFO, process_is_run, read_json
-
     path = Path(run_dir) / CONTROL
     stale = f"{run_dir} is not live: its process has gone and left a stale control socket"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -144,7 +170,7 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     except ConnectionRefusedError as e:
         raise ControlError(stale) from e
     except ConnectionResetError as e:  # the process died between our connect and its reply
-        if not process_is_run(read_json(Path(run_dir) / RUN_INFO) or {}):
+        if not is_locked(Path(run_dir)):
             raise ControlError(stale) from e
         raise ControlError(f"{run_dir} closed the connection without answering {cmd!r}") from e
     except TimeoutError as e:

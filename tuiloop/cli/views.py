@@ -1,4 +1,4 @@
-"""``tuiloop attach``, ``show`` and ``ls``: looking at runs from outside their process.
+"""``tuiloop attach`` and ``show``: looking at a run from outside its process.
 
 Every view is rebuilt from the run directory (the event log) and commands go over the run's
 control socket, so a run started in one terminal can be watched and steered from any other.
@@ -7,19 +7,19 @@ control socket, so a run started in one terminal can be watched and steered from
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import sys
 import time
 from pathlib import Path
 
-from tuiloop import rundir
-from tuiloop.runs import RunNotFound, format_table, latest_live, list_runs, resolve_run
+from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
+from tuiloop.rundir.eventlog import read_events
+from tuiloop.rundir.state import RunState, run_state
 
 EXIT_NOT_LIVE, EXIT_USAGE = 1, 2
 
 
-def _error(text: str) -> None:
+def error(text: str) -> None:
     print(f"tuiloop: error: {text}", file=sys.stderr)
 
 
@@ -27,7 +27,7 @@ def _when(ts: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if isinstance(ts, (int, float)) else "an unknown time"
 
 
-def not_live_message(run_dir: Path, st: rundir.RunState) -> str:
+def not_live_message(run_dir: Path, st: RunState) -> str:
     """Why ``attach`` cannot open this run, and what to do instead."""
     if st.summary is not None:
         reason = st.summary.get("reason") or st.state
@@ -43,26 +43,26 @@ def cmd_attach(args: argparse.Namespace) -> int:
         else:
             found = latest_live(args.out_dir)
             if found is None:
-                _error(f"no live run under {args.out_dir}/; `tuiloop ls {args.out_dir}` lists the runs there, `tuiloop show RUN_DIR` opens a past one")
+                error(f"no live run under {args.out_dir}/; `tuiloop ls {args.out_dir}` lists the runs there, `tuiloop show RUN_DIR` opens a past one")
                 return EXIT_NOT_LIVE
             run_dir = found.resolve()
     except RunNotFound as e:
-        _error(str(e))
+        error(str(e))
         return EXIT_USAGE
-    st = rundir.run_state(run_dir)
+    st = run_state(run_dir)
     if not st.live:
-        _error(not_live_message(run_dir, st))
+        error(not_live_message(run_dir, st))
         return EXIT_NOT_LIVE
     host = st.info.get("host")
     if host and host != socket.gethostname():
-        _error(f"{run_dir} {st.detail}: its keys work only there; attach from that machine (ssh {host}, then tuiloop attach {run_dir}), or follow it read-only with tuiloop show {run_dir}")
+        error(f"{run_dir} {st.detail}: its keys work only there; attach from that machine (ssh {host}, then tuiloop attach {run_dir}), or follow it read-only with tuiloop show {run_dir}")
         return EXIT_NOT_LIVE
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        _error(f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log")
+        error(f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log")
         return EXIT_USAGE
     from tuiloop.tui.launch import monitor_run
 
-    return monitor_run(run_dir, None)
+    return monitor_run(run_dir, None, attached=True)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -70,7 +70,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         run_dir = resolve_run(args.run, args.out_dir)
     except RunNotFound as e:
-        _error(str(e))
+        error(str(e))
         return EXIT_USAGE
     if not sys.stdout.isatty():
         return print_log(run_dir)
@@ -81,28 +81,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def print_log(run_dir: Path) -> int:
     """The run's event log as the plain lines a headless run prints, then how it stands."""
-    from tuiloop.engine.sinks import PlainSink
+    from tuiloop.engine.plain import PlainSink
 
-    sink = PlainSink(sys.stdout)
-    for event in rundir.read_events(run_dir):
+    sink = PlainSink(sys.stdout, strict=True)
+    events, tail = read_events(run_dir)
+    for event in events:
         sink(event)
-    st = rundir.run_state(run_dir)
+    sink.close()
+    if tail.skipped:
+        print(f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / 'events.jsonl'} this version cannot read: {'; '.join(tail.problems[:3])}", file=sys.stderr)
+    st = run_state(run_dir)
     if st.state == "crashed":
         print(f"crashed: {st.detail}")
     elif st.live:
         print(f"still running: `tuiloop attach {run_dir}` follows it live")
-    return 0
-
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    """Print the runs under OUT_DIR as a table that fits the terminal (80 columns without one)."""
-    out_dir: Path = args.out_dir
-    if not out_dir.is_dir():
-        _error(f"no runs directory {out_dir} (runs go to [run] out_dir, default ./runs)")
-        return EXIT_USAGE
-    rows = list_runs(out_dir)
-    if not rows:
-        print(f"no runs in {out_dir}")
-        return 0
-    print(format_table(rows, shutil.get_terminal_size((80, 24)).columns))
     return 0

@@ -1,4 +1,8 @@
-"""Building a :class:`Trainer` from a resolved spec: seed, device, model, data, loss, optimizer."""
+"""Building an engine :class:`Trainer` from a resolved spec: seed, device, model, data, loss, optimizer.
+
+The glue between the spec and the engine: spec mistakes found while building are
+:class:`SpecError`; the engine itself never sees the spec.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from tuiloop.engine.device import DeviceError, resolve_device
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.spec.errors import SpecError
-from tuiloop.spec.resolve import Resolved, _describe, data_kwargs
+from tuiloop.spec.resolve import Resolved, data_kwargs, describe_exception
+
+Progress = Callable[[str], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -34,18 +40,35 @@ def _call(where: str, section: str, target: str, fn: Callable[..., Any], *args: 
         return fn(*args, **kwargs)
     except Exception as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise SpecError(f"{where}, [{section}]", f"building {target}({shown}) raised {_describe(e)}", f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.") from e
+        raise SpecError(f"{where}, [{section}]", f"building {target}({shown}) raised {describe_exception(e)}", f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.") from e
 
 
 def _check_split(where: str, value: Any, name: str, target: str) -> None:
     if value is None and name == "val":
         return
+    here = f"{where}, [data] target"
+    if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
+        kinds = " and ".join(sorted({_array_kind(v) for v in value}))
+        raise SpecError(
+            here,
+            f"{target} returned a {type(value).__name__} of {len(value)} {kinds} as the {name} split, not a Dataset",
+            "Wrap the arrays in a TensorDataset: TensorDataset(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y)), "
+            "and return (train, val) as two such datasets.",
+        )
     if not isinstance(value, (Dataset, DataLoader)) and not hasattr(value, "__getitem__") and not hasattr(value, "__iter__"):
-        raise SpecError(f"{where}, [data] target", f"{target} returned a {type(value).__name__} as the {name} split, not a Dataset or DataLoader", "Return (train, val) as torch Datasets (e.g. TensorDataset) or DataLoaders.")
+        raise SpecError(here, f"{target} returned a {type(value).__name__} as the {name} split, not a Dataset or DataLoader", "Return (train, val) as torch Datasets (e.g. TensorDataset) or DataLoaders.")
 
 
-def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
-    """Make every object the spec names and wire them into a Trainer."""
+def _is_array(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) or (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"))
+
+
+def _array_kind(value: Any) -> str:
+    return "tensors" if isinstance(value, torch.Tensor) else f"{type(value).__module__.split('.')[0]} arrays"
+
+
+def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None) -> Trainer:
+    """Make every object the spec names and wire them into a Trainer; ``progress`` hears each phase."""
     spec = resolved.spec
     where = spec.where
     seed_everything(spec.run.seed)
@@ -54,11 +77,13 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
     except DeviceError as e:
         raise SpecError(f"{where}, [run] device", str(e)) from None
 
+    progress("building the model")
     model = _call(where, "model", spec.model.target, resolved.model, **spec.model.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"{where}, [model] target", f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module", "Point target at an nn.Module subclass or a function that returns one.")
     model = model.to(device)
 
+    progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise SpecError(f"{where}, [data] target", f"{spec.data.target} must return (train, val), got {type(data).__name__}", "Return a pair of Datasets or DataLoaders; val may be None.")
@@ -66,6 +91,7 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)
 
+    progress("building the loss, optimizer and scheduler")
     loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device)
@@ -79,13 +105,16 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
             raise SpecError(f"{where}, [scheduler] interval", "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch", 'Set interval = "epoch".')
 
     d = spec.data
-    batches = dict(device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed)
+    batches = dict(device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers, multiprocessing_context=d.multiprocessing_context)
     train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
     val = Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **batches) if val_data is not None else None
-    if val is None and spec.early_stopping is not None:
-        raise SpecError(f"{where}, [data] target", f"{spec.data.target} returned no validation split, but [early_stopping] needs one", "Return (train, val) with a validation dataset, or remove [early_stopping].")
 
     es = spec.early_stopping
+    monitor, mode = spec.checkpoint.monitor, spec.checkpoint.mode
+    if val is None and not spec.checkpoint.explicit_monitor:
+        # no validation split: the best checkpoint follows what there is (early stopping's monitor, else the train loss)
+        monitor = es.monitor if es else "train_loss"
+        mode = es.mode if es else "min"
     options = Options(
         epochs=spec.run.epochs,
         val_every=spec.run.val_every,
@@ -93,10 +122,10 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None) -> Trainer:
         run_name=spec.run.name,
         scheduler_interval=interval,
         scheduler_monitor=spec.scheduler.monitor if spec.scheduler else None,
-        monitor=spec.checkpoint.monitor,
-        mode=spec.checkpoint.mode,
+        monitor=monitor,
+        mode=mode,
         early_stopping=MetricMonitor(es.monitor, es.mode, es.min_delta, es.patience) if es else None,
-        save_best=spec.checkpoint.best and val is not None,
+        save_best=spec.checkpoint.best,
         save_last=spec.checkpoint.last,
         every_n_epochs=spec.checkpoint.every_n_epochs,
     )

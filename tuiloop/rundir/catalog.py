@@ -1,0 +1,140 @@
+"""Past and live runs under an output directory: find them and describe them.
+
+Used by ``tuiloop ls``, and by ``attach``/``show`` to turn what the user typed into a run
+directory. Reads only run.json, summary.json and (for runs without a summary) the event log;
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuiloop.rundir.eventlog import scan
+from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
+from tuiloop.rundir.state import run_state
+
+
+@dataclass
+class RunRow:
+    """One run as ``tuiloop ls`` shows it."""
+
+    path: Path
+    state: str  # running | paused | finished | stopped | early_stopped | failed | forced | crashed
+    epochs_done: int | None
+    epochs: int | None
+    monitor: str | None
+    best: float | None
+    best_epoch: int | None  # counted from 1
+    started: float
+    duration_s: float | None
+    steps: int | None = None  # None while unknown (a run without a summary)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+# ---- reading one run -----------------------------------------------------------------------
+def _started(run_dir: Path, info: dict, summary: dict | None) -> float:
+    for source in (info, summary or {}):
+        if isinstance(source.get("started"), (int, float)):
+            return float(source["started"])
+    try:
+        return (run_dir / RUN_INFO).stat().st_mtime
+    except OSError:
+        return run_dir.stat().st_mtime
+
+
+def describe(run_dir: Path, now: float | None = None) -> RunRow:
+    """Everything ``ls`` shows about one run."""
+    st = run_state(run_dir)
+    started = _started(run_dir, st.info, st.summary)
+    s = st.summary
+    if s is not None:
+        spec_epochs = _spec_epochs(run_dir)
+        ended = s.get("ended")
+        duration = ended - started if isinstance(ended, (int, float)) else s.get("wall_time_s")
+        return RunRow(run_dir, st.state, s.get("epochs_done"), spec_epochs, s.get("monitor"), s.get("best_value"), s.get("best_epoch"), started, duration, s.get("steps"))
+    p = scan(run_dir)
+    state = "paused" if st.state == "running" and p.paused else st.state
+    if st.state == "running":
+        duration: float | None = (now or time.time()) - started
+    else:  # crashed: it ran until its last word
+        duration = (p.last_time - started) if p.last_time else None
+    return RunRow(run_dir, state, p.done, p.epochs or _spec_epochs(run_dir), p.monitor, p.best, p.best_epoch, started, duration)
+
+
+def _spec_epochs(run_dir: Path) -> int | None:
+    """``run.epochs`` from the saved spec (the event log may be empty for a setup failure)."""
+    from tuiloop.spec.load import tomllib  # tomli on Python 3.10
+
+    try:
+        raw = tomllib.loads((run_dir / SPEC).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    epochs = raw.get("run", {}).get("epochs", 10)
+    return epochs if isinstance(epochs, int) else None
+
+
+# ---- finding runs --------------------------------------------------------------------------
+def find_runs(out_dir: Path) -> list[Path]:
+    """Run directories directly under ``out_dir`` (or ``out_dir`` itself if it is one)."""
+    if is_run_dir(out_dir):
+        return [out_dir]
+    try:
+        entries = list(os.scandir(out_dir))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        try:
+            if entry.is_dir() and is_run_dir(Path(entry.path)):
+                out.append(Path(entry.path))
+        except PermissionError:
+            continue  # another user's run: not ours to read
+    return out
+
+
+def list_runs(out_dir: Path) -> list[RunRow]:
+    """All runs under ``out_dir``, oldest first."""
+    now = time.time()
+    rows = []
+    for path in find_runs(out_dir):
+        try:
+            rows.append(describe(path, now))
+        except PermissionError:
+            continue
+    return sorted(rows, key=lambda r: (r.started, r.name))
+
+
+def latest_live(out_dir: Path) -> Path | None:
+    """The most recently started run under ``out_dir`` that is still live."""
+    live = [p for p in find_runs(out_dir) if run_state(p).live]
+    if not live:
+        return None
+    return max(live, key=lambda p: _started(p, read_json(p / RUN_INFO) or {}, None))
+
+
+class RunNotFound(Exception):
+    """What the user typed names no run (or more than one)."""
+
+
+def resolve_run(text: str, out_dir: Path = Path("runs")) -> Path:
+    """A run directory from a path, a run name under ``out_dir``, or a unique part of a name."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if is_run_dir(path):
+            return path.resolve()
+        raise RunNotFound(f"{text} is not a tuiloop run directory (no run.json); `tuiloop ls {text}` lists the runs in it")
+    candidates = [p for p in find_runs(out_dir) if text in p.name] if out_dir.is_dir() and "/" not in text else []
+    if len(candidates) == 1:
+        return candidates[0].resolve()
+    if not candidates:
+        raise RunNotFound(f"no run directory {text!r} (nor a run under {out_dir}/ whose name contains it); `tuiloop ls` lists runs")
+    names = ", ".join(sorted(p.name for p in candidates)[:5])
+    raise RunNotFound(f"{text!r} matches {len(candidates)} runs under {out_dir}/ ({names}{', ...' if len(candidates) > 5 else ''}); give more of the name")
+
+

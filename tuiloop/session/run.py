@@ -1,0 +1,260 @@
+"""The life of one run, top to bottom: take the run directory, build, train, summarize, close.
+
+Used by ``tuiloop run --headless`` (in the foreground), by the background training process the
+live monitor attaches to (:mod:`tuiloop.session.worker`), and from Python (:func:`run_spec`,
+``tuiloop.Trainer``). Each step calls the package that owns its part of the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tuiloop.engine.events import Event, Failed, Finished, Message, Starting
+from tuiloop.rundir.control import ControlServer
+from tuiloop.rundir.eventlog import EventLog
+from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who, write_summary
+from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.session.signals import Signals
+from tuiloop.spec import Spec, SpecError, resolve
+from tuiloop.spec.dump import dump_toml
+
+EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_FORCED = 0, 1, 2, 130
+Sink = Callable[[Event], None]
+
+
+# ---- the run directory before training ----------------------------------------------------
+def new_run_dir(spec: Spec) -> tuple[Path, RunLock]:
+    """Create a run directory for ``spec``, locked from its first instant, with spec.toml and run.json."""
+    run_dir = create_run_dir(Path(spec.run.out_dir), spec.run.name)
+    lock = RunLock.acquire(run_dir)
+    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
+    update_info(run_dir, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+    return run_dir, lock
+
+
+def lock_for_resume(run_dir: Path) -> RunLock:
+    """The lock of a run to resume; a live run refuses (exit 2) and is left untouched."""
+    try:
+        return RunLock.acquire(run_dir)
+    except RunIsLive:
+        raise SpecError(f"--resume {run_dir}", "the run is live: its training process is still running", f"Watch and steer it with: tuiloop attach {run_dir}") from None
+
+
+def load_run_spec(run_dir: Path) -> Spec:
+    """The resolved spec saved in a run directory, with file targets resolved as at the start."""
+    from tuiloop.spec.load import parse_spec
+
+    path = run_dir / SPEC
+    if not path.is_file():
+        raise SpecError(f"--resume {run_dir}", "the run has no spec.toml: it was started from Python", "Resume it from Python: build the same objects and call trainer.resume(RUN_DIR/checkpoints/last.pt).")
+    info = read_json(run_dir / RUN_INFO) or {}
+    base = Path(info.get("spec_base_dir") or run_dir)
+    return parse_spec(path.read_text(encoding="utf-8"), path=path, base_dir=base)
+
+
+def _spec_origin(spec: Spec) -> dict[str, Any]:
+    return {"spec_path": str(spec.path.resolve()) if spec.path else None, "spec_base_dir": str(spec.base_dir)}
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from tuiloop import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "tuiloop": __version__}
+
+
+# ---- a run from a spec ---------------------------------------------------------------------
+def execute(
+    spec: Spec,
+    run_dir: Path | None = None,
+    resume: Path | None = None,
+    sinks: Iterable[Sink] = (),
+    handle_signals: bool = True,
+    lock_fd: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> tuple[int, Path]:
+    """Build and train; returns (exit status, run directory).
+
+    * A new run in the foreground (no ``run_dir``): spec and build errors raise
+      :class:`SpecError` before any run directory exists.
+    * The background training process (``run_dir`` made by its parent, ``lock_fd`` its lock):
+      set-up failures are recorded in the run directory as a failed run.
+    * ``resume``: the run's lock is taken first (a live run refuses) and the directory stays
+      exactly as it was until the trainer is built and the checkpoint loaded; then
+      ``on_ready`` is called and the run goes on in it.
+    """
+    sinks = list(sinks)
+    if resume is not None:
+        return _resume(spec, resume.resolve(), sinks, handle_signals, lock_fd, on_ready)
+    if run_dir is None:
+        trainer = _build(spec, _tell(sinks))
+        run_dir, lock = new_run_dir(spec)
+        return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
+    lock = RunLock.adopt(run_dir, lock_fd) if lock_fd is not None else RunLock.acquire(run_dir)
+    log = EventLog(run_dir)
+    try:
+        trainer = _build(spec, _tell([log, *sinks]))
+    except Exception as e:
+        _record_setup_failure(run_dir, [log, *sinks], e)
+        log.close()
+        lock.release()
+        return (EXIT_SPEC if isinstance(e, SpecError) else EXIT_FAILED), run_dir
+    return _train(run_dir, lock, trainer, log, sinks, handle_signals)
+
+
+def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, lock_fd: int | None, on_ready: Callable[[], None] | None) -> tuple[int, Path]:
+    from tuiloop.engine.errors import ResumeError
+    from tuiloop.session import resume
+
+    lock = RunLock.adopt(run_dir, lock_fd) if lock_fd is not None else lock_for_resume(run_dir)
+    try:
+        where = f"--resume {run_dir}"
+        last = resume.check_checkpoint(run_dir)
+        edits = resume.changes(load_run_spec(run_dir).raw, spec.raw, where)
+        trainer = _build(spec, _tell(sinks))
+        _tell(sinks)("loading the checkpoint")
+        try:
+            trainer.resume(last)
+        except ResumeError as e:
+            raise SpecError(where, str(e)) from None
+        except (KeyError, RuntimeError, OSError, ValueError) as e:
+            raise SpecError(where, f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})", "Resume from another checkpoint: copy it over checkpoints/last.pt.") from None
+        resume.apply(trainer, edits, "resume with new settings")
+        if trainer.train_batches.persistent_workers:
+            trainer.announcements.append(Message("warning", "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run"))
+    except BaseException:
+        lock.release()
+        raise
+    # Everything checked: from here on the run directory changes.
+    if on_ready is not None:
+        on_ready()
+    from tuiloop.engine.checkpoint import remove_stale_temps
+
+    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
+    info = read_json(run_dir / RUN_INFO) or {}
+    update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec), **who())
+    (run_dir / SUMMARY).unlink(missing_ok=True)
+    remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
+    return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
+
+
+def _build(spec: Spec, tell: Callable[[str], None]) -> Any:
+    tell("importing torch")
+    from tuiloop.session.build import build_trainer  # imports torch
+
+    tell("importing the spec's targets")
+    return build_trainer(resolve(spec), progress=tell)
+
+
+def _tell(sinks: list[Sink]) -> Callable[[str], None]:
+    """Announce a start-up phase to ``sinks`` (the monitor shows it while it waits)."""
+
+    def tell(phase: str) -> None:
+        event = Starting(phase)
+        for sink in sinks:
+            sink(event)
+
+    return tell
+
+
+# ---- training inside the run directory ------------------------------------------------------
+def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool) -> tuple[int, Path]:
+    finished = run_in(run_dir, lock, trainer, log, sinks, handle_signals)
+    return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), run_dir
+
+
+def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool = True) -> Finished:
+    """Train ``trainer`` inside its locked run directory; always ends with a summary and releases it all."""
+    from tuiloop.engine.trainer import Trainer
+
+    started = time.time()
+    server: ControlServer | None = None
+    signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started))
+    try:
+        trainer.run_dir = run_dir
+        trainer.subscribe(log)
+        for sink in sinks:
+            trainer.subscribe(sink)
+        info = update_info(run_dir, pid=os.getpid(), versions=versions())
+        trainer.commands.on_force = signals.force
+        server = ControlServer(run_dir, trainer.commands, warn=lambda text: log(Message("warning", text))).start()
+        if handle_signals:
+            signals.install()
+        finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
+        _summarize(run_dir, finished, trainer.last_metrics, info.get("started", started))
+        return finished
+    except Exception as e:  # set-up inside the run directory failed (socket, signals, announcement)
+        return _record_setup_failure(run_dir, [log, *sinks], e, started)
+    finally:
+        if server is not None:
+            server.close()
+        signals.restore()
+        for sink in (log, *sinks):  # a Trainer run again later must not write into a closed log
+            if sink in trainer.sinks:
+                trainer.sinks.remove(sink)
+        log.close()
+        lock.release()
+
+
+def _summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float) -> None:
+    write_summary(
+        run_dir,
+        {
+            "status": f.status,
+            "reason": f.reason,
+            "epochs_done": f.epochs_done,
+            "steps": f.step,
+            "monitor": f.monitor,
+            "best_value": f.best_value,
+            "best_epoch": f.best_epoch,
+            "final_metrics": metrics,
+            "wall_time_s": f.wall_time_s,
+            "started": started,
+            "ended": time.time(),
+            "versions": versions(),
+        },
+    )
+
+
+def _record_setup_failure(run_dir: Path, sinks: list[Sink], error: Exception, started: float | None = None) -> Finished:
+    """A run that failed before it could train: say so in its log and summary."""
+    frames = traceback.format_exception(error)
+    failed = Failed(str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}", "setup", "".join(frames))
+    finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
+    for sink in sinks:
+        try:
+            sink(failed)
+            sink(finished)
+        except Exception:
+            pass  # the log itself may be what failed; the summary below still says it
+    info = read_json(run_dir / RUN_INFO) or {}
+    _summarize(run_dir, finished, {}, info.get("started", started or time.time()))
+    return finished
+
+
+def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
+    """End the process now, without saving (a second Ctrl+C, or the force command); record that first."""
+    reason = "forced to exit without saving"
+    finished = Finished("forced", reason, trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
+    try:
+        log(finished)
+        _summarize(run_dir, finished, trainer.last_metrics, started)
+        sys.stdout.flush()
+    finally:
+        os._exit(EXIT_FORCED)
+
+
+# ---- from Python ---------------------------------------------------------------------------
+def run_spec(spec_path: str | Path, overrides: list[str] | None = None, sinks: Iterable[Sink] = ()) -> tuple[int, Path]:
+    """Python entry point: train a spec file as ``tuiloop run --headless`` does; returns (exit status, run directory)."""
+    from tuiloop.spec import load_spec
+
+    return execute(load_spec(spec_path, overrides), sinks=sinks)
