@@ -97,17 +97,45 @@ def test_attach_without_argument_picks_the_newest_live_run_and_d_leaves_it_going
     assert run_state(newer).live and summary(newer) is None
 
 
-def test_show_opens_a_finished_run_read_only(workdir: Path, tmux: Tmux) -> None:
+def test_show_of_a_live_run_is_read_only(workdir: Path, tmux: Tmux, cleanup: list[Path]) -> None:
+    """``show`` on a run that would obey commands: s, p and q send it none (q leaves the view)."""
+    run_dir = start_detached(write_spec(workdir, **LONG), cwd=workdir)
+    cleanup.append(run_dir)
+    wait_live(run_dir)
+    view = tmux.new("show", f"{TUILOOP} show {run_dir}")
+    tmux.wait_for(view, r"read-only")
+    tmux.send(view, "s")
+    tmux.send(view, "p")
+    tmux.send(view, "q")
+    tmux.wait_for(view, r"\[exit 0\]")
+    step = last_step(run_dir)
+    wait_until(lambda: last_step(run_dir) > step + 8, 30, "the run to go on, not paused")
+    assert states(run_dir) == [] and not list((run_dir / "checkpoints").glob("manual-*.pt"))
+    assert run_state(run_dir).live and summary(run_dir) is None
+
+
+def test_ctrl_c_in_an_attached_monitor_detaches_and_says_so(workdir: Path, tmux: Tmux, cleanup: list[Path]) -> None:
+    """A second viewer's Ctrl+C out of habit must not end someone's long run."""
+    run_dir = start_detached(write_spec(workdir, **LONG), cwd=workdir)
+    cleanup.append(run_dir)
+    wait_live(run_dir)
+    view = tmux.new("view", f"{TUILOOP} attach {run_dir}")
+    tmux.wait_for(view, r"RUNNING")
+    tmux.send(view, "C-c")
+    screen = tmux.wait_for(view, r"\[exit 0\]")
+    assert "left running in the background" in screen and "Ctrl+C detaches" in screen
+    step = last_step(run_dir)
+    wait_until(lambda: last_step(run_dir) > step, 30, "the run to go on")
+    assert states(run_dir) == [] and run_state(run_dir).live and summary(run_dir) is None
+
+
+def test_show_opens_a_finished_run(workdir: Path, tmux: Tmux) -> None:
     spec = write_spec(workdir, run={"epochs": 3})
     assert run_cli("run", spec, "--headless", cwd=workdir).returncode == 0
     run_dir = next((workdir / "runs").iterdir())
-    before = (run_dir / "events.jsonl").read_bytes()
     view = tmux.new("show", f"{TUILOOP} show {run_dir}")
     screen = tmux.wait_for(view, r"val_loss")
-    assert re.search(r"(?i)completed|finished", screen)
-    tmux.send(view, "s")  # read-only: nothing to save, nothing written
-    time.sleep(0.5)
+    assert re.search(r"COMPLETED", screen) and "read-only" in screen and "epoch 3/3" in screen
     tmux.send(view, "q")
-    tmux.wait_for(view, r"\[exit 0\]")
-    assert (run_dir / "events.jsonl").read_bytes() == before
-    assert not any(p.name.startswith("manual") for p in (run_dir / "checkpoints").iterdir())
+    screen = tmux.wait_for(view, r"\[exit 0\]")
+    assert "completed (3 epochs done) after 3 epochs, 24 steps" in screen

@@ -192,3 +192,53 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_saved_spec_round_trips_every_valid_toml_spec(workdir: Path) -> None:
+    """Non-ASCII keys and strings, dates and times, nested tables, arrays of tables: spec.toml reads back equal."""
+    import datetime
+    import math
+
+    from tuiloop.spec.load import tomllib
+
+    text = """
+[run]
+name = "café-run"
+epochs = 1
+out_dir = "runs"
+device = "cpu"
+
+[model]
+target = "tiny.py:configured"
+"clé" = "valeur ünïcödé ✓"
+when = 2026-11-25T09:30:00+01:00
+day = 2026-11-25
+at = 07:45:00
+ratio = inf
+[model.nested.deeper]
+layers = [1, 2, 3]
+[[model.blocks]]
+width = 8
+[[model.blocks]]
+width = 16
+kind = "conv"
+
+[data]
+target = "tiny.py:classes"
+batch_size = 16
+
+[loss]
+target = "CrossEntropyLoss"
+
+[optimizer]
+target = "Adam"
+lr = 0.01
+"""
+    (workdir / "spec.toml").write_text(text, encoding="utf-8")
+    code, run_dir = run_spec(workdir / "spec.toml")
+    assert code == 0
+    saved = tomllib.loads((run_dir / "spec.toml").read_text(encoding="utf-8"))
+    original = tomllib.loads(text)
+    assert saved == original
+    assert saved["model"]["when"] == datetime.datetime(2026, 11, 25, 9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    assert saved["model"]["blocks"][1] == {"width": 16, "kind": "conv"} and math.isinf(saved["model"]["ratio"])

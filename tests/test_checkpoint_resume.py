@@ -59,6 +59,10 @@ CASES = {
         data={"target": "tiny.py:dict_classes"},
         scheduler={"target": "StepLR", "step_size": 5, "gamma": 0.5, "interval": "step"},
     ),
+    # the user's own shuffling DataLoader: its order comes from the global RNG at the epoch's start
+    "user-shuffled-loader": dict(model={"dropout": 0.3}, data={"target": "tiny.py:loaders", "shuffled": True, "noise": 0.3}),
+    # ... with worker processes drawing the augmentation noise
+    "user-loader-workers": dict(data={"target": "tiny.py:loaders", "shuffled": True, "noise": 0.3, "workers": 2}),
     # ReduceLROnPlateau state and early stopping on val_acc
     "plateau+early-stopping": dict(
         model={"dropout": 0.3},
@@ -131,3 +135,18 @@ def test_pause_and_save_now_do_not_change_the_result(workdir: Path) -> None:
     assert_same_weights(run.model.state_dict(), ref.model.state_dict())
     manual = load_ckpt(workdir / "cmd" / "checkpoints" / "manual-step0000005.pt")
     assert manual["step"] == 5 and manual["batch_in_epoch"] == 5
+
+
+def test_a_checkpoint_that_tracks_another_metric_is_refused(workdir: Path) -> None:
+    """Its best value and early-stopping counter mean nothing for another monitor or direction."""
+    from tuiloop.engine.errors import ResumeError
+
+    first = make(workdir, "cut", "run.epochs=1", early_stopping={"monitor": "val_loss", "patience": 3})
+    assert first.run().status == "completed"
+    last = workdir / "cut" / "checkpoints" / "last.pt"
+    other = make(workdir, "cut", "run.epochs=2", checkpoint={"monitor": "val_acc"}, early_stopping={"monitor": "val_loss", "patience": 3})
+    with pytest.raises(ResumeError, match=r"\[checkpoint\] state tracks val_loss \(min\), but the spec monitors val_acc \(max\)"):
+        other.resume(last)
+    other = make(workdir, "cut", "run.epochs=2", early_stopping={"monitor": "val_loss", "mode": "max", "patience": 3}, checkpoint={"monitor": "val_loss", "mode": "min"})
+    with pytest.raises(ResumeError, match=r"\[early_stopping\] state tracks val_loss \(min\), but the spec monitors val_loss \(max\)"):
+        other.resume(last)

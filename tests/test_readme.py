@@ -18,26 +18,48 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code = python_blocks()[index]
+def check_load_checkpoint(namespace: dict, out: str, tmp_path: Path) -> None:
+    assert namespace["model"](torch.zeros(1, 64)).shape == (1, 10)
+
+
+def check_execute(namespace: dict, out: str, tmp_path: Path) -> None:
+    assert "Finished(" in out, out[-2000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "summary.json").is_file() and (runs[0] / "checkpoints" / "best.pt").is_file()
+    assert out.rstrip().splitlines()[-1] == f"0 {runs[0]}"
+
+
+def check_trainer(namespace: dict, out: str, tmp_path: Path) -> None:
+    assert "Finished(" in out, out[-2000:]
+    assert out.rstrip().splitlines()[-1].startswith(("completed ", "early_stopped "))
+    run_dir = tmp_path / "runs" / "from-python"
+    assert {"run.json", "events.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+
+
+# Each README block, told apart by a line only it has, and what running it must give.
+CHECKS = {
+    'ckpt = torch.load("runs/digits-mlp-...': check_load_checkpoint,
+    "code, run_dir = tuiloop.execute(spec": check_execute,
+    "trainer = Trainer(": check_trainer,
+}
+
+
+def test_every_readme_block_is_checked() -> None:
+    blocks = python_blocks()
+    assert [sum(marker in block for marker in CHECKS) for block in blocks] == [1] * len(blocks)
+    assert len(blocks) == len(CHECKS)
+
+
+@pytest.mark.parametrize("marker", list(CHECKS))
+def test_readme_python_example_runs(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (code,) = [block for block in python_blocks() if marker in block]
     monkeypatch.chdir(tmp_path)
     code = code.replace('"demos/digits.toml"', repr(str(DEMOS / "digits.toml")))
-    if "runs/digits-mlp-..." in code:  # loading a checkpoint: make one with the real demo first
+    if CHECKS[marker] is check_load_checkpoint:  # loading a checkpoint: make one with the real demo first
         spec = load_spec(DEMOS / "digits.toml", ["run.epochs=2", f"run.out_dir={tmp_path / 'made'}"])
         _, run_dir = execute(spec, handle_signals=False)
         code = code.replace('"runs/digits-mlp-.../checkpoints/best.pt"', repr(str(run_dir / "checkpoints" / "best.pt")))
         monkeypatch.syspath_prepend(str(DEMOS))
     namespace: dict = {"__name__": "__readme__"}
-    exec(compile(code, f"README.md python block {index}", "exec"), namespace)
-    out = capsys.readouterr().out
-    if "load_state_dict" in code:
-        assert namespace["model"](torch.zeros(1, 64)).shape == (1, 10)
-        return
-    assert "Finished(" in out, out[-2000:]
-    if "execute(" in code:
-        runs = list((tmp_path / "runs").iterdir())
-        assert len(runs) == 1 and (runs[0] / "summary.json").is_file() and (runs[0] / "checkpoints" / "best.pt").is_file()
-        assert out.rstrip().splitlines()[-1] == f"0 {runs[0]}"
-    else:
-        assert out.rstrip().splitlines()[-1].startswith(("completed ", "early_stopped "))
+    exec(compile(code, f"README.md python block {marker!r}", "exec"), namespace)
+    CHECKS[marker](namespace, capsys.readouterr().out, tmp_path)

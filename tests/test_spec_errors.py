@@ -50,6 +50,26 @@ def test_unknown_key_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixt
     has_all(err, "spec.toml, [run] epoch", "'epoch' is not a key of [run]", "Did you mean 'epochs'?", "Keys of [run]:")
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "meant"),
+    [("run", "epochs", "60", "epochs = 60"), ("optimizer", "lr", "1e-3", "lr = 0.001"), ("data", "shuffle", "false", "shuffle = false"), ("run", "name", 5, 'name = "5"')],
+)
+def test_a_value_of_the_wrong_type_suggests_the_value_meant(workdir: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, value: object, meant: str) -> None:
+    if section == "optimizer":  # a kwarg: checked against the optimizer's own default
+        err = run_error(capsys, write_spec(workdir, optimizer={"lr": value}))
+        has_all(err, "[optimizer] lr", "lr was read as the string '1e-3'", "expects a number", "Write a number without quotes")
+        return
+    err = run_error(capsys, write_spec(workdir, **{section: {key: value}}))
+    has_all(err, f"[{section}] {key}", f"Write it as, for example, {meant}.")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../up", "tab\there", "bell\x07"])
+def test_run_name_must_be_a_plain_folder_name(workdir: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    err = run_error(capsys, write_spec(workdir, run={"name": name}))
+    has_all(err, "[run] name", "becomes the run directory's folder name", "Use letters, digits")
+    assert not (workdir / "runs").exists()
+
+
 def test_wrong_type_names_key_and_example(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(workdir, run={"epochs": "ten"})
     err = run_error(capsys, spec)
@@ -182,7 +202,7 @@ def test_target_that_raises_when_built(workdir: Path, capsys: pytest.CaptureFixt
 
 def test_data_target_that_returns_no_pair(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, data={"target": "tiny.py:not_a_pair"}))
-    has_all(err, "[data] target", "must return (train, val)", "got TensorDataset")
+    has_all(err, "[data] target", "must return (train, val)", "got a TensorDataset")
 
 
 def test_device_that_is_not_there(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,13 +247,40 @@ def test_bad_set(workdir: Path, capsys: pytest.CaptureFixture[str], item: str, e
     has_all(run_error(capsys, write_spec(workdir), item), *expected)
 
 
+def test_a_set_word_for_a_number_says_how_it_was_read(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir), "optimizer.lr=abc")
+    has_all(err, "[optimizer] lr (from --set optimizer.lr=abc)", "lr was read as the string 'abc'", "Adam expects a number (its default is 0.001)")
+
+
+def test_a_misspelt_tuiloop_key_in_a_kwargs_section_is_suggested(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, write_spec(workdir, data={"batchsize": 16}))
+    has_all(err, "[data] batchsize", "not a parameter of tiny.py:classes", "Did you mean 'batch_size'?", "tuiloop's own keys of [data]: batch_size")
+
+
+def test_numpy_arrays_instead_of_datasets_are_caught_at_the_start(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "arrays.py").write_text(
+        "import numpy as np\n"
+        "def load():\n"
+        "    x, y = np.random.rand(40, 4), np.random.randint(0, 3, 40)\n"
+        "    return (x[:30], y[:30]), (x[30:], y[30:])\n"
+    )
+    err = run_error(capsys, write_spec(workdir, data={"target": "arrays.py:load"}))
+    has_all(err, "[data] target", "arrays.py:load returned a tuple of 2 numpy arrays as the train split, not a Dataset", "TensorDataset(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y))")
+
+
+def test_a_data_function_returning_three_splits_is_described(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "three.py").write_text("import tiny\ndef load():\n    train, val = tiny.classes()\n    return train, val, val\n")
+    err = run_error(capsys, write_spec(workdir, data={"target": "three.py:load"}))
+    has_all(err, "three.py:load must return (train, val), got a tuple of 3 items")
+
+
 # ---- the real command -------------------------------------------------------------------------
 def test_real_cli_spec_error_exit_2_no_traceback(workdir: Path) -> None:
     spec = write_spec(workdir, optimizer={"target": "Adamw"})
     r = run_cli("run", spec, "--headless", cwd=workdir)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("tuiloop: error: spec.toml, [optimizer] target:") or "spec.toml, [optimizer] target" in r.stderr
+    assert r.stderr.startswith(f"tuiloop: error: {spec}, [optimizer] target:"), r.stderr
     assert "Did you mean 'AdamW'?" in r.stderr
     assert r.stdout == ""
     assert not (workdir / "runs").exists(), "a spec error must not leave a run directory"

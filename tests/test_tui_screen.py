@@ -31,6 +31,7 @@ from tuiloop.engine.events import (
 from tuiloop.rundir.control import ControlError
 from tuiloop.tui.app import MonitorApp
 from tuiloop.tui.plot import PlotView
+from tuiloop.tui.widgets import ConfirmStop
 
 T0 = 1_700_000_000.0
 
@@ -285,9 +286,9 @@ async def test_a_finished_run_stays_on_screen_until_the_user_leaves() -> None:
         assert app.is_running and "COMPLETED" in screen and "completed (10 epochs done)" in screen
         footer = screen.splitlines()[-1]
         assert "Leave" in footer and "Pause" not in footer and "Detach" not in footer
-        await pilot.press("p", "s")  # nothing to command any more
+        await pilot.press("p", "s")  # nothing to command any more: the keys do not act
         await pilot.pause(0.2)
-        assert run.sent == []
+        assert run.sent == [] and not any("save requested" in e.text for e in app.model.log)
         await pilot.press("enter")
         await wait_for(pilot, lambda: not app.is_running, what="enter to leave")
     assert app.return_value == "left" and app.model.exit_status() == 0
@@ -308,15 +309,18 @@ async def test_exit_on_finish_closes_by_itself() -> None:
 
 @run_async
 async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
+    """A read-only view of a live run: p, s and q do not reach it (q leaves instead of stopping)."""
     async with monitor(epochs(2), (80, 24), read_only=True) as (run, app, pilot, screen):
-        assert "read-only" in screen
+        assert "read-only" in screen and app.commander is None  # it was handed one, and dropped it
         footer = screen.splitlines()[-1]
         assert "Pause" not in footer and "Save" not in footer and "Leave" in footer
         await pilot.press("p", "s")
         await pilot.pause(0.2)
+        assert not any("save requested" in e.text for e in app.model.log), "s did not act"
+        assert not isinstance(app.screen, ConfirmStop)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="q to leave")
-    assert run.sent == []
+    assert run.sent == [] and app.return_value == "left" and app.model.state == "running"
 
 
 @run_async

@@ -15,8 +15,11 @@ Two paths:
 Because the order depends only on (seed, epoch), or on the RNG state saved at the epoch's start,
 a run resumed mid-epoch regenerates the epoch's order and skips the batches already done.
 
-DataLoader workers start with SIGINT blocked: a Ctrl+C in the terminal reaches the whole
-process group, and a worker that died of it would fail the run that is stopping gracefully.
+A Ctrl+C in a terminal reaches the whole process group, DataLoader workers included, and a
+worker that died of it would fail the run that is stopping gracefully. So workers start with
+SIGINT blocked (``fork`` keeps the mask), ignore it once they run (``spawn`` and ``forkserver``
+start with a fresh mask), and a worker that dies while a stop is under way ends the run as
+stopped (:func:`worker_died`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import itertools
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -74,6 +77,8 @@ class Batches:
         if self.user_loader:
             self._loader = source
             self.batch_size = source.batch_size
+            if source.num_workers > 0 and not isinstance(source.worker_init_fn, QuietWorker):
+                source.worker_init_fn = QuietWorker(source.worker_init_fn)
         elif isinstance(source, TensorDataset) and num_workers == 0:
             self._setup_tensors(source.tensors)
             self.batch_size = batch_size
@@ -87,6 +92,7 @@ class Batches:
                 num_workers=num_workers,
                 pin_memory=pin and self.on_cuda,
                 generator=self._generator,
+                worker_init_fn=QuietWorker(None) if num_workers > 0 else None,
                 persistent_workers=persistent_workers and num_workers > 0,
                 multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
             )
@@ -206,3 +212,23 @@ def _no_sigint() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class QuietWorker:
+    """A DataLoader ``worker_init_fn``: the worker ignores Ctrl+C (its training process decides)
+    and forgets the signal plumbing a forked worker inherits; then the user's own init runs."""
+
+    def __init__(self, then: Callable[[int], None] | None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.set_wakeup_fd(-1)  # a forked copy of the training process's: not this process's to write
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the DataLoader ends stuck workers with it
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def worker_died(error: BaseException) -> bool:
+    """True for the DataLoader's error when one of its worker processes is gone."""
+    return isinstance(error, RuntimeError) and "DataLoader worker" in str(error) and "exited unexpectedly" in str(error)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from tuiloop.engine import checkpoint as ckpt
-from tuiloop.engine.batches import Batches
+from tuiloop.engine.batches import Batches, worker_died
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.device import device_name
 from tuiloop.engine.errors import NonFiniteLoss, ResumeError, SetupError
@@ -287,10 +287,16 @@ class Trainer:
             status, reason = "failed", "setup error"
             self.emit(Failed(str(e), f"{where}, first batch", ""))
         except Exception as e:
-            status, reason = "failed", f"{type(e).__name__} in {where}"
-            frames = format_frames(user_frames(e))
-            self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), frames))
-            self._save_after_crash()
+            if self._stop_reason and worker_died(e):  # the same Ctrl+C reached a DataLoader worker
+                status, reason = "stopped", self._stop_reason
+                self.emit(Message("warning", f"a DataLoader worker ended with the interrupt ({e}); stopping as asked"))
+                if self.opt.save_last:
+                    self.save("last")
+            else:
+                status, reason = "failed", f"{type(e).__name__} in {where}"
+                frames = format_frames(user_frames(e))
+                self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), frames))
+                self._save_after_crash()
         finally:
             self._close_loaders()
         finished = Finished(

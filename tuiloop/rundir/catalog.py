@@ -54,7 +54,7 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
     started = _started(run_dir, st.info, st.summary)
     s = st.summary
     if s is not None:
-        spec_epochs = _spec_epochs(run_dir)
+        spec_epochs = s.get("epochs") or _spec_epochs(run_dir)
         ended = s.get("ended")
         duration = ended - started if isinstance(ended, (int, float)) else s.get("wall_time_s")
         return RunRow(run_dir, st.state, s.get("epochs_done"), spec_epochs, s.get("monitor"), s.get("best_value"), s.get("best_epoch"), started, duration, s.get("steps"))

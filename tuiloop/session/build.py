@@ -86,7 +86,8 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise SpecError(f"{where}, [data] target", f"{spec.data.target} must return (train, val), got {type(data).__name__}", "Return a pair of Datasets or DataLoaders; val may be None.")
+        got = f"a {type(data).__name__} of {len(data)} items" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
+        raise SpecError(f"{where}, [data] target", f"{spec.data.target} must return (train, val), got {got}", "Return a pair of Datasets or DataLoaders; val may be None.")
     train_data, val_data = data
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)

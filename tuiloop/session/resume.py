@@ -78,8 +78,8 @@ def changes(old_raw: dict[str, Any], new_raw: dict[str, Any], where: str) -> lis
         if key in allowed or (None in allowed and not schema_key) or (section in OPTIONAL and (before is _ABSENT or after is _ABSENT)):
             out.append((section, key, None if before is _ABSENT else before, None if after is _ABSENT else after))
             continue
-        was = "unset" if before is _ABSENT else repr(before)
-        now = "unset" if after is _ABSENT else repr(after)
+        was = "unset" if before in (_ABSENT, None) else repr(before)
+        now = "unset" if after in (_ABSENT, None) else repr(after)
         keep = f"Keep [{section}] {key} = {before!r}" if before is not _ABSENT else f"Leave [{section}] {key} out"
         raise SpecError(
             f"{where}, [{section}] {key}",

@@ -189,7 +189,7 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
         if handle_signals:
             signals.install()
         finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
-        _summarize(run_dir, finished, trainer.last_metrics, info.get("started", started))
+        _summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
         return finished
     except Exception as e:  # set-up inside the run directory failed (socket, signals, announcement)
         return _record_setup_failure(run_dir, [log, *sinks], e, started)
@@ -204,12 +204,13 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
         lock.release()
 
 
-def _summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float) -> None:
+def _summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float, epochs: int | None = None) -> None:
     write_summary(
         run_dir,
         {
             "status": f.status,
             "reason": f.reason,
+            "epochs": epochs,
             "epochs_done": f.epochs_done,
             "steps": f.step,
             "monitor": f.monitor,
@@ -246,7 +247,7 @@ def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
     finished = Finished("forced", reason, trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
     try:
         log(finished)
-        _summarize(run_dir, finished, trainer.last_metrics, started)
+        _summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
         sys.stdout.flush()
     finally:
         os._exit(EXIT_FORCED)
