@@ -13,20 +13,27 @@ thread) two ways, alternating, several rounds:
 Epoch times are the intervals between the ends of consecutive validations; the first
 ``--warmup`` intervals of each run are dropped. It prints the medians and tuiloop/plain.
 
+Part 1 runs each training path (``--paths``): float32, bf16-mixed (the plain loop under CPU
+autocast) and gradient accumulation (the plain loop dividing the loss and stepping every 4
+batches), each against the plain loop doing the same work.
+
 Part 2 (``--overhead``) measures what the engine itself adds per step: the Trainer (event
 buffering, command checks, the NaN check, the JSON-lines log) against a minimal hand loop that
-uses the same fast batching (:class:`tuiloop.engine.batches.Batches`), training only.
+uses the same fast batching (:class:`tuiloop.engine.batches.Batches`), training only; for each
+path (``--variants``), and for the gradient norm, what measuring it costs the Trainer.
 
 ``--profile`` runs tuiloop's headless path in-process under cProfile and prints the top entries.
 
-    python benchmarks/bench_engine.py                # part 1 and part 2 (about 30 s)
-    python benchmarks/bench_engine.py --compare --rounds 9
+    python benchmarks/bench_engine.py                # part 1 and part 2, every path (a few minutes)
+    python benchmarks/bench_engine.py --compare --rounds 9 --paths fp32
+    python benchmarks/bench_engine.py --overhead --variants grad-norm
     python benchmarks/bench_engine.py --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -77,12 +84,16 @@ lr = 1e-3
 [checkpoint]
 best = true
 last = true
-"""
+{train}"""
 
 
 # ---- part 1: plain loop vs `tuiloop run --headless` -----------------------------------------
-def plain_loop(args: argparse.Namespace, workdir: Path) -> list[float]:
-    """The seed's Complete Training Template; returns the time stamp at the end of each validation."""
+def plain_loop(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -> list[float]:
+    """The seed's Complete Training Template; returns the time stamp at the end of each validation.
+
+    ``bf16``: forward and loss under CPU autocast, as the PyTorch AMP recipe writes it;
+    ``accumulate``: the loss divided by ``ACCUMULATE`` and a step every ``ACCUMULATE`` batches.
+    """
     torch.manual_seed(0)
     train_set, val_set = bench_task.data(samples=args.samples, features=args.features)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
@@ -96,20 +107,25 @@ def plain_loop(args: argparse.Namespace, workdir: Path) -> list[float]:
     num_epochs = args.epochs
     best_val_loss = float("inf")
     stamps = []
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "bf16" else contextlib.nullcontext
+    group = ACCUMULATE if variant == "accumulate" else 1
     for epoch in range(num_epochs):
         model.train()
         train_loss = 0
-        for batch_x, batch_y in train_loader:
+        optimizer.zero_grad()
+        for i, (batch_x, batch_y) in enumerate(train_loader):
             batch_x, batch_y = batch_x.to(device), batch_y.to(device)
-            optimizer.zero_grad()
-            output = model(batch_x)
-            loss = criterion(output, batch_y)
-            loss.backward()
-            optimizer.step()
+            with autocast():
+                output = model(batch_x)
+                loss = criterion(output, batch_y)
+            (loss / group).backward()
+            if (i + 1) % group == 0 or i + 1 == len(train_loader):
+                optimizer.step()
+                optimizer.zero_grad()
             train_loss += loss.item()
         model.eval()
         val_loss = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for batch_x, batch_y in val_loader:
                 batch_x, batch_y = batch_x.to(device), batch_y.to(device)
                 output = model(batch_x)
@@ -125,16 +141,17 @@ def plain_loop(args: argparse.Namespace, workdir: Path) -> list[float]:
     return stamps
 
 
-def write_spec(args: argparse.Namespace, workdir: Path) -> Path:
+def write_spec(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -> Path:
     shutil.copy(HERE / "bench_task.py", workdir / "bench_task.py")
     spec = workdir / "spec.toml"
-    spec.write_text(SPEC.format(out_dir=workdir / "runs", epochs=args.epochs, features=args.features, batch_size=args.batch_size, samples=args.samples))
+    train = {"fp32": "", "bf16": '\n[train]\nprecision = "bf16-mixed"\n', "accumulate": f"\n[train]\naccumulate_grad_batches = {ACCUMULATE}\n"}[variant]
+    spec.write_text(SPEC.format(out_dir=workdir / "runs", epochs=args.epochs, features=args.features, batch_size=args.batch_size, samples=args.samples, train=train))
     return spec
 
 
-def tuiloop_run(args: argparse.Namespace, workdir: Path) -> list[float]:
+def tuiloop_run(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -> list[float]:
     """``tuiloop run SPEC --headless`` in a subprocess; the `validated` time stamps of its event log."""
-    spec = write_spec(args, workdir)
+    spec = write_spec(args, workdir, variant)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], check=True, env=env, stdout=subprocess.DEVNULL, cwd=workdir)
     (run_dir,) = (workdir / "runs").iterdir()
@@ -151,23 +168,29 @@ def steady(stamps: list[float], warmup: int) -> list[float]:
 
 
 def part1(args: argparse.Namespace) -> None:
+    for variant in args.paths:
+        part1_variant(args, variant)
+
+
+def part1_variant(args: argparse.Namespace, variant: str) -> None:
     train_set, val_set = bench_task.data(samples=args.samples, features=args.features)
     steps = -(-len(train_set) // args.batch_size)
-    print(f"part 1: MLP {args.features}-128-128-10, {len(train_set)} train / {len(val_set)} val samples, "
-          f"batch {args.batch_size} ({steps} steps/epoch), Adam, {args.epochs} epochs (first {args.warmup} intervals dropped), 1 CPU thread, {args.rounds} rounds")
+    what = {"fp32": "float32", "bf16": "bf16-mixed (CPU autocast)", "accumulate": f"accumulate_grad_batches = {ACCUMULATE}"}[variant]
+    print(f"part 1 [{what}]: MLP {args.features}-128-128-10, {len(train_set)} train / {len(val_set)} val samples, "
+          f"batch {args.batch_size} ({steps} batches/epoch), Adam, {args.epochs} epochs (first {args.warmup} intervals dropped), 1 CPU thread, {args.rounds} rounds")
     plain_all, tl_all, ratios = [], [], []
     for r in range(args.rounds):
         order = (("plain", plain_loop), ("tuiloop", tuiloop_run)) if r % 2 == 0 else (("tuiloop", tuiloop_run), ("plain", plain_loop))
         med = {}
         for name, fn in order:
             with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
-                times = steady(fn(args, Path(tmp)), args.warmup)
+                times = steady(fn(args, Path(tmp), variant), args.warmup)
             (plain_all if name == "plain" else tl_all).extend(times)
             med[name] = statistics.median(times)
         ratios.append(med["tuiloop"] / med["plain"])
         print(f"  round {r + 1}: plain {med['plain'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}", flush=True)
     p, t = statistics.median(plain_all), statistics.median(tl_all)
-    print(f"  median over all steady epochs: plain {p * 1e3:.1f} ms ({p / steps * 1e6:.0f} us/step)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/step)")
+    print(f"  median over all steady epochs: plain {p * 1e3:.1f} ms ({p / steps * 1e6:.0f} us/batch)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/batch)")
     print(f"  ratio tuiloop/plain: {t / p:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.90)")
 
 
@@ -181,25 +204,39 @@ def _fresh(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, 
     return model, optimizer, batches
 
 
-def hand_loop(args: argparse.Namespace) -> list[float]:
-    """The least a loop can do with the same batches; returns the time at the end of each epoch."""
+def hand_loop(args: argparse.Namespace, variant: str = "fp32") -> list[float]:
+    """The least a loop can do with the same batches; returns the time at the end of each epoch.
+
+    ``bf16``: forward and loss under CPU autocast; ``accumulate``: an optimizer step every
+    ``ACCUMULATE`` batches on the mean of their losses.
+    """
     model, optimizer, batches = _fresh(args)
     criterion = nn.CrossEntropyLoss()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
+    group = ACCUMULATE if variant == "accumulate" else 1
     losses: list[float] = []
     stamps = []
     model.train()
     for epoch in range(args.epochs):
+        micro = 0
         for x, y in batches.epoch(epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x), y)
+            with autocast:
+                loss = criterion(model(x), y)
             losses.append(loss.item())
-            loss.backward()
+            (loss / group if group > 1 else loss).backward()
+            micro += 1
+            if micro == group:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                micro = 0
+        if micro:
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
     return stamps
 
 
-def trainer_loop(args: argparse.Namespace, run_dir: Path) -> list[float]:
+def trainer_loop(args: argparse.Namespace, run_dir: Path, **options: object) -> list[float]:
     """The Trainer on the same batches with the event log a run writes; no validation or checkpoints.
 
     Returns the time at the end of each epoch: when its last steps' event reaches the sinks.
@@ -209,8 +246,8 @@ def trainer_loop(args: argparse.Namespace, run_dir: Path) -> list[float]:
     from tuiloop.rundir.eventlog import EventLog
 
     model, optimizer, batches = _fresh(args)
-    steps = len(batches)
-    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=args.epochs, save_best=False, save_last=False))
+    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=args.epochs, save_best=False, save_last=False, **options))  # type: ignore[arg-type]
+    steps = trainer.steps_per_epoch()
     sink = EventLog(run_dir)
     trainer.subscribe(sink)
     stamps = []
@@ -221,17 +258,35 @@ def trainer_loop(args: argparse.Namespace, run_dir: Path) -> list[float]:
     return stamps
 
 
+ACCUMULATE = 4
+# name: (what the Trainer is given, the hand loop's variant, what it is compared with)
+VARIANTS = {
+    "fp32": ({}, "fp32", "hand"),
+    "bf16-mixed": ({"precision": "bf16-mixed"}, "bf16", "hand"),
+    "accumulate": ({"accumulate_grad_batches": ACCUMULATE}, "accumulate", "hand"),
+    "grad-norm": ({"log_grad_norm": True}, "fp32", "trainer"),
+}
+
+
 def part2(args: argparse.Namespace) -> None:
     steps = len(_fresh(args)[2])
     print(f"part 2: per-step cost of training only, same fast batching (tuiloop Batches), {args.epochs} epochs x {args.rounds} rounds")
-    hand, eng = [], []
-    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
-        for r in range(args.rounds):
-            for name in (("hand", "trainer") if r % 2 == 0 else ("trainer", "hand")):
-                stamps = hand_loop(args) if name == "hand" else trainer_loop(args, Path(tmp))
-                (hand if name == "hand" else eng).extend(t / steps for t in steady(stamps, args.warmup))
-    h, e = statistics.median(hand), statistics.median(eng)
-    print(f"  hand loop {h * 1e6:.1f} us/step   tuiloop Trainer {e * 1e6:.1f} us/step   overhead {(e - h) * 1e6:+.1f} us/step ({(e / h - 1) * 100:+.1f}%)")
+    for name in args.variants:
+        options, variant, against = VARIANTS[name]
+        base, eng = [], []
+        with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+            for r in range(args.rounds):
+                for who in (("base", "trainer") if r % 2 == 0 else ("trainer", "base")):
+                    if who == "trainer":
+                        stamps = trainer_loop(args, Path(tmp), **options)
+                    elif against == "hand":
+                        stamps = hand_loop(args, variant)
+                    else:  # the same Trainer without the option: what the option itself costs
+                        stamps = trainer_loop(args, Path(tmp))
+                    (base if who == "base" else eng).extend(t / steps for t in steady(stamps, args.warmup))
+        b, e = statistics.median(base), statistics.median(eng)
+        label = "hand loop" if against == "hand" else "Trainer without it"
+        print(f"  {name:11s} {label} {b * 1e6:7.1f} us/batch   tuiloop Trainer {e * 1e6:7.1f} us/batch   ratio {e / b:.3f} ({(e - b) * 1e6:+.1f} us/batch)", flush=True)
 
 
 # ---- profiling ------------------------------------------------------------------------------
@@ -273,6 +328,8 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="only part 1")
     parser.add_argument("--profile", action="store_true", help="profile tuiloop's headless run instead")
     parser.add_argument("--top", type=int, default=30, help="entries printed by --profile")
+    parser.add_argument("--paths", nargs="+", default=["fp32", "bf16", "accumulate"], choices=["fp32", "bf16", "accumulate"], help="part 1: which training paths (default: all)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="part 2: which training paths (default: all)")
     args = parser.parse_args()
     if args.warmup >= args.epochs - 1:
         parser.error("--epochs must leave at least one interval after --warmup")

@@ -130,7 +130,7 @@ def test_checkpoints_hold_the_unwrapped_model(tmp_path: Path, wrap) -> None:  # 
         assert_same_weights(ck["model_state_dict"], inner.state_dict())
     # and a wrapped model resumes from it
     again = wrap(tiny.MLP())
-    trainer2 = Trainer(again, Batches(train, cpu, 16, True), None, nn.CrossEntropyLoss(), torch.optim.Adam(again.parameters()), options=Options(epochs=1))
+    trainer2 = Trainer(again, Batches(train, cpu, 16, True), Batches(val, cpu, 16, False), nn.CrossEntropyLoss(), torch.optim.Adam(again.parameters()), options=Options(epochs=1))
     trainer2.resume(tmp_path / "checkpoints" / "last.pt")
     assert_same_weights(unwrap(again).state_dict(), inner.state_dict())
 

@@ -71,11 +71,16 @@ class RunStarted(Event):
     start_step: int = 0
     resumed_from: str | None = None
     pid: int = 0
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
 
 
 @dataclass(frozen=True)
 class TrainSteps(Event):
-    """Per-step training losses for steps ``first_step .. first_step+len(losses)-1`` (1-based)."""
+    """Per-step training losses for steps ``first_step .. first_step+len(losses)-1`` (1-based).
+
+    A step is an optimizer step: with gradient accumulation its loss is the mean over its group.
+    """
 
     kind: ClassVar[str] = "train_steps"
     epoch: int  # the epoch these steps belong to (from 1)
@@ -84,6 +89,9 @@ class TrainSteps(Event):
     step_in_epoch: int  # steps done in this epoch after the last loss
     lr: float
     samples_per_s: float
+    grad_norms: list[float] | None = None  # total gradient norm before clipping, per step (when measured)
+    loss_scale: float | None = None  # the grad scaler's scale after these steps (16-mixed)
+    skipped_steps: int = 0  # of these steps, those the grad scaler skipped (16-mixed: inf/NaN gradients)
 
 
 @dataclass(frozen=True)

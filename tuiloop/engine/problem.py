@@ -128,13 +128,16 @@ class MetricTotals:
         self.problem = problem
         self.probabilities = loss_name(loss_fn) == "BCELoss"
         self.ignore_index = getattr(loss_fn, "ignore_index", -100)
-        zero = torch.zeros((), dtype=torch.float64, device=device)
+        # float64 sums, where the device has them (MPS has no float64)
+        zero = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         self.loss_sum, self.metric_sum, self.loss_count, self.metric_count = zero.clone(), zero.clone(), 0, zero.clone()
 
-    def add(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
-        n = target.shape[0] if target.ndim else 1
+    def add(self, loss: torch.Tensor, output: object, target: object, n: int) -> None:
+        """One batch of ``n`` samples: its mean loss, and what the metric needs of its outputs."""
         self.loss_sum += loss.detach() * n
         self.loss_count += n
+        if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
+            return
         if self.problem == "multiclass":
             pred = output.argmax(1)
             if target.is_floating_point():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -15,6 +16,7 @@ import torch
 from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine.batches import Batches, worker_died
 from tuiloop.engine.commands import Commands
+from tuiloop.engine.compiling import compilations, compile_model
 from tuiloop.engine.device import device_name
 from tuiloop.engine.errors import NonFiniteLoss, ResumeError, SetupError
 from tuiloop.engine.events import (
@@ -26,13 +28,17 @@ from tuiloop.engine.events import (
     LRChanged,
     Message,
     RunStarted,
+    Starting,
     StateChanged,
     TrainSteps,
     Validated,
 )
 from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
+from tuiloop.engine.precision import Precision
 from tuiloop.engine.problem import MetricTotals, check_batch, check_inputs, infer_problem, metric_names
+from tuiloop.engine.step import Stepper
 
 Sink = Callable[[Event], None]
 
@@ -42,6 +48,7 @@ PROBLEM_TEXT = {
     "binary": "binary classification",
     "multilabel": "multi-label classification",
     "regression": "regression",
+    "model": "a model that computes its own loss",
     "other": "a problem tuiloop has no metric for",
 }
 
@@ -56,25 +63,24 @@ class Options:
     run_name: str = "run"
     scheduler_interval: str = "epoch"
     scheduler_monitor: str | None = None
-    monitor: str = "val_loss"
-    mode: str = "min"
+    monitor: str | None = None  # default: val_loss, or train_loss without a validation split
+    mode: str | None = None  # default: max for accuracy-like metrics, min otherwise
     early_stopping: MetricMonitor | None = None
     save_best: bool = True
     save_last: bool = True
     every_n_epochs: int = 0
+    # the spec's [train]
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 0.0
+    gradient_clip_algorithm: str = "norm"
+    compile: bool | str = False
+    log_grad_norm: bool | None = None  # also without clipping (always measured when clipping, and at 16-mixed)
 
 
-def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
-    """(args, kwargs, target): ``(x, y)``, ``(x1, x2, ..., y)`` or a dict with a y/target/label key."""
-    if isinstance(batch, dict):
-        for key in ("y", "target", "targets", "label", "labels"):
-            if key in batch:
-                return (), {k: v for k, v in batch.items() if k != key}, batch[key]
-        raise SetupError("a dict batch needs its target under one of the keys y, target, targets, label or labels")
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return tuple(batch[:-1]), {}, batch[-1]
-    what = f"a {type(batch).__name__} of {len(batch)} item" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
-    raise SetupError(f"each batch must be (inputs, targets), (input1, ..., targets) or a dict; got {what}")
+# 16-mixed: this many steps in a row skipped by the grad scaler means the loss is not finite for
+# another reason than float16 overflow (the scale has been halved that many times).
+MAX_SKIPPED_IN_A_ROW = 25
 
 
 class Trainer:
@@ -90,7 +96,7 @@ class Trainer:
         model: torch.nn.Module,
         train: Batches,
         val: Batches | None,
-        loss_fn: Callable[..., torch.Tensor],
+        loss_fn: Callable[..., torch.Tensor] | str,
         optimizer: torch.optim.Optimizer,
         scheduler: Any = None,
         options: Options | None = None,
@@ -98,23 +104,33 @@ class Trainer:
         run_dir: Path | None = None,
     ) -> None:
         self.device = device or train.device
+        opt = options or Options()
+        monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
+        self.opt = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or ("max" if "acc" in monitor else "min"))
         # Module.to moves parameters in place, so an optimizer built on them stays valid.
-        self.model = model.to(self.device)
-        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+        model = model.to(self.device)
+        self.precision = Precision(self.opt.precision, self.device)
+        self.model = compile_model(model, self.opt.compile, self.device) if self.opt.compile else model
+        if loss_fn == "model":
+            self.objective: LossFunction | ModelLoss = ModelLoss()
+        else:
+            self.objective = LossFunction(loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn)  # type: ignore[union-attr, arg-type]
+        self.loss_fn = self.objective.loss_fn
         self.train_batches = train
         self.val_batches = val
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.opt = options or Options()
+        o = self.opt
+        self.stepper = Stepper(model, optimizer, self.precision, o.accumulate_grad_batches, o.gradient_clip_val, o.gradient_clip_algorithm, o.log_grad_norm)
         self.run_dir = Path(run_dir) if run_dir else None
         self.commands = Commands()
         self.sinks: list[Sink] = []
-        self.best = MetricMonitor(self.opt.monitor, self.opt.mode)
+        self.best = MetricMonitor(self.opt.monitor, self.opt.mode)  # type: ignore[arg-type]
         self.es = self.opt.early_stopping
         self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # subclasses too
         # run state (all of it goes into checkpoints)
         self.epoch = 0  # completed epochs
-        self.batch_in_epoch = 0  # batches done in the current epoch
+        self.batch_in_epoch = 0  # batches of the current epoch done (up to the last optimizer step)
         self.step = 0  # optimizer steps done
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
@@ -125,7 +141,10 @@ class Trainer:
         self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
         self.state = "running"
         self._stop_reason = ""
-        self._buffer: list[Any] = []
+        self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
+        self._norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
+        self._skipped_in_a_row = 0
+        self._compiled_seen = -1  # torch.compile's frame count after the first step
         self._pending_best = False
         self._exact_nan_check = self.device.type == "cpu"
 
@@ -145,7 +164,7 @@ class Trainer:
             "model_state_dict": ckpt.unwrap(self.model).state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler_state_dict": None,
+            "scaler_state_dict": self.stepper.state_dict(),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
@@ -181,6 +200,7 @@ class Trainer:
             raise ResumeError(f"the checkpoint's optimizer state does not fit this optimizer ({e}). Resume with the [optimizer] the run was started with.") from None
         if self.scheduler is not None and state.get("scheduler_state_dict") is not None:
             self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.stepper.load_state_dict(state.get("scaler_state_dict"))
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.epoch_loss_sum, self.epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         self.last_metrics = dict(state.get("metrics") or {})
@@ -321,7 +341,7 @@ class Trainer:
                 device=str(self.device),
                 device_name=device_name(self.device),
                 epochs=self.opt.epochs,
-                steps_per_epoch=self.train_batches.steps(),
+                steps_per_epoch=self.steps_per_epoch(),
                 batch_size=self.train_batches.batch_size,
                 train_size=train_size,
                 val_size=self.val_batches.num_samples if self.val_batches else None,
@@ -335,11 +355,18 @@ class Trainer:
                 start_step=self.step,
                 resumed_from=self.resumed_from,
                 pid=os.getpid(),
+                precision=self.opt.precision,
+                accumulate_grad_batches=self.opt.accumulate_grad_batches,
             )
         )
         for event in self.announcements:
             self.emit(event)
         self.announcements = []
+
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch (a last, shorter group of batches is a step too)."""
+        batches = self.train_batches.steps()
+        return None if batches is None else -(-batches // self.opt.accumulate_grad_batches)
 
     def _metrics_available(self) -> list[str]:
         if self.val_batches is None:
@@ -347,10 +374,12 @@ class Trainer:
         return ["train_loss", "val_loss", *metric_names(self.problem or "")]
 
     def _train_epoch(self) -> None:
-        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        model, objective, stepper = self.model, self.objective, self.stepper
         step_scheduler = self.scheduler if self.opt.scheduler_interval == "step" else None
-        commands, buffer = self.commands, self._buffer
+        commands = self.commands
         exact = self._exact_nan_check
+        accumulate = self.opt.accumulate_grad_batches
+        autocast = self.precision.autocast()
         interval = self.opt.log_interval
         self._first_step = self.step + 1
         self._last_flush_time = time.perf_counter()
@@ -363,15 +392,16 @@ class Trainer:
                 return
         if self.batch_in_epoch == 0 and self.train_batches.order_from_global_rng:
             self.epoch_rng = ckpt.rng_state()
+        self.optimizer.zero_grad(set_to_none=True)
         for batch in self.train_batches.epoch(self.epoch, start=self.batch_in_epoch, epoch_rng=self.epoch_rng):
-            args, kwargs, target = split_batch(batch)
-            optimizer.zero_grad(set_to_none=True)
-            if self.problem is None:
-                output = self._first_forward(args, kwargs)
-                self._first_batch(output, target)  # before the loss: its own error would be less clear
-            else:
-                output = model(*args, **kwargs)
-            loss = loss_fn(output, target)
+            args, kwargs, target = objective.split(batch)
+            with autocast:
+                if self.problem is None:
+                    output = self._first_forward(args, kwargs)
+                    self._first_batch(output, target)  # before the loss: its own error would be less clear
+                else:
+                    output = model(*args, **kwargs)
+                loss = objective.loss(output, target)
             if exact:  # on the CPU .item() costs no device sync: check before the step
                 value = loss.item()
                 if not math.isfinite(value):
@@ -379,14 +409,12 @@ class Trainer:
                     self._non_finite(value, saved=self._save_last_good())
             else:
                 value = loss.detach()
-            loss.backward()
-            optimizer.step()
-            if step_scheduler is not None:
-                step_scheduler.step()
-            self.step += 1
-            self.batch_in_epoch += 1
-            self._samples += len(target)
-            buffer.append(value)
+            n = objective.count(batch, target)
+            stepper.backward(loss, value, n)
+            self._samples += n
+            if stepper.micro < accumulate:
+                continue
+            self._optimizer_step(value, step_scheduler)
             if time.perf_counter() >= next_flush:
                 self._flush()
                 next_flush = self._last_flush_time + interval
@@ -396,10 +424,31 @@ class Trainer:
                 self._handle_commands()
                 if self.state == "stopping":
                     break
+        else:
+            if stepper.micro:  # the epoch's last, shorter group
+                self._optimizer_step(value, step_scheduler)
         self._flush()
+
+    def _optimizer_step(self, value: Any, step_scheduler: Any) -> None:
+        """Step on the group just accumulated; its loss and gradient norm wait in the buffers."""
+        batches = self.stepper.micro
+        group_loss, norm = self.stepper.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
+        self.step += 1
+        self.batch_in_epoch += batches
+        self._buffer.append(value if group_loss is None else group_loss)
+        if norm is not None:
+            self._norms.append(norm)
+        if self._compiled_seen < 0 and self.opt.compile:
+            self._compiled_seen = compilations()
+            self.emit(Message("info", f"torch.compile: the model is compiled ({self._compiled_seen} graph(s)); later compilations are reported"))
 
     def _first_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The first forward pass, with what PyTorch's own error leaves out (a dtype mismatch)."""
+        if self.opt.compile:
+            self.emit(Starting("compiling the model with torch.compile: the first step takes a while"))
+            self.emit(Message("info", "torch.compile: compiling the model; the first step takes a while"))
         try:
             return self.model(*args, **kwargs)
         except RuntimeError as e:
@@ -409,9 +458,12 @@ class Trainer:
             raise
 
     def _first_batch(self, output: Any, target: Any) -> None:
-        self.problem = infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
-        for text in check_batch(self.loss_fn, output, target, self.problem):
-            self.emit(Message("warning", text))
+        if self.objective.model_computes_loss:
+            self.problem = "model"
+        else:
+            self.problem = infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
+            for text in check_batch(self.loss_fn, output, target, self.problem):
+                self.emit(Message("warning", text))
         available = self._metrics_available()
         # [checkpoint] monitor defaults to the early-stopping one: name the key the user wrote first
         for name, monitor in (("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor), ("[checkpoint] monitor", self.opt.monitor)):
@@ -420,29 +472,73 @@ class Trainer:
                     raise SetupError(f"{name} = {monitor!r} needs a validation split, and the data has none. Monitor train_loss, or return (train, val) from the data function.")
                 raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
         what = PROBLEM_TEXT.get(self.problem, self.problem)
-        self.emit(Message("info", f"{what} ({type(self.loss_fn).__name__}); metrics: {', '.join(available)}"))
+        source = "the model's own loss" if self.objective.model_computes_loss else type(self.loss_fn).__name__
+        self.emit(Message("info", f"{what} ({source}); metrics: {', '.join(available)}"))
 
     def _flush(self) -> None:
-        """Emit the buffered step losses as one event (one device sync on accelerators)."""
+        """Emit the buffered step losses and gradient norms as one event (one device sync on accelerators)."""
         buffer = self._buffer
         if not buffer:
             return
         if self._exact_nan_check:
-            losses = list(buffer)
+            losses = [float(v) for v in buffer]
         else:
             losses = torch.stack(buffer).float().tolist()
+        norms = torch.stack(self._norms).float().tolist() if self._norms else None
         buffer.clear()
+        self._norms.clear()
+        scaler = self.precision.scaler
         now = time.perf_counter()
         rate = self._samples / max(now - self._last_flush_time, 1e-9)
         self._last_flush_time, self._samples = now, 0
         first = self._first_step
         self._first_step += len(losses)
-        self.epoch_loss_sum += sum(losses)
-        self.epoch_loss_count += len(losses)
-        self.emit(TrainSteps(self.epoch + 1, first, losses, self.batch_in_epoch, self.optimizer.param_groups[0]["lr"], rate))
+        skipped = {i for i, g in enumerate(norms or []) if not math.isfinite(g)} if scaler is not None else set()
+        kept = [v for i, v in enumerate(losses) if i not in skipped] if skipped else losses
+        self.epoch_loss_sum += sum(kept)
+        self.epoch_loss_count += len(kept)
+        steps_in_epoch = -(-self.batch_in_epoch // self.opt.accumulate_grad_batches)
+        self.emit(
+            TrainSteps(
+                self.epoch + 1,
+                first,
+                losses,
+                steps_in_epoch,
+                self.optimizer.param_groups[0]["lr"],
+                rate,
+                grad_norms=norms,
+                loss_scale=scaler.get_scale() if scaler is not None else None,
+                skipped_steps=len(skipped),
+            )
+        )
+        self._check_compilations()
+        if scaler is not None:  # a skipped step is the scaler's business, unless they never end
+            for i in range(len(losses)):
+                self._skipped_in_a_row = self._skipped_in_a_row + 1 if i in skipped else 0
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise NonFiniteLoss(
+                    f"the grad scaler skipped {self._skipped_in_a_row} steps in a row (loss {losses[-1]}, loss scale {scaler.get_scale():g}); training stopped: "
+                    "the gradients are not finite for another reason than float16 overflow. Check the data for NaN/inf values, lower the learning rate, or use bf16-mixed"
+                )
+            return
         if not self._exact_nan_check and not all(map(math.isfinite, losses)):
             bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
             self._non_finite(losses[bad], saved=None, at_step=first + bad)
+
+    def _check_compilations(self) -> None:
+        """Warn when torch.compile compiled again since the last flush (each costs a first step's wait)."""
+        if self._compiled_seen < 0:
+            return
+        now = compilations()
+        if now > self._compiled_seen:
+            self._compiled_seen = now
+            self.emit(
+                Message(
+                    "warning",
+                    f"torch.compile compiled the model again ({now} graphs so far): a new input shape or a changed Python value makes it recompile. "
+                    "A last batch of another size does (drop_last = true avoids it).",
+                )
+            )
 
     def _non_finite(self, value: float, saved: Path | None, at_step: int | None = None) -> None:
         step = at_step if at_step is not None else self.step + 1
@@ -476,14 +572,14 @@ class Trainer:
         self._pending_best = is_best
 
     def _validate(self) -> dict[str, float]:
-        model = self.model
+        model, objective = self.model, self.objective
         model.eval()
         totals = MetricTotals(self.problem or "other", self.loss_fn, self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast():
             for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]
-                args, kwargs, target = split_batch(batch)
+                args, kwargs, target = objective.split(batch)
                 output = model(*args, **kwargs)
-                totals.add(self.loss_fn(output, target), output, target)
+                totals.add(objective.loss(output, target), output, target, objective.count(batch, target))
         model.train()
         return totals.result()
 

@@ -14,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tuiloop.engine.batches import Batches
+from tuiloop.engine.compiling import CompileError
 from tuiloop.engine.device import DeviceError, resolve_device
 from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.spec.errors import SpecError
 from tuiloop.spec.resolve import Resolved, data_kwargs, describe_exception
@@ -93,9 +95,12 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     _check_split(where, val_data, "val", spec.data.target)
 
     progress("building the loss, optimizer and scheduler")
-    loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
-    if isinstance(loss_fn, torch.nn.Module):
-        loss_fn = loss_fn.to(device)
+    if resolved.loss is None:
+        loss_fn: Any = "model"
+    else:
+        loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn = loss_fn.to(device)
     optimizer = _call(where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs)
     scheduler = None
     interval = "epoch"
@@ -129,5 +134,13 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
         save_best=spec.checkpoint.best,
         save_last=spec.checkpoint.last,
         every_n_epochs=spec.checkpoint.every_n_epochs,
+        **vars(spec.train),
     )
-    return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir)
+    if spec.train.compile:
+        progress("preparing torch.compile")
+    try:
+        return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir)
+    except PrecisionError as e:
+        raise SpecError(f"{where}, [train] precision", str(e)) from None
+    except CompileError as e:
+        raise SpecError(f"{where}, [train] compile", str(e)) from None

@@ -26,7 +26,7 @@ MUTABLE: dict[str, set[str | None]] = {
     "scheduler": {None},
     "early_stopping": {"patience", "min_delta"},
     "checkpoint": {"best", "last", "every_n_epochs"},
-    "train": {"gradient_clip_val", "gradient_clip_algorithm"},
+    "train": {"precision", "compile", "gradient_clip_val", "gradient_clip_algorithm", "log_grad_norm"},
 }
 # Optional sections that may appear or go on resume (their state starts fresh or is dropped).
 OPTIONAL = {"early_stopping"}
@@ -40,7 +40,7 @@ WHY = {
     "early_stopping": "the best value and counter so far track that metric",
     "checkpoint": "the best value so far tracks that metric",
     "run": "the data order and the random draws so far follow it",
-    "train": "the checkpoint's state was made with it",
+    "train": "the checkpoint counts optimizer steps of that many batches",
 }
 
 Change = tuple[str, str, Any, Any]  # section, key, old, new

@@ -13,9 +13,11 @@ import tomli_w
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.schema import (
     CHOICES,
+    COMPILE_MODES,
     KWARG_SECTIONS,
     METRICS,
     NUMBER,
+    PRECISION_ALIASES,
     REQUIRED,
     REQUIRED_SECTIONS,
     SCHEMA,
@@ -26,6 +28,7 @@ from tuiloop.spec.schema import (
     SchedulerSpec,
     Spec,
     TargetSpec,
+    TrainSpec,
     default_mode,
 )
 
@@ -128,10 +131,11 @@ def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
             _check_type(where, name, key, value, schema[key][0])
             if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
                 choices = CHOICES[(name, key)]
+                alias = PRECISION_ALIASES.get(str(value).lower()) if key == "precision" else None
                 raise SpecError(
                     f"{where}, [{name}] {key}",
                     f"{value!r} is not one of {', '.join(map(repr, choices))}",
-                    did_you_mean(value, choices),
+                    f'Did you mean "{alias}"?' if alias else did_you_mean(value, choices),
                 )
             out[key] = value
         elif name not in KWARG_SECTIONS:
@@ -236,6 +240,18 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
         raise SpecError(f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off.")
     checkpoint = CheckpointSpec(c["best"], c["last"], c["every_n_epochs"], monitor, mode, explicit_monitor=c["monitor"] is not None)
 
+    t = _section(raw, "train", where)
+    if t["accumulate_grad_batches"] < 1:
+        raise SpecError(f"{where}, [train] accumulate_grad_batches", f"must be at least 1, got {t['accumulate_grad_batches']}", "Use 1 to step the optimizer after every batch.")
+    if t["gradient_clip_val"] < 0:
+        raise SpecError(f"{where}, [train] gradient_clip_val", "cannot be negative", "Use 0 to turn clipping off, or a positive limit such as 1.0.")
+    if isinstance(t["compile"], str) and t["compile"] not in COMPILE_MODES:
+        raise SpecError(f"{where}, [train] compile", f"{t['compile']!r} is not a torch.compile mode", join_fix(did_you_mean(t["compile"], COMPILE_MODES), f"Use true, false, or one of {', '.join(map(repr, COMPILE_MODES))}."))
+    train = TrainSpec(**{**t, "gradient_clip_val": float(t["gradient_clip_val"])})
+    if "loss" in raw and raw["loss"].get("target") == "model" and _kwargs(raw, "loss"):
+        extra = next(iter(_kwargs(raw, "loss")))
+        raise SpecError(f"{where}, [loss] {extra}", '[loss] target = "model" takes the loss from the model, so [loss] has no other keys', f"Remove {extra} from [loss] (give it to your model in [model]).")
+
     sched = None
     if "scheduler" in raw:
         s = _section(raw, "scheduler", where)
@@ -254,4 +270,5 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
         scheduler=sched,
         early_stopping=es,
         checkpoint=checkpoint,
+        train=train,
     )

@@ -31,7 +31,7 @@ class Resolved:
     spec: Spec
     model: Callable[..., Any]
     data: Callable[..., Any]
-    loss: Callable[..., Any]
+    loss: Callable[..., Any] | None  # None: the model computes its own loss ([loss] target = "model")
     optimizer: Callable[..., Any]
     scheduler: Callable[..., Any] | None
 
@@ -173,8 +173,11 @@ def resolve(spec: Spec) -> Resolved:
     if spec.scheduler is not None:
         sections.append(spec.scheduler)
     for sec in sections:
+        if sec.section == "loss" and sec.target == "model":
+            out["loss"] = None
+            continue
         fn = resolve_target(sec.section, sec.target, spec.base_dir, where)
         kwargs = data_kwargs(spec, fn) if sec.section == "data" else sec.kwargs
         check_kwargs(fn, sec.section, sec.target, kwargs, where, SUPPLIED[sec.section])
         out[sec.section] = fn
-    return Resolved(spec, out["model"], out["data"], out["loss"], out["optimizer"], out.get("scheduler"))
+    return Resolved(spec, out["model"], out["data"], out.get("loss"), out["optimizer"], out.get("scheduler"))

@@ -42,6 +42,14 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "interval": (str, "epoch"),
         "monitor": (str, None),
     },
+    "train": {
+        "precision": (str, "32-true"),
+        "accumulate_grad_batches": (int, 1),
+        "gradient_clip_val": (NUMBER, 0.0),
+        "gradient_clip_algorithm": (str, "norm"),
+        "compile": ((bool, str), False),
+        "log_grad_norm": (bool, None),  # also without clipping (always measured when clipping, and at 16-mixed)
+    },
     "early_stopping": {
         "monitor": (str, "val_loss"),
         "mode": (str, None),
@@ -63,11 +71,22 @@ REQUIRED_SECTIONS = ("model", "data", "loss", "optimizer")
 METRICS = ("train_loss", "val_loss", "val_acc", "val_mae")
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("train", "precision"): ("32-true", "bf16-mixed", "16-mixed"),
+    ("train", "gradient_clip_algorithm"): ("norm", "value"),
     ("scheduler", "interval"): ("epoch", "step"),
     ("data", "multiprocessing_context"): ("fork", "spawn", "forkserver"),
     ("early_stopping", "mode"): ("min", "max"),
     ("checkpoint", "mode"): ("min", "max"),
 }
+
+
+# What users write for a precision, and the name tuiloop (and Lightning) uses for it.
+PRECISION_ALIASES = {
+    "fp16": "16-mixed", "16": "16-mixed", "float16": "16-mixed", "half": "16-mixed", "16-true": "16-mixed", "amp": "16-mixed",
+    "bf16": "bf16-mixed", "bfloat16": "bf16-mixed", "bf16-true": "bf16-mixed",
+    "32": "32-true", "fp32": "32-true", "float32": "32-true", "full": "32-true",
+}  # fmt: skip
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def default_mode(monitor: str) -> str:
@@ -114,6 +133,16 @@ class SchedulerSpec(TargetSpec):
 
 
 @dataclass
+class TrainSpec:
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 0.0
+    gradient_clip_algorithm: str = "norm"
+    compile: bool | str = False
+    log_grad_norm: bool | None = None
+
+
+@dataclass
 class EarlyStoppingSpec:
     monitor: str
     mode: str
@@ -146,6 +175,7 @@ class Spec:
     scheduler: SchedulerSpec | None
     early_stopping: EarlyStoppingSpec | None
     checkpoint: CheckpointSpec
+    train: TrainSpec = field(default_factory=TrainSpec)
 
     @property
     def monitor(self) -> str:
