@@ -56,17 +56,17 @@ def synthetic_events(steps: int) -> list[Event]:
                                    batch_size=32, train_size=3200, val_size=800, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"],
                                    monitor="val_loss", mode="min", patience=50, num_params=26_000, time=t)]
     best = math.inf
-    for e in range(epochs):
-        first = e * SPE + 1
+    for e in range(1, epochs + 1):
+        first = (e - 1) * SPE + 1
         losses = [2.0 / math.sqrt(first + i) + 0.05 * math.sin(first + i) for i in range(SPE)]
         t += 1.0
-        out.append(TrainSteps(e, first, losses, SPE, 1e-3 * (0.5 + 0.5 * math.cos(e / 50)), 3200.0, time=t))
+        out.append(TrainSteps(e, first, losses, SPE, 1e-3 * (0.5 + 0.5 * math.cos(e / 50)), 3200.0, grad_norms=[1.0 + 0.5 * math.sin(x) for x in losses], time=t))
         val = 2.0 / math.sqrt(first + SPE) + 0.02 * math.sin(e / 3)
         is_best = val < best
         best = min(best, val)
         out.append(Validated(e, first + SPE - 1, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 0.01, time=t))
         out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else 1, 50, False, time=t))
-        out.append(CheckpointSaved("last", "checkpoints/last.pt", e + 1, first + SPE - 1, val, "val_loss", time=t))
+        out.append(CheckpointSaved("last", "checkpoints/last.pt", e, first + SPE - 1, val, "val_loss", time=t))
     return out
 
 
@@ -86,6 +86,9 @@ class _Preloaded:
     def exit_code(self) -> int | None:
         return None
 
+    def problems(self) -> list[str]:
+        return []
+
 
 def view_frame(model, plot_w: int = 70, plot_h: int = 20) -> None:  # type: ignore[no-untyped-def]
     """What one redraw computes at 120x40: both plots and every panel."""
@@ -102,6 +105,7 @@ def view_frame(model, plot_w: int = 70, plot_h: int = 20) -> None:  # type: igno
     panels.early_stop_text(model, 40)
     panels.lr_text(model, 40)
     panels.log_text(model, 8, 118)
+    panels.health_text(model, 70)
 
 
 async def textual_frames(steps: int, frames: int) -> list[float]:

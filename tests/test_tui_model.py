@@ -229,12 +229,27 @@ def test_panels_never_exceed_their_width(width: int) -> None:
         panels.lr_text(m, width),
         panels.log_text(m, 6, width),
         panels.error_text(m, width, 8),
+        panels.health_text(m, width),
     ]
     for text in texts:
         for line in text.plain.splitlines():
             assert len(line) <= width, (width, line)
     assert "FAILED" in texts[0].plain
     assert "TRIGGERED" not in texts[3].plain
+
+
+def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> None:
+    m = MonitorModel()
+    m.apply(started())
+    m.apply(TrainSteps(1, 1, [1.0, 0.9, 0.8], 3, 0.01, 500.0, time=T0 + 1))
+    assert panels.health_text(m, 60).plain.splitlines() == [f"samples/s  {500:>9} " + panels.sparkline([500.0], 38)]
+    m.apply(TrainSteps(1, 4, [0.7, float("inf"), 0.6], 6, 0.01, 700.0, grad_norms=[2.0, float("inf"), 1.5], loss_scale=32768.0, skipped_steps=1, time=T0 + 2))
+    m.apply(TrainSteps(1, 7, [0.5], 7, 0.01, 600.0, grad_norms=[1.25], loss_scale=32768.0, time=T0 + 3))
+    assert (m.grad_norms.last, m.loss_scale, m.skipped_steps) == ((7, 1.25), 32768.0, 1)
+    lines = panels.health_text(m, 60).plain.splitlines()
+    assert lines[0].startswith("grad norm     1.2500 ") and lines[1].startswith("loss scale 32768  1 skipped step")
+    assert lines[0].endswith(" █▃▁"), "the finite norms' history: 2.0, 1.5, 1.25 (the skipped step's inf is not drawn)"
+    assert lines[2].startswith("samples/s ") and all(len(line) <= 60 for line in lines)
 
 
 def test_early_stop_panel_marks_the_trigger() -> None:

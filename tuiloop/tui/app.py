@@ -128,6 +128,7 @@ class MonitorApp(App[str]):
         with Horizontal(id="main"):
             with Vertical(id="loss-box", classes="box"):
                 yield PlotView(id="loss")
+                yield Panel(lambda w, h: panels.health_text(m, w), id="health")
             with Vertical(id="side"):
                 yield Panel(lambda w, h: panels.metrics_text(m, w), id="metrics", classes="box")
                 yield Panel(lambda w, h: panels.early_stop_text(m, w), id="early", classes="box")
@@ -231,7 +232,7 @@ class MonitorApp(App[str]):
         error = self.query_one("#error")
         error.display = m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)
         for panel in self.query(Panel):
-            panel.update(force, layout=panel.id in ("metrics", "early", "error"))
+            panel.update(force, layout=panel.id in ("metrics", "early", "error", "health"))
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._redraw, True)  # plots are reduced to their new width

@@ -91,6 +91,11 @@ class MonitorModel:
         self.train = Downsampled(resolution)  # x = global step
         self.val = Downsampled(resolution)  # monitored-loss curve: val_loss, x = global step
         self.lr_history = Downsampled(128)
+        # training health, under the loss plot
+        self.grad_norms = Downsampled(256)  # total gradient norm before clipping, x = step
+        self.throughput = Downsampled(128)  # samples/s per flush, x = step
+        self.loss_scale: float | None = None  # 16-mixed's grad scaler
+        self.skipped_steps = 0
         self.metrics: dict[str, MetricStat] = {}
         self.best_value: float | None = None  # the monitored metric (checkpoint monitor)
         self.best_epoch: int | None = None
@@ -155,7 +160,7 @@ class MonitorModel:
             self._metric(name)
         if ev.resumed_from:
             # steps logged after the checkpoint by the session that crashed are done again
-            for series in (self.train, self.val, self.lr_history):
+            for series in (self.train, self.val, self.lr_history, self.grad_norms, self.throughput):
                 series.drop_after(ev.start_step)
             self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
         else:
@@ -174,7 +179,13 @@ class MonitorModel:
         self.lr_history.append(self.step, ev.lr)
         if self.state == "running":
             self._active_steps += n
+        if ev.grad_norms:
+            self.grad_norms.extend(ev.first_step, ev.grad_norms)
+        if ev.loss_scale is not None:
+            self.loss_scale = ev.loss_scale
+        self.skipped_steps += ev.skipped_steps
         if ev.samples_per_s > 0 and math.isfinite(ev.samples_per_s):
+            self.throughput.append(self.step, ev.samples_per_s)
             prev = self.samples_per_s
             self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
 

@@ -141,6 +141,28 @@ def sparkline(values: list[float], width: int) -> str:
     return "".join(SPARKS[min(int((v - lo) / span * (len(SPARKS) - 1) + 0.5), len(SPARKS) - 1)] for v in values)
 
 
+def health_text(model: MonitorModel, width: int) -> Text:
+    """Training health under the loss plot: gradient norm, loss scale and skipped steps, throughput,
+    each with its recent history as a sparkline."""
+    rows: list[tuple[str, str, list[float]]] = []
+    if model.grad_norms.last is not None:
+        rows.append(("grad norm", fmt.value(model.grad_norms.last[1]), model.grad_norms.points()[1]))
+    if model.loss_scale is not None:
+        rows.append(("loss scale", f"{model.loss_scale:g}  {fmt.plural(model.skipped_steps, 'skipped step')}", []))
+    if model.samples_per_s is not None:
+        rows.append(("samples/s", f"{model.samples_per_s:,.0f}", model.throughput.points()[1]))
+    lines = []
+    for name, value, history in rows:
+        line = Text(f"{name:<10} ", style="dim")
+        line.append(f"{value:>9}", style="bold")
+        room = width - line.cell_len - 1
+        if history and room >= 5:
+            line.append(" " + sparkline(history, room), style="cyan")
+        line.truncate(width, overflow="ellipsis")
+        lines.append(line)
+    return Text("\n").join(lines)
+
+
 def metrics_text(model: MonitorModel, width: int) -> Text:
     """One row per metric: name, last value, best value and its epoch, a sparkline if room."""
     if not model.metrics:
