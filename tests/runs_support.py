@@ -71,9 +71,9 @@ def new_run_dir(out_dir: Path, before: set[Path], timeout: float = 60) -> Path:
     return wait_until(find, timeout, f"a new run directory under {out_dir}")
 
 
-def start_detached(spec: Path, *sets: str, cwd: Path) -> Path:
+def start_detached(spec: Path, *sets: str, cwd: Path, extra: tuple[str, ...] = ()) -> Path:
     """``tuiloop run --detach SPEC``; returns the run directory it printed."""
-    args = ["run", "--detach", spec, *[a for s in sets for a in ("--set", s)]]
+    args = ["run", "--detach", spec, *[a for s in sets for a in ("--set", s)], *extra]
     done = run_cli(*args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     m = re.search(r"^started (\S+) \(pid (\d+)\)", done.stdout, re.M)
@@ -123,7 +123,7 @@ def start_worker(spec: Any) -> tuple[Path, subprocess.Popen]:
         lock.release()
 
 
-def resume_worker(run_dir: Path, spec: Any) -> subprocess.Popen:
+def resume_worker(run_dir: Path, spec: Any, session: str = "resumed-session") -> subprocess.Popen:
     """What ``tuiloop run --resume RUN_DIR`` does before it opens the monitor (the resume is checked)."""
     import io
 
@@ -132,7 +132,7 @@ def resume_worker(run_dir: Path, spec: Any) -> subprocess.Popen:
 
     lock = lock_for_resume(run_dir)
     try:
-        proc = worker.start(run_dir, lock, spec, resume=True)
+        proc = worker.start(run_dir, lock, spec, resume=True, session=session)
     finally:
         lock.release()
     said = io.StringIO()

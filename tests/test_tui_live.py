@@ -90,7 +90,7 @@ def test_a_resumed_run_is_followed_to_its_new_end(workdir: Path) -> None:
     proc = resume_worker(run_dir, validate(spec.raw, spec.where, spec.base_dir, spec.path))
 
     async def watch() -> MonitorApp:
-        app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir), exit_on_finish=True, expect_pid=proc.pid)
+        app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir), exit_on_finish=True, expect_session="resumed-session")
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: not app.is_running, 90, "the resumed run to finish")
         return app

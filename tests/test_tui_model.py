@@ -190,16 +190,16 @@ def test_model_end_states_and_exit_statuses() -> None:
 
 
 def test_a_resumed_runs_earlier_ending_does_not_end_the_view() -> None:
-    old = [started(pid=100), *epoch_events(1, T0, 0.4, True), Finished("stopped", "stopped by request", 1, 8, 0.4, 1, "val_loss", 1.0, time=T0 + 2)]
-    m = MonitorModel(expect_pid=200)
+    old = [started(session="first"), *epoch_events(1, T0, 0.4, True), Finished("stopped", "stopped by request", 1, 8, 0.4, 1, "val_loss", 1.0, time=T0 + 2)]
+    m = MonitorModel(expect_session="second")
     m.apply_all(old)
     assert not m.over and m.state == "starting" and m.finished is None
-    m.apply(started(pid=200, start_epoch=1, start_step=8, resumed_from="checkpoints/last.pt", time=T0 + 10))
+    m.apply(started(session="second", start_epoch=1, start_step=8, resumed_from="checkpoints/last.pt", time=T0 + 10))
     assert m.state == "running" and m.step == 8
     m.apply(Finished("completed", "10 epochs done", 10, 80, 0.3, 5, "val_loss", 9.0, time=T0 + 20))
     assert m.over and m.finished is not None and m.exit_status() == 0
 
-    m = MonitorModel(expect_pid=200)  # the resumed process fails at setup: that is its ending
+    m = MonitorModel(expect_session="second")  # the resumed process fails at setup: that is its ending
     m.apply_all(old)
     m.apply(Failed("spec.toml, [data]: building data() raised", "setup", "", time=T0 + 10))
     m.apply(Finished("failed", "setup error", 0, 0, None, None, None, 0.0, time=T0 + 10))

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a run from its checkpoints/last.pt, appending to its event log")
     r.add_argument("--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key")
     r.add_argument("--debug", action="store_true", help="show Python tracebacks for spec and setup errors")
+    d = r.add_argument_group("distributed (torchrun, DDP)")
+    d.add_argument("--nproc-per-node", metavar="N|auto", help="processes on this machine, one per GPU (auto: every visible GPU); default [run] nproc_per_node, else 1")
+    d.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines in the run (run the same command on each)")
+    d.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0 to N-1; node 0 hosts rank 0, the run directory and the monitor")
+    d.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the nodes meet: node 0's address and a free port")
+    d.add_argument("--rdzv-id", metavar="ID", help="a name for this job's rendezvous")
 
     a = sub.add_parser("attach", help="open the monitor on a live run (keys work; d detaches, the run goes on)")
     a.add_argument("run", nargs="?", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs (default: the newest live run there)")
@@ -55,10 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("run_dir", type=Path)
     w.add_argument("--lock-fd", type=int, required=True)
     w.add_argument("--resume", action="store_true")
+
+    la = sub.add_parser("_launch", help=argparse.SUPPRESS)
+    la.add_argument("run_dir", nargs="?", type=Path)
+    la.add_argument("--lock-fd", type=int)
+    la.add_argument("--resume", action="store_true")
+    la.add_argument("--report-ready", action="store_true")  # torchrun's options follow "--"
+
+    rk = sub.add_parser("_rank", help=argparse.SUPPRESS)
+    rk.add_argument("--resume", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["_launch"] and "--" in argv:  # the launcher's own options, then torchrun's
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
@@ -73,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.session.worker import main as worker_main
 
             return worker_main(args.run_dir.resolve(), args.lock_fd, args.resume)
+        if args.command == "_launch":
+            from tuiloop.session.launch import main as launch_main
+
+            return launch_main(args.run_dir.resolve() if args.run_dir else None, args.lock_fd, args.resume, extra, args.report_ready)
+        if args.command == "_rank":
+            from tuiloop.session.rank import main as rank_main
+
+            return rank_main(args.resume)
         if args.command in ("attach", "show"):
             from tuiloop.cli import views
 

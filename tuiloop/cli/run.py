@@ -1,10 +1,19 @@
-"""``tuiloop run``: train a spec headless in the foreground, or in a background process with the live monitor."""
+"""``tuiloop run``: train a spec headless in the foreground, or in a background process with the
+live monitor; on several processes (torchrun, DDP) when asked, or as one rank of a launch the
+user started (torchrun, srun)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
+from tuiloop.session.processes import kill_tree
 from tuiloop.spec import Spec, SpecError
 
 
@@ -34,30 +43,101 @@ def load(args: argparse.Namespace) -> Spec:
 def cmd_run(args: argparse.Namespace) -> int:
     from tuiloop.engine.plain import PlainSink
     from tuiloop.session import worker
+    from tuiloop.session.rank import run_rank, under_a_launcher
     from tuiloop.session.run import execute, lock_for_resume, new_run_dir
     from tuiloop.spec import resolve
 
     spec = load(args)
-    headless = args.headless or not sys.stdout.isatty()
-    if headless and not args.detach:
+    if under_a_launcher():  # torchrun or srun started this process as one rank: join
+        return run_rank(spec, args.resume, args.resume is not None)
+    torchrun = _torchrun_args(args, spec)
+    headless = args.headless or not sys.stdout.isatty() or (torchrun is not None and args.node_rank > 0)
+    if headless and not args.detach and torchrun is None:
         code, _ = execute(spec, resume=args.resume, sinks=[PlainSink(sys.stdout)])
         return code
     resolve(spec)  # import errors show here, before anything starts
+    session = uuid.uuid4().hex[:12]
+    if torchrun is not None and args.node_rank > 0:  # rank 0 and the run directory are on node 0
+        return _supervise(worker.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None)
     if args.resume is not None:
         run_dir, lock = args.resume, lock_for_resume(args.resume)
     else:
         run_dir, lock = new_run_dir(spec)
+    inherit = headless and not args.detach
     try:
-        proc = worker.start(run_dir, lock, spec, resume=args.resume is not None)
+        proc = worker.start(run_dir, lock, spec, resume=args.resume is not None, torchrun=torchrun, session=session, inherit_output=inherit)
     finally:
-        lock.release()  # our copy: the worker holds the lock now
-    if args.resume is not None and not worker.wait_ready(proc, sys.stderr):
+        lock.release()  # our copy: the training process holds the lock now
+    if args.resume is not None and not inherit and not worker.wait_ready(proc, sys.stderr):
         return proc.returncode  # it said why (relayed above); the run directory is as it was
     if args.detach:
         print(f"started {run_dir} (pid {proc.pid})")
         print(f"  watch it:  tuiloop attach {run_dir}")
         print(f"  its log:   {run_dir / 'output.log'}")
         return 0
+    if inherit:
+        return _supervise(proc, run_dir)
     from tuiloop.tui.launch import monitor_run
 
-    return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish)
+    return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish, session=session)
+
+
+def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
+    """torchrun's options when this run takes more than one process, else None."""
+    from tuiloop.session.launch import torchrun_args
+
+    nproc: Any = args.nproc_per_node or spec.run.nproc_per_node
+    if nproc == "auto":
+        import torch
+
+        nproc = max(torch.cuda.device_count(), 1)
+    try:
+        nproc = int(nproc)
+    except ValueError:
+        raise SpecError("--nproc-per-node", f"{nproc!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".') from None
+    if nproc < 1:
+        raise SpecError("--nproc-per-node", "must be at least 1")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise SpecError("--nnodes", f"{args.nnodes} machines need a place to meet", "Add --rdzv-endpoint HOST:PORT (node 0's address and a free port) and --node-rank R on each.")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise SpecError("--node-rank", f"{args.node_rank} is not a node of --nnodes {args.nnodes}", f"Use 0 to {args.nnodes - 1}; node 0 hosts rank 0.")
+    if nproc == 1 and args.nnodes == 1:
+        return None
+    return torchrun_args(nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
+
+
+def _supervise(proc: Any, run_dir: Path | None) -> int:
+    """Wait for a distributed run in the foreground, passing Ctrl+C on as its monitor would: the
+    first stops every rank gracefully (the stop command to rank 0, or SIGTERM to the launcher on
+    a node without rank 0), the second forces them all, leaving no process behind."""
+    interrupts = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1 if signum == signal.SIGINT else 0
+        if interrupts > 1:
+            os.write(2, b"\ntuiloop: second interrupt: forcing every rank to exit now, without saving\n")
+            _send(run_dir, "force") or kill_tree(proc.pid)
+            return
+        os.write(2, b"\ntuiloop: interrupt: stopping every rank after this step and saving (press Ctrl+C again to force)\n")
+        _send(run_dir, "stop") or os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while proc.poll() is None:
+        time.sleep(0.1)
+    if interrupts > 1:  # whatever rank 0 managed before it went, nothing of the run stays behind
+        kill_tree(proc.pid)
+    return 130 if interrupts > 1 else proc.returncode
+
+
+def _send(run_dir: Path | None, cmd: str) -> bool:
+    from tuiloop.rundir.control import ControlError, send_command
+
+    if run_dir is None:
+        return False
+    try:
+        send_command(run_dir, cmd)
+    except ControlError:
+        return False
+    return True

@@ -15,6 +15,12 @@ Two paths:
 Because the order depends only on (seed, epoch), or on the RNG state saved at the epoch's start,
 a run resumed mid-epoch regenerates the epoch's order and skips the batches already done.
 
+In a distributed run each rank takes its shard of the epoch's order: ``order[rank::world]``.
+The training split is padded (with its first samples, as ``DistributedSampler`` does) so every
+rank takes the same number of steps; the validation split is not, so each sample is evaluated
+exactly once. A user's DataLoader with a plain random or sequential sampler is rebuilt with a
+``DistributedSampler``; one with a ``DistributedSampler`` gets ``set_epoch`` every epoch.
+
 A Ctrl+C in a terminal reaches the whole process group, DataLoader workers included, and a
 worker that died of it would fail the run that is stopping gracefully. So workers start with
 SIGINT blocked (``fork`` keeps the mask), ignore it once they run (``spawn`` and ``forkserver``
@@ -33,7 +39,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from tuiloop.engine.checkpoint import rng_state, set_rng_state
 from tuiloop.engine.device import to_device
@@ -63,10 +70,16 @@ class Batches:
         seed: int = 0,
         persistent_workers: bool = False,
         multiprocessing_context: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        even_shards: bool = True,
     ) -> None:
+        """``even_shards``: pad the split so every rank gets as many batches (training);
+        without it each sample goes to exactly one rank (validation)."""
         self.device = device
         self.shuffle = shuffle
         self.seed = seed
+        self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
         self.on_cuda = device.type == "cuda"
         pin = self.on_cuda if pin_memory == "auto" else bool(pin_memory)
         self.non_blocking = pin and self.on_cuda
@@ -74,7 +87,11 @@ class Batches:
         self._loader: DataLoader | None = None
         self._generator = torch.Generator()
         self.user_loader = isinstance(source, DataLoader)
-        if self.user_loader:
+        if self.user_loader and world_size > 1:
+            rebuilt = self._shard_user_loader(source)  # type: ignore[arg-type]
+            self.user_loader = rebuilt is source  # a rebuilt loader's order comes from tuiloop's seed
+            source = rebuilt
+        if isinstance(source, DataLoader):
             self._loader = source
             self.batch_size = source.batch_size
             if source.num_workers > 0 and not isinstance(source.worker_init_fn, QuietWorker):
@@ -84,10 +101,12 @@ class Batches:
             self.batch_size = batch_size
             self.drop_last = drop_last
         else:
+            sampler = self._sampler(source, shuffle, drop_last)
             self._loader = DataLoader(
                 source,
                 batch_size=batch_size,
-                shuffle=shuffle,
+                shuffle=shuffle if sampler is None else None,
+                sampler=sampler,
                 drop_last=drop_last,
                 num_workers=num_workers,
                 pin_memory=pin and self.on_cuda,
@@ -98,13 +117,49 @@ class Batches:
             )
             self.batch_size = batch_size
 
+    def _sampler(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> Any:
+        """This rank's share of the split, or None for a single process."""
+        if self.world_size == 1:
+            return None
+        if self.even_shards:
+            return DistributedSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last)
+        return range(self.rank, len(dataset), self.world_size)  # type: ignore[arg-type]
+
+    def _shard_user_loader(self, loader: DataLoader) -> DataLoader:
+        """A user's DataLoader made to take this rank's shard (as Lightning does), or refused."""
+        sampler = loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            return loader
+        if not isinstance(sampler, (RandomSampler, SequentialSampler)) or loader.batch_sampler is None:
+            raise ValueError(
+                f"in a distributed run each rank needs its shard of the data, and this DataLoader's {type(sampler).__name__} cannot be split by tuiloop; "
+                "give it a torch.utils.data.distributed.DistributedSampler, or return Datasets and let tuiloop batch them"
+            )
+        shuffle = isinstance(sampler, RandomSampler)
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=self._sampler(loader.dataset, shuffle, loader.drop_last),
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            drop_last=loader.drop_last,
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=self._generator,
+            prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+            persistent_workers=loader.persistent_workers,
+        )
+
     def _setup_tensors(self, tensors: tuple[torch.Tensor, ...]) -> None:
         size = sum(t.numel() * t.element_size() for t in tensors)
         self._cached = self.device.type != "cpu" and size <= DEVICE_CACHE_BYTES
         if self._cached:
             tensors = tuple(t.to(self.device) for t in tensors)
         self._tensors = tensors
-        self._n = len(tensors[0])
+        self._total = len(tensors[0])
+        self._n = self._shard_size(self._total)
         self._row_bytes = max(1, sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors))
 
     @property
@@ -117,10 +172,28 @@ class Batches:
         """Workers that live across epochs keep their RNG streams: a resume cannot replay them."""
         return bool(self._loader is not None and self._loader.num_workers > 0 and self._loader.persistent_workers)
 
+    def _shard_size(self, total: int) -> int:
+        if self.world_size == 1:
+            return total
+        if self.even_shards:
+            return math.ceil(total / self.world_size)
+        return len(range(self.rank, total, self.world_size))
+
+    def _shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's indices of the epoch's order (padded with its first ones for even shards)."""
+        if self.world_size == 1:
+            return order
+        if self.even_shards:
+            pad = self._n * self.world_size - len(order)
+            if pad:
+                order = torch.cat([order, order[:pad]])
+        return order[self.rank :: self.world_size]
+
     @property
     def num_samples(self) -> int | None:
+        """Samples in the whole split (all ranks together)."""
         if self._tensors is not None:
-            return self._n
+            return self._total
         try:
             return len(self._loader.dataset)  # type: ignore[union-attr, arg-type]
         except TypeError:
@@ -145,6 +218,8 @@ class Batches:
         ``epoch_rng`` is the RNG state at the epoch's start, for a resumed user DataLoader.
         """
         self._generator.manual_seed(epoch_seed(self.seed, epoch))
+        if self._loader is not None and isinstance(self._loader.sampler, DistributedSampler):
+            self._loader.sampler.set_epoch(epoch)
         if self._tensors is not None:
             return self._tensor_batches(start)
         # Skipping loads the batches; a dataset that draws random numbers (augmentation)
@@ -170,11 +245,13 @@ class Batches:
     def _tensor_batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
         n, bs = self._n, self.batch_size
         if self.shuffle:
-            order = torch.randperm(n, generator=self._generator)
-            if self._cached:
-                order = order.to(self.device)
+            order: torch.Tensor | None = self._shard(torch.randperm(self._total, generator=self._generator))
+        elif self.world_size > 1:
+            order = self._shard(torch.arange(self._total))
         else:
-            order = None
+            order = None  # contiguous slices
+        if order is not None and self._cached:
+            order = order.to(self.device)
         stop = n - n % bs if self.drop_last else n
         tensors = self._tensors
         assert tensors is not None

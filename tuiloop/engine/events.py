@@ -73,6 +73,10 @@ class RunStarted(Event):
     pid: int = 0
     precision: str = "32-true"
     accumulate_grad_batches: int = 1
+    session: str = ""  # which start of the run this is (a resumed run's log holds several)
+    world_size: int = 1  # processes training together (DDP); batch_size is per process
+    backend: str = ""  # gloo | nccl in a distributed run
+    nodes: list[str] = field(default_factory=list)  # their machines
 
 
 @dataclass(frozen=True)

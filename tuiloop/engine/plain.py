@@ -81,6 +81,10 @@ class PlainSink:
             what = f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step}" if ev.resumed_from else "started"
             steps = fmt.plural(ev.steps_per_epoch, "step") if ev.steps_per_epoch else "? steps"
             self._print(f"run {ev.run_name} {what} on {ev.device_name}, {ev.num_params:,} parameters, {fmt.plural(ev.epochs, 'epoch')} of {steps}")
+            if ev.world_size > 1:
+                per = ev.batch_size or 0
+                total = per * ev.world_size * ev.accumulate_grad_batches
+                self._print(f"distributed: {ev.world_size} processes ({ev.backend}) on {', '.join(ev.nodes)}; batch {per} per process, {total} per optimizer step in all")
             self._print(f"run directory: {ev.run_dir}")
         elif isinstance(ev, LRChanged):
             self._print(f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)}")

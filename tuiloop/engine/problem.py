@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tuiloop.engine.errors import SetupError
@@ -153,9 +155,14 @@ class MetricTotals:
             self.metric_sum += (output.detach() - target).abs().sum()
             self.metric_count += target.numel()
 
-    def result(self) -> dict[str, float]:
-        out = {"val_loss": float(self.loss_sum) / max(self.loss_count, 1)}
+    def result(self, ranks: Any = None) -> dict[str, float]:
+        """The metrics; in a distributed run the sums of every rank's shard (each sample once)."""
+        sums = torch.stack([self.loss_sum, torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device), self.metric_sum, self.metric_count.to(self.loss_sum.dtype)])
+        if ranks is not None:
+            ranks.sum_(sums)
+        loss_sum, loss_count, metric_sum, metric_count = sums.tolist()
+        out = {"val_loss": loss_sum / max(loss_count, 1)}
         names = metric_names(self.problem)
         if names:
-            out[names[0]] = float(self.metric_sum) / max(float(self.metric_count), 1.0)
+            out[names[0]] = metric_sum / max(metric_count, 1.0)
         return out

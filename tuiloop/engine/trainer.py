@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,9 +18,9 @@ from tuiloop.engine.batches import Batches, worker_died
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.compiling import compilations, compile_model
 from tuiloop.engine.device import device_name
-from tuiloop.engine.errors import NonFiniteLoss, ResumeError, SetupError
+from tuiloop.engine.distributed import SINGLE, Ranks
+from tuiloop.engine.errors import NonFiniteLoss, SetupError
 from tuiloop.engine.events import (
-    CheckpointSaved,
     EarlyStopUpdate,
     Event,
     Failed,
@@ -29,16 +29,20 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     Starting,
-    StateChanged,
     TrainSteps,
     Validated,
 )
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.objective import LossFunction, ModelLoss
+from tuiloop.engine.options import MAX_SKIPPED_IN_A_ROW, Options
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
 from tuiloop.engine.precision import Precision
 from tuiloop.engine.problem import MetricTotals, check_batch, check_inputs, infer_problem, metric_names
+from tuiloop.engine.saving import Saving
+from tuiloop.engine.steering import Steering
 from tuiloop.engine.step import Stepper
+
+__all__ = ["Options", "Trainer"]
 
 Sink = Callable[[Event], None]
 
@@ -53,42 +57,16 @@ PROBLEM_TEXT = {
 }
 
 
-@dataclass
-class Options:
-    """Loop settings that are not objects (the spec's [run], [early_stopping], [checkpoint])."""
-
-    epochs: int = 10
-    val_every: int = 1
-    log_interval: float = 0.25
-    run_name: str = "run"
-    scheduler_interval: str = "epoch"
-    scheduler_monitor: str | None = None
-    monitor: str | None = None  # default: val_loss, or train_loss without a validation split
-    mode: str | None = None  # default: max for accuracy-like metrics, min otherwise
-    early_stopping: MetricMonitor | None = None
-    save_best: bool = True
-    save_last: bool = True
-    every_n_epochs: int = 0
-    # the spec's [train]
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 0.0
-    gradient_clip_algorithm: str = "norm"
-    compile: bool | str = False
-    log_grad_norm: bool | None = None  # also without clipping (always measured when clipping, and at 16-mixed)
-
-
-# 16-mixed: this many steps in a row skipped by the grad scaler means the loss is not finite for
-# another reason than float16 overflow (the scale has been halved that many times).
-MAX_SKIPPED_IN_A_ROW = 25
-
-
-class Trainer:
+class Trainer(Saving, Steering):
     """Runs training on objects; the spec's glue (:mod:`tuiloop.session.build`) builds one from a spec.
 
     ``run_dir`` is where ``checkpoints/`` go. The engine writes nothing else there: the full run
     directory (event log, control socket, summary) is the session's (``tuiloop.Trainer`` runs
     inside one when given a ``run_dir``).
+
+    ``ranks`` places it in a distributed run (one process per rank, torchrun): the model is
+    wrapped in DistributedDataParallel, the batches should be this rank's shard, and losses,
+    metrics and decisions are shared between ranks.
     """
 
     def __init__(
@@ -102,15 +80,25 @@ class Trainer:
         options: Options | None = None,
         device: torch.device | None = None,
         run_dir: Path | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.device = device or train.device
+        self.ranks = ranks
         opt = options or Options()
         monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
         self.opt = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or ("max" if "acc" in monitor else "min"))
         # Module.to moves parameters in place, so an optimizer built on them stays valid.
         model = model.to(self.device)
         self.precision = Precision(self.opt.precision, self.device)
-        self.model = compile_model(model, self.opt.compile, self.device) if self.opt.compile else model
+        self._ddp: Any = None
+        wrapped: torch.nn.Module = model
+        if ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = wrapped = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = compile_model(wrapped, self.opt.compile, self.device) if self.opt.compile else wrapped
+        # validation runs on the module itself in a distributed run: no collectives in its forward
+        self._eval_model = model if ranks.distributed else self.model
         if loss_fn == "model":
             self.objective: LossFunction | ModelLoss = ModelLoss()
         else:
@@ -139,6 +127,7 @@ class Trainer:
         self.problem: str | None = None
         self.resumed_from: str | None = None
         self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
+        self.session = ""  # set by the session that runs it: tells this start of the run from earlier ones
         self.state = "running"
         self._stop_reason = ""
         self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
@@ -146,7 +135,13 @@ class Trainer:
         self._skipped_in_a_row = 0
         self._compiled_seen = -1  # torch.compile's frame count after the first step
         self._pending_best = False
-        self._exact_nan_check = self.device.type == "cpu"
+        # On the CPU .item() costs nothing, so a NaN is caught before its step; not in a
+        # distributed run, where every rank must take every step (the flush catches it there).
+        self._exact_nan_check = self.device.type == "cpu" and not ranks.distributed
+        # the distributed agreement's schedule (see Steering)
+        self._until_agree = 1
+        self._agreed_at, self._agreed_at_step = time.perf_counter(), 0
+        self._next_flush = 0.0
 
     # ---- events -------------------------------------------------------------------------
     def subscribe(self, sink: Sink) -> None:
@@ -156,117 +151,6 @@ class Trainer:
     def emit(self, event: Event) -> None:
         for sink in self.sinks:
             sink(event)
-
-    # ---- checkpoints ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """A complete, weights_only-loadable checkpoint of the run."""
-        return {
-            "model_state_dict": ckpt.unwrap(self.model).state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler_state_dict": self.stepper.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "loss": self.last_metrics.get("val_loss", self.last_metrics.get("train_loss")),
-            "metrics": dict(self.last_metrics),
-            "epoch_loss_sum": self.epoch_loss_sum,
-            "epoch_loss_count": self.epoch_loss_count,
-            "best": self.best.state_dict(),
-            "early_stopping": self.es.state_dict() if self.es else None,
-            "problem": self.problem,
-            "rng_state": ckpt.rng_state(),
-            "epoch_rng_state": self.epoch_rng,
-            "tuiloop_version": _version(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore everything :meth:`state_dict` saved, for an exact resume.
-
-        Raises :class:`ResumeError` when the checkpoint belongs to another model or tracks
-        another metric than this run monitors.
-        """
-        self.best.check_compatible(state["best"], "[checkpoint]")
-        if self.es and state.get("early_stopping"):
-            self.es.check_compatible(state["early_stopping"], "[early_stopping]")
-        try:
-            ckpt.unwrap(self.model).load_state_dict(state["model_state_dict"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise ResumeError(f"the checkpoint holds the weights of another model: {' '.join(first[:3])}. Resume with the [model] the run was started with.") from None
-        try:
-            self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        except ValueError as e:
-            raise ResumeError(f"the checkpoint's optimizer state does not fit this optimizer ({e}). Resume with the [optimizer] the run was started with.") from None
-        if self.scheduler is not None and state.get("scheduler_state_dict") is not None:
-            self.scheduler.load_state_dict(state["scheduler_state_dict"])
-        self.stepper.load_state_dict(state.get("scaler_state_dict"))
-        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        self.epoch_loss_sum, self.epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
-        self.last_metrics = dict(state.get("metrics") or {})
-        self.best.load_state_dict(state["best"])
-        if self.es and state.get("early_stopping"):
-            self.es.load_state_dict(state["early_stopping"])
-        self.problem = state.get("problem")
-        self.epoch_rng = state.get("epoch_rng_state")
-        ckpt.set_rng_state(state["rng_state"])
-
-    def resume(self, path: Path) -> None:
-        """Continue from a checkpoint file written by this engine."""
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
-        self.resumed_from = str(path)
-
-    def save(self, *tags: str) -> Path | None:
-        """Write checkpoints of the current state atomically (serialized once for all ``tags``:
-        best, last, periodic, manual) and announce each; returns the last path, None without a
-        run directory."""
-        if self.run_dir is None or not tags:
-            return None
-        data = ckpt.serialize(self.state_dict())
-        metric = self.last_metrics.get(self.opt.monitor)
-        for tag in tags:
-            name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (
-                f"epoch-{self.epoch:04d}.pt" if tag == "periodic" else f"manual-step{self.step:07d}.pt"
-            )
-            path = self.run_dir / "checkpoints" / name
-            ckpt.save_atomic(data, path)
-            self.emit(CheckpointSaved(tag, str(path.relative_to(self.run_dir)), self.epoch, self.step, metric, self.opt.monitor))
-        return path
-
-    # ---- commands ------------------------------------------------------------------------
-    def _handle_commands(self) -> None:
-        """Obey queued commands at a step boundary; blocks here while paused."""
-        for cmd in self.commands.take():
-            self._apply(cmd)
-        while self.state == "paused":
-            for cmd in self.commands.wait(0.5):
-                self._apply(cmd)
-
-    def _apply(self, cmd: str) -> None:
-        if cmd == "toggle_pause":
-            cmd = "resume" if self.state == "paused" else "pause"
-        if cmd == "pause" and self.state == "running":
-            self._flush()
-            self.state = "paused"
-            self.emit(StateChanged("paused"))
-        elif cmd == "resume" and self.state == "paused":
-            self.state = "running"
-            self._last_flush_time = time.perf_counter()
-            self._samples = 0
-            self.emit(StateChanged("running"))
-        elif cmd == "save":
-            self._flush()
-            self.save("manual")
-        elif cmd == "stop" and self.state != "stopping":
-            self.state = "stopping"
-            self._stop_reason = self._stop_reason or "stopped by request"  # a signal set its own
-            self.emit(StateChanged("stopping", self._stop_reason))
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop at the next step boundary (used by signal handlers)."""
-        self._stop_reason = reason
-        self.commands.send("stop")
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> Finished:
@@ -313,9 +197,9 @@ class Trainer:
                 if self.opt.save_last:
                     self.save("last")
             else:
-                status, reason = "failed", f"{type(e).__name__} in {where}"
-                frames = format_frames(user_frames(e))
-                self.emit(Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), frames))
+                failed = self._failure(e, where)
+                status, reason = "failed", failed.error.split(":")[0] + " failed" if failed.error.startswith("rank ") else f"{type(e).__name__} in {where}"
+                self.emit(failed)
                 self._save_after_crash()
         finally:
             self._close_loaders()
@@ -331,6 +215,22 @@ class Trainer:
         )
         self.emit(finished)
         return finished
+
+    def _failure(self, e: Exception, where: str) -> Failed:
+        """What failed and where. In a distributed run a rank leaves its error for rank 0, and
+        rank 0 reports the rank that failed first (its own error may only be the echo of it)."""
+        failed = Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), format_frames(user_frames(e)))
+        if not self.ranks.distributed:
+            return failed
+        if not self.ranks.is_main:
+            self.ranks.report_failure({"error": failed.error, "where": failed.where, "traceback": failed.traceback, "user_frames": failed.user_frames})
+            return failed
+        peer = self.ranks.peer_failure(wait_s=1.0)
+        if peer is None:
+            if _collective_error(e):  # the other side of a collective is gone without a word
+                return dataclasses.replace(failed, error=f"a collective with the other ranks failed; another rank was killed or ran out of memory? ({failed.error})")
+            return failed
+        return Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", []))
 
     def _announce(self) -> None:
         train_size = self.train_batches.num_samples
@@ -355,8 +255,12 @@ class Trainer:
                 start_step=self.step,
                 resumed_from=self.resumed_from,
                 pid=os.getpid(),
+                session=self.session,
                 precision=self.opt.precision,
                 accumulate_grad_batches=self.opt.accumulate_grad_batches,
+                world_size=self.ranks.world_size,
+                backend=self.ranks.backend,
+                nodes=list(self.ranks.nodes),
             )
         )
         for event in self.announcements:
@@ -378,15 +282,18 @@ class Trainer:
         step_scheduler = self.scheduler if self.opt.scheduler_interval == "step" else None
         commands = self.commands
         exact = self._exact_nan_check
+        distributed = self.ranks.distributed
         accumulate = self.opt.accumulate_grad_batches
         autocast = self.precision.autocast()
         interval = self.opt.log_interval
+        no_sync = self._ddp.no_sync if self._ddp is not None and accumulate > 1 else None
+        batches = self.train_batches.steps()  # per epoch (on this rank), None if unknown
         self._first_step = self.step + 1
         self._last_flush_time = time.perf_counter()
-        next_flush = self._last_flush_time + interval
+        self._next_flush = self._last_flush_time + interval
         self._samples = 0
         model.train()
-        if commands.pending:  # a command that came in during validation or saving
+        if commands.pending or distributed:  # a command that came during validation or saving
             self._handle_commands()
             if self.state == "stopping":
                 return
@@ -395,35 +302,43 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for batch in self.train_batches.epoch(self.epoch, start=self.batch_in_epoch, epoch_rng=self.epoch_rng):
             args, kwargs, target = objective.split(batch)
-            with autocast:
-                if self.problem is None:
-                    output = self._first_forward(args, kwargs)
-                    self._first_batch(output, target)  # before the loss: its own error would be less clear
+            # Under DDP the micro-batches before a group's last skip the gradient all-reduce.
+            deferred = no_sync is not None and stepper.micro + 1 < accumulate and (batches is None or self.batch_in_epoch + stepper.micro + 1 < batches)
+            with no_sync() if deferred else contextlib.nullcontext():
+                with autocast:
+                    if self.problem is None:
+                        output = self._first_forward(args, kwargs)
+                        self._first_batch(output, target)  # before the loss: its own error would be less clear
+                    else:
+                        output = model(*args, **kwargs)
+                    loss = objective.loss(output, target)
+                if exact:  # on the CPU .item() costs no device sync: check before the step
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        self._flush()
+                        self._non_finite(value, saved=self._save_last_good())
                 else:
-                    output = model(*args, **kwargs)
-                loss = objective.loss(output, target)
-            if exact:  # on the CPU .item() costs no device sync: check before the step
-                value = loss.item()
-                if not math.isfinite(value):
-                    self._flush()
-                    self._non_finite(value, saved=self._save_last_good())
-            else:
-                value = loss.detach()
-            n = objective.count(batch, target)
-            stepper.backward(loss, value, n)
+                    value = loss.detach()
+                n = objective.count(batch, target)
+                stepper.backward(loss, value, n)
             self._samples += n
             if stepper.micro < accumulate:
                 continue
             self._optimizer_step(value, step_scheduler)
-            if time.perf_counter() >= next_flush:
-                self._flush()
-                next_flush = self._last_flush_time + interval
-            # Commands after the step, before the next batch is fetched: a dataset that draws
-            # random numbers must not have drawn for a batch the checkpoint says is not done.
-            if commands.pending:
-                self._handle_commands()
-                if self.state == "stopping":
-                    break
+            if distributed:
+                self._until_agree -= 1
+                if self._until_agree <= 0:
+                    self._agree()
+            else:
+                if time.perf_counter() >= self._next_flush:
+                    self._flush()
+                    self._next_flush = self._last_flush_time + interval
+                # Commands after the step, before the next batch is fetched: a dataset that draws
+                # random numbers must not have drawn for a batch the checkpoint says is not done.
+                if commands.pending:
+                    self._handle_commands()
+            if self.state == "stopping":
+                break
         else:
             if stepper.micro:  # the epoch's last, shorter group
                 self._optimizer_step(value, step_scheduler)
@@ -482,14 +397,17 @@ class Trainer:
             return
         if self._exact_nan_check:
             losses = [float(v) for v in buffer]
+        elif self.ranks.distributed:  # the mean over ranks, the same list on every rank
+            stacked = torch.stack([torch.as_tensor(v, device=self.device) for v in buffer]).float()
+            losses = (self.ranks.sum_(stacked) / self.ranks.world_size).tolist()
         else:
             losses = torch.stack(buffer).float().tolist()
-        norms = torch.stack(self._norms).float().tolist() if self._norms else None
+        norms = torch.stack(self._norms).float().tolist() if self._norms else None  # equal on every rank: DDP averaged the gradients
         buffer.clear()
         self._norms.clear()
         scaler = self.precision.scaler
         now = time.perf_counter()
-        rate = self._samples / max(now - self._last_flush_time, 1e-9)
+        rate = self._samples * self.ranks.world_size / max(now - self._last_flush_time, 1e-9)
         self._last_flush_time, self._samples = now, 0
         first = self._first_step
         self._first_step += len(losses)
@@ -551,9 +469,6 @@ class Trainer:
             "Lower the learning rate, check the data for NaN/inf values, or clip gradients."
         )
 
-    def _save_last_good(self) -> Path | None:
-        return self.save("last") if self.opt.save_last else None
-
     def _check(self) -> None:
         """The end-of-epoch check: validation (or the train loss alone), best, early stopping, scheduler."""
         started = time.perf_counter()
@@ -572,7 +487,7 @@ class Trainer:
         self._pending_best = is_best
 
     def _validate(self) -> dict[str, float]:
-        model, objective = self.model, self.objective
+        model, objective = self._eval_model, self.objective
         model.eval()
         totals = MetricTotals(self.problem or "other", self.loss_fn, self.device)
         with torch.inference_mode(), self.precision.autocast():
@@ -581,7 +496,7 @@ class Trainer:
                 output = model(*args, **kwargs)
                 totals.add(objective.loss(output, target), output, target, objective.count(batch, target))
         model.train()
-        return totals.result()
+        return totals.result(self.ranks)
 
     def _step_scheduler_epoch(self, metrics: dict[str, float] | None) -> None:
         if self.scheduler is None or self.opt.scheduler_interval != "epoch":
@@ -608,21 +523,13 @@ class Trainer:
             tags.append("last")
         self.save(*tags)
 
-    def _save_after_crash(self) -> None:
-        """After an exception in user code, keep the state of the last completed step."""
-        if self.opt.save_last and self.run_dir is not None:
-            try:
-                self.save("last")
-            except Exception as e:  # the state itself may be what broke
-                self.emit(Message("error", f"could not save last.pt after the failure: {e}"))
-
     def _close_loaders(self) -> None:
         for batches in (self.train_batches, self.val_batches):
             if batches is not None:
                 batches.close()
 
 
-def _version() -> str:
-    from tuiloop import __version__
-
-    return __version__
+def _collective_error(e: BaseException) -> bool:
+    """An error from gloo or NCCL: a collective whose other side is gone."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    return (dist_error is not None and isinstance(e, dist_error)) or any(word in str(e) for word in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))

@@ -54,6 +54,11 @@ class RunLock:
         os.set_inheritable(fd, False)
         return cls(run_dir, fd)
 
+    @classmethod
+    def held_elsewhere(cls, run_dir: Path) -> RunLock:
+        """The lock another process of this run holds (the launcher of a distributed run)."""
+        return cls(run_dir, -1)
+
     def release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)  # closing the last copy of the file releases the lock

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.compiling import CompileError
 from tuiloop.engine.device import DeviceError, resolve_device
+from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
@@ -69,13 +70,19 @@ def _array_kind(value: Any) -> str:
     return "tensors" if isinstance(value, torch.Tensor) else f"{type(value).__module__.split('.')[0]} arrays"
 
 
-def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None) -> Trainer:
-    """Make every object the spec names and wire them into a Trainer; ``progress`` hears each phase."""
+def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None, ranks: Ranks = SINGLE) -> Trainer:
+    """Make every object the spec names and wire them into a Trainer; ``progress`` hears each phase.
+
+    In a distributed run (``ranks``) each process trains on its own GPU (cuda:LOCAL_RANK) or the
+    CPU, on its shard of the data.
+    """
     spec = resolved.spec
     where = spec.where
     seed_everything(spec.run.seed)
     try:
         device = resolve_device(spec.run.device)
+        if ranks.distributed and device.type == "cuda":
+            device = ranks.device()
     except DeviceError as e:
         raise SpecError(f"{where}, [run] device", str(e)) from None
 
@@ -84,6 +91,8 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"{where}, [model] target", f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module", "Point target at an nn.Module subclass or a function that returns one.")
     model = model.to(device)
+    if ranks.distributed:  # the same initial weights everywhere (DDP checks), then each rank's own random draws
+        seed_everything(spec.run.seed + ranks.rank)
 
     progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
@@ -111,9 +120,15 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
             raise SpecError(f"{where}, [scheduler] interval", "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch", 'Set interval = "epoch".')
 
     d = spec.data
-    batches = dict(device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers, multiprocessing_context=d.multiprocessing_context)
-    train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
-    val = Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **batches) if val_data is not None else None
+    batches = dict(
+        device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers,
+        multiprocessing_context=d.multiprocessing_context, rank=ranks.rank, world_size=ranks.world_size,
+    )  # fmt: skip
+    try:
+        train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
+        val = Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, even_shards=False, **batches) if val_data is not None else None
+    except ValueError as e:  # a DataLoader that cannot be sharded
+        raise SpecError(f"{where}, [data] target", str(e)) from None
 
     es = spec.early_stopping
     monitor, mode = spec.checkpoint.monitor, spec.checkpoint.mode
@@ -139,7 +154,7 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     if spec.train.compile:
         progress("preparing torch.compile")
     try:
-        return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir)
+        return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks)
     except PrecisionError as e:
         raise SpecError(f"{where}, [train] precision", str(e)) from None
     except CompileError as e:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Event, Failed, Finished, Message, Starting
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
@@ -26,6 +29,8 @@ from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_FORCED = 0, 1, 2, 130
+SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one
+LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for a forced end
 Sink = Callable[[Event], None]
 
 
@@ -78,30 +83,32 @@ def execute(
     resume: Path | None = None,
     sinks: Iterable[Sink] = (),
     handle_signals: bool = True,
-    lock_fd: int | None = None,
+    lock: RunLock | None = None,
     on_ready: Callable[[], None] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> tuple[int, Path]:
     """Build and train; returns (exit status, run directory).
 
     * A new run in the foreground (no ``run_dir``): spec and build errors raise
       :class:`SpecError` before any run directory exists.
-    * The background training process (``run_dir`` made by its parent, ``lock_fd`` its lock):
-      set-up failures are recorded in the run directory as a failed run.
+    * The background training process (``run_dir`` made by its parent, ``lock`` the lock it
+      handed over): set-up failures are recorded in the run directory as a failed run.
     * ``resume``: the run's lock is taken first (a live run refuses) and the directory stays
       exactly as it was until the trainer is built and the checkpoint loaded; then
       ``on_ready`` is called and the run goes on in it.
+    * ``ranks``: this is rank 0 of a distributed run; the other ranks run :func:`follow`.
     """
     sinks = list(sinks)
     if resume is not None:
-        return _resume(spec, resume.resolve(), sinks, handle_signals, lock_fd, on_ready)
+        return _resume(spec, resume.resolve(), sinks, handle_signals, lock, on_ready, ranks)
     if run_dir is None:
-        trainer = _build(spec, _tell(sinks))
+        trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
         return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
-    lock = RunLock.adopt(run_dir, lock_fd) if lock_fd is not None else RunLock.acquire(run_dir)
+    lock = lock or RunLock.acquire(run_dir)
     log = EventLog(run_dir)
     try:
-        trainer = _build(spec, _tell([log, *sinks]))
+        trainer = _build(spec, _tell([log, *sinks]), ranks)
     except Exception as e:
         _record_setup_failure(run_dir, [log, *sinks], e)
         log.close()
@@ -110,23 +117,35 @@ def execute(
     return _train(run_dir, lock, trainer, log, sinks, handle_signals)
 
 
-def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, lock_fd: int | None, on_ready: Callable[[], None] | None) -> tuple[int, Path]:
-    from tuiloop.engine.errors import ResumeError
+def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
+    """A rank other than 0: build the same trainer, restore its share of the checkpoint, train.
+
+    It writes nothing to the run directory but its log and, if it fails, its error (which rank
+    0 reports); its collectives are the same as rank 0's, in the same order.
+    """
+    trainer = _build(spec, lambda phase: None, ranks)
+    if resume is not None:
+        trainer.resume(resume / CHECKPOINTS / "last.pt")
+    from tuiloop.engine.trainer import Trainer
+
+    signals = Signals(trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, ranks))
+    signals.install()
+    try:
+        finished = Trainer.run(trainer)
+    finally:
+        signals.restore()
+    return EXIT_FAILED if finished.status == "failed" else EXIT_OK
+
+
+def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, lock: RunLock | None, on_ready: Callable[[], None] | None, ranks: Ranks = SINGLE) -> tuple[int, Path]:
     from tuiloop.session import resume
 
-    lock = RunLock.adopt(run_dir, lock_fd) if lock_fd is not None else lock_for_resume(run_dir)
+    lock = lock or lock_for_resume(run_dir)
     try:
-        where = f"--resume {run_dir}"
-        last = resume.check_checkpoint(run_dir)
-        edits = resume.changes(load_run_spec(run_dir).raw, spec.raw, where)
-        trainer = _build(spec, _tell(sinks))
+        edits = resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
+        trainer = _build(spec, _tell(sinks), ranks)
         _tell(sinks)("loading the checkpoint")
-        try:
-            trainer.resume(last)
-        except ResumeError as e:
-            raise SpecError(where, str(e)) from None
-        except (KeyError, RuntimeError, OSError, ValueError) as e:
-            raise SpecError(where, f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})", "Resume from another checkpoint: copy it over checkpoints/last.pt.") from None
+        _load_checkpoint(trainer, run_dir)
         resume.apply(trainer, edits, "resume with new settings")
         if trainer.train_batches.persistent_workers:
             trainer.announcements.append(Message("warning", "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run"))
@@ -146,12 +165,41 @@ def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, 
     return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
 
 
-def _build(spec: Spec, tell: Callable[[str], None]) -> Any:
+def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
+    """``trainer.resume(last.pt)``, its problems told as one paragraph (exit status 2)."""
+    from tuiloop.engine.errors import ResumeError
+    from tuiloop.session import resume
+
+    where = f"--resume {run_dir}"
+    last = resume.check_checkpoint(run_dir)
+    try:
+        trainer.resume(last)
+    except ResumeError as e:
+        raise SpecError(where, str(e)) from None
+    except (KeyError, RuntimeError, OSError, ValueError) as e:
+        raise SpecError(where, f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})", "Resume from another checkpoint: copy it over checkpoints/last.pt.") from None
+
+
+def check_resume(spec: Spec, run_dir: Path) -> None:
+    """Raise :class:`SpecError` if ``run_dir`` cannot go on with ``spec``; changes nothing.
+
+    The launcher of a distributed run asks before any rank starts: it builds the run in this
+    one process, on the CPU at full precision, and loads the checkpoint into it.
+    """
+    from tuiloop.session import resume
+    from tuiloop.spec.load import validate
+
+    resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
+    raw = {**spec.raw, "run": {**spec.raw.get("run", {}), "device": "cpu"}, "train": {**spec.raw.get("train", {}), "precision": "32-true", "compile": False}}
+    _load_checkpoint(_build(validate(raw, spec.where, spec.base_dir, spec.path), lambda phase: None), run_dir)
+
+
+def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> Any:
     tell("importing torch")
     from tuiloop.session.build import build_trainer  # imports torch
 
     tell("importing the spec's targets")
-    return build_trainer(resolve(spec), progress=tell)
+    return build_trainer(resolve(spec), progress=tell, ranks=ranks)
 
 
 def _tell(sinks: list[Sink]) -> Callable[[str], None]:
@@ -177,13 +225,14 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
 
     started = time.time()
     server: ControlServer | None = None
-    signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started))
+    signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started), terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started))
     try:
         trainer.run_dir = run_dir
+        trainer.session = os.environ.get(SESSION_ENV) or uuid.uuid4().hex[:12]
         trainer.subscribe(log)
         for sink in sinks:
             trainer.subscribe(sink)
-        info = update_info(run_dir, pid=os.getpid(), versions=versions())
+        info = update_info(run_dir, pid=os.getpid(), session=trainer.session, versions=versions())
         trainer.commands.on_force = signals.force
         server = ControlServer(run_dir, trainer.commands, warn=lambda text: log(Message("warning", text))).start()
         if handle_signals:
@@ -242,15 +291,37 @@ def _record_setup_failure(run_dir: Path, sinks: list[Sink], error: Exception, st
 
 
 def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
-    """End the process now, without saving (a second Ctrl+C, or the force command); record that first."""
+    """End the process now, without saving (a second Ctrl+C, or the force command); record that
+    first. In a distributed run this node's other ranks and the launcher go with it."""
     reason = "forced to exit without saving"
     finished = Finished("forced", reason, trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
     try:
         log(finished)
         _summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
         sys.stdout.flush()
+        if trainer.ranks.distributed:
+            trainer.ranks.kill_local_peers()
+            launcher = int(os.environ.get(LAUNCHER_ENV, "0") or 0)
+            if launcher:
+                os.kill(launcher, signal.SIGKILL)
     finally:
         os._exit(EXIT_FORCED)
+
+
+def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: EventLog | None = None, started: float = 0.0) -> None:
+    """SIGTERM. Alone, or from a launcher ending the run: stop gracefully. From a launcher ending
+    the other ranks because one failed: record that rank's error (rank 0) and go at once, since
+    a collective with the failed rank would never return."""
+    peer = ranks.peer_failure() if ranks.distributed else None
+    if peer is None:
+        trainer.request_stop("terminated (SIGTERM)")
+        return
+    if run_dir is not None and log is not None:
+        log(Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", [])))
+        finished = Finished("failed", f"rank {peer['rank']} failed", trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
+        log(finished)
+        _summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
+    os._exit(EXIT_FAILED)
 
 
 # ---- from Python ---------------------------------------------------------------------------

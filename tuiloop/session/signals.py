@@ -19,9 +19,11 @@ class Signals:
     """SIGINT: first stops gracefully (checkpoint and summary), second forces; SIGTERM stops;
     SIGHUP is ignored, so a hung-up terminal does not end the run."""
 
-    def __init__(self, stop: Callable[[str], None], force: Callable[[], None]) -> None:
+    def __init__(self, stop: Callable[[str], None], force: Callable[[], None], terminate: Callable[[], None] | None = None) -> None:
+        """``terminate``: what SIGTERM does (default: stop gracefully)."""
         self.stop = stop
         self.force = force
+        self.terminate = terminate or (lambda: stop("terminated (SIGTERM)"))
         self.interrupts = 0
         self._previous: dict[int, Any] = {}
         self._old_wakeup = -1
@@ -60,7 +62,7 @@ class Signals:
 
     def _on(self, signum: int) -> None:
         if signum == signal.SIGTERM:
-            self.stop("terminated (SIGTERM)")
+            self.terminate()
         elif signum == signal.SIGINT:
             self.interrupts += 1
             if self.interrupts > 1:

@@ -6,6 +6,9 @@ open file, so the run is live without a gap. The spec travels on the worker's st
 must not touch spec.toml before it is known to work. A resumed worker first writes to a pipe
 its parent relays to the terminal; once the checkpoint is loaded it says so and switches its
 output to output.log.
+
+For a distributed run the process started is the launcher (:mod:`tuiloop.session.launch`),
+which runs torchrun; its ranks run :mod:`tuiloop.session.rank`.
 """
 
 from __future__ import annotations
@@ -19,27 +22,63 @@ from typing import IO
 
 from tuiloop.rundir.layout import OUTPUT
 from tuiloop.rundir.lock import RunLock
+from tuiloop.session.run import SESSION_ENV
 from tuiloop.spec import Spec
 from tuiloop.spec.dump import dump_toml
 
 READY = "\x00tuiloop: ready\n"
 
 
-def start(run_dir: Path, lock: RunLock, spec: Spec, resume: bool = False) -> subprocess.Popen:
-    """Start ``tuiloop _worker`` for ``run_dir``; the caller may close its copy of the lock after."""
-    cmd = [sys.executable, "-m", "tuiloop", "_worker", str(run_dir), "--lock-fd", str(lock.fd)] + (["--resume"] if resume else [])
-    payload = {"spec": dump_toml(spec.raw), "base_dir": str(spec.base_dir), "path": str(spec.path) if spec.path else None}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    out: IO[bytes] | int = subprocess.PIPE if resume else open(run_dir / OUTPUT, "ab")
+def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool = False, torchrun: list[str] | None = None, session: str = "", inherit_output: bool = False) -> subprocess.Popen:
+    """Start the training process for ``run_dir`` in its own session; the caller may close its
+    copy of the lock after. ``torchrun``: start the launcher of a distributed run with these
+    torchrun options (on a node that does not host rank 0, without a run directory or lock).
+    ``inherit_output``: print to this terminal (headless) instead of output.log."""
+    if torchrun is None:
+        assert run_dir is not None and lock is not None
+        cmd = [sys.executable, "-m", "tuiloop", "_worker", str(run_dir), "--lock-fd", str(lock.fd)]
+    else:
+        cmd = [sys.executable, "-m", "tuiloop", "_launch"] + ([str(run_dir)] if run_dir else []) + (["--lock-fd", str(lock.fd)] if lock else [])
+    cmd += ["--resume"] if resume else []
+    cmd += ["--report-ready"] if resume and torchrun is not None and not inherit_output else []
+    cmd += ["--", *torchrun] if torchrun is not None else []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SESSION_ENV: session or os.environ.get(SESSION_ENV, "")}
+    if resume and not inherit_output:
+        out: IO[bytes] | int | None = subprocess.PIPE
+    elif inherit_output or run_dir is None:
+        out = None
+    else:
+        out = open(run_dir / OUTPUT, "ab")
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, pass_fds=(lock.fd,), start_new_session=True, env=env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT if out is not None else None, pass_fds=(lock.fd,) if lock else (), start_new_session=True, env=env)
     finally:
-        if not isinstance(out, int):
+        if out is not None and not isinstance(out, int):
             out.close()
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(payload).encode())
+    proc.stdin.write(json.dumps(spec_payload(spec)).encode())
     proc.stdin.close()
     return proc
+
+
+def spec_payload(spec: Spec) -> dict[str, str | None]:
+    """A spec as the training process receives it (and parses it back with :func:`read_spec`)."""
+    return {"spec": dump_toml(spec.raw), "base_dir": str(spec.base_dir), "path": str(spec.path) if spec.path else None}
+
+
+def read_spec(payload: dict[str, str | None]) -> Spec:
+    from tuiloop.spec.load import parse_spec
+
+    return parse_spec(payload["spec"] or "", path=Path(payload["path"]) if payload.get("path") else None, base_dir=Path(payload["base_dir"] or "."))
+
+
+def switch_output_to_log(run_dir: Path) -> None:
+    """Say READY on the pipe the parent reads, then send this process's output to output.log."""
+    sys.stdout.write(READY)
+    sys.stdout.flush()
+    out = os.open(run_dir / OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
 
 
 def wait_ready(proc: subprocess.Popen, echo: IO[str]) -> bool:
@@ -60,29 +99,18 @@ def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     """The worker process: read the spec from stdin and train."""
     from tuiloop.engine.plain import PlainSink
     from tuiloop.session.run import execute
-    from tuiloop.spec.load import parse_spec
 
-    payload = json.loads(sys.stdin.buffer.read())
-    _stdin_from_devnull()
-    path = Path(payload["path"]) if payload.get("path") else None
-    spec = parse_spec(payload["spec"], path=path, base_dir=Path(payload["base_dir"]))
+    spec = read_spec(json.loads(sys.stdin.buffer.read()))
+    stdin_from_devnull()
+    lock = RunLock.adopt(run_dir, lock_fd)
     if not resume:
-        code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock_fd=lock_fd)
+        code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)
         return code
-
-    def ready() -> None:
-        sys.stdout.write(READY)
-        sys.stdout.flush()
-        out = os.open(run_dir / OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-
-    code, _ = execute(spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock_fd=lock_fd, on_ready=ready)
+    code, _ = execute(spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir))
     return code
 
 
-def _stdin_from_devnull() -> None:
+def stdin_from_devnull() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

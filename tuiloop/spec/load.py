@@ -212,6 +212,9 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     for key in ("epochs", "val_every"):
         if run[key] < 1:
             raise SpecError(f"{where}, [run] {key}", f"must be at least 1, got {run[key]}", f"Set {key} = 1 or more.")
+    nproc = run["nproc_per_node"]
+    if (isinstance(nproc, str) and nproc != "auto") or (isinstance(nproc, int) and nproc < 1):
+        raise SpecError(f"{where}, [run] nproc_per_node", f"must be a number of processes (1 or more) or \"auto\", got {nproc!r}", 'For example nproc_per_node = 4, or "auto" for one per visible GPU.')
     if run["log_interval"] <= 0:
         raise SpecError(f"{where}, [run] log_interval", "must be a positive number of seconds", "For example log_interval = 0.25.")
 

@@ -22,6 +22,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "epochs": (int, 10),
         "val_every": (int, 1),
         "log_interval": (NUMBER, 0.25),
+        "nproc_per_node": ((int, str), 1),  # processes per machine (torchrun); "auto": every visible GPU
     },
     "model": {"target": (str, REQUIRED)},
     "data": {
@@ -112,6 +113,7 @@ class RunSpec:
     epochs: int
     val_every: int
     log_interval: float
+    nproc_per_node: int | str = 1
 
 
 @dataclass

@@ -98,7 +98,7 @@ class MonitorApp(App[str]):
         run_dir: str = "",
         read_only: bool = False,
         exit_on_finish: bool = False,
-        expect_pid: int | None = None,
+        expect_session: str | None = None,
         attached: bool = False,
     ) -> None:
         super().__init__()
@@ -108,7 +108,7 @@ class MonitorApp(App[str]):
         self.exit_on_finish = exit_on_finish
         # A monitor opened with ``attach`` watches someone's run: Ctrl+C there leaves, it never stops the run.
         self.attached = attached
-        self.model = MonitorModel(run_dir, expect_pid=expect_pid)
+        self.model = MonitorModel(run_dir, expect_session=expect_session)
         self.show_raw = True
         self.log_y = False
         self.stop_sent = False

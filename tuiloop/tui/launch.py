@@ -12,7 +12,7 @@ from tuiloop.rundir.state import run_state
 EXIT_FORCED = 130
 
 
-def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False, attached: bool = False) -> int:
+def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False, attached: bool = False, session: str | None = None) -> int:
     """Run the monitor on a run directory until the user leaves; return the exit status.
 
     0: the run completed, early-stopped or was stopped, or the user left it running;
@@ -31,7 +31,7 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
         run_dir=str(run_dir),
         read_only=read_only,
         exit_on_finish=exit_on_finish,
-        expect_pid=_training_pid(run_dir, proc),
+        expect_session=session or _live_session(run_dir),
         attached=attached,
     )
     how = app.run()
@@ -61,13 +61,10 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
     return model.exit_status()
 
 
-def _training_pid(run_dir: Path, proc: subprocess.Popen | None) -> int | None:
-    """The process whose run this view follows (a resumed run's log also holds earlier sessions)."""
-    if proc is not None:
-        return proc.pid
+def _live_session(run_dir: Path) -> str | None:
+    """The start of a live run this view follows (a resumed run's log also holds earlier sessions)."""
     st = run_state(run_dir)
-    pid = int(st.info.get("pid") or 0) if st.live else 0
-    return pid or None
+    return (st.info.get("session") or None) if st.live else None
 
 
 def _wait_for_the_end(run_dir: Path, proc: subprocess.Popen | None, over: bool) -> None:

@@ -73,11 +73,11 @@ class MetricStat:
 class MonitorModel:
     """What the monitor shows about one run, rebuilt from its events."""
 
-    def __init__(self, run_dir: str = "", resolution: int = 512, expect_pid: int | None = None) -> None:
+    def __init__(self, run_dir: str = "", resolution: int = 512, expect_session: str | None = None) -> None:
         self.run_dir = run_dir
-        # The training process we follow. A resumed run's log starts with its earlier sessions;
-        # their ending must not end this view before the new process announces itself.
-        self.expect_pid = expect_pid
+        # The start of the run we follow. A resumed run's log starts with its earlier sessions;
+        # their ending must not end this view before the new one announces itself.
+        self.expect_session = expect_session
         self.started: RunStarted | None = None
         self.state = "starting"
         self.state_reason = ""
@@ -244,7 +244,7 @@ class MonitorModel:
 
     def _earlier_session(self) -> bool:
         """True while the events read are those of a session before the process we follow."""
-        return self.expect_pid is not None and self.started is not None and self.started.pid != self.expect_pid
+        return bool(self.expect_session) and self.started is not None and self.started.session != self.expect_session
 
     def _on_failed(self, ev: Failed) -> None:
         if self._earlier_session() and ev.where != "setup":  # a setup failure is always the new process's

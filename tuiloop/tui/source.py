@@ -57,10 +57,13 @@ class RunSource:
         return self.proc.returncode if self.proc is not None else None
 
     def kill(self) -> bool:
-        """SIGKILL the training process if we started it (a forced exit it could not be told about)."""
+        """SIGKILL the training process if we started it, and what it started (a forced exit it
+        could not be told about)."""
+        from tuiloop.session.processes import kill_tree
+
         if self.proc is None or self.proc.poll() is not None:
             return False
-        self.proc.kill()
+        kill_tree(self.proc.pid)
         return True
 
 

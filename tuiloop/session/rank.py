@@ -1,0 +1,99 @@
+"""One rank of a distributed run: started by tuiloop's launcher (torchrun), or by one the user runs
+(``torchrun ... -m tuiloop run SPEC --headless``, SLURM's ``srun``), which tuiloop joins.
+
+Rank 0 owns the run directory (event log, checkpoints, summary, control socket) and tells the
+other ranks where it is. Every rank's own output (what the user's code prints, warnings, errors)
+goes to ``ranks/rank-N.log`` in it; rank 0's plain progress lines go where the launcher's
+output goes (the terminal, or output.log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO
+
+from tuiloop.engine.distributed import Ranks
+from tuiloop.engine.plain import PlainSink
+from tuiloop.rundir.lock import RunLock
+from tuiloop.session.run import EXIT_FAILED, EXIT_SPEC, execute, follow, lock_for_resume, new_run_dir
+from tuiloop.spec import Spec, SpecError
+
+RANKS_DIR = "ranks"
+
+
+def under_a_launcher() -> bool:
+    """True in a process that torchrun or srun started as one rank of several."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return True
+    return "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def main(resume: bool) -> int:
+    """``tuiloop _rank``: a rank tuiloop's launcher started (the spec and run directory in its environment)."""
+    from tuiloop.session.launch import RUN_DIR_ENV, SPEC_FILE_ENV
+    from tuiloop.session.worker import read_spec
+
+    spec = read_spec(json.loads(Path(os.environ[SPEC_FILE_ENV]).read_text(encoding="utf-8")))
+    run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None
+    return run_rank(spec, run_dir, resume, launched=True)
+
+
+def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = False) -> int:
+    """Train as this process's rank; returns its exit status (it ends the process quickly after)."""
+    ranks = Ranks.from_env()
+    lock = None
+    code = EXIT_FAILED
+    try:
+        if ranks.is_main:
+            if launched:  # the launcher holds the lock; on node 0 it knows the run directory
+                lock = RunLock.held_elsewhere(run_dir) if run_dir else None
+            elif resume:
+                assert run_dir is not None
+                lock = lock_for_resume(run_dir)
+            else:
+                run_dir, lock = new_run_dir(spec)
+        run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
+        ranks.log_dir = run_dir / RANKS_DIR
+        ranks.log_dir.mkdir(mode=0o700, exist_ok=True)
+        plain = _redirect_output(ranks.log_dir / f"rank-{ranks.rank}.log")
+        if ranks.is_main:
+            sinks = [PlainSink(plain)]
+            if resume:
+                code, _ = execute(spec, resume=run_dir, sinks=sinks, lock=lock, ranks=ranks)
+            else:
+                code, _ = execute(spec, run_dir=run_dir, sinks=sinks, lock=lock, ranks=ranks)
+        else:
+            code = follow(spec, run_dir if resume else None, ranks)
+    except SpecError as e:  # a resume that cannot go on, found by rank 0
+        print(f"tuiloop: error: {e}", file=sys.__stderr__, flush=True)
+        code = EXIT_SPEC
+    except Exception as e:  # a rank's set-up failed: leave the error for rank 0, end quickly
+        import traceback
+
+        from tuiloop.engine.origin import describe_where, format_frames, user_frames
+
+        ranks.report_failure({"error": f"{type(e).__name__}: {e}", "where": describe_where(e, "setup", 0, 0), "traceback": traceback.format_exc(), "user_frames": format_frames(user_frames(e))})
+        traceback.print_exc()
+        code = EXIT_FAILED
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code == 0:
+        ranks.close()
+    os._exit(code)  # no waiting on a process group whose other members may be gone
+
+
+def _redirect_output(path: Path) -> IO[str]:
+    """Send this process's stdout and stderr to ``path``; return a stream to where stdout went before."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    before = os.dup(1)
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return os.fdopen(before, "w", buffering=1, encoding="utf-8", errors="replace")
