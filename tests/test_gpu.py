@@ -146,3 +146,24 @@ def test_pinned_memory_and_non_blocking_copies(workdir: Path, monkeypatch: pytes
     assert loader.non_blocking and loader._loader.pin_memory
     x, y = next(iter(loader.epoch(0)))
     assert x.is_cuda and y.is_cuda
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_with_nccl(workdir: Path) -> None:
+    """``--nproc-per-node 2`` on a box with two GPUs: one process per GPU, NCCL, rank 0's metrics
+    equal to one process's on the same weights."""
+    from conftest import only_run, run_cli
+    from runs_support import events, summary
+
+    done = run_cli("run", write_spec(workdir, run={"epochs": 3, "device": "auto"}), "--headless", "--nproc-per-node", "2", cwd=workdir, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = only_run(workdir / "runs")
+    (started,) = [e for e in events(run_dir) if e["event"] == "run_started"]
+    assert (started["world_size"], started["backend"]) == (2, "nccl") and started["device"].startswith("cuda")
+    model = tiny.MLP()
+    model.load_state_dict(load_ckpt(run_dir / "checkpoints" / "last.pt")["model_state_dict"])
+    x, y = tiny.classes()[1].tensors
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    val = [e for e in events(run_dir) if e["event"] == "validated"][-1]["metrics"]["val_loss"]
+    assert val == pytest.approx(loss, rel=1e-4) and summary(run_dir)["status"] == "completed"

@@ -359,3 +359,9 @@ def test_a_manual_save_keeps_its_log_line_when_best_and_last_follow_at_the_same_
     assert "manual-step0000008.pt" in texts[0]
     assert "best.pt" in texts[1] and texts[1].endswith("+ last.pt")
     assert "last.pt  epoch 3" in texts[2] and m.log[-1].repeat == 2
+
+
+def test_the_title_says_how_many_processes_train() -> None:
+    m = MonitorModel()
+    m.apply(started(world_size=4, backend="nccl", device_name="cuda:0 (NVIDIA H100)", nodes=["gpu1"]))
+    assert "cuda:0 (NVIDIA H100) x4 (nccl)" in panels.title_text(m, 120).plain

@@ -67,7 +67,8 @@ def title_text(model: MonitorModel, width: int, read_only: bool = False) -> Text
     pieces = [Text("tuiloop", style="bold"), state_badge(model)]
     pieces.append(Text(model.run_name or "(waiting for the run to start)", style="bold"))
     if s is not None:
-        device = s.device_name + (f"  {model.gpu_memory}" if model.gpu_memory else "")
+        processes = f" x{s.world_size} ({s.backend})" if s.world_size > 1 else ""
+        device = s.device_name + processes + (f"  {model.gpu_memory}" if model.gpu_memory else "")
         pieces.append(Text(device, style="magenta"))
         problem = f" · {s.problem}" if s.problem != "unknown" else ""
         pieces.append(Text(f"{s.num_params:,} params{problem}", style="dim"))
