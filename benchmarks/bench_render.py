@@ -10,6 +10,9 @@ Part 1 (``--frames``) fills the monitor's model with 1e3, 1e5 and 1e6 logged tra
           layout, compositing and output (``_redraw(force=True)`` then ``pilot.pause()``), as CPU time
           of the process (the pause's idle wait is not counted).
 
+Part 3 (``--idle``) pauses a real run from its monitor (tmux, 120x40) and measures the monitor
+process's CPU time while nothing happens: an idle monitor must cost under 2% of a core.
+
 Part 2 (``--training``) trains bench_engine's small-MLP workload (the same spec it uses) with
 ``tuiloop run SPEC --headless`` and with ``tuiloop run SPEC --exit-on-finish`` in a real
 terminal (tmux, 120x40, the live monitor drawing), alternating, several rounds; epoch times
@@ -19,6 +22,7 @@ medians and live/headless.
     python benchmarks/bench_render.py                 # both parts
     python benchmarks/bench_render.py --frames
     python benchmarks/bench_render.py --training --rounds 5 --epochs 12
+    python benchmarks/bench_render.py --idle --rounds 3
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from tuiloop.engine.events import CheckpointSaved, EarlyStopUpdate, Event, RunStarted, TrainSteps, Validated  # noqa: E402
+from tuiloop.engine.events import CheckpointSaved, EarlyStopUpdate, Event, RunStarted, SystemSample, TrainSteps, Validated  # noqa: E402
 
 SIZES = (1_000, 100_000, 1_000_000)
 SPE = 100  # steps per epoch in the synthetic run
@@ -67,6 +71,9 @@ def synthetic_events(steps: int) -> list[Event]:
         out.append(Validated(e, first + SPE - 1, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 0.01, time=t))
         out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else 1, 50, False, time=t))
         out.append(CheckpointSaved("last", "checkpoints/last.pt", e, first + SPE - 1, val, "val_loss", time=t))
+        if e % 2 == 0:  # the system pane: two GPUs sampled every 2 s
+            gpus = [{"index": i, "name": "NVIDIA H100 80GB HBM3", "util": 90 + i, "mem_used": 60 << 30, "mem_total": 80 << 30, "temp": 60, "power_w": 300.0} for i in range(2)]
+            out.append(SystemSample(25.0, 40 << 30, 128 << 30, 6 << 30, 100.0, 50 << 30, gpus, time=t))
     return out
 
 
@@ -89,6 +96,9 @@ class _Preloaded:
     def problems(self) -> list[str]:
         return []
 
+    def follow(self, proc: object) -> None:
+        pass
+
 
 def view_frame(model, plot_w: int = 70, plot_h: int = 20) -> None:  # type: ignore[no-untyped-def]
     """What one redraw computes at 120x40: both plots and every panel."""
@@ -104,8 +114,9 @@ def view_frame(model, plot_w: int = 70, plot_h: int = 20) -> None:  # type: igno
     panels.metrics_text(model, 40)
     panels.early_stop_text(model, 40)
     panels.lr_text(model, 40)
-    panels.log_text(model, 8, 118)
+    panels.log_since(model, max(model.log_count - 8, 0))
     panels.health_text(model, 70)
+    panels.system_text(model, 40)
 
 
 async def textual_frames(steps: int, frames: int) -> list[float]:
@@ -121,7 +132,8 @@ async def textual_frames(steps: int, frames: int) -> list[float]:
         gc.collect()  # the events are read and gone, as in a live monitor
         times = []
         for _ in range(frames):
-            app.model.version += 1  # as if new events came in: everything is drawn again
+            app.model.version += 1  # as if new steps came in: everything is drawn again
+            app.model.plot_version += 1
             started = time.process_time()  # CPU time: pilot.pause() also idles ~20 ms, which is not work
             app._redraw(force=True)
             await pilot.pause()
@@ -221,10 +233,64 @@ def training_part(args: argparse.Namespace) -> None:
     print(f"  ratio live/headless: {v / h:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.05)")
 
 
+# ---- part 3: an idle monitor --------------------------------------------------------------------
+def _tmux(sock: str, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True).stdout
+
+
+def _wait_screen(sock: str, needle: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in _tmux(sock, "capture-pane", "-p"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{needle!r} never showed:\n{_tmux(sock, 'capture-pane', '-p')}")
+        time.sleep(0.2)
+
+
+def idle_part(args: argparse.Namespace) -> None:
+    """A real run paused from its monitor (tmux, 120x40): the monitor process's CPU over a while."""
+    import bench_engine
+    import psutil
+
+    if shutil.which("tmux") is None:
+        print("part 3: skipped (needs tmux)")
+        return
+    print(f"part 3: an idle monitor: a real run paused with p, the monitor's CPU time over {args.idle_s:.0f} s, {args.rounds} rounds")
+    shares = []
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+            workdir = Path(tmp)
+            spec = bench_engine.write_spec(argparse.Namespace(**{**vars(args), "epochs": 100_000}), workdir)
+            sock = f"tuiloop-bench-{uuid.uuid4().hex[:8]}"
+            cmd = f"env OMP_NUM_THREADS=1 TERM=xterm-256color {sys.executable} -m tuiloop run {spec}; sleep 600"
+            subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(workdir), cmd], check=True)
+            try:
+                _wait_screen(sock, "val_acc")
+                _tmux(sock, "send-keys", "p")
+                _wait_screen(sock, "PAUSED")
+                time.sleep(2.0)  # the pause settles: the last frames are drawn
+                shell = psutil.Process(int(_tmux(sock, "display-message", "-p", "#{pane_pid}").strip()))
+                (monitor,) = [p for p in shell.children(recursive=True) if " run " in " ".join(p.cmdline()) and "tuiloop" in " ".join(p.cmdline())]
+                before, t0 = monitor.cpu_times(), time.monotonic()
+                time.sleep(args.idle_s)
+                after, t1 = monitor.cpu_times(), time.monotonic()
+                share = (after.user + after.system - before.user - before.system) / (t1 - t0)
+                shares.append(share)
+                print(f"  round {r + 1}: the monitor used {share * 100:.2f}% of a core while the run was paused", flush=True)
+            finally:
+                _tmux(sock, "send-keys", "C-c")
+                time.sleep(1.0)
+                _tmux(sock, "send-keys", "C-c")
+                time.sleep(1.0)
+                _tmux(sock, "kill-server")
+    print(f"  median: {statistics.median(shares) * 100:.2f}% of a core (target < 2%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", dest="only_frames", action="store_true", help="only part 1")
     parser.add_argument("--training", dest="only_training", action="store_true", help="only part 2")
+    parser.add_argument("--idle", dest="only_idle", action="store_true", help="only part 3")
+    parser.add_argument("--idle-seconds", dest="idle_s", type=float, default=30.0, help="how long part 3 measures each round (default 30)")
     parser.add_argument("--frame-count", dest="frames", type=int, default=30, help="frames timed per run length (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in part 2 (default 3)")
     parser.add_argument("--epochs", type=int, default=100, help="epochs per run in part 2 (default 100: long enough for the monitor to draw all along)")
@@ -234,10 +300,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)")
-    if not args.only_training:
+    only = args.only_frames or args.only_training or args.only_idle
+    if args.only_frames or not only:
         frames_part(args)
-    if not args.only_frames:
+    if args.only_training or not only:
         training_part(args)
+    if args.only_idle or not only:
+        idle_part(args)
 
 
 if __name__ == "__main__":

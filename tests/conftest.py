@@ -18,6 +18,11 @@ DEMOS = REPO / "demos"
 
 sys.path.insert(0, str(FIXTURES))  # tests import tiny directly for the Python API
 
+# A run samples the machine's load every 2 s into its log; a test that lists a log's events
+# exactly would meet those samples at random. Off here (the commands run inherit it), unless a
+# test turns it on: tests/test_system.py does.
+os.environ.setdefault("TUILOOP_SYSTEM_INTERVAL", "0")
+
 # A small multi-class run: 120 training samples, batch 16 -> 8 steps per epoch.
 BASE_SPEC: dict[str, dict[str, Any]] = {
     "run": {"name": "tiny", "seed": 0, "device": "cpu", "epochs": 3, "log_interval": 0.05},

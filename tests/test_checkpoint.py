@@ -233,7 +233,7 @@ target = "CrossEntropyLoss"
 [optimizer]
 target = "Adam"
 lr = 0.01
-"""
+""".replace('out_dir = "runs"', f'out_dir = "{workdir / "runs"}"')  # not the current directory
     (workdir / "spec.toml").write_text(text, encoding="utf-8")
     code, run_dir = run_spec(workdir / "spec.toml")
     assert code == 0

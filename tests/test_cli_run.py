@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -112,7 +113,7 @@ def test_stop_mid_epoch_over_the_control_socket_then_resume(workdir: Path) -> No
     finally:
         proc.kill()
     assert code == 0, err
-    assert "state: stopping (stopped by request)" in out
+    assert re.search(r"state: stopping at step \d+ \(stopped by request\), \d\d:\d\d:\d\d", out), out
     summary = read_json(run_dir / "summary.json")
     assert summary is not None and summary["status"] == "stopped"
     assert not (run_dir / "control.sock").exists()

@@ -167,3 +167,22 @@ def test_two_gpus_with_nccl(workdir: Path) -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y).item()
     val = [e for e in events(run_dir) if e["event"] == "validated"][-1]["metrics"]["val_loss"]
     assert val == pytest.approx(loss, rel=1e-4) and summary(run_dir)["status"] == "completed"
+
+
+def test_system_samples_on_cuda(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampler on a real GPU: one entry per visible device from NVML, and torch's peak memory."""
+    from tuiloop.engine.events import SystemSample
+    from tuiloop.rundir.eventlog import read_events
+    from tuiloop.session.system import INTERVAL_ENV
+
+    monkeypatch.setenv(INTERVAL_ENV, "0.05")
+    code, events, run_dir = train(workdir, "run.epochs=30")
+    assert code == 0, of(events, Failed)
+    samples = of(read_events(run_dir)[0], SystemSample)
+    assert samples, "no system_sample in events.jsonl"
+    last = samples[-1]
+    assert len(last.gpus) == torch.cuda.device_count()
+    for gpu in last.gpus:
+        assert gpu["mem_total"] > 0 and gpu["mem_used"] > 0 and gpu["name"] and 0 <= gpu["util"] <= 100
+    assert any((s.torch_peak_bytes or 0) > 0 for s in samples)
+    assert last.torch_peak_bytes <= max(g["mem_used"] for g in last.gpus)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,11 +37,23 @@ def check_trainer(namespace: dict, out: str, tmp_path: Path) -> None:
     assert {"run.json", "events.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
 
 
+def check_track(namespace: dict, out: str, tmp_path: Path) -> None:
+    assert out.rstrip().splitlines()[-1].startswith("completed "), out[-2000:]
+    run_dir = tmp_path / "runs" / "my-loop"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"], summary["steps"]) == ("completed", 5, 65)
+    assert json.loads((run_dir / "run.json").read_text())["config"] == {"lr": 1e-3, "batch_size": 32}
+    assert (run_dir / "checkpoints" / "best.pt").is_file() and not (run_dir / "control.sock").exists()
+    kinds = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert kinds[0] == "run_started" and kinds.count("validated") == 5 and kinds[-1] == "finished"
+
+
 # Each README block, told apart by a line only it has, and what running it must give.
 CHECKS = {
     'ckpt = torch.load("runs/digits-mlp-...': check_load_checkpoint,
     "code, run_dir = tuiloop.execute(spec": check_execute,
     "trainer = Trainer(": check_trainer,
+    'with tuiloop.track("runs/my-loop"': check_track,
 }
 
 
@@ -63,3 +76,13 @@ def test_readme_python_example_runs(marker: str, tmp_path: Path, monkeypatch: py
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(code, f"README.md python block {marker!r}", "exec"), namespace)
     CHECKS[marker](namespace, capsys.readouterr().out, tmp_path)
+
+
+def test_the_readme_lists_every_key_of_the_monitor() -> None:
+    """Each key the monitor binds (and its ``?`` list) has a row in the README's keys table."""
+    from tuiloop.tui.app import MonitorApp
+
+    table = README.read_text().split("| key | |", 1)[1].split("\n\n", 1)[0]
+    keys = {b.key_display or b.key for b in MonitorApp.BINDINGS if b.show}
+    missing = [k for k in keys if f"`{k}`" not in table]
+    assert not missing, f"keys missing from the README's table: {missing}"

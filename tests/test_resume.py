@@ -8,6 +8,7 @@ recorded; edits that would break the run are refused naming the key.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_a_failed_resume_leaves_the_run_directory_as_it_was(finished: Path, work
 def test_resume_with_new_settings_applies_and_records_them(finished: Path, workdir: Path) -> None:
     done = run_cli("run", "--resume", finished, "--headless", "--set", "optimizer.lr=0.5", "--set", "run.epochs=3", "--set", "optimizer.weight_decay=0.01", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert "optimizer.lr: 0.01 -> 0.5 (resume with new settings, step 16)" in done.stdout
+    assert re.search(r"optimizer\.lr: 0\.01 -> 0\.5 \(resume with new settings, step 16, \d\d:\d\d:\d\d\)", done.stdout), done.stdout
     assert "run.epochs: 3 -> 3" not in done.stdout and "run.epochs: 2 -> 3" in done.stdout
     log = events(finished)
     changed = {e["key"]: (e["old"], e["new"], e["step"]) for e in log if e["event"] == "setting_changed"}

@@ -44,9 +44,9 @@ def test_accumulating_4_batches_of_8_is_one_batch_of_32(workdir: Path, n: int) -
     """SGD, no batch-dependent layers, the same data order: the same weights up to float rounding,
     with the same optimizer steps (and a last, shorter group stepped, not dropped)."""
     common = dict(optimizer={"target": "SGD", "lr": 0.1}, data={"n": n}, scheduler={"target": "StepLR", "step_size": 1, "gamma": 0.97, "interval": "step"})
-    code, big_events, big = train(workdir, "run.epochs=3", "run.out_dir=big", "data.batch_size=32", **common)
+    code, big_events, big = train(workdir, "run.epochs=3", f"run.out_dir={workdir / 'big'}", "data.batch_size=32", **common)
     assert code == 0
-    code, acc_events, acc = train(workdir, "run.epochs=3", "run.out_dir=acc", "data.batch_size=8", "train.accumulate_grad_batches=4", **common)
+    code, acc_events, acc = train(workdir, "run.epochs=3", f"run.out_dir={workdir / 'acc'}", "data.batch_size=8", "train.accumulate_grad_batches=4", **common)
     assert code == 0
     a, b = weights(big), weights(acc)
     for key in a:

@@ -30,7 +30,7 @@ async def steer(run_dir: Path, proc) -> MonitorApp:  # type: ignore[no-untyped-d
     app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: last_step(run_dir) >= 16 and app.model.step >= 16, 90, "the run to train two epochs")
-        assert "RUNNING" in screen_text(app)
+        await wait_for(pilot, lambda: "RUNNING" in screen_text(app), 5, "RUNNING on screen (the next frame)")
 
         # p pauses: the loop waits at a step boundary and no step is logged while paused
         await pilot.press("p")

@@ -21,12 +21,11 @@ from tuiloop.engine.events import (
     TrainSteps,
     Validated,
 )
+from tuiloop.rundir.series import Downsampled, ema, reduce_to
 from tuiloop.tui import panels
 from tuiloop.tui.figures import loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.plot import nice_ticks, render_figure
-from tuiloop.tui.series import Downsampled, ema, reduce_to
-from tuiloop.tui.source import parse_compute_apps
 
 T0 = 1_000_000.0
 
@@ -110,7 +109,7 @@ def test_model_progress_best_metrics_early_stop_and_log() -> None:
     m.apply_all(epoch_events(3, T0 + 2.4, 0.35, False, counter=1))
     assert (m.epoch, m.epochs_done, m.step_in_epoch, m.step) == (3, 3, 8, 24)
     assert len(m.train) == 24 and m.train.last == (24, 1 / 24)
-    assert m.best_value == 0.30 and m.best_epoch == 2 and m.best_val_point == (16, 0.30)
+    assert m.best_value == 0.30 and m.best_epoch == 2 and m.best_point == (16, 0.30)
     assert m.metrics["val_loss"].best_epoch == 2
     assert m.metrics["val_loss"].best == 0.30 and m.metrics["val_loss"].last == 0.35
     assert m.metrics["val_acc"].higher_is_better and m.metrics["val_acc"].best == pytest.approx(0.70)
@@ -227,7 +226,7 @@ def test_panels_never_exceed_their_width(width: int) -> None:
         panels.metrics_text(m, width),
         panels.early_stop_text(m, width),
         panels.lr_text(m, width),
-        panels.log_text(m, 6, width),
+        panels.keys_text([("p", "Pause"), ("s", "Save"), ("q", "Stop")], width),
         panels.error_text(m, width, 8),
         panels.health_text(m, width),
     ]
@@ -311,8 +310,6 @@ def test_helpers() -> None:
     assert fmt.plural(1, "step") == "1 step" and fmt.plural(2, "step") == "2 steps" and fmt.plural(1024, "batch", "batches") == "1,024 batches"
     assert nice_ticks(0, 10, 6, integer=True) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.3, 1.0, 5) == [0.4, 0.6, 0.8, 1.0]
-    assert parse_compute_apps("123, 2048\n456, 100\n123, 512\n", 123) == 2560
-    assert parse_compute_apps("No running processes found\n", 123) is None
 
 
 def test_the_monitor_does_not_import_torch() -> None:

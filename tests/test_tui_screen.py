@@ -31,7 +31,7 @@ from tuiloop.engine.events import (
 from tuiloop.rundir.control import ControlError
 from tuiloop.tui.app import MonitorApp
 from tuiloop.tui.plot import PlotView
-from tuiloop.tui.widgets import ConfirmStop
+from tuiloop.tui.screens import Confirm
 
 T0 = 1_700_000_000.0
 
@@ -79,6 +79,10 @@ class FakeRun:
     def exit_code(self) -> int | None:
         return self.code
 
+    def follow(self, proc: object) -> None:  # a resumed run's new process
+        self.followed = proc
+        self.is_alive = True
+
     def kill(self) -> bool:
         self.killed = True
         self.is_alive = False
@@ -91,15 +95,16 @@ class FakeRun:
         return {"ok": True}
 
 
-def started() -> RunStarted:
-    return RunStarted(run_name="tiny-mlp", run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", device="cpu", device_name="cpu",
-                      epochs=10, steps_per_epoch=8, batch_size=16, train_size=120, val_size=40, problem="multiclass",
-                      metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss", mode="min", patience=3, num_params=1234, time=T0)
+def started(**kw: object) -> RunStarted:
+    fields: dict = dict(run_name="tiny-mlp", run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", device="cpu", device_name="cpu",
+                        epochs=10, steps_per_epoch=8, batch_size=16, train_size=120, val_size=40, problem="multiclass",
+                        metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss", mode="min", patience=3, num_params=1234, time=T0)
+    return RunStarted(**{**fields, **kw})
 
 
-def epochs(n: int) -> list[Event]:
+def epochs(n: int, **start: object) -> list[Event]:
     """``n`` epochs of a run that improves twice, then stalls (the early-stopping counter rises)."""
-    out: list[Event] = [started()]
+    out: list[Event] = [started(**start)]
     t = T0
     best = None
     for e in range(1, n + 1):
@@ -166,7 +171,7 @@ async def test_the_main_layout_shows_every_panel(size: tuple[int, int]) -> None:
                        "Early stopping", "2/3",  # the counter
                        "Learning rate", "lr 0.001",
                        "Log", "saved best", "targets look like one-hot rows",
-                       "Pause/resume", "Save now", "Stop", "Detach"):  # footer keys
+                       "p Pause", "s Save", "q Stop", "d Detach"):  # footer keys
             assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
         assert "◆" in screen  # the best point is marked in the plot
 
@@ -186,11 +191,11 @@ async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
         await pilot.resize_terminal(44, 12)  # tiny: squeezed, never broken
         await pilot.pause(0.4)
         tiny = screen_text(app).splitlines()
-        assert app.is_running and len(tiny) == 12 and tiny[-1].startswith(" p Pause")
+        assert app.is_running and len(tiny) == 12 and tiny[-1].startswith("p Pause")
     assert all(len(ln) <= 80 for ln in narrow.splitlines()) and len(narrow.splitlines()) == 24
     assert len(large.splitlines()) == 60
     for screen in (narrow, large):
-        assert "Metrics" in screen and "Early stopping" in screen and "Pause/resume" in screen and "val_acc" in screen
+        assert "Metrics" in screen and "Early stopping" in screen and "p Pause" in screen and "val_acc" in screen
 
 
 @run_async
@@ -317,7 +322,7 @@ async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
         await pilot.press("p", "s")
         await pilot.pause(0.2)
         assert not any("save requested" in e.text for e in app.model.log), "s did not act"
-        assert not isinstance(app.screen, ConfirmStop)
+        assert not isinstance(app.screen, Confirm)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="q to leave")
     assert run.sent == [] and app.return_value == "left" and app.model.state == "running"

@@ -24,7 +24,7 @@ def lines_of(screen: str) -> list[str]:
 def laid_out(screen: str, width: int, height: int) -> str | None:
     """The screen if the monitor has drawn it for this size: title on top, footer on the last row."""
     rows = lines_of(screen)
-    if len(rows) == height and all(len(r) <= width for r in rows) and "Pause/resume" in rows[-1] and "tuiloop" in rows[0]:
+    if len(rows) == height and all(len(r) <= width for r in rows) and "p Pause" in rows[-1] and "tuiloop" in rows[0]:
         return screen
     return None
 
@@ -38,7 +38,7 @@ def test_run_digits_live_keys_and_resize_in_a_real_terminal(workdir: Path, tmux:
     cmd = f"{TUILOOP} run {DIGITS} --set run.out_dir={out} --set run.epochs=5000 --set early_stopping.patience=5000"
     term = tmux.new("digits", cmd, width=80, height=24)
     needles = ("epoch", "samples/s", "ETA", "Loss", "━ train", "Metrics", "val_loss", "Early stopping",
-               "Learning rate", "lr ", "Log", "saved best", "p Pause/resume", "s Save now", "q Stop", "d Detach")
+               "Learning rate", "lr ", "Log", "saved best", "p Pause", "s Save", "q Stop", "d Detach")
     tmux.wait_for(term, r"val_acc\s+\d\.\d{4}", 90)  # a validation is on screen
     # A capture can catch a frame half-written; the full picture must follow within a few frames.
     last = ""

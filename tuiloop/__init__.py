@@ -20,6 +20,7 @@ _LAZY = {
     "Options": "tuiloop.engine.trainer",
     "Batches": "tuiloop.engine.batches",
     "MetricMonitor": "tuiloop.engine.monitor",
+    "track": "tuiloop.session.track",
 }
 
 __all__ = ["__version__", *_LAZY]

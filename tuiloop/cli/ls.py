@@ -11,7 +11,7 @@ from pathlib import Path
 from tuiloop.engine import fmt
 from tuiloop.rundir.catalog import RunRow, list_runs
 
-STATES = ("running", "paused", "finished", "early_stopped", "stopped", "failed", "forced", "crashed")
+STATES = ("running", "paused", "finished", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ examples:
   tuiloop attach                                the monitor on the newest live run in ./runs
   tuiloop ls                                    list the runs in ./runs
   tuiloop show ab12                             a past run, read-only (any unique part of its name)
+  tuiloop compare 1c2e ab12                     val_loss by epoch of several runs, and the spec values that differ
+  tuiloop export ab12 --format tensorboard      its scalars as TensorBoard event files (or --format csv)
 """
 
 
@@ -52,9 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("run", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs")
     v.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
+    e = sub.add_parser("export", help="write a run's steps and validations as CSV or TensorBoard event files (finished, crashed or live runs)")
+    e.add_argument("run", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs")
+    e.add_argument("--format", default="csv", metavar="csv|tensorboard", help="csv: one row per step and per validation; tensorboard: event files (needs tensorboardX); default: csv")
+    e.add_argument("-o", "--output", metavar="PATH", help="where to write (default: RUN_DIR/export.csv or RUN_DIR/tensorboard/); '-' writes the CSV to stdout")
+    e.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
+    c = sub.add_parser("compare", help="several runs on one screen: a metric by epoch, and the spec values that differ (without a terminal: a table)")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories, or unique parts of run names under ./runs")
+    c.add_argument("--metric", metavar="NAME", help="the metric shown first (default: val_loss); m shows the next")
+    c.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
     ls = sub.add_parser("ls", help="list runs: state, epochs, best metric, duration, start time")
     ls.add_argument("out_dir", nargs="?", type=Path, default=Path("runs"), metavar="OUT_DIR", help="the runs directory (default: ./runs)")
-    ls.add_argument("--state", metavar="STATE[,STATE]", help="only runs in these states: running, paused, finished, early_stopped, stopped, failed, forced, crashed")
+    ls.add_argument("--state", metavar="STATE[,STATE]", help="only runs in these states: running, paused, finished, early_stopped, stopped, suspended, failed, forced, crashed")
     ls.add_argument("--all", action="store_true", help="also list runs that failed before their first step (hidden by default)")
 
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
@@ -105,10 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.cli import views
 
             code = {"attach": views.cmd_attach, "show": views.cmd_show}[args.command](args)
+        elif args.command == "compare":
+            from tuiloop.cli.compare import cmd_compare
+
+            code = cmd_compare(args)
         elif args.command == "ls":
             from tuiloop.cli.ls import cmd_ls
 
             code = cmd_ls(args)
+        elif args.command == "export":
+            from tuiloop.cli.export import cmd_export
+
+            code = cmd_export(args)
         sys.stdout.flush()  # inside the try: a reader that went away is noticed here
         return code
     except SpecError as e:

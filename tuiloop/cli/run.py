@@ -84,19 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
     """torchrun's options when this run takes more than one process, else None."""
-    from tuiloop.session.launch import torchrun_args
+    from tuiloop.session.launch import processes_for, torchrun_args
 
-    nproc: Any = args.nproc_per_node or spec.run.nproc_per_node
-    if nproc == "auto":
-        import torch
-
-        nproc = max(torch.cuda.device_count(), 1)
-    try:
-        nproc = int(nproc)
-    except ValueError:
-        raise SpecError("--nproc-per-node", f"{nproc!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".') from None
-    if nproc < 1:
-        raise SpecError("--nproc-per-node", "must be at least 1")
+    nproc = processes_for(args.nproc_per_node or spec.run.nproc_per_node)
     if args.nnodes > 1 and not args.rdzv_endpoint:
         raise SpecError("--nnodes", f"{args.nnodes} machines need a place to meet", "Add --rdzv-endpoint HOST:PORT (node 0's address and a free port) and --node-rank R on each.")
     if not 0 <= args.node_rank < args.nnodes:

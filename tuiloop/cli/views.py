@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuiloop.engine.events import Event
 from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.state import RunState, run_state
@@ -29,6 +30,8 @@ def _when(ts: object) -> str:
 
 def not_live_message(run_dir: Path, st: RunState) -> str:
     """Why ``attach`` cannot open this run, and what to do instead."""
+    if st.state == "suspended":
+        return f"{run_dir} is suspended to disk (since {_when(st.summary.get('ended') if st.summary else None)}): no process runs it.\nContinue it where it stopped with: tuiloop run --resume {run_dir}"
     if st.summary is not None:
         reason = st.summary.get("reason") or st.state
         return f"{run_dir} is not live: it ended ({st.state}: {reason}) at {_when(st.summary.get('ended'))}.\nOpen it read-only with: tuiloop show {run_dir}"
@@ -84,10 +87,14 @@ def print_log(run_dir: Path) -> int:
     from tuiloop.engine.plain import PlainSink
 
     sink = PlainSink(sys.stdout, strict=True)
-    events, tail = read_events(run_dir)
+    # the saved series stand for the step lines and machine samples before them (print_system
+    # takes its digest); per-step lines print nothing here, so none is read
+    events, tail = read_events(run_dir, snapshot=True, skip=("train_steps",))
     for event in events:
-        sink(event)
+        if event.kind != "snapshot":
+            sink(event)
     sink.close()
+    print_system(events)
     if tail.skipped:
         print(f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / 'events.jsonl'} this version cannot read: {'; '.join(tail.problems[:3])}", file=sys.stderr)
     st = run_state(run_dir)
@@ -96,3 +103,14 @@ def print_log(run_dir: Path) -> int:
     elif st.live:
         print(f"still running: `tuiloop attach {run_dir}` follows it live")
     return 0
+
+
+def print_system(events: list[Event]) -> None:
+    """The machine's load over the run, from its SystemSample events: peak GPU memory and mean
+    utilisation per GPU, peak RSS, mean CPU, torch's peak (nothing if none was sampled)."""
+    from tuiloop.tui.model import MonitorModel
+
+    model = MonitorModel()
+    model.apply_all([e for e in events if e.kind in ("system_sample", "snapshot")])
+    for line in model.system_summary():
+        print(f"system: {line}")

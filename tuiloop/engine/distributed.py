@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # torch is imported where it is used: a session imports this module before it says "importing torch".
 
 # The slots of the agreement vector: each holds 0/1 (or a small count), merged by MAX.
-SLOTS = ("pause", "resume", "save", "stop", "flush", "next")
+SLOTS = ("pause", "resume", "save", "stop", "suspend", "stop_after_epoch", "lr_down", "lr_up", "flush", "next")
 SLOT = {name: i for i, name in enumerate(SLOTS)}
 AGREE_EVERY_S = 0.25  # aim: an agreement about this often, so a command acts within a second
 MAX_AGREE_STEPS = 10_000

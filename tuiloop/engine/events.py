@@ -163,11 +163,12 @@ class SettingChanged(Event):
 
 @dataclass(frozen=True)
 class StateChanged(Event):
-    """The run's state changed: running, paused or stopping."""
+    """The run's state changed: running, paused or stopping (``step``: the steps done when it did)."""
 
     kind: ClassVar[str] = "state"
     state: str
     reason: str = ""
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class Failed(Event):
 
 @dataclass(frozen=True)
 class Finished(Event):
-    """The run ended; ``status`` is completed, early_stopped, stopped or failed."""
+    """The run ended; ``status`` is completed, early_stopped, stopped, suspended, failed or forced."""
 
     kind: ClassVar[str] = "finished"
     status: str
@@ -203,6 +204,25 @@ class Finished(Event):
     best_epoch: int | None
     monitor: str | None
     wall_time_s: float
+
+
+@dataclass(frozen=True)
+class SystemSample(Event):
+    """The machine's load, sampled every few seconds off the training thread (rank 0 only).
+
+    Sizes are in bytes. ``gpus`` holds one dict per GPU the run can see: ``index`` (NVML's,
+    as nvidia-smi numbers them), ``name``, ``util`` (%), ``mem_used``, ``mem_total``, ``temp``
+    (°C) and ``power_w``; a value the GPU does not report is None. Empty without NVIDIA GPUs.
+    """
+
+    kind: ClassVar[str] = "system_sample"
+    cpu_percent: float  # the whole machine, all cores (0-100)
+    ram_used: int  # the machine's memory in use (total - available)
+    ram_total: int
+    rss: int  # resident memory of the training process
+    proc_cpu: float | None = None  # the training process's CPU %, per core (400 = four cores busy)
+    torch_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated on the run's device (None off CUDA)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -220,6 +240,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Message,
         Failed,
         Finished,
+        SystemSample,
     )
 }
 

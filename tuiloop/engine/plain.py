@@ -88,14 +88,15 @@ class PlainSink:
             self._print(f"run directory: {ev.run_dir}")
         elif isinstance(ev, LRChanged):
             self._print(f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)}")
-        elif isinstance(ev, SettingChanged):
-            self._print(f"{ev.key}: {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})")
+        elif isinstance(ev, SettingChanged):  # a key press or an edit at resume: when, and at which step
+            self._print(f"{ev.key}: {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step}, {_clock(ev.time)})")
         elif isinstance(ev, CheckpointSaved):
             if ev.tag != "last":
                 metric = f" ({ev.monitor} {fmt.value(ev.metric)})" if ev.metric is not None else ""
                 self._print(f"saved {ev.tag} checkpoint {ev.path}{metric}")
         elif isinstance(ev, StateChanged):
-            self._print(f"state: {ev.state}" + (f" ({ev.reason})" if ev.reason else ""))
+            at = f" at step {ev.step}" if ev.step else ""
+            self._print(f"state: {ev.state}{at}" + (f" ({ev.reason})" if ev.reason else "") + f", {_clock(ev.time)}")
         elif isinstance(ev, Message):
             self._print(f"{ev.level}: {ev.text}")
         elif isinstance(ev, Failed):
@@ -103,3 +104,7 @@ class PlainSink:
         elif isinstance(ev, Finished):
             best = f", best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}" if ev.best_value is not None and ev.best_epoch is not None else ""
             self._print(f"finished: {ev.status} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}, {ev.wall_time_s:.1f}s{best}")
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))

@@ -1,4 +1,5 @@
-"""How commands (pause, resume, save, stop) reach the loop, between optimizer steps.
+"""How commands reach the loop, between optimizer steps: pause, resume, save, stop, suspend (stop
+and free the machine, to be resumed later), stop after this epoch, halve or double the learning rate.
 
 A mixin of :class:`tuiloop.engine.trainer.Trainer`. A single process looks at its mailbox after
 every step. In a distributed run every rank must act at the same step, so the ranks agree
@@ -13,8 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tuiloop.engine.commands import LR_FACTORS
 from tuiloop.engine.distributed import SLOT, SLOTS, steps_between_agreements
-from tuiloop.engine.events import StateChanged
+from tuiloop.engine.events import SettingChanged, StateChanged
+from tuiloop.engine.lr import scale_lr
 
 PAUSED_AGREE_S = 0.5
 
@@ -42,19 +45,28 @@ class Steering:
         if cmd == "pause" and t.state == "running":
             t._flush()
             t.state = "paused"
-            t.emit(StateChanged("paused"))
+            t.emit(StateChanged("paused", step=t.step))
         elif cmd == "resume" and t.state == "paused":
             t.state = "running"
             t._last_flush_time = time.perf_counter()
             t._samples = 0
-            t.emit(StateChanged("running"))
+            t.emit(StateChanged("running", step=t.step))
         elif cmd == "save":
             t._flush()
             t.save("manual")
-        elif cmd == "stop" and t.state != "stopping":
+        elif cmd in ("stop", "suspend") and t.state != "stopping":
             t.state = "stopping"
-            t._stop_reason = t._stop_reason or "stopped by request"  # a signal set its own
-            t.emit(StateChanged("stopping", t._stop_reason))
+            t.suspending = cmd == "suspend"
+            default = "suspended to disk" if t.suspending else "stopped by request"
+            t._stop_reason = t._stop_reason or default  # a signal set its own
+            t.emit(StateChanged("stopping", t._stop_reason, step=t.step))
+        elif cmd == "stop_after_epoch":
+            t.stop_after_epoch = not t.stop_after_epoch
+            t.emit(SettingChanged("stop_after_epoch", not t.stop_after_epoch, t.stop_after_epoch, t.epoch + 1, t.step, "command"))
+        elif cmd in LR_FACTORS:
+            before = t.optimizer.param_groups[0]["lr"]
+            scale_lr(t.optimizer, t.scheduler, LR_FACTORS[cmd])
+            t.emit(SettingChanged("optimizer.lr", before, t.optimizer.param_groups[0]["lr"], t.epoch + 1, t.step, f"command {cmd}"))
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary (used by signal handlers)."""
@@ -76,10 +88,10 @@ class Steering:
             t._agreed_at, t._agreed_at_step = now, t.step
         decided = t.ranks.agree(flags, t.device)
         t._until_agree = max(1, decided[SLOT["next"]])
-        if decided[SLOT["flush"]] or decided[SLOT["save"]] or decided[SLOT["pause"]] or decided[SLOT["stop"]]:
+        if any(decided[SLOT[name]] for name in ("flush", "save", "pause", "stop", "suspend")):
             t._flush()
             t._next_flush = time.perf_counter() + t.opt.log_interval
-        for cmd in ("save", "stop", "pause"):
+        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "pause"):
             if decided[SLOT[cmd]]:
                 self._apply(cmd)
         while t.state == "paused":
@@ -90,7 +102,7 @@ class Steering:
         t: Any = self
         flags = self._flags(wait=PAUSED_AGREE_S if t.ranks.is_main else 0.0)
         decided = t.ranks.agree(flags, t.device)
-        for cmd in ("save", "stop", "resume"):
+        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "resume"):
             if decided[SLOT[cmd]]:
                 self._apply(cmd)
 

@@ -129,6 +129,8 @@ class Trainer(Saving, Steering):
         self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
         self.session = ""  # set by the session that runs it: tells this start of the run from earlier ones
         self.state = "running"
+        self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
+        self.stop_after_epoch = False
         self._stop_reason = ""
         self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
         self._norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
@@ -164,7 +166,7 @@ class Trainer(Saving, Steering):
                 where = "training"
                 self._train_epoch()
                 if self.state == "stopping":
-                    status, reason = "stopped", self._stop_reason or "stopped by request"
+                    status, reason = ("suspended" if self.suspending else "stopped"), self._stop_reason or "stopped by request"
                     break
                 where = "validation"
                 if (self.epoch + 1) % self.opt.val_every == 0:
@@ -180,9 +182,12 @@ class Trainer(Saving, Steering):
                     status = "early_stopped"
                     reason = f"{self.es.monitor} did not improve for {self.es.patience} checks"
                     break
+                if self.stop_after_epoch and self.epoch < self.opt.epochs:
+                    status, reason = "stopped", f"stopped after epoch {self.epoch}, as asked"
+                    break
             else:
                 self.batch_in_epoch = 0
-            if status == "stopped" and self.opt.save_last:
+            if status == "suspended" or (status == "stopped" and self.opt.save_last):
                 self.save("last")
         except NonFiniteLoss as e:
             status, reason = "failed", str(e).split(";")[0]  # the summary's reason: what happened, not the advice

@@ -1,6 +1,8 @@
 """The run directory: the durable truth every view is rebuilt from.
 
 ``layout`` names its files and writes run.json and summary.json; ``lock`` tells a live run from
-an ended one; ``eventlog`` writes and reads events.jsonl; ``control`` is the live run's command
+an ended one; ``eventlog`` writes and reads events.jsonl; ``digest`` is what its per-step and
+per-sample lines add up to (the plot series), which ``snapshot`` saves beside it as series.json
+so views of a long run start from that; ``control`` is the live run's command
 socket; ``state`` classifies a run; ``catalog`` finds and describes the runs under a folder.
 """

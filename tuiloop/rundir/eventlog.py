@@ -4,6 +4,11 @@ One JSON object per line, ``{"event": KIND, ...fields}``, written and flushed as
 happens, so a tail sees it at once and a killed process loses at most the line it was writing.
 Readers skip, and report, lines they cannot use: a line torn by a kill, an event type from a
 newer tuiloop, an event with a field missing.
+
+The writer also keeps what the per-step and per-sample lines add up to and saves it beside the
+log with where the other lines are (:mod:`tuiloop.rundir.snapshot`); a reader asked to
+(``snapshot=True``) starts from that, so opening a day-long run reads a few thousand lines, not
+a third of a million.
 """
 
 from __future__ import annotations
@@ -16,34 +21,100 @@ from pathlib import Path
 
 from tuiloop.engine.events import Event, event_from_dict
 from tuiloop.rundir.layout import EVENTS
+from tuiloop.rundir.snapshot import Snapshot, SnapshotLoaded, line_prefix, load_snapshot, read_snapshot, save_snapshot
 
-# Per-step loss lines are most of a long log; readers that only need their last one (ls) skip
-# the rest by this prefix. Every line starts with its kind: see Event.to_dict.
-_STEPS_PREFIX = b'{"event":"train_steps",'
+# Per-step loss lines and machine samples are most of a long log; readers that only need the
+# last of them (ls) skip the rest by these prefixes.
+_STEPS_PREFIX = line_prefix("train_steps")
+_SAMPLE_PREFIX = line_prefix("system_sample")
+SNAPSHOT_EVERY_S = 30.0  # the writer saves series.json this often (the run's own clock)
 
 
 class EventLog:
-    """Appends events to ``events.jsonl``; callable as an engine sink, safe from any thread."""
+    """Appends events to ``events.jsonl``; callable as an engine sink, safe from any thread.
 
-    def __init__(self, run_dir: Path) -> None:
+    It keeps the run's :class:`RunDigest` too and saves it (``series.json``) every
+    ``snapshot_every`` seconds of the events' own clock, at a ``finished`` event and on
+    ``close``; None keeps none. A log continued by a resumed run starts from the snapshot there
+    and reads only the lines after it (a log without one: all of it, once).
+    """
+
+    def __init__(self, run_dir: Path, snapshot_every: float | None = SNAPSHOT_EVERY_S) -> None:
+        self.run_dir = run_dir
         path = run_dir / EVENTS
         self._lock = threading.Lock()
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "ab")
         if _ends_mid_line(path):  # a killed process may have left half a line: end it
-            self._file.write("\n")
+            self._file.write(b"\n")
+            self._file.flush()
+        self._offset = self._file.tell()  # bytes in the log: where the next line goes
+        self._every = snapshot_every
+        self._snap = self._restore() if snapshot_every is not None else None
+        self._saved_at: float | None = None  # event time of the last save (at first: of the first event)
+        self._unsaved: bytes | None = None  # the last line written, if written since that save
+
+    def _restore(self) -> Snapshot | None:
+        """The snapshot of the log as it is: the one saved there, moved on by the lines after it."""
+        from tuiloop.rundir.digest import RunDigest
+
+        try:
+            snap = load_snapshot(self.run_dir)
+            if snap is None or snap.kinds != RunDigest.KINDS:  # none, or an older tuiloop's
+                snap = Snapshot(RunDigest())
+            with open(self.run_dir / EVENTS, "rb") as f:
+                f.seek(snap.offset)
+                for line in f:
+                    if snap.offset >= self._offset:
+                        break
+                    try:
+                        event: Event | None = decode(line)
+                    except ValueError:
+                        event = None  # readers skip it too
+                    snap.add(event, line)
+            return snap
+        except Exception:  # a cache must never stop a run; without it views read the whole log
+            return None
 
     def __call__(self, event: Event) -> None:
-        line = event.to_json() + "\n"
+        line = (event.to_json() + "\n").encode()
         with self._lock:
             if self._file.closed:
                 return
             self._file.write(line)
             self._file.flush()
+            self._offset += len(line)
             if event.kind == "finished":  # flushed lines survive a killed process; this, a lost machine
                 os.fsync(self._file.fileno())
+            if self._snap is not None:
+                self._keep(event, line)
+
+    def _keep(self, event: Event, line: bytes) -> None:
+        assert self._snap is not None and self._every is not None
+        try:
+            self._snap.add(event, line)
+        except Exception:  # as above: stop keeping it; the last snapshot saved still fits the log
+            self._snap = None
+            return
+        self._unsaved = line
+        if self._saved_at is None:
+            self._saved_at = event.time
+        if event.kind == "finished" or abs(event.time - self._saved_at) >= self._every:  # abs: a clock set back
+            self._save()
+
+    def _save(self) -> None:
+        if self._snap is None or self._unsaved is None:
+            return
+        try:
+            save_snapshot(self.run_dir, self._snap, self._unsaved)
+        except (OSError, ValueError, TypeError):
+            pass  # the older snapshot still fits the log; readers read more of it
+        self._saved_at, self._unsaved = self._snap.time, None
 
     def close(self) -> None:
+        """Save the snapshot (if events came since the last save) and close the log."""
         with self._lock:
+            if not self._file.closed:
+                self._save()
             self._file.close()
 
 
@@ -71,19 +142,31 @@ class EventTail:
 
     A line still being written (no trailing newline yet) waits for the next poll. Lines that
     cannot be used are skipped; ``problems`` collects why (the first few of them).
+
+    ``snapshot``: if the run has a snapshot that fits its log, the first poll returns the events
+    before its offset but those of the kinds it digested, then a :class:`SnapshotLoaded` that
+    stands for them (a :class:`~tuiloop.tui.model.MonitorModel` takes its digest in place of
+    what came before). ``skip``: kinds never returned (``show`` prints no per-step lines).
     """
 
     MAX_PROBLEMS = 20
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, snapshot: bool = False, skip: tuple[str, ...] = ()) -> None:
         self.path = run_dir / EVENTS
         self._offset = 0
         self._partial = b""
+        self._snapshot = snapshot
+        self._skip = tuple(line_prefix(kind) for kind in skip)
         self.lines = 0
         self.skipped = 0
         self.problems: list[str] = []
 
     def poll(self, max_bytes: int = 64 << 20) -> list[Event]:
+        if self._snapshot:
+            self._snapshot = False
+            snap = load_snapshot(self.path.parent)
+            if snap is not None:
+                return self._catch_up(snap)
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -95,23 +178,42 @@ class EventTail:
         self._offset += len(chunk)
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
-        events = []
-        for line in lines:
-            self.lines += 1
-            if not line.strip():
+        events: list[Event] = []
+        self._take(lines, self.lines + 1, events)
+        self.lines += len(lines)
+        return events
+
+    def _catch_up(self, snap: Snapshot) -> list[Event]:
+        """The lines the snapshot's ranges point to, then the snapshot; on from its offset."""
+        events: list[Event] = []
+        read = 0
+        with open(self.path, "rb") as f:
+            for start, end, first in snap.ranges:
+                f.seek(start)
+                lines = f.read(end - start).split(b"\n")[:-1]
+                self._take(lines, first, events)
+                read += len(lines)
+        self._offset, self.lines = snap.offset, snap.lines
+        events.append(SnapshotLoaded(snap.digest, snap.lines - read, time=snap.time))
+        return events
+
+    def _take(self, lines: list[bytes], first: int, events: list[Event]) -> None:
+        """Decode ``lines`` (numbered from ``first``) into ``events``, but those of the kinds in ``skip``."""
+        for n, line in enumerate(lines, first):
+            if not line.strip() or (self._skip and line.startswith(self._skip)):
                 continue
             try:
                 events.append(decode(line))
             except ValueError as e:
                 self.skipped += 1
                 if len(self.problems) < self.MAX_PROBLEMS:
-                    self.problems.append(f"line {self.lines}: {e}")
-        return events
+                    self.problems.append(f"line {n}: {e}")
 
 
-def read_events(run_dir: Path) -> tuple[list[Event], EventTail]:
-    """All events of a run, in order, and the reader (its ``problems`` say what was skipped)."""
-    tail = EventTail(run_dir)
+def read_events(run_dir: Path, snapshot: bool = False, skip: tuple[str, ...] = ()) -> tuple[list[Event], EventTail]:
+    """All events of a run, in order, and the reader (its ``problems`` say what was skipped);
+    ``snapshot`` and ``skip`` as for :class:`EventTail`."""
+    tail = EventTail(run_dir, snapshot=snapshot, skip=skip)
     out: list[Event] = []
     while batch := tail.poll():
         out.extend(batch)
@@ -132,46 +234,72 @@ class Progress:
 
 
 def scan(run_dir: Path) -> Progress:
-    """Epochs done, best so far and pause state, from the log; only the last step line is parsed."""
+    """Epochs done, best so far and pause state, from the log; of the step lines and the machine
+    samples only the last is parsed. A snapshot that fits the log says where the other lines are
+    before its offset, and what the rest there added up to."""
     p = Progress()
     last_steps: bytes | None = None
+    last_sample: bytes | None = None
     try:
         f = open(run_dir / EVENTS, "rb")
     except OSError:
         return p
     with f:
+        snap = read_snapshot(run_dir)
+        if snap is not None:
+            for start, end, _ in snap["ranges"]:
+                f.seek(start)
+                for line in f.read(end - start).splitlines():
+                    _scan_line(p, line)
+            digest = snap.get("digest")
+            _scan_steps(p, digest.get("epoch") if isinstance(digest, dict) else None, snap.get("time"))  # the epoch of the last step, or later
+            f.seek(snap["offset"])
         for line in f:
             if line.startswith(_STEPS_PREFIX):
                 last_steps = line
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if not isinstance(ev, dict):
-                continue
-            kind = ev.get("event")
-            p.last_time = ev.get("time", p.last_time)
-            try:
-                if kind == "run_started":
-                    p.epochs, p.monitor = ev.get("epochs"), ev.get("monitor")
-                    p.done = max(p.done, int(ev.get("start_epoch") or 0))
-                elif kind == "validated":
-                    p.done = max(p.done, int(ev["epoch"]))
-                    value = (ev.get("metrics") or {}).get(p.monitor or "")
-                    if ev.get("is_best") and value is not None:
-                        p.best, p.best_epoch = value, int(ev["epoch"])
-                elif kind == "checkpoint":
-                    p.done = max(p.done, int(ev.get("epoch") or 0))
-                elif kind == "state":
-                    p.paused = ev.get("state") == "paused"
-            except (KeyError, TypeError, ValueError):
-                continue  # a line this version does not understand
-    if last_steps is not None:
+            elif line.startswith(_SAMPLE_PREFIX):
+                last_sample = line
+            else:
+                _scan_line(p, line)
+    for line in (last_steps, last_sample):
         try:
-            ev = json.loads(last_steps)
-            p.done = max(p.done, int(ev["epoch"]) - 1)  # steps of epoch k: the epochs before k are done
-            p.last_time = max(p.last_time or 0.0, ev.get("time") or 0.0)
-        except (ValueError, KeyError, TypeError):
-            pass
+            ev = json.loads(line) if line is not None else None
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            _scan_steps(p, ev.get("epoch") if ev.get("event") == "train_steps" else None, ev.get("time"))
     return p
+
+
+def _scan_line(p: Progress, line: bytes) -> None:
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        return  # a line still being written
+    if not isinstance(ev, dict):
+        return
+    kind = ev.get("event")
+    p.last_time = ev.get("time", p.last_time)
+    try:
+        if kind == "run_started":
+            p.epochs, p.monitor = ev.get("epochs"), ev.get("monitor")
+            p.done = max(p.done, int(ev.get("start_epoch") or 0))
+        elif kind == "validated":
+            p.done = max(p.done, int(ev["epoch"]))
+            value = (ev.get("metrics") or {}).get(p.monitor or "")
+            if ev.get("is_best") and value is not None:
+                p.best, p.best_epoch = value, int(ev["epoch"])
+        elif kind == "checkpoint":
+            p.done = max(p.done, int(ev.get("epoch") or 0))
+        elif kind == "state":
+            p.paused = ev.get("state") == "paused"
+    except (KeyError, TypeError, ValueError):
+        pass  # a line this version does not understand
+
+
+def _scan_steps(p: Progress, epoch: object, time: object) -> None:
+    """Steps of epoch k were logged at ``time``: the epochs before k are done."""
+    if isinstance(epoch, int):
+        p.done = max(p.done, epoch - 1)
+    if isinstance(time, (int, float)):
+        p.last_time = max(p.last_time or 0.0, time)

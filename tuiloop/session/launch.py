@@ -21,6 +21,7 @@ from pathlib import Path
 from tuiloop.rundir.lock import RunLock
 from tuiloop.session.run import LAUNCHER_ENV
 from tuiloop.session.worker import read_spec, stdin_from_devnull, switch_output_to_log
+from tuiloop.spec import SpecError
 
 SPEC_FILE_ENV = "TUILOOP_SPEC_FILE"  # where the ranks read the spec (not the run directory: a resume may still fail)
 RUN_DIR_ENV = "TUILOOP_RUN_DIR"
@@ -62,6 +63,22 @@ def main(run_dir: Path | None, lock_fd: int | None, resume: bool, torchrun: list
             if lock is not None:
                 lock.release()
     return 0
+
+
+def processes_for(value: object, where: str = "--nproc-per-node") -> int:
+    """Processes per machine from ``--nproc-per-node`` or ``[run] nproc_per_node``: a number, or
+    "auto" for one per visible GPU."""
+    if value == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    try:
+        nproc = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise SpecError(where, f"{value!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".') from None
+    if nproc < 1:
+        raise SpecError(where, "must be at least 1")
+    return nproc
 
 
 def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None, rdzv_id: str | None = None) -> list[str]:

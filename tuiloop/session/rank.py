@@ -17,11 +17,10 @@ from typing import IO
 
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.plain import PlainSink
+from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
 from tuiloop.session.run import EXIT_FAILED, EXIT_SPEC, execute, follow, lock_for_resume, new_run_dir
 from tuiloop.spec import Spec, SpecError
-
-RANKS_DIR = "ranks"
 
 
 def under_a_launcher() -> bool:
@@ -57,7 +56,7 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
             else:
                 run_dir, lock = new_run_dir(spec)
         run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
-        ranks.log_dir = run_dir / RANKS_DIR
+        ranks.log_dir = run_dir / RANKS
         ranks.log_dir.mkdir(mode=0o700, exist_ok=True)
         plain = _redirect_output(ranks.log_dir / f"rank-{ranks.rank}.log")
         if ranks.is_main:

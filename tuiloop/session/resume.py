@@ -20,7 +20,7 @@ from tuiloop.spec.schema import KWARG_SECTIONS, SCHEMA
 
 # (section, key) pairs that may change; None as the key: every keyword argument of the target.
 MUTABLE: dict[str, set[str | None]] = {
-    "run": {"name", "out_dir", "device", "epochs", "val_every", "log_interval"},
+    "run": {"name", "out_dir", "device", "epochs", "val_every", "log_interval", "tensorboard"},
     "data": {"val_batch_size", "num_workers", "pin_memory", "persistent_workers", "multiprocessing_context"},
     "optimizer": {None},
     "scheduler": {None},

@@ -25,6 +25,7 @@ from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.session.signals import Signals
+from tuiloop.session.system import SystemSampler, interval_from_env
 from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
@@ -37,6 +38,7 @@ Sink = Callable[[Event], None]
 # ---- the run directory before training ----------------------------------------------------
 def new_run_dir(spec: Spec) -> tuple[Path, RunLock]:
     """Create a run directory for ``spec``, locked from its first instant, with spec.toml and run.json."""
+    _check_tensorboard(spec)  # the one need of the spec a background run would meet only after this
     run_dir = create_run_dir(Path(spec.run.out_dir), spec.run.name)
     lock = RunLock.acquire(run_dir)
     (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
@@ -57,11 +59,21 @@ def load_run_spec(run_dir: Path) -> Spec:
     from tuiloop.spec.load import parse_spec
 
     path = run_dir / SPEC
+    info = read_json(run_dir / RUN_INFO) or {}
+    if not path.is_file() and info.get("tracked"):
+        raise SpecError(f"--resume {run_dir}", "the run has no spec.toml: it was tracked from your own loop (tuiloop.track)", "Continue it in that loop: load your checkpoint and pass the same run directory to tuiloop.track.")
     if not path.is_file():
         raise SpecError(f"--resume {run_dir}", "the run has no spec.toml: it was started from Python", "Resume it from Python: build the same objects and call trainer.resume(RUN_DIR/checkpoints/last.pt).")
-    info = read_json(run_dir / RUN_INFO) or {}
     base = Path(info.get("spec_base_dir") or run_dir)
     return parse_spec(path.read_text(encoding="utf-8"), path=path, base_dir=base)
+
+
+def _check_tensorboard(spec: Spec) -> None:
+    """``[run] tensorboard = true`` without tensorboardX: a spec error before the run starts."""
+    if spec.run.tensorboard:
+        from tuiloop.session.tensorboard import check_spec
+
+        check_spec(spec)
 
 
 def _spec_origin(spec: Spec) -> dict[str, Any]:
@@ -104,7 +116,7 @@ def execute(
     if run_dir is None:
         trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
-        return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
+        return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals, spec.run.tensorboard)
     lock = lock or RunLock.acquire(run_dir)
     log = EventLog(run_dir)
     try:
@@ -114,7 +126,7 @@ def execute(
         log.close()
         lock.release()
         return (EXIT_SPEC if isinstance(e, SpecError) else EXIT_FAILED), run_dir
-    return _train(run_dir, lock, trainer, log, sinks, handle_signals)
+    return _train(run_dir, lock, trainer, log, sinks, handle_signals, spec.run.tensorboard)
 
 
 def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
@@ -162,7 +174,7 @@ def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, 
     update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec), **who())
     (run_dir / SUMMARY).unlink(missing_ok=True)
     remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
-    return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals)
+    return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals, spec.run.tensorboard)
 
 
 def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
@@ -195,6 +207,8 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
 
 
 def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> Any:
+    if ranks.is_main:
+        _check_tensorboard(spec)
     tell("importing torch")
     from tuiloop.session.build import build_trainer  # imports torch
 
@@ -214,8 +228,17 @@ def _tell(sinks: list[Sink]) -> Callable[[str], None]:
 
 
 # ---- training inside the run directory ------------------------------------------------------
-def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool) -> tuple[int, Path]:
-    finished = run_in(run_dir, lock, trainer, log, sinks, handle_signals)
+def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool, tensorboard: bool = False) -> tuple[int, Path]:
+    mirror = None
+    if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
+        from tuiloop.session.tensorboard import TensorBoardSink
+
+        mirror = TensorBoardSink(run_dir)
+    try:
+        finished = run_in(run_dir, lock, trainer, log, [*sinks, mirror] if mirror else sinks, handle_signals)
+    finally:
+        if mirror is not None:
+            mirror.close()
     return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), run_dir
 
 
@@ -226,10 +249,14 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
     started = time.time()
     server: ControlServer | None = None
     signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started), terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started))
+    # the machine's load (CPU, memory, each GPU) into the log every 2 s, from a thread of its own;
+    # only rank 0 gets here. Its gate starts it after RunStarted and stops it before Finished.
+    machine = SystemSampler(log, interval_from_env(), device=getattr(trainer, "device", None))
+    logged = machine.gate(log)
     try:
         trainer.run_dir = run_dir
         trainer.session = os.environ.get(SESSION_ENV) or uuid.uuid4().hex[:12]
-        trainer.subscribe(log)
+        trainer.subscribe(logged)
         for sink in sinks:
             trainer.subscribe(sink)
         info = update_info(run_dir, pid=os.getpid(), session=trainer.session, versions=versions())
@@ -238,22 +265,24 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
         if handle_signals:
             signals.install()
         finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
-        _summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
+        summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
         return finished
     except Exception as e:  # set-up inside the run directory failed (socket, signals, announcement)
         return _record_setup_failure(run_dir, [log, *sinks], e, started)
     finally:
+        machine.stop()
         if server is not None:
             server.close()
         signals.restore()
-        for sink in (log, *sinks):  # a Trainer run again later must not write into a closed log
+        for sink in (logged, *sinks):  # a Trainer run again later must not write into a closed log
             if sink in trainer.sinks:
                 trainer.sinks.remove(sink)
         log.close()
         lock.release()
 
 
-def _summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float, epochs: int | None = None) -> None:
+def summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float, epochs: int | None = None) -> None:
+    """summary.json of a run that ended as ``f`` says (also written by ``tuiloop.track``)."""
     write_summary(
         run_dir,
         {
@@ -286,7 +315,7 @@ def _record_setup_failure(run_dir: Path, sinks: list[Sink], error: Exception, st
         except Exception:
             pass  # the log itself may be what failed; the summary below still says it
     info = read_json(run_dir / RUN_INFO) or {}
-    _summarize(run_dir, finished, {}, info.get("started", started or time.time()))
+    summarize(run_dir, finished, {}, info.get("started", started or time.time()))
     return finished
 
 
@@ -297,7 +326,7 @@ def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
     finished = Finished("forced", reason, trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
     try:
         log(finished)
-        _summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
+        summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
         sys.stdout.flush()
         if trainer.ranks.distributed:
             trainer.ranks.kill_local_peers()
@@ -320,7 +349,7 @@ def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: Ev
         log(Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", [])))
         finished = Finished("failed", f"rank {peer['rank']} failed", trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
         log(finished)
-        _summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
+        summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
     os._exit(EXIT_FAILED)
 
 

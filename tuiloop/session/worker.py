@@ -95,6 +95,30 @@ def wait_ready(proc: subprocess.Popen, echo: IO[str]) -> bool:
     return False
 
 
+def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Continue a suspended or stopped run in a new training process, as ``tuiloop run --resume``
+    does (the monitor's R key); returns the process once it is training, and its session.
+    Raises SpecError, or RuntimeError with the worker's own words, when it cannot resume."""
+    import io
+    import uuid
+
+    from tuiloop.session.launch import processes_for, torchrun_args
+    from tuiloop.session.run import load_run_spec, lock_for_resume
+
+    spec = load_run_spec(run_dir)
+    nproc = processes_for(spec.run.nproc_per_node)
+    session = uuid.uuid4().hex[:12]
+    lock = lock_for_resume(run_dir)
+    try:
+        proc = start(run_dir, lock, spec, resume=True, torchrun=torchrun_args(nproc) if nproc > 1 else None, session=session)
+    finally:
+        lock.release()  # the training process holds it now
+    said = io.StringIO()
+    if not wait_ready(proc, said):
+        raise RuntimeError(said.getvalue().strip() or f"the training process exited with status {proc.returncode}")
+    return proc, session
+
+
 def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     """The worker process: read the spec from stdin and train."""
     from tuiloop.engine.plain import PlainSink

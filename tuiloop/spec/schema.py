@@ -23,6 +23,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "val_every": (int, 1),
         "log_interval": (NUMBER, 0.25),
         "nproc_per_node": ((int, str), 1),  # processes per machine (torchrun); "auto": every visible GPU
+        "tensorboard": (bool, False),  # mirror the run's scalars live into RUN_DIR/tensorboard (needs tensorboardX)
     },
     "model": {"target": (str, REQUIRED)},
     "data": {
@@ -114,6 +115,7 @@ class RunSpec:
     val_every: int
     log_interval: float
     nproc_per_node: int | str = 1
+    tensorboard: bool = False
 
 
 @dataclass

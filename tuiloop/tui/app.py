@@ -12,28 +12,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Footer
 
 from tuiloop.engine.events import Event
 from tuiloop.tui import panels
-from tuiloop.tui.figures import loss_figure, lr_figure
+from tuiloop.tui.figures import X_AXES, ZOOMS, View, loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.plot import PlotView
-from tuiloop.tui.source import EventSource, gpu_memory
-from tuiloop.tui.widgets import ConfirmStop, Panel
+from tuiloop.tui.screens import Confirm, EpochsScreen, KeysScreen, OutputScreen, confirm_lr, confirm_stop, confirm_suspend
+from tuiloop.tui.scroll import ScrollLines
+from tuiloop.tui.source import EventSource
+from tuiloop.tui.widgets import KeyBar, Panel
 
 Commander = Callable[[str], Any]
+Resumer = Callable[[], tuple[Any, str]]  # starts a resumed training process: (process, session)
 FRAME_S = 0.25  # the screen redraws at most this often
 POLL_S = 0.2  # the reader looks for new events this often
 ALIVE_S = 1.0  # and checks the training process is still there this often
-GPU_S = 5.0
 
 
 @dataclass(eq=False)
@@ -58,10 +60,12 @@ class ProcessGone(Message):
 
 
 @dataclass(eq=False)
-class GpuMemory(Message):
-    """What nvidia-smi says the training process holds."""
+class Resumed(Message):
+    """A suspended run is training again in a new process (``error``: why it could not)."""
 
-    text: str | None
+    proc: Any
+    session: str
+    error: str | None = None
 
 
 @dataclass(eq=False)
@@ -77,16 +81,26 @@ class MonitorApp(App[str]):
 
     CSS_PATH = "monitor.tcss"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [
-        Binding("p", "pause", "Pause/resume"),
-        Binding("s", "save", "Save now"),
+    BINDINGS = [  # the key bar shows them in this order, as many as fit
+        Binding("p", "pause", "Pause"),
+        Binding("s", "save", "Save"),
         Binding("q", "stop", "Stop"),
         Binding("q", "leave", "Leave"),
         Binding("d", "detach", "Detach"),
         Binding("d", "leave", "Leave", show=False),
         Binding("enter", "leave", "Leave", show=False),
-        Binding("r", "toggle_raw", "Raw loss"),
+        Binding("R", "resume_run", "Resume", key_display="R"),
+        Binding("question_mark", "keys", "Keys", key_display="?"),
+        Binding("e", "stop_after_epoch", "Stop@epoch"),
+        Binding("minus", "lr(0.5)", "LR½", key_display="-"),
+        Binding("plus", "lr(2.0)", "LR×2", key_display="+"),
+        Binding("P", "suspend", "Suspend", key_display="P"),
+        Binding("o", "output", "Output"),
+        Binding("t", "epochs", "Epochs"),
+        Binding("r", "toggle_raw", "Raw"),
         Binding("l", "toggle_log", "Log y"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("x", "x_axis", "X axis"),
         Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("ctrl+q", "detach", show=False, priority=True),
     ]
@@ -100,6 +114,7 @@ class MonitorApp(App[str]):
         exit_on_finish: bool = False,
         expect_session: str | None = None,
         attached: bool = False,
+        resumer: Resumer | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -109,16 +124,19 @@ class MonitorApp(App[str]):
         # A monitor opened with ``attach`` watches someone's run: Ctrl+C there leaves, it never stops the run.
         self.attached = attached
         self.model = MonitorModel(run_dir, expect_session=expect_session)
-        self.show_raw = True
-        self.log_y = False
+        self.view = View()  # how the loss plot is set up (keys r, l, z, x)
+        self.resumer = None if self.read_only else resumer
+        self.resuming = False
         self.stop_sent = False
         self.forced = False
         self._leave_when_over = False
         self._drawn_version = -1
+        self._plotted = -1  # the model's plot_version the plots show
         self._drawn_clock = 0.0
         self._was_over = False
         self._quit_reader = threading.Event()
-        self.pid = 0  # the training process, once the run announced it (read by the reader thread)
+        self._watch_again = threading.Event()  # a resumed run has a new process: the reader watches it
+        self._log_shown = (0, -1)  # (entries in the log pane, the model's log_rev then)
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -132,18 +150,20 @@ class MonitorApp(App[str]):
             with Vertical(id="side"):
                 yield Panel(lambda w, h: panels.metrics_text(m, w), id="metrics", classes="box")
                 yield Panel(lambda w, h: panels.early_stop_text(m, w), id="early", classes="box")
+                yield Panel(lambda w, h: panels.system_text(m, w), id="system", classes="box")
                 with Vertical(id="lr-box", classes="box"):
                     yield Panel(lambda w, h: panels.lr_text(m, w), id="lr-value")
                     yield PlotView(id="lr")
         yield Panel(lambda w, h: panels.error_text(m, w, max(h, 3)), id="error", classes="box")
-        yield Panel(lambda w, h: panels.log_text(m, h, w), id="log", classes="box")
-        yield Footer(show_command_palette=False)
+        yield ScrollLines(id="log", classes="box")
+        yield KeyBar()
 
     def on_mount(self) -> None:
-        titles = {"loss-box": "Loss", "metrics": "Metrics", "early": "Early stopping", "lr-box": "Learning rate", "log": "Log", "error": "Error"}
+        titles = {"loss-box": "Loss", "metrics": "Metrics", "early": "Early stopping", "lr-box": "Learning rate", "log": "Log", "error": "Error", "system": "System"}
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
         self.query_one("#error").display = False
+        self.query_one("#log").focus()
         self._redraw()
         self.set_interval(FRAME_S, self._tick)
         self._read()
@@ -155,9 +175,12 @@ class MonitorApp(App[str]):
     @work(thread=True, exclusive=True, group="reader")
     def _read(self) -> None:
         """Reader thread: poll the log, post batches; notice when the process is gone."""
-        next_alive = next_gpu = 0.0
+        next_alive = 0.0
         gone = False
         while not self._quit_reader.is_set():
+            if self._watch_again.is_set():
+                self._watch_again.clear()
+                gone = False
             events = self.source.poll()
             if events:
                 self.post_message(EventsArrived(events))
@@ -172,20 +195,11 @@ class MonitorApp(App[str]):
                         self.post_message(EventsArrived(batch))
                     self.post_message(ProcessGone(self.source.exit_code()))
                     gone = True
-            if not gone and self.pid and now >= next_gpu and self._on_cuda():
-                next_gpu = now + GPU_S
-                self.post_message(GpuMemory(gpu_memory(self.pid)))
             if not events:
                 self._quit_reader.wait(POLL_S)
 
-    def _on_cuda(self) -> bool:
-        started = self.model.started
-        return started is not None and started.device.startswith("cuda")
-
     def on_events_arrived(self, message: EventsArrived) -> None:
         self.model.apply_all(message.events)
-        if self.model.started is not None:
-            self.pid = self.model.started.pid
         self._after_change()
 
     def on_lines_skipped(self, message: LinesSkipped) -> None:
@@ -199,18 +213,13 @@ class MonitorApp(App[str]):
             return
         self._after_change()
 
-    def on_gpu_memory(self, message: GpuMemory) -> None:
-        if message.text != self.model.gpu_memory:
-            self.model.gpu_memory = message.text
-            self.model.version += 1
-
     def _after_change(self) -> None:
         if self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced:  # forced: leave once the process is gone
             self.exit("left")
             return
         if self.model.over != self._was_over:
             self._was_over = self.model.over
-            if isinstance(self.screen, ConfirmStop):
+            if isinstance(self.screen, Confirm):
                 self.screen.dismiss(False)
             self.refresh_bindings()
             self._redraw()
@@ -220,29 +229,46 @@ class MonitorApp(App[str]):
         now = time.monotonic()
         if self.model.version != self._drawn_version or now - self._drawn_clock >= 1.0:
             self._redraw()
+            if isinstance(self.screen, (OutputScreen, EpochsScreen)):
+                self.screen.refresh_from_model()
 
     def _redraw(self, force: bool = False) -> None:
         """Refresh the panels from the model (at most every FRAME_S, and on big changes)."""
         m = self.model
-        self._drawn_version, self._drawn_clock = m.version, time.monotonic()
-        loss = self.query_one("#loss", PlotView)
-        loss.show(loss_figure(m, loss.content_size.width, self.show_raw, self.log_y))
-        lr = self.query_one("#lr", PlotView)
-        lr.show(lr_figure(m, lr.content_size.width))
+        replot = force or m.plot_version != self._plotted
+        self._drawn_version, self._drawn_clock, self._plotted = m.version, time.monotonic(), m.plot_version
+        if replot:  # else only panels changed (the clocks, a machine sample): the plots are as drawn
+            loss = self.query_one("#loss", PlotView)
+            loss.show(loss_figure(m, loss.content_size.width, self.view))
+            lr = self.query_one("#lr", PlotView)
+            lr.show(lr_figure(m, lr.content_size.width))
         error = self.query_one("#error")
         error.display = m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)
-        for panel in self.query(Panel):
-            panel.update(force, layout=panel.id in ("metrics", "early", "error", "health"))
+        for panel in self.screen_stack[0].query(Panel):
+            panel.update(force, layout=panel.id in ("metrics", "early", "error", "health", "system"))
+        if self._log_shown[1] != m.log_rev:
+            log = self.query_one("#log", ScrollLines)
+            first, lines = panels.log_since(m, max(self._log_shown[0] - 1, 0))  # the last entry may have changed
+            log.put(first, lines)
+            self._log_shown = (log.end, m.log_rev)
 
-    def on_resize(self) -> None:
-        self.call_after_refresh(self._redraw, True)  # plots are reduced to their new width
+    def on_resize(self, event: events.Resize) -> None:
+        """Small terminals drop whole panels (numbers are never cut); plots redraw at their new width."""
+        w, h = event.size
+        main = self.screen_stack[0]
+        main.set_class(h < 22, "short")
+        main.set_class(w < 72, "narrow")
+        main.set_class(w < 56, "tiny")
+        self.call_after_refresh(self._redraw, True)
 
     # ---- keys -------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide the keys that cannot act now (read-only view, run over) from the footer."""
         over = self.model.over
-        if action in ("pause", "save", "stop"):
+        if action in ("pause", "save", "stop", "stop_after_epoch", "lr", "suspend"):
             return not self.read_only and not over
+        if action == "resume_run":
+            return self.resumer is not None and self.model.state == "suspended" and not self.resuming
         if action == "leave":
             return self.read_only or over
         if action == "detach":
@@ -260,14 +286,79 @@ class MonitorApp(App[str]):
         if self.stop_sent:
             self.model.note(time.time(), "warning", "already stopping; Ctrl+C forces an exit without saving")
             return
-        if isinstance(self.screen, ConfirmStop):
+        self._ask(confirm_stop(), self._request_stop)
+
+    def _ask(self, dialog: Confirm, then: Callable[[], None]) -> None:
+        """Ask, and ``then`` on yes while the run is still on."""
+        if isinstance(self.screen, Confirm):
             return
 
-        def confirmed(yes: bool | None) -> None:
+        def answered(yes: bool | None) -> None:
             if yes and not self.model.over:
-                self._request_stop()
+                then()
 
-        self.push_screen(ConfirmStop(), confirmed)
+        self.push_screen(dialog, answered)
+
+    def action_stop_after_epoch(self) -> None:
+        self.send("stop_after_epoch")  # the run logs it (and a second press cancels it)
+
+    def action_lr(self, factor: float) -> None:
+        command = "lr_down" if factor < 1 else "lr_up"
+        self._ask(confirm_lr(factor, self.model.lr), lambda: self.send(command))
+
+    def action_suspend(self) -> None:
+        def suspend() -> None:
+            self.send("suspend")
+            self.model.note(time.time(), "warning", "suspending: saving the full state, then the training process exits")
+
+        self._ask(confirm_suspend(), suspend)
+
+    def action_resume_run(self) -> None:
+        if self.resumer is None or self.resuming or self.model.state != "suspended":
+            return
+        self.resuming = True
+        self.refresh_bindings()
+        self.model.note(time.time(), "info", "resuming: starting a new training process from checkpoints/last.pt…")
+        self._start_resumed()
+
+    @work(thread=True, group="commands")
+    def _start_resumed(self) -> None:
+        assert self.resumer is not None
+        try:
+            proc, session = self.resumer()
+        except Exception as e:
+            self.post_message(Resumed(None, "", str(e) or type(e).__name__))
+            return
+        self.post_message(Resumed(proc, session))
+
+    def on_resumed(self, message: Resumed) -> None:
+        self.resuming = False
+        if message.error is not None:
+            self.model.note(time.time(), "error", f"could not resume: {message.error}")
+            self.refresh_bindings()
+            return
+        self.source.follow(message.proc)
+        self.model.expect_session = message.session
+        self.model.state, self.model.state_reason = "starting", "resuming"
+        self.stop_sent = self.forced = self._leave_when_over = False
+        self._watch_again.set()
+        self._after_change()
+
+    def action_keys(self) -> None:
+        if not isinstance(self.screen, (Confirm, KeysScreen)):
+            self.push_screen(KeysScreen())
+
+    def action_output(self) -> None:
+        if isinstance(self.screen, OutputScreen):
+            self.screen.dismiss()
+        elif not isinstance(self.screen, Confirm):
+            self.push_screen(OutputScreen(self.model, self.read_only, Path(self.model.run_dir)))
+
+    def action_epochs(self) -> None:
+        if isinstance(self.screen, EpochsScreen):
+            self.screen.dismiss()
+        elif not isinstance(self.screen, Confirm):
+            self.push_screen(EpochsScreen(self.model, self.read_only))
 
     def action_interrupt(self) -> None:
         """Ctrl+C: stop gracefully (no question: it is the interrupt key); a second one forces.
@@ -281,7 +372,7 @@ class MonitorApp(App[str]):
         if self.attached:
             self.exit("detached")
             return
-        if isinstance(self.screen, ConfirmStop):
+        if isinstance(self.screen, Confirm):
             self.screen.dismiss(False)
         if not self.stop_sent:
             self._request_stop()
@@ -299,12 +390,20 @@ class MonitorApp(App[str]):
         self.exit("detached" if not self.model.over else "left")
 
     def action_toggle_raw(self) -> None:
-        self.show_raw = not self.show_raw
-        self._redraw()
+        self.view.show_raw = not self.view.show_raw
+        self._redraw(True)
 
     def action_toggle_log(self) -> None:
-        self.log_y = not self.log_y
-        self._redraw()
+        self.view.log_y = not self.view.log_y
+        self._redraw(True)
+
+    def action_zoom(self) -> None:
+        self.view.zoom = ZOOMS[(ZOOMS.index(self.view.zoom) + 1) % len(ZOOMS)]
+        self._redraw(True)
+
+    def action_x_axis(self) -> None:
+        self.view.x_axis = X_AXES[(X_AXES.index(self.view.x_axis) + 1) % len(X_AXES)]
+        self._redraw(True)
 
     def _request_stop(self) -> None:
         self.stop_sent = True

@@ -21,6 +21,7 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
     summary with the run directory to stdout.
     """
     from tuiloop.rundir.control import send_command
+    from tuiloop.session.worker import resume_in_background
     from tuiloop.tui.app import MonitorApp
     from tuiloop.tui.source import RunSource
 
@@ -33,8 +34,10 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
         exit_on_finish=exit_on_finish,
         expect_session=session or _live_session(run_dir),
         attached=attached,
+        resumer=None if read_only else (lambda: resume_in_background(run_dir)),
     )
     how = app.run()
+    proc = app.source.proc  # type: ignore[attr-defined]  # a new one if R resumed the run
     model = app.model
     if app.return_code:  # the monitor itself broke (Textual printed why); the run is unaffected
         print(f"tuiloop: the monitor stopped unexpectedly; the run goes on: tuiloop attach {run_dir}", file=sys.stderr)

@@ -22,16 +22,17 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
-    Starting,
     StateChanged,
-    TrainSteps,
     Validated,
 )
-from tuiloop.tui.series import Downsampled
+from tuiloop.rundir.digest import RunDigest
+from tuiloop.rundir.series import Downsampled
+from tuiloop.rundir.snapshot import SnapshotLoaded
 
-ENDED = ("completed", "early_stopped", "stopped", "failed", "forced", "crashed")
+ENDED = ("completed", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
 HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
-LOG_LINES = 500
+PLOTTED = ("run_started", "train_steps", "validated", "lr_changed", "setting_changed", "finished", "snapshot")  # what the plots draw
+LOG_LINES = 10_000  # the log pane scrolls back over the whole run
 
 
 def higher_is_better(name: str) -> bool:
@@ -70,8 +71,41 @@ class MetricStat:
             self.best, self.best_epoch = value, epoch
 
 
+def _digested(name: str) -> property:
+    """A field the model keeps in its :class:`RunDigest` (the series, the step, the machine's load)."""
+    return property(lambda self: getattr(self.digest, name), lambda self, value: setattr(self.digest, name, value))
+
+
 class MonitorModel:
-    """What the monitor shows about one run, rebuilt from its events."""
+    """What the monitor shows about one run, rebuilt from its events.
+
+    Its series and progress live in ``self.digest`` (:class:`RunDigest`), which the training
+    process keeps too and saves: a :class:`SnapshotLoaded` replaces it with the saved one.
+    """
+
+    phase = _digested("phase")  # what a starting run is doing (importing torch, loading the data, ...)
+    epoch = _digested("epoch")  # the epoch in progress, or the last one (from 1)
+    step_in_epoch = _digested("step_in_epoch")
+    step = _digested("step")  # global optimizer steps done
+    lr = _digested("lr")
+    samples_per_s = _digested("samples_per_s")
+    train = _digested("train")  # x = global step
+    val = _digested("val")  # monitored-loss curve: val_loss, x = global step
+    lr_history = _digested("lr_history")
+    # training health, under the loss plot
+    grad_norms = _digested("grad_norms")  # total gradient norm before clipping, x = step
+    throughput = _digested("throughput")  # samples/s per flush, x = step
+    loss_scale = _digested("loss_scale")  # 16-mixed's grad scaler
+    skipped_steps = _digested("skipped_steps")
+    step_times = _digested("step_times")  # wall time of the steps (x = step), for a time axis
+    # the machine's load (SystemSample every 2 s): the latest, a short history, the peaks
+    system = _digested("system")
+    system_samples = _digested("system_samples")
+    gpus = _digested("gpus")  # GpuStat by NVML index
+    cpu_history = _digested("cpu_history")  # machine CPU %, x = time
+    cpu_sum = _digested("cpu_sum")
+    rss_peak = _digested("rss_peak")
+    torch_peak = _digested("torch_peak")
 
     def __init__(self, run_dir: str = "", resolution: int = 512, expect_session: str | None = None) -> None:
         self.run_dir = run_dir
@@ -81,41 +115,32 @@ class MonitorModel:
         self.started: RunStarted | None = None
         self.state = "starting"
         self.state_reason = ""
-        self.phase: str | None = None  # what a starting run is doing (importing torch, loading the data, ...)
-        self.epoch = 1  # the epoch in progress, or the last one (from 1)
+        self.digest = RunDigest(resolution)
         self.epochs_done = 0
-        self.step_in_epoch = 0
-        self.step = 0  # global optimizer steps done
-        self.lr: float | None = None
-        self.samples_per_s: float | None = None
-        self.train = Downsampled(resolution)  # x = global step
-        self.val = Downsampled(resolution)  # monitored-loss curve: val_loss, x = global step
-        self.lr_history = Downsampled(128)
-        # training health, under the loss plot
-        self.grad_norms = Downsampled(256)  # total gradient norm before clipping, x = step
-        self.throughput = Downsampled(128)  # samples/s per flush, x = step
-        self.loss_scale: float | None = None  # 16-mixed's grad scaler
-        self.skipped_steps = 0
+        self.epoch_rows: list[Validated] = []  # every validation, for the epoch table
+        self.stop_after_epoch = False
         self.metrics: dict[str, MetricStat] = {}
         self.best_value: float | None = None  # the monitored metric (checkpoint monitor)
         self.best_epoch: int | None = None
-        self.best_val_point: tuple[float, float] | None = None  # (step, val_loss) at the best check
+        self.best_point: tuple[float, float] | None = None  # (step, value) of the monitored metric at its best check
         self.early: EarlyStopUpdate | None = None
         self.failure: Failed | None = None
         self.last_error: str | None = None
         self.finished: Finished | None = None
         self.exit_code: int | None = None  # of the training process, when it is gone
         self.log: deque[LogEntry] = deque(maxlen=LOG_LINES)
+        self.log_count = 0  # entries ever logged: the newest is entry log_count - 1
+        self.log_rev = 0  # bumped on every change of the log (a new entry, or the last one changed)
         self.gone_status = "crashed"  # how a run that vanished without a summary is shown
-        self.gpu_memory: str | None = None
         self.version = 0  # bumped on every change, so views can skip identical redraws
+        self.plot_version = 0  # bumped by the events the plots draw (not by a machine sample every 2 s)
         self.events_seen = 0
-        # ETA: time spent running (pauses excluded) and the steps done in it, since the start
+        # ETA: time spent running (pauses excluded) and the steps done in it (digest.active_steps), since the start
         self._active_s = 0.0
-        self._active_steps = 0
         self._t_last: float | None = None
         self.last_event_time: float | None = None
-        self._first_start_time: float | None = None
+        self.first_event_time: float | None = None  # the run's first event: its wall clock starts here
+        self.train_time = 0.0  # seconds spent training (running), all sessions, pauses and start-up left out
 
     # ---- feeding ----------------------------------------------------------------------------
     def apply_all(self, events: list[Event]) -> None:
@@ -125,8 +150,11 @@ class MonitorModel:
     def apply(self, ev: Event) -> None:
         """Take one event into the model."""
         self.version += 1
+        if ev.kind in PLOTTED:
+            self.plot_version += 1
         self.events_seen += 1
         self._clock(ev)
+        self.digest.apply(ev)
         handler = getattr(self, f"_on_{ev.kind}", None)
         if handler is not None:
             handler(ev)
@@ -134,87 +162,70 @@ class MonitorModel:
 
     def _clock(self, ev: Event) -> None:
         if self._t_last is not None and self.state == "running":
-            self._active_s += max(ev.time - self._t_last, 0.0)
+            dt = max(ev.time - self._t_last, 0.0)
+            self._active_s += dt
+            self.train_time += dt
         self._t_last = ev.time
+        if self.first_event_time is None:
+            self.first_event_time = ev.time
 
-    def _on_starting(self, ev: Starting) -> None:
-        self.phase = ev.phase
+    def _on_snapshot(self, ev: SnapshotLoaded) -> None:
+        # the digest the training process saved at this point of the log: it holds the lines
+        # that were not read, and replaces what the events read before it made of the digest.
+        # Its time is the last covered line's and no state changes in the lines skipped, so the
+        # clock above sums the same running time as a full read (the ETA, the training time).
+        self.digest = ev.digest
+        self.events_seen += ev.skipped - 1  # the lines it stands for, not itself
 
     def _on_run_started(self, ev: RunStarted) -> None:
         self.started = ev
         self.run_dir = ev.run_dir or self.run_dir
         self.state, self.state_reason = "running", ""
-        self.phase = "waiting for the first batch"
         self.finished = None
         self.failure = None
         self.exit_code = None
         self.epochs_done = ev.start_epoch
-        self.epoch = min(ev.start_epoch + 1, ev.epochs)
-        self.step = ev.start_step
-        self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
-        self._active_s, self._active_steps = 0.0, 0
-        if self._first_start_time is None:
-            self._first_start_time = ev.time
+        self._active_s = 0.0
+        self.stop_after_epoch = False
         self.best_value = self.best_value if ev.resumed_from else None
         for name in ev.metrics:
             self._metric(name)
         if ev.resumed_from:
-            # steps logged after the checkpoint by the session that crashed are done again
-            for series in (self.train, self.val, self.lr_history, self.grad_norms, self.throughput):
-                series.drop_after(ev.start_step)
+            # steps logged after the checkpoint by the session that crashed are done again (the digest drops them from the series)
+            self.epoch_rows = [row for row in self.epoch_rows if row.step <= ev.start_step]
             self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
         else:
-            size = f"{ev.epochs} epochs x {ev.steps_per_epoch} steps" if ev.steps_per_epoch else f"{ev.epochs} epochs"
+            size = f"{ev.epochs} epochs" if ev.epochs else ""  # a tracked loop may not say
+            size += f" x {ev.steps_per_epoch} steps" if size and ev.steps_per_epoch else ""
             problem = f"{ev.problem} " if ev.problem not in ("unknown", "other") else ""  # known after the first batch
-            self._log(ev.time, "info", f"started: {problem}on {ev.device_name}, {ev.num_params:,} parameters, {size}")
-
-    def _on_train_steps(self, ev: TrainSteps) -> None:
-        n = len(ev.losses)
-        self.phase = None
-        self.train.extend(ev.first_step, ev.losses)
-        self.step = ev.first_step + n - 1
-        self.epoch = ev.epoch
-        self.step_in_epoch = ev.step_in_epoch
-        self.lr = ev.lr
-        self.lr_history.append(self.step, ev.lr)
-        if self.state == "running":
-            self._active_steps += n
-        if ev.grad_norms:
-            self.grad_norms.extend(ev.first_step, ev.grad_norms)
-        if ev.loss_scale is not None:
-            self.loss_scale = ev.loss_scale
-        self.skipped_steps += ev.skipped_steps
-        if ev.samples_per_s > 0 and math.isfinite(ev.samples_per_s):
-            self.throughput.append(self.step, ev.samples_per_s)
-            prev = self.samples_per_s
-            self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
+            params = f", {ev.num_params:,} parameters" if ev.num_params else ""
+            self._log(ev.time, "info", f"started: {problem}on {ev.device_name}{params}" + (f", {size}" if size else ""))
 
     def _on_validated(self, ev: Validated) -> None:
-        self.epoch = ev.epoch
         self.epochs_done = ev.epoch
+        self.epoch_rows.append(ev)
         for name, value in ev.metrics.items():
             self._metric(name).update(value, ev.epoch)
-        val = ev.metrics.get("val_loss")
-        if val is not None:
-            self.val.append(ev.step, val)
-        if ev.is_best:
-            monitor = self.started.monitor if self.started else None
-            if monitor and monitor in ev.metrics:
-                self.best_value, self.best_epoch = ev.metrics[monitor], ev.epoch
-            if val is not None and math.isfinite(val):
-                self.best_val_point = (ev.step, val)
+        monitor = self.started.monitor if self.started else None
+        if ev.is_best and monitor and monitor in ev.metrics:
+            self.best_value, self.best_epoch = ev.metrics[monitor], ev.epoch
+            if math.isfinite(self.best_value):
+                self.best_point = (ev.step, self.best_value)
 
     def _on_lr_changed(self, ev: LRChanged) -> None:
-        self.lr = ev.lr
-        self.lr_history.append(ev.step, ev.lr)
         # a plateau cut or a warm restart is news; the small steps of a smooth schedule are not
         if ev.previous > 0 and ev.lr > 0 and abs(math.log(ev.lr / ev.previous)) >= math.log(1.5):
             self._log(ev.time, "info", f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)} (epoch {ev.epoch})", key="lr")
 
     def _on_setting_changed(self, ev: SettingChanged) -> None:
         if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
-            self.lr_history.append(ev.step, float(ev.new))
-        self._log(ev.time, "warning", f"{ev.key} {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})")
+            text = f"learning rate {fmt.lr(ev.old)} -> {fmt.lr(ev.new)} ({ev.source}, step {ev.step})"
+        elif ev.key == "stop_after_epoch":
+            self.stop_after_epoch = bool(ev.new)
+            text = f"stops after epoch {ev.epoch} (step {ev.step})" if ev.new else f"stop after this epoch cancelled (step {ev.step})"
+        else:
+            text = f"{ev.key} {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})"
+        self._log(ev.time, "warning", text)
 
     def _on_early_stop(self, ev: EarlyStopUpdate) -> None:
         self.early = ev
@@ -225,6 +236,7 @@ class MonitorModel:
         prev = self.log[-1] if self.log else None
         if ev.tag == "last" and prev is not None and prev.key.startswith(f"ckpt@{ev.step}:"):
             prev.text += " + last.pt"  # the same moment's best/periodic save: one line for both
+            self.log_rev += 1
             return
         metric = f"  {ev.monitor} {fmt.value(ev.metric)}" if ev.metric is not None and ev.monitor else ""
         level = {"best": "best", "last": "dim"}.get(ev.tag, "save")
@@ -235,7 +247,8 @@ class MonitorModel:
     def _on_state(self, ev: StateChanged) -> None:
         self.state, self.state_reason = ev.state, ev.reason
         text = {"paused": "paused: waiting at a step boundary", "running": "resumed", "stopping": "stopping: finishing the step and saving"}.get(ev.state, ev.state)
-        self._log(ev.time, "warning" if ev.state == "stopping" else "info", text + (f" ({ev.reason})" if ev.reason else ""))
+        at = f" at step {ev.step}" if ev.step else ""
+        self._log(ev.time, "warning" if ev.state == "stopping" else "info", text + at + (f" ({ev.reason})" if ev.reason else ""))
 
     def _on_message(self, ev: Message) -> None:
         self._log(ev.time, ev.level if ev.level in ("warning", "error") else "info", ev.text)
@@ -261,7 +274,6 @@ class MonitorModel:
         self.finished = ev
         self.state, self.state_reason = ev.status, ev.reason
         self.epochs_done = ev.epochs_done
-        self.step = ev.step
         best = f"; best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}" if ev.best_value is not None and ev.best_epoch is not None else ""
         level = "error" if ev.status in ("failed", "forced") else "success"
         self._log(ev.time, level, f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}{best}")
@@ -272,6 +284,7 @@ class MonitorModel:
         self.exit_code = exit_code
         if self.finished is None:
             self.version += 1
+            self.plot_version += 1  # the empty plot says why
             self.state = self.gone_status
             code = f" with status {exit_code}" if exit_code is not None else ""
             self.state_reason = f"the training process exited{code} without finishing"
@@ -283,11 +296,13 @@ class MonitorModel:
         self._log(now, level, text)
 
     def _log(self, t: float, level: str, text: str, key: str = "") -> None:
+        self.log_rev += 1
         if key and self.log and self.log[-1].key == key:
             prev = self.log[-1]
             self.log[-1] = LogEntry(t, level, text, key, prev.repeat + 1)
             return
         self.log.append(LogEntry(t, level, text, key))
+        self.log_count += 1
 
     def _metric(self, name: str) -> MetricStat:
         stat = self.metrics.get(name)
@@ -311,15 +326,16 @@ class MonitorModel:
 
     @property
     def total_steps(self) -> int | None:
-        if self.started is None or not self.started.steps_per_epoch:
+        if self.started is None or not self.started.steps_per_epoch or not self.started.epochs:
             return None
         return self.started.epochs * self.started.steps_per_epoch
 
     def seconds_per_step(self) -> float | None:
         """Wall time per step while running, validation and checkpoints included."""
-        if self._active_steps < 1 or self._active_s <= 0:
+        steps = self.digest.active_steps
+        if steps < 1 or self._active_s <= 0:
             return None
-        return self._active_s / self._active_steps
+        return self._active_s / steps
 
     def eta(self, now: float) -> float | None:
         """Seconds left if every epoch runs (early stopping may end it sooner); None if unknown."""
@@ -331,12 +347,17 @@ class MonitorModel:
             left -= max(now - self.last_event_time, 0.0)
         return max(left, 0.0)
 
-    def elapsed(self, now: float) -> float | None:
-        if self.finished is not None:
-            return self.finished.wall_time_s
-        if self._first_start_time is None:
+    def wall_time(self, now: float) -> float | None:
+        """Since the run's first event (start-up included) until now, or until it ended."""
+        if self.first_event_time is None:
             return None
-        return max(now - self._first_start_time, 0.0)
+        end = self.finished.time if self.finished is not None else self.last_event_time if self.over else now
+        return max((end or now) - self.first_event_time, 0.0)
+
+    def training_time(self, now: float) -> float:
+        """Time spent training: pauses, start-up and the time between sessions left out."""
+        live = now - self._t_last if self.state == "running" and self._t_last is not None else 0.0
+        return self.train_time + max(live, 0.0)
 
     def exit_status(self) -> int:
         """0 completed, early-stopped, stopped or still running; 1 failed or crashed; 2 setup failure; 130 forced."""
@@ -344,9 +365,22 @@ class MonitorModel:
             return 130
         if self.finished is not None:
             if self.finished.status != "failed":
-                return 0
+                return 0  # completed, early stopped, stopped, suspended
             return 2 if self.failure is not None and self.failure.where == "setup" else 1
         return 1 if self.state == "crashed" else 0
+
+    def system_summary(self) -> list[str]:
+        """The machine's load over the run, as ``show`` prints it: one line per GPU, then the host."""
+        if not self.system_samples:
+            return []
+        gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
+        lines = []
+        for g in self.gpus.values():
+            util = f", mean util {g.mean_util:.0f}%" if g.mean_util is not None else ""
+            lines.append(f"GPU{g.index} {g.name}: peak memory {gib(g.mem_peak)}/{gib(g.mem_total)} GiB{util}")
+        torch_peak = f", torch peak {gib(self.torch_peak)} GiB" if self.torch_peak is not None else ""
+        lines.append(f"peak RSS {gib(self.rss_peak)} GiB, mean CPU {self.cpu_sum / self.system_samples:.0f}%{torch_peak} ({fmt.plural(self.system_samples, 'sample')})")
+        return lines
 
     def summary_line(self) -> str:
         """One line on how the run stands, printed after the monitor closes."""

@@ -12,7 +12,7 @@ import time
 from rich.text import Text
 
 from tuiloop.engine import fmt
-from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.model import LogEntry, MetricStat, MonitorModel
 
 STATE_STYLE = {
     "starting": ("STARTING", "bold black on yellow"),
@@ -22,6 +22,7 @@ STATE_STYLE = {
     "completed": ("COMPLETED", "bold black on green"),
     "early_stopped": ("EARLY STOPPED", "bold black on cyan"),
     "stopped": ("STOPPED", "bold white on blue"),
+    "suspended": ("SUSPENDED", "bold black on magenta"),
     "failed": ("FAILED", "bold white on red"),
     "forced": ("FORCED", "bold white on red"),
     "crashed": ("CRASHED", "bold white on red"),
@@ -35,7 +36,7 @@ LEVEL_STYLE = {
     "warning": ("!", "bold yellow"),
     "error": ("✗", "bold red"),
 }
-ENDED_STYLE = {"completed": "bold green", "early_stopped": "bold cyan", "stopped": "bold blue", "failed": "bold red", "forced": "bold red", "crashed": "bold red"}
+ENDED_STYLE = {"completed": "bold green", "early_stopped": "bold cyan", "stopped": "bold blue", "suspended": "bold magenta", "failed": "bold red", "forced": "bold red", "crashed": "bold red"}
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -68,10 +69,11 @@ def title_text(model: MonitorModel, width: int, read_only: bool = False) -> Text
     pieces.append(Text(model.run_name or "(waiting for the run to start)", style="bold"))
     if s is not None:
         processes = f" x{s.world_size} ({s.backend})" if s.world_size > 1 else ""
-        device = s.device_name + processes + (f"  {model.gpu_memory}" if model.gpu_memory else "")
-        pieces.append(Text(device, style="magenta"))
-        problem = f" · {s.problem}" if s.problem != "unknown" else ""
-        pieces.append(Text(f"{s.num_params:,} params{problem}", style="dim"))
+        pieces.append(Text(s.device_name + processes, style="magenta"))
+        about = [f"{s.num_params:,} params"] if s.num_params else []
+        about += [s.problem] if s.problem not in ("unknown", "other") else []
+        if about:
+            pieces.append(Text(" · ".join(about), style="dim"))
     if read_only:
         pieces.append(Text("read-only", style="bold italic"))
     return _fit(pieces, width, "  ")
@@ -94,11 +96,13 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
         if model.over:
             first = Text(model.state_reason or model.state, style="bold red")
     else:
-        epoch = min(model.epoch, s.epochs) if not model.over else model.epochs_done
+        epoch = (min(model.epoch, s.epochs) if s.epochs else model.epoch) if not model.over else model.epochs_done
         spe = s.steps_per_epoch
-        frac = (model.epochs_done if model.over else model.epoch - 1 + (model.step_in_epoch / spe if spe else 0)) / max(s.epochs, 1)
-        label = Text(f"epoch {epoch}/{s.epochs} ", style="bold")
-        pieces = [label + _bar(frac, max(8, min(24, width // 6)))]
+        if s.epochs:
+            frac = (model.epochs_done if model.over else model.epoch - 1 + (model.step_in_epoch / spe if spe else 0)) / s.epochs
+            pieces = [Text(f"epoch {epoch}/{s.epochs} ", style="bold") + _bar(frac, max(8, min(24, width // 6)))]
+        else:  # a tracked loop that did not say how many epochs: no bar to fill
+            pieces = [Text(f"epoch {epoch}", style="bold")]
         if model.phase and not model.over:
             pieces.append(Text(f"{model.phase}…", style="yellow"))
         if spe and not model.over:
@@ -108,11 +112,13 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
             pieces.append(Text("ETA (paused)", style="yellow"))
         elif eta is not None:
             pieces.append(Text(f"ETA {fmt.clock(eta)}"))
+        if model.stop_after_epoch and not model.over:
+            pieces.append(Text(f"stops after epoch {model.epoch}", style="bold magenta"))
         if model.samples_per_s is not None and not model.over:
             pieces.append(Text(f"{model.samples_per_s:,.0f} samples/s"))
-        elapsed = model.elapsed(now)
-        if elapsed is not None:
-            pieces.append(Text(f"elapsed {fmt.clock(elapsed)}", style="dim"))
+        wall = model.wall_time(now)
+        if wall is not None:  # training time leaves out pauses and start-up; wall time does not
+            pieces.append(Text(f"train {fmt.clock(model.training_time(now))} · wall {fmt.clock(wall)}", style="dim"))
         pieces.append(Text(f"global step {model.step:,}", style="dim"))
         first = _fit(pieces, width)
     lines.append(first)
@@ -132,12 +138,14 @@ def status_line(model: MonitorModel, width: int) -> Text:
     return Text.assemble(("run dir ", "dim"), (where, ""), no_wrap=True)
 
 
-def sparkline(values: list[float], width: int) -> str:
-    """Block characters for the last ``width`` values (low to high)."""
+def sparkline(values: list[float], width: int, lo: float | None = None, hi: float | None = None) -> str:
+    """Block characters for the last ``width`` values (low to high; ``lo``/``hi`` fix the scale)."""
     values = [v for v in values[-width:] if v == v]
     if not values:
         return ""
-    lo, hi = min(values), max(values)
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    values = [min(max(v, lo), hi) for v in values]
     span = hi - lo or 1.0
     return "".join(SPARKS[min(int((v - lo) / span * (len(SPARKS) - 1) + 0.5), len(SPARKS) - 1)] for v in values)
 
@@ -169,21 +177,44 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
     if not model.metrics:
         return Text("no validation yet", style="dim")
     name_w = max(len(n) for n in model.metrics) + 1
-    rows = [Text(f"{'':<{name_w}}{'last':>8} {'best':>8} {'ep':>4}", style="dim")]
-    spark_w = width - (name_w + 22)
+    values = [(fmt.value(stat.last), fmt.value(stat.best), "" if stat.best_epoch is None else str(stat.best_epoch)) for stat in model.metrics.values()]
+    val_w = max(8, *(len(v) for row in values for v in row[:2]))
+    ep_w = max(2, *(len(row[2]) for row in values))
+    # numbers are never cut: the sparkline goes first, then the epoch, then the names shrink, then "best"
+    show_best = width >= 4 + val_w * 2 + 2
+    fixed = (val_w + 1) * (2 if show_best else 1)
+    show_ep = show_best and width >= name_w + fixed + ep_w + 1
+    spark_w = width - (name_w + fixed + (ep_w + 1 if show_ep else 0))
+    name_w = min(name_w, max(width - fixed - (ep_w + 1 if show_ep else 0), 1))
+    header = Text(f"{'':<{name_w}}{'last':>{val_w}}" + (f" {'best':>{val_w}}" if show_best else "") + (f" {'ep':>{ep_w}}" if show_ep else ""), style="dim")
+    rows = [header]
     monitor = model.started.monitor if model.started else None
-    for name, stat in model.metrics.items():
-        row = Text(f"{name:<{name_w}}", style="bold" if name == monitor else "")
-        row.append(f"{fmt.value(stat.last):>8} ")
+    for (name, stat), (last, best, ep) in zip(model.metrics.items(), values, strict=True):
+        row = Text(f"{name[:name_w]:<{name_w}}", style="bold" if name == monitor else "")
+        row.append(f"{last:>{val_w}}")
         just_best = stat.last is not None and stat.best == stat.last
-        row.append(f"{fmt.value(stat.best):>8}", style="green" if just_best else "")
-        row.append(f" {stat.best_epoch:>4}" if stat.best_epoch is not None else "     ", style="dim")
-        if spark_w >= 5:
-            row.append(" " + sparkline(stat.history.points()[1], spark_w - 1), style="cyan")
+        if show_best:
+            row.append(f" {best:>{val_w}}", style="green" if just_best else "")
+        if show_ep:
+            row.append(f" {ep:>{ep_w}}", style="dim")
+        if spark_w >= 6:
+            row.append(" ")
+            row.append_text(best_sparkline(stat, spark_w - 2))
         rows.append(row)
-    for row in rows:
-        row.truncate(width, overflow="ellipsis")
     return Text("\n").join(rows)
+
+
+def best_sparkline(stat: MetricStat, width: int) -> Text:
+    """The metric's history as a sparkline, its best check in green (the best marker of a metric
+    that is not a loss: the loss plot marks only val_loss or train_loss)."""
+    xs, ys = stat.history.points()
+    xs, ys = xs[-width:], ys[-width:]
+    text = Text(sparkline(ys, width), style="cyan")
+    if stat.best_epoch is not None and stat.best_epoch in xs:
+        at = xs.index(stat.best_epoch)
+        if at < len(text.plain):
+            text.stylize("bold green", at, at + 1)
+    return text
 
 
 def early_stop_text(model: MonitorModel, width: int) -> Text:
@@ -193,16 +224,14 @@ def early_stop_text(model: MonitorModel, width: int) -> Text:
         return Text.assemble("off ", ("(no [early_stopping])", "dim"))
     patience = es.patience if es else s.patience
     counter = es.counter if es else 0
-    head = Text(f"{es.monitor if es else s.monitor} ({s.mode})", style="bold")
-    head.append(f"  best {fmt.value(es.best if es else None)}")
-    head.truncate(width, overflow="ellipsis")
-    cells = max(min(patience, width - 10), 1)
-    used = round(cells * counter / max(patience, 1))
+    head = _fit([Text(f"{es.monitor if es else s.monitor} ({s.mode})", style="bold"), Text(f"best {fmt.value(es.best if es else None)}")], width, "  ")
     style = "red" if counter >= patience else "yellow" if counter * 2 >= patience else "green"
+    count = Text(f"{counter}/{patience}", style="bold " + style)  # never cut: the bar gives way
+    cells = max(min(patience, width - count.cell_len - 1), 0)
+    used = round(cells * counter / max(patience, 1))
     bar = Text("█" * used, style=style)
     bar.append("░" * (cells - used), style="grey30")
-    bar.append(f" {counter}/{patience}", style="bold " + style)
-    bar.truncate(width, overflow="ellipsis")
+    bar = bar + Text(" ") + count if cells else count
     lines = [head, bar]
     if es is not None and es.triggered:
         lines.append(Text("■ TRIGGERED: training stopped"[:width], style="bold white on red"))
@@ -217,20 +246,144 @@ def lr_text(model: MonitorModel, width: int) -> Text:
     return text
 
 
-def log_text(model: MonitorModel, height: int, width: int) -> Text:
-    """The newest ``height`` log entries, newest last, styled by severity."""
-    entries = list(model.log)[-max(height, 1) :]
+def log_line(entry: LogEntry) -> Text:
+    """One entry of the log pane, styled by severity (the pane folds it to its width)."""
+    mark, style = LEVEL_STYLE.get(entry.level, ("·", ""))
+    line = Text(time.strftime("%H:%M:%S ", time.localtime(entry.time)), style="dim")
+    line.append(f"{mark} ", style=style or "dim")
+    line.append(entry.text, style=style)
+    if entry.repeat > 1:
+        line.append(f"  (x{entry.repeat})", style="dim")
+    return line
+
+
+def log_since(model: MonitorModel, index: int) -> tuple[int, list[Text]]:
+    """The log entries from number ``index`` on (or from the oldest one kept), and that number."""
+    first = max(index, model.log_count - len(model.log))
+    return first, [log_line(e) for e in list(model.log)[first - (model.log_count - len(model.log)) :]]
+
+
+def epoch_table(model: MonitorModel) -> tuple[list[str], list[list[str]]]:
+    """Every validation as a row: epoch, step, time since the start, each metric (best marked)."""
+    names = list(model.metrics)
+    columns = ["epoch", "step", "time", *names, "best"]
+    start = model.first_event_time or 0.0
+    rows = []
+    for v in model.epoch_rows:
+        cells = [str(v.epoch), f"{v.step:,}", fmt.clock(max(v.time - start, 0.0))]
+        cells += [fmt.value(v.metrics[n]) if n in v.metrics else "" for n in names]
+        cells.append("★" if v.is_best else "")
+        rows.append(cells)
+    return columns, rows
+
+
+def _fit_ranked(pieces: list[tuple[int, Text]], width: int, sep: str = "  ") -> Text:
+    """Like :func:`_fit`, but pieces are taken by rank (0 first) until one does not fit, and shown in list order."""
+    keep = _by_rank([(rank, piece.cell_len) for rank, piece in pieces], width, len(sep))
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for i, (_, piece) in enumerate(pieces):
+        if i in keep:
+            if out.plain:
+                out.append(sep)
+            out.append_text(piece)
+    return out
+
+
+def _by_rank(sizes: list[tuple[int, int]], width: int, sep: int) -> set[int]:
+    """Which of (rank, width) fit in ``width``: by rank, stopping at the first that does not."""
+    keep: set[int] = set()
+    used = 0
+    for _, i in sorted((rank, i) for i, (rank, _) in enumerate(sizes)):
+        extra = sizes[i][1] + (sep if keep else 0)
+        if used + extra > width:
+            break
+        keep.add(i)
+        used += extra
+    return keep
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.1f}"
+
+
+def _level(value: float | None, warn: float, bad: float) -> str:
+    return "" if value is None else "bold red" if value >= bad else "yellow" if value >= warn else ""
+
+
+_GPU_RIGHT = {2, 3, 5, 6}  # the columns of _gpu_cells aligned right: utilisation, memory, temperature, power
+
+
+def _gpu_cells(g: dict, peak: int) -> list[tuple[int, Text]]:
+    """One GPU's pieces as (rank, text), in the order shown; rank 0 is dropped last."""
+    util, used, total, temp, power = g.get("util"), g.get("mem_used"), g.get("mem_total"), g.get("temp"), g.get("power_w")
+    full = used / total if used is not None and total else None
+    return [
+        (0, Text(f"GPU{g['index']}", style="bold")),
+        (6, Text((g.get("name") or "").split(" ")[0], style="magenta")),
+        (1, Text("-" if util is None else f"{util}%", style="bold")),
+        (2, Text(f"{_gib(used)}/{_gib(total)} GiB", style=_level(full, 0.9, 0.97))),
+        (5, Text(f"peak {_gib(peak)}" if peak else "", style="dim")),
+        (3, Text("-°C" if temp is None else f"{temp}°C", style=_level(temp, 80, 88))),
+        (4, Text("- W" if power is None else f"{power:.0f} W")),
+    ]
+
+
+def system_text(model: MonitorModel, width: int) -> Text:
+    """The machine's load: one line per GPU (utilisation, memory and its peak, temperature, power,
+    a utilisation sparkline), torch's peak memory on CUDA, then CPU, RAM and the process's RSS.
+
+    The GPU lines are columns, the same on every line. Narrow, the least important pieces go
+    first (name, peaks, power, temperature, ...); numbers are never cut.
+    """
+    s = model.system
+    if s is None:
+        return Text("waiting for the first sample"[: max(width, 0)], style="dim")
     lines = []
-    for e in entries:
-        mark, style = LEVEL_STYLE.get(e.level, ("·", ""))
-        line = Text(time.strftime("%H:%M:%S ", time.localtime(e.time)), style="dim")
-        line.append(f"{mark} ", style=style or "dim")
-        line.append(e.text, style=style)
-        if e.repeat > 1:
-            line.append(f"  (x{e.repeat})", style="dim")
-        line.truncate(width, overflow="ellipsis")
-        lines.append(line)
-    return Text("\n").join(lines) if lines else Text("")
+    rows = [_gpu_cells(g, model.gpus[g["index"]].mem_peak if g["index"] in model.gpus else 0) for g in s.gpus]
+    if rows:
+        widths = [max(row[c][1].cell_len for row in rows) for c in range(len(rows[0]))]
+        columns = [c for c, w in enumerate(widths) if w]  # a column empty on every line takes no room
+        keep = _by_rank([(rows[0][c][0], widths[c]) for c in columns], width, 2)
+        shown = [c for k, c in enumerate(columns) if k in keep]
+        for g, row in zip(s.gpus, rows, strict=True):
+            cells = []
+            for c in shown:
+                pad = Text(" " * (widths[c] - row[c][1].cell_len))
+                cells.append(pad + row[c][1] if c in _GPU_RIGHT else row[c][1] + pad)
+            line = Text("  ", no_wrap=True, overflow="ellipsis").join(cells)
+            stat = model.gpus.get(g["index"])
+            room = width - line.cell_len - 2
+            if stat is not None and room >= 5:
+                line.append("  " + sparkline(stat.util.points()[1], min(room, 32), 0.0, 100.0), style="cyan")
+            lines.append(line)
+    if model.torch_peak is not None:
+        lines.append(_fit_ranked([(1, Text("torch peak", style="dim")), (0, Text(f"{_gib(model.torch_peak)} GiB", style="bold"))], width, " "))
+    cpu = [
+        (0, Text.assemble(("CPU ", "dim"), (f"{s.cpu_percent:.0f}%", "bold"))),
+        (4, Text.assemble(("proc ", "dim"), f"{s.proc_cpu:.0f}%") if s.proc_cpu is not None else Text("")),
+        (2, Text.assemble(("RAM ", "dim"), f"{_gib(s.ram_used)}/{_gib(s.ram_total)} GiB")),
+        (1, Text.assemble(("RSS ", "dim"), f"{_gib(s.rss)} GiB")),
+        (3, Text(f"peak {_gib(model.rss_peak)}", style="dim")),
+    ]
+    line = _fit_ranked([p for p in cpu if p[1].plain], width)
+    room = width - line.cell_len - 2
+    if room >= 5:
+        line.append("  " + sparkline(model.cpu_history.points()[1], min(room, 32), 0.0, 100.0), style="cyan")
+    lines.append(line)
+    for line in lines:
+        line.truncate(max(width, 0), overflow="ellipsis")  # narrower than the first piece: cut, never wider
+    return Text("\n").join(lines)
+
+
+def keys_text(keys: list[tuple[str, str]], width: int) -> Text:
+    """The key bar: ``key label`` pairs in order while they fit."""
+    out = Text(no_wrap=True)
+    for key, label in keys:
+        piece = Text.assemble((key, "bold reverse"), f" {label}  ")
+        if out.cell_len + piece.cell_len > width:
+            break
+        out.append_text(piece)
+    return out
 
 
 def error_text(model: MonitorModel, width: int, max_lines: int = 8) -> Text:

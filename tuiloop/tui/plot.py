@@ -42,6 +42,22 @@ def _tick_label(value: float, integer: bool) -> str:
     return f"{value:.3g}"
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis from ``lo`` to ``hi`` (both > 0): the powers of ten inside, or
+    1, 2 and 5 times them when the range spans less than two decades."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
+        ticks = [m * 10.0**e for e in range(first, last + 1) for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 2:
+            return ticks
+    return [lo, hi]
+
+
+def _duration_label(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s}s"
+
+
 def _limits(values: list[float], log: bool) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     if hi > lo:
@@ -113,6 +129,7 @@ def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
 
     f = plotext.figure
     f.clear()
+    plotext.terminal.limit(False, False)  # the widget's size rules, not what plotext thinks the terminal is (80x24 off a tty)
     f.theme("simple")
     f.canvas("default")
     f.legend(False)
@@ -123,18 +140,21 @@ def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
     y0, y1 = _limits(ys, fig.log_y)
     xr = f.ruler("x")
     xr.lim(x0, x1)
-    ticks = nice_ticks(x0, x1, max(2, min(7, width // 10)), integer=fig.x_integer)
-    xr.ticks(ticks, [_tick_label(t, fig.x_integer) for t in ticks])
+    ticks = nice_ticks(x0, x1, max(2, min(7, width // 10)), integer=fig.x_integer and not fig.x_time)
+    xr.ticks(ticks, [_duration_label(t) if fig.x_time else _tick_label(t, fig.x_integer) for t in ticks])
     yr = f.ruler("y")
+    # A log axis is drawn as log10(y) on a linear one, ticked at powers of ten: 10, 1, 0.1, ...
+    to_y = (lambda v: math.log10(v)) if fig.log_y else (lambda v: v)
+    yr.lim(to_y(y0), to_y(y1))
     if fig.log_y:
-        yr.scale("log")
-    yr.lim(y0, y1)
-    if not fig.log_y:
+        yticks = log_ticks(y0, y1)
+        yr.ticks([math.log10(t) for t in yticks], [f"{t:g}" for t in yticks])
+    else:
         yticks = nice_ticks(y0, y1, max(2, min(fig.y_ticks, height // 2)))
         yr.ticks(yticks, [_tick_label(t, False) for t in yticks])
     for ln in lines:
         marker = plotext.marker(ln.marker, plotext.pixel(foreground=ln.color))
-        signal = f.signal(ln.xs, ln.ys, marker=marker)
+        signal = f.signal(ln.xs, [to_y(y) for y in ln.ys] if fig.log_y else ln.ys, marker=marker)
         if ln.joined and len(ln.xs) > 1:
             signal.lines()
         f.draw(signal)

@@ -5,7 +5,6 @@ The monitor's reader thread calls these; nothing here touches the screen.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +27,8 @@ class EventSource(Protocol):
 
     def problems(self) -> list[str]: ...
 
+    def follow(self, proc: subprocess.Popen | None) -> None: ...
+
 
 class RunSource:
     """Tails ``run_dir/events.jsonl``; the run is live while ``proc`` runs (when we started it)
@@ -36,7 +37,7 @@ class RunSource:
     def __init__(self, run_dir: Path, proc: subprocess.Popen | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.proc = proc
-        self.tail = EventTail(self.run_dir)
+        self.tail = EventTail(self.run_dir, snapshot=True)  # a long run: its saved series, then the rest of the log
         self._reported = 0
 
     def poll(self) -> list[Event]:
@@ -56,6 +57,10 @@ class RunSource:
     def exit_code(self) -> int | None:
         return self.proc.returncode if self.proc is not None else None
 
+    def follow(self, proc: subprocess.Popen | None) -> None:
+        """The run goes on in a new process (resumed from the monitor): watch that one."""
+        self.proc = proc
+
     def kill(self) -> bool:
         """SIGKILL the training process if we started it, and what it started (a forced exit it
         could not be told about)."""
@@ -65,31 +70,3 @@ class RunSource:
             return False
         kill_tree(self.proc.pid)
         return True
-
-
-def parse_compute_apps(text: str, pid: int) -> int | None:
-    """MiB used by ``pid`` in ``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``."""
-    total = None
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 2 and parts[0] == str(pid):
-            try:
-                total = (total or 0) + int(float(parts[1]))
-            except ValueError:
-                continue
-    return total
-
-
-def gpu_memory(pid: int) -> str | None:
-    """GPU memory held by the training process, as nvidia-smi sees it (the TUI never imports torch)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None or pid <= 0:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    mib = parse_compute_apps(out.stdout, pid)
-    if mib is None:
-        return None
-    return f"GPU mem {mib / 1024:.1f} GiB" if mib >= 1024 else f"GPU mem {mib} MiB"

@@ -1,16 +1,11 @@
-"""Small Textual widgets of the monitor: a text panel drawn at its own size, the stop dialog."""
+"""The monitor's own widgets: a text panel drawn at its own size, and the key bar."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Static
 
 Builder = Callable[[int, int], Text]
 
@@ -39,24 +34,26 @@ class Panel(Widget):
         return max(len(self.build(width, viewport.height).plain.splitlines()), 1)
 
 
-class ConfirmStop(ModalScreen[bool]):
-    """Asks before stopping: y (or enter) stops, n (or escape) goes back to the monitor."""
+class KeyBar(Widget):
+    """The keys that act now, most important first; those that do not fit are left out whole
+    (the README lists them all). Redrawn when the screen's bindings change."""
 
-    BINDINGS = [
-        Binding("y", "confirm", "Stop the run"),
-        Binding("enter", "confirm", show=False),
-        Binding("n", "cancel", "Keep training"),
-        Binding("escape", "cancel", show=False),
-    ]
+    DEFAULT_CSS = """
+    KeyBar {
+        height: 1;
+        dock: bottom;
+        background: $panel;
+    }
+    """
 
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static("[b]Stop the run?[/b]", id="dialog-title")
-            yield Static("It finishes the current step, saves checkpoints/last.pt, writes summary.json and exits.")
-            yield Static("[b reverse] y [/] stop    [b reverse] n [/] keep training", id="dialog-keys")
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, lambda screen: self.refresh())
 
-    def action_confirm(self) -> None:
-        self.dismiss(True)
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
 
-    def action_cancel(self) -> None:
-        self.dismiss(False)
+    def render(self) -> Text:
+        from tuiloop.tui.panels import keys_text
+
+        keys = [(self.app.get_key_display(b), b.description) for _, b, enabled, _ in self.screen.active_bindings.values() if b.show and enabled]
+        return keys_text(keys, self.content_size.width)

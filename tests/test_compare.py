@@ -1,0 +1,262 @@
+"""``tuiloop compare``: runs side by side. The run directories here are written by the test (spec,
+run.json, an event log, a summary; a live one holds its lock), which is all compare reads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli, spec_data
+from runs_support import TUILOOP, Tmux, wait_until
+
+from tuiloop.cli.compare import format_plain
+from tuiloop.engine.events import Finished, RunStarted, TrainSteps, Validated
+from tuiloop.rundir.compare import Comparison, RunHistory, differing_keys, flatten, short_names
+from tuiloop.rundir.eventlog import EventLog
+from tuiloop.rundir.layout import SPEC, update_info, who, write_summary
+from tuiloop.rundir.lock import RunLock
+from tuiloop.spec.dump import dump_toml
+from tuiloop.tui.compare import CompareApp
+from tuiloop.tui.compare_panels import metric_figure, table_text
+from tuiloop.tui.model import higher_is_better
+
+T0 = 1_700_000_000.0
+EPOCHS = 10
+
+
+def started(monitor: str = "val_loss", mode: str = "min", start_epoch: int = 0, resumed: bool = False) -> RunStarted:
+    return RunStarted(run_name="tiny", run_dir="", device="cpu", device_name="cpu", epochs=EPOCHS, steps_per_epoch=8, batch_size=16,
+                      train_size=120, val_size=40, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor=monitor,
+                      mode=mode, patience=None, num_params=100, start_epoch=start_epoch, start_step=start_epoch * 8,
+                      resumed_from="checkpoints/last.pt" if resumed else None, time=T0)
+
+
+def validations(losses: list[float], first_epoch: int = 1, monitor: str = "val_loss", mode: str = "min", best: float | None = None) -> list[Validated]:
+    """One validation per loss (val_acc = 1 - loss/2), ``is_best`` as the engine sets it for ``monitor``."""
+    out = []
+    for i, loss in enumerate(losses):
+        epoch = first_epoch + i
+        metrics = {"train_loss": loss + 0.1, "val_loss": loss, "val_acc": 1 - loss / 2}
+        value = metrics[monitor]
+        is_best = best is None or (value > best if mode == "max" else value < best)
+        best = value if is_best else best
+        out.append(Validated(epoch, epoch * 8, metrics, is_best, 0.1, time=T0 + epoch))
+    return out
+
+
+def fake_run(out: Path, name: str, tag: str, losses: list[float], spec: dict[str, Any] | None = None, *, monitor: str = "val_loss",
+             mode: str = "min", live: bool = False) -> tuple[Path, RunLock | None]:
+    """A run directory as a run leaves it: finished, or live (its lock held: release it to end it)."""
+    run_dir = out / f"{name}-20260101-120000-{tag}"
+    run_dir.mkdir(parents=True)
+    lock = RunLock.acquire(run_dir) if live else None
+    data = spec_data(**(spec or {}))
+    data["run"]["name"] = name
+    (run_dir / SPEC).write_text(dump_toml(data), encoding="utf-8")
+    update_info(run_dir, name=name, started=T0, **who())
+    log = EventLog(run_dir)
+    for ev in [started(monitor, mode), *validations(losses, monitor=monitor, mode=mode)]:
+        log(ev)
+    if not live:
+        log(Finished("completed", "all epochs done", len(losses), len(losses) * 8, None, None, monitor, 1.0, time=T0 + 99))
+        write_summary(run_dir, {"status": "completed", "epochs": EPOCHS, "epochs_done": len(losses)})
+    log.close()
+    return run_dir, lock
+
+
+def run_async(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    @functools.wraps(test)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+# ---- the comparison without a screen ------------------------------------------------------------
+def test_differing_keys_flatten_nested_tables_and_count_a_missing_key() -> None:
+    a = flatten({"run": {"epochs": 3, "seed": 0}, "model": {"hidden": 16, "act": {"kind": "relu", "slope": 0.1}}, "optimizer": {"lr": 0.01}})
+    b = flatten({"run": {"epochs": 3, "seed": 0}, "model": {"hidden": 32, "act": {"kind": "relu", "slope": 0.2}}, "optimizer": {"lr": 0.01},
+                 "scheduler": {"target": "StepLR"}})
+    assert a["model.act.kind"] == "relu" and "model.act" not in a
+    assert differing_keys([a, b]) == ["model.hidden", "model.act.slope", "scheduler.target"]
+    assert differing_keys([{"x": 1, "y": True}, {"x": 1.0, "y": 1}]) == ["y"]  # 1 == 1.0, but true is not 1
+    assert differing_keys([a, None, a]) == []  # a run without spec.toml is left out, not "all differ"
+
+
+def test_short_names_drop_the_stamp_unless_two_runs_share_a_name() -> None:
+    assert short_names(["mlp-20260101-120000-ab12", "cnn-20260101-120500-cd34"]) == ["mlp", "cnn"]
+    assert short_names(["mlp-20260101-120000-ab12", "mlp-20260102-090000-cd34", "odd"]) == ["mlp-ab12", "mlp-cd34", "odd"]
+
+
+def test_a_resumed_log_keeps_the_latest_value_of_each_epoch_and_drops_the_abandoned_ones() -> None:
+    run = RunHistory(Path("/runs/r-20260101-120000-ab12"))
+    # session 1 validated epochs 1-4 and crashed; last.pt held epoch 2, so session 2 trains 3 on again
+    run.apply([started(), *validations([0.9, 0.8, 0.7, 0.6]), TrainSteps(5, 33, [0.5], 1, 0.01, 100.0, time=T0)])
+    assert run.epochs_done == 4
+    run.apply([started(start_epoch=2, resumed=True), *validations([0.75], first_epoch=3, best=0.8)])
+    assert run.points("val_loss") == ([1, 2, 3], [0.9, 0.8, 0.75])  # 4 (0.6) belonged to the lost timeline
+    assert run.epochs_done == 3 and run.best("val_loss", False) == (3, 0.75)
+    run.apply(validations([0.72, 0.74], first_epoch=4, best=0.75))
+    assert run.points("val_loss") == ([1, 2, 3, 4, 5], [0.9, 0.8, 0.75, 0.72, 0.74]) and run.epochs_done == 5
+
+
+def test_best_points_follow_each_runs_mode_and_the_metric_name_otherwise(tmp_path: Path) -> None:
+    a, _ = fake_run(tmp_path, "loss", "aaaa", [0.9, 0.5, 0.7])  # monitor val_loss, min
+    b, _ = fake_run(tmp_path, "score", "bbbb", [0.9, 0.5, 0.7], monitor="val_acc", mode="max")
+    cmp = Comparison([a, b], higher_is_better)
+    ra, rb = cmp.runs
+    assert cmp.best(ra, "val_loss") == (2, 0.5) and cmp.best(rb, "val_loss") == (2, 0.5)
+    assert cmp.best(ra, "val_acc") == (2, 0.75)  # not ra's monitor: acc is better higher, by its name
+    assert cmp.best(rb, "val_acc") == (2, 0.75)  # rb's monitor, mode max: the check the engine called best
+    rb.mode, rb.best_flags = "min", {}  # the run's own mode wins over the name when it monitors the metric
+    assert cmp.best(rb, "val_acc") == (1, 0.55)
+    assert cmp.metric_names() == ["val_loss", "val_acc", "train_loss"]
+
+
+def test_the_comparison_lists_states_and_the_differing_spec_values(tmp_path: Path) -> None:
+    a, _ = fake_run(tmp_path, "mlp", "aaaa", [0.9, 0.6], {"optimizer": {"lr": 0.01}, "model": {"hidden": 16}})
+    b, lock = fake_run(tmp_path, "mlp", "bbbb", [0.8], {"optimizer": {"lr": 0.001}, "model": {"hidden": 16, "dropout": 0.1}}, live=True)
+    try:
+        cmp = Comparison([a, b], higher_is_better)
+        assert cmp.names == ["mlp-aaaa", "mlp-bbbb"]
+        assert [r.shown_state for r in cmp.runs] == ["finished", "running"] and cmp.any_live
+        assert cmp.differing() == [("model.dropout", ["-", "0.1"]), ("optimizer.lr", ["0.01", "0.001"])]
+        text = format_plain(cmp, "val_loss")
+        assert "mlp-20260101-120000-aaaa  finished  2/10    0.6000 @2" in text
+        assert "mlp-20260101-120000-bbbb  running   1/10    0.8000 @1" in text
+        assert "optimizer.lr   0.01      0.001" in text
+        # the live run validates again: a poll reads only what it appended
+        log = EventLog(b)
+        log(validations([0.7], first_epoch=2, best=0.8)[0])
+        log.close()
+        assert cmp.poll() and cmp.runs[1].points("val_loss") == ([1, 2], [0.8, 0.7])
+        assert not cmp.poll()
+    finally:
+        assert lock is not None
+        lock.release()
+    assert cmp.poll() and cmp.runs[1].state == "crashed"  # the lock went without a summary
+
+
+def test_the_table_fits_narrow_terminals_by_dropping_runs_not_digits(tmp_path: Path) -> None:
+    long_target = {"model": {"target": "a_rather_long_module_name.py:SomeVeryLongModelFactoryName"}}
+    runs = [fake_run(tmp_path, f"experiment-{i}", f"{i:04x}", [0.123456 + i], long_target if i == 0 else {"optimizer": {"lr": 10.0 ** -i}})[0] for i in range(6)]
+    cmp = Comparison(runs, higher_is_better)
+    wide = table_text(cmp, "val_loss", 200, 30).plain
+    assert "1.1235 @1" in wide and "5.1235 @1" in wide and "optimizer.lr" in wide and "model.target" in wide
+    for width, height in ((80, 10), (60, 6), (40, 5)):
+        text = table_text(cmp, "val_loss", width, height).plain
+        lines = text.splitlines()
+        assert len(lines) <= height and all(len(ln) <= width for ln in lines), text
+        shown = [f"{i}.1235 @1" for i in range(6) if f"{i}.1235 @1" in text]
+        assert shown == [f"{i}.1235 @1" for i in range(len(shown))] and shown, text  # the first runs whole
+        if len(shown) < 6:
+            assert f"+{6 - len(shown)} more run" in text, text
+    assert "… 2 more differing keys" in table_text(cmp, "val_loss", 200, 5).plain
+
+
+def test_the_figure_has_a_line_and_a_best_marker_per_run_in_its_colour(tmp_path: Path) -> None:
+    a, _ = fake_run(tmp_path, "a", "aaaa", [0.9, 0.5, 0.7])
+    b, _ = fake_run(tmp_path, "b", "bbbb", [0.8, 0.6, 0.4])
+    fig = metric_figure(Comparison([a, b], higher_is_better), "val_loss", 100)
+    assert [p[0] for p in fig.legend] == ["━ a", "━ b", "◆ best"]
+    marks = [(ln.xs, ln.ys, ln.color) for ln in fig.lines if ln.marker == "◆"]
+    assert marks == [([2.0], [0.5], fig.legend[0][1]), ([3.0], [0.4], fig.legend[1][1])]
+
+
+# ---- the screen -----------------------------------------------------------------------------------
+def screen_text(app: CompareApp) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_for(pilot, predicate: Callable[[], object], what: str, timeout: float = 10.0) -> str:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; screen:\n{screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+    return screen_text(pilot.app)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+@run_async
+async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_run(tmp_path: Path, size: tuple[int, int]) -> None:
+    a, _ = fake_run(tmp_path, "baseline", "aaaa", [0.9, 0.6, 0.5, 0.55], {"optimizer": {"lr": 0.01}})
+    b, _ = fake_run(tmp_path, "wider", "bbbb", [0.8, 0.5, 0.45], {"optimizer": {"lr": 0.01}, "model": {"hidden": 64}})
+    c, lock = fake_run(tmp_path, "faster", "cccc", [0.7], {"optimizer": {"lr": 0.03}}, live=True)
+    assert lock is not None
+    try:
+        app = CompareApp(Comparison([a, b, c], higher_is_better), poll_s=0.1)
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: "optimizer.lr" in screen_text(app) and "Next metric" in screen_text(app), "the table and the footer")
+            await pilot.pause(0.3)  # a frame after the layout settled
+            screen = screen_text(app)
+            lines = screen.splitlines()
+            assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
+            for needle in ("━ baseline", "━ wider", "━ faster", "◆", "val_loss by epoch", "model.hidden", "optimizer.lr", "0.03",
+                           "0.5000 @3", "0.4500 @3", "0.7000 @1", "running", "finished", "1 live", "Next metric", "Leave"):
+                assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
+            plot = app.query_one("#plot")
+            await pilot.press("m")
+            screen = await wait_for(pilot, lambda: "val_acc by epoch" in screen_text(app), "val_acc after m")
+            assert "best val_acc" in screen and "0.7750 @3" in screen  # wider's best accuracy: higher is better
+            await pilot.press("m", "m")
+            await wait_for(pilot, lambda: "val_loss by epoch" in screen_text(app), "back to val_loss")
+            # the live run validates epoch 2: the plot and the table follow within a poll
+            log = EventLog(c)
+            log(validations([0.3], first_epoch=2, best=0.7)[0])
+            log.close()
+            await wait_for(pilot, lambda: "0.3000 @2" in screen_text(app), "the live run's new best")
+            faster = [ln for ln in plot.figure.lines if ln.color == plot.figure.legend[2][1] and ln.marker == "braille"]
+            assert faster and faster[0].xs == [1.0, 2.0]
+            await pilot.press("q")
+        assert app.return_code in (0, None)
+    finally:
+        lock.release()
+
+
+# ---- the command ----------------------------------------------------------------------------------
+def test_piped_compare_prints_the_table_and_errors_say_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    fake_run(out, "mlp", "aaaa", [0.9, 0.6], {"model": {"hidden": 16}})
+    fake_run(out, "mlp", "bbbb", [0.8, 0.7, 0.65], {"model": {"hidden": 32}})
+    done = run_cli("compare", "aaaa", "bbbb", "--out-dir", out, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "RUN                       STATE     EPOCHS  BEST val_loss",
+        "mlp-20260101-120000-aaaa  finished  2/10    0.6000 @2",
+        "mlp-20260101-120000-bbbb  finished  3/10    0.6500 @3",
+        "",
+        "SPEC          mlp-aaaa  mlp-bbbb",
+        "model.hidden  16        32",
+    ]
+    acc = run_cli("compare", "aaaa", "bbbb", "--out-dir", out, "--metric", "val_acc", cwd=tmp_path, timeout=60)
+    assert "BEST val_acc" in acc.stdout and "0.7000 @2" in acc.stdout
+    for args, needles in ((["aaaa"], ["two or more runs", "tuiloop show aaaa"]),
+                          (["aaaa", "zzzz"], ["no run directory 'zzzz'", "tuiloop ls"]),
+                          (["aaaa", "mlp"], ["'mlp' matches 2 runs", "give more of the name"]),
+                          (["aaaa", str(out / "mlp-20260101-120000-aaaa")], ["the same run"]),
+                          (["aaaa", "bbbb", "--metric", "val_f1"], ["--metric val_f1", "val_loss, val_acc, train_loss"])):
+        bad = run_cli("compare", *args, "--out-dir", out, cwd=tmp_path, timeout=60)
+        assert bad.returncode == 2 and not bad.stdout, (args, bad.stdout, bad.stderr)
+        assert bad.stderr.startswith("tuiloop: error: ") and all(n in bad.stderr for n in needles), (args, bad.stderr)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_compare_in_a_real_terminal(tmp_path: Path, tmux: Tmux) -> None:
+    out = tmp_path / "runs"
+    fake_run(out, "baseline", "aaaa", [0.9, 0.6, 0.5], {"optimizer": {"lr": 0.01}})
+    fake_run(out, "tuned", "bbbb", [0.8, 0.45, 0.5], {"optimizer": {"lr": 0.003}})
+    term = tmux.new("compare", f"{TUILOOP} compare baseline tuned --out-dir {out}", width=120, height=40)
+    screen = tmux.wait_for(term, r"(?s)━ baseline.*━ tuned.*optimizer\.lr\s+0\.01\s+0\.003.*Next metric", 30)
+    assert "val_loss by epoch" in screen and "0.4500 @2" in screen and "Traceback" not in screen
+    tmux.send(term, "m")
+    tmux.wait_for(term, r"val_acc by epoch", 10)
+    tmux.send(term, "q")
+    tmux.wait_for(term, r"\[exit 0\]", 10)
+    wait_until(lambda: "[exit 0]" in tmux.screen(term), 5, "the prompt")

@@ -1,0 +1,100 @@
+"""What the plots draw: the best marker on its own metric's curve, log axes in powers of ten,
+spikes kept at a million steps, zoom windows and the three x axes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from tuiloop.engine.events import RunStarted, SettingChanged, TrainSteps, Validated
+from tuiloop.tui.figures import BEST, RAW, TRAIN, View, loss_figure, lr_figure
+from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.plot import log_ticks, render_figure
+
+T0 = 1_700_000_000.0
+
+
+def run(epochs: int = 10, spe: int = 100, monitor: str = "val_loss", mode: str = "min", spike_at: int | None = None) -> MonitorModel:
+    """A run whose val_loss is best at epoch 4 and val_acc best at epoch 7; 1 s per epoch."""
+    m = MonitorModel()
+    m.apply(RunStarted(run_name="fig", run_dir="/r", device="cpu", device_name="cpu", epochs=epochs, steps_per_epoch=spe, batch_size=8, train_size=800,
+                       val_size=100, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor=monitor, mode=mode, patience=None,
+                       num_params=10, time=T0))
+    best_loss = best_acc = None
+    for e in range(1, epochs + 1):
+        first = (e - 1) * spe + 1
+        losses = [2.0 / math.sqrt(first + i) for i in range(spe)]
+        if spike_at is not None and first <= spike_at < first + spe:
+            losses[spike_at - first] = 50.0
+        m.apply(TrainSteps(e, first, losses, spe, 0.1, 1e3, time=T0 + e))
+        val = 1.0 - 0.1 * min(e, 4) + 0.05 * max(e - 4, 0)
+        acc = 0.5 + 0.05 * min(e, 7) - 0.02 * max(e - 7, 0)
+        is_best = (best_loss is None or val < best_loss) if monitor == "val_loss" else (best_acc is None or acc > best_acc)
+        best_loss = val if best_loss is None or val < best_loss else best_loss
+        best_acc = acc if best_acc is None or acc > best_acc else best_acc
+        m.apply(Validated(e, e * spe, {"train_loss": 0.5, "val_loss": val, "val_acc": acc}, is_best, 0.0, time=T0 + e + 0.1))
+    return m
+
+
+def test_the_best_val_loss_is_marked_on_the_validation_curve() -> None:
+    fig = loss_figure(run(), 60)
+    (best,) = [ln for ln in fig.lines if ln.color == BEST]
+    assert best.xs == [pytest.approx(4.0)] and best.ys == [pytest.approx(0.6)], "epoch 4 (x in epochs), val_loss 0.6"
+    assert any("◆ best 0.6000 (ep 4)" in text for text, _, _ in fig.legend)
+
+
+def test_the_best_of_a_metric_that_is_not_plotted_is_not_drawn_on_the_loss_curves() -> None:
+    fig = loss_figure(run(monitor="val_acc", mode="max"), 60)
+    assert not [ln for ln in fig.lines if ln.color == BEST], "no ◆ on val_loss for the best val_acc"
+    assert any(text.startswith("best val_acc 0.8500 (ep 7)") for text, _, _ in fig.legend)
+
+
+def test_log_axes_tick_at_powers_of_ten_and_say_they_are_log() -> None:
+    assert log_ticks(0.0012, 2.288) == [0.01, 0.1, 1.0]
+    assert log_ticks(0.05, 0.9) == [0.05, 0.1, 0.2, 0.5]  # less than two decades: 1, 2, 5 times them
+    text = render_figure(loss_figure(run(epochs=30), 70, View(log_y=True)), 70, 20).plain
+    assert "log y" in text.splitlines()[0]
+    labels = set(re.findall(r"^\s*([0-9.e+-]+)┤", text, re.M))
+    assert labels and labels <= {"0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"}, labels
+
+
+def test_the_learning_rate_plot_goes_log_once_it_spans_a_factor_of_ten() -> None:
+    m = run(epochs=3)
+    assert not lr_figure(m, 40).log_y
+    for i, lr in enumerate((0.05, 0.025, 0.0125, 0.00625)):
+        m.apply(SettingChanged("optimizer.lr", lr * 2, lr, 3, 300 + i, "command lr_down", time=T0 + 10 + i))
+    assert lr_figure(m, 40).log_y
+
+
+def test_a_one_step_spike_is_drawn_at_a_million_steps() -> None:
+    m = run(epochs=100, spe=10_000, spike_at=654_321)
+    fig = loss_figure(m, 60)
+    (band,) = [ln for ln in fig.lines if ln.color == RAW]
+    assert max(band.ys) == 50.0 and len(band.xs) <= 2 * 60 + 2
+    (train,) = [ln for ln in fig.lines if ln.color == TRAIN]
+    assert max(train.ys) < 5, "the smoothed line alone would hide it"
+    assert not [ln for ln in loss_figure(m, 60, View(show_raw=False)).lines if ln.color == RAW]
+
+
+def test_zoom_shows_the_last_tenth_or_the_current_epoch() -> None:
+    m = run(epochs=10, spe=100)
+    last = loss_figure(m, 60, View(zoom="last 10%", x_axis="steps"))
+    (train,) = [ln for ln in last.lines if ln.color == TRAIN]
+    assert min(train.xs) >= 900 and max(train.xs) == pytest.approx(1000, abs=5)
+    m.apply(TrainSteps(11, 1001, [0.3] * 40, 40, 0.1, 1e3, time=T0 + 12))  # 40 steps into epoch 11
+    epoch = loss_figure(m, 60, View(zoom="epoch", x_axis="steps"))
+    (train,) = [ln for ln in epoch.lines if ln.color == TRAIN]
+    assert min(train.xs) >= 1000 and max(train.xs) <= 1040
+    assert any("zoom: epoch" in text for text, _, _ in epoch.legend)
+
+
+def test_the_x_axis_shows_epochs_steps_or_wall_time() -> None:
+    m = run(epochs=10, spe=100)
+    xs = {axis: [ln for ln in loss_figure(m, 60, View(x_axis=axis)).lines if ln.color == TRAIN][0].xs for axis in ("epochs", "steps", "time")}
+    assert max(xs["epochs"]) == pytest.approx(10, abs=0.1)
+    assert max(xs["steps"]) == pytest.approx(1000, abs=10)
+    assert 0 < max(xs["time"]) <= 10.5, "seconds since the start"
+    text = render_figure(loss_figure(m, 60, View(x_axis="time")), 60, 16).plain
+    assert re.search(r"\b\d+s\b", text.splitlines()[-1]), "durations under the axis"

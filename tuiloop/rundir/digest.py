@@ -1,0 +1,207 @@
+"""What a run's many small events add up to: its plot series and where it stands.
+
+Per-step loss lines (``train_steps``) and machine samples (``system_sample``) are nearly all of
+a long run's event log. :class:`RunDigest` takes every event and keeps what views derive from
+those two kinds: the loss, learning-rate and health series (downsampled, so its size does not
+grow with the run), the step, epoch and learning rate, and the machine's load. Two owners feed
+the same class with the same events, so they cannot disagree:
+
+* the monitor's :class:`~tuiloop.tui.model.MonitorModel`, which keeps these fields in a digest;
+* the training process's event writer (:class:`~tuiloop.rundir.eventlog.EventLog`), which saves
+  its digest beside the log every 30 s (:mod:`tuiloop.rundir.snapshot`), so a view of a long run
+  loads that and reads only the other events before it.
+
+Rule: everything a view derives from the kinds in :data:`RunDigest.KINDS` lives here, because
+readers skip those lines before a snapshot. Other events may update a digest too (a validation
+adds a point to ``val``; a resume drops the steps done again); they are read either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuiloop.engine.events import Finished, LRChanged, RunStarted, SettingChanged, Starting, StateChanged, SystemSample, TrainSteps, Validated, event_from_dict
+from tuiloop.rundir.series import Downsampled
+from tuiloop.rundir.snapshot import DIGESTED_KINDS
+
+
+@dataclass
+class GpuStat:
+    """One GPU over the run: its utilisation history (x = time), peak memory and mean utilisation."""
+
+    index: int
+    name: str
+    util: Downsampled = field(default_factory=lambda: Downsampled(128))
+    mem_peak: int = 0
+    mem_total: int = 0
+    util_sum: float = 0.0
+    util_n: int = 0
+
+    @property
+    def mean_util(self) -> float | None:
+        return self.util_sum / self.util_n if self.util_n else None
+
+
+# the digest's series and their resolutions; train and val take the view's resolution
+_SERIES = ("train", "val", "lr_history", "grad_norms", "throughput", "step_times", "cpu_history")
+_optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
+_SCALARS = {
+    "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float),
+    "skipped_steps": int, "active_steps": int, "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
+}  # fmt: skip
+
+
+class RunDigest:
+    """The series and progress of a run, fed with its events in order (see the module's rule)."""
+
+    KINDS = DIGESTED_KINDS  # ("train_steps", "system_sample"): lines a reader may skip before a snapshot's offset
+
+    def __init__(self, resolution: int = 512) -> None:
+        self.phase: str | None = None  # what a starting run is doing (importing torch, loading the data, ...)
+        self.epoch = 1  # the epoch in progress, or the last one (from 1)
+        self.step_in_epoch = 0
+        self.step = 0  # global optimizer steps done
+        self.lr: float | None = None
+        self.samples_per_s: float | None = None  # smoothed
+        self.train = Downsampled(resolution)  # x = global step
+        self.val = Downsampled(resolution)  # val_loss, x = global step
+        self.lr_history = Downsampled(128)
+        self.grad_norms = Downsampled(256)  # total gradient norm before clipping, x = step
+        self.throughput = Downsampled(128)  # samples/s per flush, x = step
+        self.step_times = Downsampled(256)  # wall time of the steps (x = step), for a time axis
+        self.loss_scale: float | None = None  # 16-mixed's grad scaler
+        self.skipped_steps = 0
+        self.active_steps = 0  # steps logged while running since the session started (for the ETA)
+        self.running = False
+        # the machine's load (a SystemSample every 2 s): the latest, a short history, the peaks
+        self.system: SystemSample | None = None
+        self.system_samples = 0
+        self.gpus: dict[int, GpuStat] = {}  # by NVML index
+        self.cpu_history = Downsampled(128)  # machine CPU %, x = time
+        self.cpu_sum = 0.0
+        self.rss_peak = 0
+        self.torch_peak: int | None = None
+
+    def apply(self, ev: Any) -> None:
+        """Take one event (of any kind) into the digest."""
+        handler = getattr(self, f"_on_{ev.kind}", None)
+        if handler is not None:
+            handler(ev)
+
+    def _on_starting(self, ev: Starting) -> None:
+        self.phase = ev.phase
+
+    def _on_run_started(self, ev: RunStarted) -> None:
+        self.phase = "waiting for the first batch"
+        self.running = True
+        self.epoch = min(ev.start_epoch + 1, ev.epochs)
+        self.step = ev.start_step
+        self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
+        self.active_steps = 0
+        if ev.resumed_from:  # steps logged after the checkpoint by the session that crashed are done again
+            for series in (self.train, self.val, self.lr_history, self.grad_norms, self.throughput, self.step_times):
+                series.drop_after(ev.start_step)
+
+    def _on_train_steps(self, ev: TrainSteps) -> None:
+        n = len(ev.losses)
+        self.phase = None
+        self.train.extend(ev.first_step, ev.losses)
+        self.step = ev.first_step + n - 1
+        self.epoch = ev.epoch
+        self.step_in_epoch = ev.step_in_epoch
+        if math.isfinite(ev.lr):  # a tracked loop that does not log its learning rate sends NaN
+            self.lr = ev.lr
+            self.lr_history.append(self.step, ev.lr)
+        self.step_times.append(self.step, ev.time)
+        if self.running:
+            self.active_steps += n
+        if ev.grad_norms:
+            self.grad_norms.extend(ev.first_step, ev.grad_norms)
+        if ev.loss_scale is not None:
+            self.loss_scale = ev.loss_scale
+        self.skipped_steps += ev.skipped_steps
+        if ev.samples_per_s > 0 and math.isfinite(ev.samples_per_s):
+            self.throughput.append(self.step, ev.samples_per_s)
+            prev = self.samples_per_s
+            self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
+
+    def _on_validated(self, ev: Validated) -> None:
+        self.epoch = ev.epoch
+        val = ev.metrics.get("val_loss")
+        if val is not None:
+            self.val.append(ev.step, val)
+
+    def _on_lr_changed(self, ev: LRChanged) -> None:
+        self.lr = ev.lr
+        self.lr_history.append(ev.step, ev.lr)
+
+    def _on_setting_changed(self, ev: SettingChanged) -> None:
+        if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
+            self.lr = float(ev.new)
+            self.lr_history.append(ev.step, float(ev.new))
+
+    def _on_state(self, ev: StateChanged) -> None:
+        self.running = ev.state == "running"
+
+    def _on_finished(self, ev: Finished) -> None:
+        self.running = False
+        self.step = ev.step
+
+    def _on_system_sample(self, ev: SystemSample) -> None:
+        self.system = ev
+        self.system_samples += 1
+        self.cpu_history.append(ev.time, ev.cpu_percent)
+        self.cpu_sum += ev.cpu_percent
+        self.rss_peak = max(self.rss_peak, ev.rss)
+        if ev.torch_peak_bytes is not None:
+            self.torch_peak = max(self.torch_peak or 0, ev.torch_peak_bytes)
+        for g in ev.gpus:
+            stat = self.gpus.get(g["index"])
+            if stat is None:
+                stat = self.gpus[g["index"]] = GpuStat(g["index"], g.get("name") or "")
+            if g.get("util") is not None:
+                stat.util.append(ev.time, g["util"])
+                stat.util_sum += g["util"]
+                stat.util_n += 1
+            stat.mem_peak = max(stat.mem_peak, g.get("mem_used") or 0)
+            stat.mem_total = g.get("mem_total") or stat.mem_total
+
+    # ---- saving ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, as JSON-ready values (floats may be NaN or infinite: dump with allow_nan)."""
+        return {
+            **{name: getattr(self, name) for name in _SCALARS},
+            "series": {name: getattr(self, name).to_dict() for name in _SERIES},
+            "system": self.system.to_dict() if self.system is not None else None,
+            "gpus": [{"index": g.index, "name": g.name, "util": g.util.to_dict(), "mem_peak": g.mem_peak, "mem_total": g.mem_total, "util_sum": g.util_sum, "util_n": g.util_n} for g in self.gpus.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunDigest:
+        """The digest ``to_dict`` saved; raises KeyError, TypeError or ValueError if ``d`` is not one."""
+        digest = cls()
+        for name, kind in _SCALARS.items():
+            setattr(digest, name, kind(d[name]))
+        for name in _SERIES:
+            setattr(digest, name, _series(d["series"][name]))
+        system = d["system"]
+        digest.system = event_from_dict(system) if system is not None else None  # type: ignore[assignment]
+        if digest.system is not None and not isinstance(digest.system, SystemSample):
+            raise ValueError("not a system sample")
+        for g in d["gpus"]:
+            stat = GpuStat(int(g["index"]), str(g["name"]), _series(g["util"]), int(g["mem_peak"]), int(g["mem_total"]), float(g["util_sum"]), int(g["util_n"]))
+            digest.gpus[stat.index] = stat
+        return digest
+
+
+def _series(d: dict[str, Any]) -> Downsampled:
+    """A saved series, checked: lists of numbers where numbers belong (a damaged file raises ValueError)."""
+    columns = [d[key] for key in ("xs", "ys", "mins", "maxs")]
+    numbers = [*columns, d["partial"], d["last"] or []]
+    if any(type(c) is not list for c in numbers) or any(len(c) != len(columns[0]) for c in columns) or len(d["partial"]) != 6:
+        raise ValueError("a damaged series")
+    if not all(type(v) in (float, int) for c in numbers for v in c):
+        raise ValueError("a damaged series")
+    return Downsampled.from_dict(d)

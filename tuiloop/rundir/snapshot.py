@@ -1,0 +1,153 @@
+"""``series.json``: the training process's :class:`~tuiloop.rundir.digest.RunDigest`, saved beside
+the event log so a view of a long run does not re-read every step.
+
+The event log stays the truth; this file is a cache of what its first ``offset`` bytes add up
+to, with the byte ranges of the lines there that are not of the digested kinds (a few thousand
+a day: validations, checkpoints, states, messages). The writer
+(:class:`~tuiloop.rundir.eventlog.EventLog`) saves it atomically every 30 s of the run's clock
+and when a session ends. A reader loads it, reads those ranges, takes the digest in place of
+the rest (:class:`SnapshotLoaded`), then reads on from the offset as usual: opening a run costs
+the same after a day as after a minute, plus its validations.
+
+A snapshot is used only if the log still holds, at its offset, the very line it was saved
+after (length and hash); a log that was cut, replaced or belongs to another run fails that
+check, and so does a damaged or unknown file. Then the reader reads the whole log: slower, the
+same result. So do runs from before this file existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tuiloop.engine.events import Event
+from tuiloop.rundir.layout import EVENTS, SNAPSHOT
+
+if TYPE_CHECKING:  # the digest imports numpy, which ls (scan) does without
+    from tuiloop.rundir.digest import RunDigest
+
+FORMAT = 1
+# The kinds a RunDigest takes whole (RunDigest.KINDS): named here, where ls reads them without numpy.
+DIGESTED_KINDS = ("train_steps", "system_sample")
+
+
+def line_prefix(kind: str) -> bytes:
+    """How every line of events of ``kind`` starts (see Event.to_dict), to skip them unparsed."""
+    return b'{"event":"' + kind.encode() + b'",'
+
+
+@dataclass
+class Snapshot:
+    """A digest and the part of the log it covers; :meth:`add` moves it on by one line."""
+
+    digest: RunDigest
+    offset: int = 0  # bytes of the log covered
+    lines: int = 0  # lines in them
+    time: float = 0.0  # of the last event covered
+    # [start, end, number of the first line] of each run of lines not of the digested kinds
+    ranges: list[list[int]] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()  # the digested kinds
+
+    def __post_init__(self) -> None:
+        self.kinds = self.kinds or type(self.digest).KINDS
+        self._digested = tuple(line_prefix(kind) for kind in self.kinds)
+
+    def add(self, event: Event | None, line: bytes) -> None:
+        """``line`` (with its newline) follows in the log; ``event`` is what it says (None: unreadable)."""
+        start = self.offset
+        self.offset += len(line)
+        self.lines += 1
+        if event is not None:
+            self.digest.apply(event)
+            self.time = event.time
+        if not line.startswith(self._digested):  # readers read this one
+            last = self.ranges[-1] if self.ranges else None
+            if last is not None and last[1] == start:
+                last[1] = self.offset
+            else:
+                self.ranges.append([start, self.offset, self.lines])
+
+
+@dataclass(frozen=True)
+class SnapshotLoaded(Event):
+    """Not in the log: a reader's stand-in for the lines a snapshot covers. ``digest`` replaces
+    what the events before it added up to; ``skipped`` lines were not read."""
+
+    kind: ClassVar[str] = "snapshot"
+    digest: RunDigest
+    skipped: int = 0
+
+
+def _fingerprint(line: bytes) -> str:
+    return hashlib.sha1(line).hexdigest()
+
+
+def save_snapshot(run_dir: Path, snap: Snapshot, last_line: bytes) -> None:
+    """Write ``series.json`` for ``snap``, whose covered bytes end with ``last_line`` (a temp
+    file, then ``os.replace``: readers see the old file or the new one, never half of one)."""
+    data = {
+        "format": FORMAT,
+        "offset": snap.offset,
+        "lines": snap.lines,
+        "time": snap.time,
+        "last_line": {"length": len(last_line), "sha1": _fingerprint(last_line)},
+        "kinds": list(snap.kinds),
+        "ranges": snap.ranges,
+        "digest": snap.digest.to_dict(),
+    }
+    path = run_dir / SNAPSHOT
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, allow_nan=True, separators=(",", ":"))
+    os.replace(tmp, path)  # no fsync: a snapshot lost with the machine only makes the next read slower
+
+
+def load_snapshot(run_dir: Path) -> Snapshot | None:
+    """The run's snapshot if it is sound and fits its log as it is now; else None (read the whole log)."""
+    from tuiloop.rundir.digest import RunDigest
+
+    try:
+        data = read_snapshot(run_dir)
+        if data is None:
+            return None
+        return Snapshot(RunDigest.from_dict(data["digest"]), data["offset"], data["lines"], float(data["time"]), data["ranges"], tuple(data["kinds"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def read_snapshot(run_dir: Path) -> dict[str, Any] | None:
+    """``series.json`` as saved, if it fits the log (its digest left as a dict); else None."""
+    try:
+        with open(run_dir / SNAPSHOT, "rb") as f:
+            data = json.loads(f.read())
+        return data if _fits(run_dir, data) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _fits(run_dir: Path, data: Any) -> bool:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return False
+    if not (isinstance(data["kinds"], list) and set(data["kinds"]) <= set(DIGESTED_KINDS)):  # a newer tuiloop digests more
+        return False
+    offset, lines, last = data["offset"], data["lines"], data["last_line"]
+    length = last["length"]
+    if not all(type(n) is int for n in (offset, lines, length)) or not 0 < length <= offset:
+        return False
+    with open(run_dir / EVENTS, "rb") as f:
+        if os.fstat(f.fileno()).st_size < offset:  # the log was cut or replaced
+            return False
+        f.seek(offset - length)
+        line = f.read(length)
+    if not line.endswith(b"\n") or _fingerprint(line) != last["sha1"]:  # another log, or another run's
+        return False
+    end = 0
+    for r in data["ranges"]:  # in order, inside the covered bytes
+        if not (isinstance(r, list) and len(r) == 3 and all(type(n) is int for n in r) and end <= r[0] < r[1] <= offset and 0 < r[2] <= lines):
+            return False
+        end = r[1]
+    return True
