@@ -18,6 +18,7 @@ from typing import Any
 from tuiloop.engine.events import CheckpointSaved, Event, Finished, RunStarted, StateChanged, TrainSteps, Validated
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import SPEC
+from tuiloop.rundir.snapshot import SnapshotLoaded
 from tuiloop.rundir.state import run_state
 
 MISSING = "-"  # a spec key one run does not have
@@ -146,6 +147,8 @@ class RunHistory:
                 self.paused = False
             elif isinstance(ev, StateChanged):
                 self.paused = ev.state == "paused"
+            elif isinstance(ev, SnapshotLoaded):  # the step lines before it were not read: where they got to
+                self.epochs_done = max(self.epochs_done, ev.digest.epoch - 1)
             else:
                 continue
             self.version += 1
@@ -220,7 +223,7 @@ class RunReader:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir
-        self.tail = EventTail(run_dir)
+        self.tail = EventTail(run_dir, snapshot=True)  # a long run: only its validations and the like are read
         self._spec_stamp: tuple[int, int] | None = None
         self._first = True
 
