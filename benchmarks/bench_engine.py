@@ -24,10 +24,19 @@ path (``--variants``), and for the gradient norm, what measuring it costs the Tr
 
 ``--profile`` runs tuiloop's headless path in-process under cProfile and prints the top entries.
 
+``--device cuda`` (on a GPU box) runs part 3 instead: part 2's comparison on the GPU, the Trainer
+against a hand loop doing the same work on the same device (the same Batches, cached on the GPU;
+the hand loop keeps its losses on the device and reads them once per epoch, as tuiloop reads
+them once per flush), for float32, bf16-mixed (CUDA autocast) and torch.compile (both sides
+compiled; the first epochs, where it compiles, are dropped). Timings are taken after
+``torch.cuda.synchronize()``. It also counts the host syncs of one steady epoch on each side
+with ``torch.cuda.set_sync_debug_mode("warn")``: tuiloop's come from its log flushes alone.
+
     python benchmarks/bench_engine.py                # part 1 and part 2, every path (a few minutes)
     python benchmarks/bench_engine.py --compare --rounds 9 --paths fp32
     python benchmarks/bench_engine.py --overhead --variants grad-norm
     python benchmarks/bench_engine.py --profile
+    python benchmarks/bench_engine.py --device cuda --batch-size 256 --samples 65536
 """
 
 from __future__ import annotations
@@ -43,7 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -195,12 +206,13 @@ def part1_variant(args: argparse.Namespace, variant: str) -> None:
 
 
 # ---- part 2: the engine's own per-step overhead ---------------------------------------------
-def _fresh(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+def _fresh(args: argparse.Namespace, device: torch.device | None = None) -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
     train_set, _ = bench_task.data(samples=args.samples, features=args.features)
-    model = bench_task.MLP(in_features=args.features)
+    model = bench_task.MLP(in_features=args.features).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = Batches(train_set, torch.device("cpu"), args.batch_size, shuffle=True, seed=0)
+    batches = Batches(train_set, device, args.batch_size, shuffle=True, seed=0)
     return model, optimizer, batches
 
 
@@ -289,6 +301,135 @@ def part2(args: argparse.Namespace) -> None:
         print(f"  {name:11s} {label} {b * 1e6:7.1f} us/batch   tuiloop Trainer {e * 1e6:7.1f} us/batch   ratio {e / b:.3f} ({(e - b) * 1e6:+.1f} us/batch)", flush=True)
 
 
+# ---- part 3: on a GPU (--device cuda) --------------------------------------------------------
+CUDA = torch.device("cuda")
+# name: what the Trainer is given (the hand loop does the same by hand)
+CUDA_VARIANTS = {
+    "fp32": {},
+    "bf16-mixed": {"precision": "bf16-mixed"},
+    "compile": {"compile": True},
+}
+
+
+class SyncCount:
+    """Host syncs that torch's sync debug mode reports between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._catcher: Any = None
+        self._caught: list[warnings.WarningMessage] = []
+
+    def start(self) -> None:
+        torch.cuda.synchronize()
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        self._catcher.__exit__(None, None, None)
+        self.count = sum("synchroniz" in str(w.message) for w in self._caught)
+
+
+def cuda_hand_loop(args: argparse.Namespace, variant: str, epochs: int, counter: SyncCount | None = None) -> list[float]:
+    """The least a GPU loop can do with the same batches: no per-step ``.item()``, the epoch's
+    losses read back once at its end. Returns the (synchronized) time at the end of each epoch;
+    ``counter`` counts the host syncs of the last epoch."""
+    model, optimizer, batches = _fresh(args, CUDA)
+    step_model = torch.compile(model) if variant == "compile" else model
+    criterion = nn.CrossEntropyLoss()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if variant == "bf16-mixed" else contextlib.nullcontext()
+    stamps = []
+    model.train()
+    torch.cuda.synchronize()
+    for epoch in range(epochs):
+        if counter is not None and epoch == epochs - 1:
+            counter.start()
+        losses = []
+        for x, y in batches.epoch(epoch):
+            with autocast:
+                loss = criterion(step_model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        torch.stack(losses).float().tolist()  # what a loop logs: one read per epoch
+        if counter is not None and epoch == epochs - 1:
+            counter.stop()
+        torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def cuda_trainer_loop(args: argparse.Namespace, run_dir: Path, options: dict[str, Any], epochs: int, counter: SyncCount | None = None) -> list[float]:
+    """The Trainer on the same GPU batches with the event log a run writes; no validation or
+    checkpoints. Returns the (synchronized) time at the end of each epoch's last flush;
+    ``counter`` counts the host syncs of the last epoch (its flushes included)."""
+    from tuiloop.engine.events import Event, TrainSteps
+    from tuiloop.engine.trainer import Options, Trainer
+    from tuiloop.rundir.eventlog import EventLog
+
+    model, optimizer, batches = _fresh(args, CUDA)
+    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=epochs, save_best=False, save_last=False, **options), device=CUDA)  # type: ignore[arg-type]
+    steps = trainer.steps_per_epoch()
+    sink = EventLog(run_dir)
+    trainer.subscribe(sink)
+    stamps: list[float] = []
+
+    def at_epoch_end(e: Event) -> None:
+        if not (isinstance(e, TrainSteps) and e.step_in_epoch == steps):
+            return
+        torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        if counter is not None and e.epoch == epochs - 1:  # the last epoch starts after this
+            counter.start()
+        elif counter is not None and e.epoch == epochs:
+            counter.stop()
+
+    trainer.subscribe(at_epoch_end)
+    torch.cuda.synchronize()
+    finished = trainer.run()
+    sink.close()
+    assert finished.status == "completed", finished
+    return stamps
+
+
+def part_cuda(args: argparse.Namespace) -> None:
+    from tuiloop.engine.compiling import CompileError, check_compiler
+
+    steps = len(_fresh(args, CUDA)[2])
+    print(f"part 3 [{torch.cuda.get_device_name(CUDA)}]: MLP {args.features}-128-128-10, batch {args.batch_size} ({steps} batches/epoch), Adam, "
+          f"training only, {args.epochs} epochs (first {args.warmup} intervals dropped) x {args.rounds} rounds")
+    for name in args.cuda_variants:
+        options = CUDA_VARIANTS[name]
+        if name == "compile":
+            try:
+                check_compiler(CUDA)
+            except CompileError as e:
+                print(f"  {name:11s} skipped: {e}")
+                continue
+        hand, eng = [], []
+        with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
+            for r in range(args.rounds):
+                for who in (("hand", "trainer") if r % 2 == 0 else ("trainer", "hand")):
+                    if who == "trainer":
+                        eng.extend(t / steps for t in steady(cuda_trainer_loop(args, Path(tmp), options, args.epochs), args.warmup))
+                    else:
+                        hand.extend(t / steps for t in steady(cuda_hand_loop(args, name, args.epochs), args.warmup))
+            # one more short run each, counting the host syncs of its last (steady) epoch
+            syncs_hand, syncs_eng = SyncCount(), SyncCount()
+            cuda_hand_loop(args, name, args.warmup + 2, syncs_hand)
+            cuda_trainer_loop(args, Path(tmp), options, args.warmup + 2, syncs_eng)
+        h, e = statistics.median(hand), statistics.median(eng)
+        print(
+            f"  {name:11s} hand loop {h * 1e6:7.1f} us/batch ({args.batch_size / h:,.0f} samples/s)   tuiloop Trainer {e * 1e6:7.1f} us/batch ({args.batch_size / e:,.0f} samples/s)   "
+            f"ratio {e / h:.3f} ({(e - h) * 1e6:+.1f} us/batch)   host syncs in a steady epoch of {steps} steps: hand {syncs_hand.count}, tuiloop {syncs_eng.count} "
+            f"({syncs_eng.count / steps:.3f}/step)",
+            flush=True,
+        )
+
+
 # ---- profiling ------------------------------------------------------------------------------
 def profile(args: argparse.Namespace) -> None:
     """cProfile of what `tuiloop run --headless` executes, in this process."""
@@ -330,9 +471,20 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30, help="entries printed by --profile")
     parser.add_argument("--paths", nargs="+", default=["fp32", "bf16", "accumulate"], choices=["fp32", "bf16", "accumulate"], help="part 1: which training paths (default: all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="part 2: which training paths (default: all)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default): parts 1 and 2; cuda: part 3 only, on the GPU")
+    parser.add_argument("--cuda-variants", nargs="+", default=list(CUDA_VARIANTS), choices=list(CUDA_VARIANTS), help="part 3: which training paths (default: all)")
     args = parser.parse_args()
     if args.warmup >= args.epochs - 1:
         parser.error("--epochs must leave at least one interval after --warmup")
+    if args.device == "cuda":
+        if args.compare or args.overhead or args.profile:
+            parser.error("--device cuda runs part 3 alone; --compare, --overhead and --profile are CPU parts")
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            parser.error(f"--device cuda needs a CUDA GPU, and torch cannot use one here (torch {torch.__version__}, {built}); run it on a GPU box, or leave --device out for the CPU parts")
+        print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name(CUDA)}, python {sys.version.split()[0]}")
+        part_cuda(args)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {sys.version.split()[0]}")
     if args.profile:
         profile(args)

@@ -136,7 +136,7 @@ def resume_worker(run_dir: Path, spec: Any, session: str = "resumed-session") ->
     finally:
         lock.release()
     said = io.StringIO()
-    assert worker.wait_ready(proc, said), said.getvalue()
+    assert worker.wait_ready(proc, said, run_dir), said.getvalue()
     return proc
 
 
@@ -147,6 +147,30 @@ def process_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+
+
+def run_processes(run_dir: Path) -> list[Any]:
+    """What is left of a distributed run: tuiloop's launcher and rank processes of ``run_dir``
+    (DataLoader workers share their rank's command line), and every zombie whose parent is a
+    tuiloop process: a child that ended and was never waited for is left behind too (its
+    command line is gone, so it is found through its parent)."""
+    import psutil
+
+    live, tuiloop_pids = [], set()
+    for p in psutil.process_iter(["cmdline", "status"]):
+        argv = p.info["cmdline"] or []
+        if not any(a == "tuiloop" or a.endswith("/tuiloop") for a in argv) or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue  # `python -m tuiloop ...`, the tuiloop script, torchrun's `-m tuiloop`
+        tuiloop_pids.add(p.pid)
+        if "_rank" in argv or "_launch" in argv:
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("TUILOOP_RUN_DIR") in (str(run_dir), None):  # the launcher learns it after it starts
+                live.append(p)
+    zombies = [p for p in psutil.process_iter(["status", "ppid"]) if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["ppid"] in tuiloop_pids]
+    return live + zombies
 
 
 def children(pid: int) -> list[int]:

@@ -245,3 +245,14 @@ def test_piped_output_is_plain_lines(tmp_path: Path) -> None:
         assert lines[-1].startswith("finished: completed (3 epochs done)")
         events = [json.loads(line) for line in (only_run(out_dir) / "events.jsonl").read_text().splitlines()]
         assert events[0]["event"] == "run_started" and events[-1]["event"] == "finished"
+
+
+def test_one_epoch_of_one_batch_reads_in_the_singular(workdir: Path) -> None:
+    """120 training samples in one batch of 120: every count of one is worded as one."""
+    r = run_cli("run", write_spec(workdir, run={"epochs": 1}, data={"batch_size": 120}), "--headless", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("1 epoch of 1 step"), lines[0]
+    assert re.match(r"finished: completed \(1 epoch done\) after 1 epoch, 1 step, \d+\.\ds", lines[-1]), lines[-1]
+    assert " 1 steps" not in r.stdout and " 1 epochs" not in r.stdout
+    assert read_json(only_run(workdir / "runs") / "summary.json")["reason"] == "1 epoch done"  # type: ignore[index]

@@ -21,28 +21,13 @@ import pytest
 import tiny
 import torch
 from conftest import assert_same_weights, cli_env, load_ckpt, only_run, run_cli, write_spec
-from runs_support import answers, events, last_step, start_detached, summary, wait_until
+from runs_support import answers, events, last_step, run_processes, start_detached, summary, wait_until
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.state import run_state
 
 TWO = ("--nproc-per-node", "2")
 SLOW = dict(run={"epochs": 500, "log_interval": 0.05}, model={"delay": 0.02})
-
-
-def run_processes(run_dir: Path) -> list[psutil.Process]:
-    """tuiloop's launcher and rank processes of this run that are still there."""
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "tuiloop" in cmd and ("_rank" in cmd or "_launch" in cmd):
-            try:
-                env = p.environ()
-            except psutil.Error:
-                continue
-            if env.get("TUILOOP_RUN_DIR") in (str(run_dir), None) and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
 
 
 def rank_process(rank: int) -> psutil.Process:
@@ -88,15 +73,14 @@ def test_a_two_process_run_reports_what_one_process_would(workdir: Path) -> None
 
 
 # ---- steering: keys reach every rank at the same step ----------------------------------------------
-def test_pause_save_resume_and_stop_through_the_control_socket(workdir: Path, cleanup: list[Path]) -> None:
-    """A pause longer than the process-group timeout (5 s here) does not end the run."""
-    os.environ["TUILOOP_DIST_TIMEOUT"] = "5"
-    try:
-        run_dir = start_detached(write_spec(workdir, **SLOW), cwd=workdir, extra=TWO)
-    finally:
-        del os.environ["TUILOOP_DIST_TIMEOUT"]
+def test_pause_save_resume_and_stop_through_the_control_socket(workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause longer than the process-group timeout (5 s here) does not end the run: a
+    collective that waited that long would raise in gloo and fail the run."""
+    monkeypatch.setenv("TUILOOP_DIST_TIMEOUT", "5")
+    run_dir = start_detached(write_spec(workdir, **SLOW), cwd=workdir, extra=TWO)
     cleanup.append(run_dir)
     wait_until(lambda: last_step(run_dir) >= 8, 60, "some steps")
+    assert rank_process(1).environ()["TUILOOP_DIST_TIMEOUT"] == "5", "the ranks run with the short timeout"
     t0 = time.monotonic()
     send_command(run_dir, "pause")
     wait_until(lambda: [e["state"] for e in events(run_dir) if e["event"] == "state"][-1:] == ["paused"], 10, "the pause")

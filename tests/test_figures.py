@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+from rich.console import Console
 
 from tuiloop.engine.events import RunStarted, SettingChanged, TrainSteps, Validated
 from tuiloop.tui.figures import BEST, RAW, TRAIN, View, loss_figure, lr_figure
@@ -51,9 +52,24 @@ def test_the_best_of_a_metric_that_is_not_plotted_is_not_drawn_on_the_loss_curve
     assert any(text.startswith("best val_acc 0.8500 (ep 7)") for text, _, _ in fig.legend)
 
 
+@pytest.mark.parametrize(("epochs", "width", "cell"), [(10, 30, 6), (200, 40, 1), (200, 20, 0)])
+def test_the_best_val_acc_is_marked_in_its_sparkline_over_the_whole_run(epochs: int, width: int, cell: int) -> None:
+    """val_acc is best at epoch 7: its cell is green, however long the run (at 200 epochs and 40
+    cells each cell holds 5 checks, and epoch 7 is in the second; at 20 cells, 10 checks, the first)."""
+    from tuiloop.tui.panels import best_sparkline
+
+    stat = run(epochs=epochs, monitor="val_acc", mode="max").metrics["val_acc"]
+    assert stat.best_epoch == 7
+    text = best_sparkline(stat, width)
+    assert len(text.plain) == min(epochs, width)
+    green = [i for i in range(len(text.plain)) if "green" in str(text.get_style_at_offset(Console(), i))]
+    assert green == [cell]
+
+
 def test_log_axes_tick_at_powers_of_ten_and_say_they_are_log() -> None:
     assert log_ticks(0.0012, 2.288) == [0.01, 0.1, 1.0]
     assert log_ticks(0.05, 0.9) == [0.05, 0.1, 0.2, 0.5]  # less than two decades: 1, 2, 5 times them
+    assert log_ticks(0.91, 1.23) == [1.0, 1.2]  # within a decade: round values, not 0.910617 and 1.23252
     text = render_figure(loss_figure(run(epochs=30), 70, View(log_y=True)), 70, 20).plain
     assert "log y" in text.splitlines()[0]
     labels = set(re.findall(r"^\s*([0-9.e+-]+)┤", text, re.M))
@@ -65,7 +81,7 @@ def test_the_learning_rate_plot_goes_log_once_it_spans_a_factor_of_ten() -> None
     assert not lr_figure(m, 40).log_y
     for i, lr in enumerate((0.05, 0.025, 0.0125, 0.00625)):
         m.apply(SettingChanged("optimizer.lr", lr * 2, lr, 3, 300 + i, "command lr_down", time=T0 + 10 + i))
-    assert lr_figure(m, 40).log_y
+    assert lr_figure(m, 40).log_y and "log y" in render_figure(lr_figure(m, 40), 40, 6).plain.splitlines()[0]
 
 
 def test_a_one_step_spike_is_drawn_at_a_million_steps() -> None:
@@ -88,6 +104,22 @@ def test_zoom_shows_the_last_tenth_or_the_current_epoch() -> None:
     (train,) = [ln for ln in epoch.lines if ln.color == TRAIN]
     assert min(train.xs) >= 1000 and max(train.xs) <= 1040
     assert any("zoom: epoch" in text for text, _, _ in epoch.legend)
+
+
+def test_zoom_into_the_last_epoch_of_a_million_steps_draws_it_step_by_step() -> None:
+    """The whole-run buckets hold a thousand steps each at 1e6 steps; the zoomed plot draws the
+    last epoch from the steps themselves: as many points as the plot has room for, and a
+    one-step spike in it at its own step."""
+    m = run(epochs=100, spe=10_000)
+    spike = 1_003_500
+    m.apply(TrainSteps(101, 1_000_001, [50.0 if 1_000_001 + i == spike else 0.1 for i in range(4000)], 4000, 0.1, 1e3, time=T0 + 101))
+    buckets = [x for x in m.train.points()[0] if x > 1_000_000]
+    fig = loss_figure(m, 60, View(zoom="epoch", x_axis="steps"))
+    (train,) = [ln for ln in fig.lines if ln.color == TRAIN]
+    (band,) = [ln for ln in fig.lines if ln.color == RAW]
+    assert len(buckets) <= 4 and len(train.xs) >= 100, "the buckets have a few points there; the steps fill the plot"
+    assert min(train.xs) > 1_000_000 and max(band.ys) == 50.0
+    assert min(abs(x - spike) for x, y in zip(band.xs, band.ys, strict=True) if y == 50.0) <= 4000 / 60, "the spike at its step, to a cell"
 
 
 def test_the_x_axis_shows_epochs_steps_or_wall_time() -> None:

@@ -102,11 +102,16 @@ def test_compile_on_cuda(workdir: Path) -> None:
     assert not any("_orig_mod" in k for k in load_ckpt(run_dir / "checkpoints" / "last.pt")["model_state_dict"])
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_steady_state_steps_do_not_sync_with_the_host(workdir: Path, precision: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "clip"),
+    [("32-true", 0.0), ("bf16-mixed", 0.0), ("32-true", 1.0), ("bf16-mixed", 1.0)],
+    ids=["32-true", "bf16-mixed", "32-true-clip", "bf16-mixed-clip"],
+)
+def test_steady_state_steps_do_not_sync_with_the_host(workdir: Path, precision: str, clip: float) -> None:
     """Between flushes a step makes no host sync: with flushes only at the ends of epochs, the
-    second epoch's 60 steps make as few syncs as the flush itself (torch's sync debug mode counts)."""
-    sets = ("run.epochs=2", "run.log_interval=1e9", f"train.precision={precision}", "checkpoint.best=false", "checkpoint.last=false")  # a save copies to the host
+    second epoch's 60 steps make as few syncs as the flush itself (torch's sync debug mode counts).
+    Clipping neither: the total norm stays on the device, read with the losses at the flush."""
+    sets = ("run.epochs=2", "run.log_interval=1e9", f"train.precision={precision}", f"train.gradient_clip_val={clip}", "checkpoint.best=false", "checkpoint.last=false")  # a save copies to the host
     trainer = make(workdir, "sync", *sets, data={"n": 1000, "n_val": 40})
     assert trainer.steps_per_epoch() == 60
     window: dict[str, Any] = {}
@@ -121,12 +126,17 @@ def test_steady_state_steps_do_not_sync_with_the_host(workdir: Path, precision: 
             window["on"] = False
 
     trainer.subscribe(sink)
+    trainer_events: list[Event] = []
+    trainer.subscribe(trainer_events.append)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert trainer.run().status == "completed"
     torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 4, [str(w.message)[:200] for w in syncs]
+    if clip:  # the norms were measured, and reported with the losses of the same flush
+        steps = [e for e in of(trainer_events, TrainSteps) if e.epoch == 2]
+        assert steps and all(e.grad_norms is not None and len(e.grad_norms) == len(e.losses) for e in steps)
 
 
 def test_pinned_memory_and_non_blocking_copies(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ DataLoader workers stops gracefully instead of failing."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, load_ckpt, write_spec
-from runs_support import new_run_dir, start_worker, wait_live, wait_until
+from runs_support import TUILOOP, Tmux, new_run_dir, process_gone, start_worker, wait_live, wait_until
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.layout import read_json
@@ -101,3 +102,26 @@ def test_ctrl_c_with_dataloader_workers_stops_gracefully(workdir: Path, context:
     assert summary is not None and summary["status"] == "stopped" and "SIGINT" in summary["reason"], (summary, err)
     assert load_ckpt(run_dir / "checkpoints" / "last.pt")["step"] == summary["steps"] > 0
     assert "DataLoader worker" not in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_ctrl_c_twice_in_the_monitor_of_a_blocked_run_ends_it_within_2s(workdir: Path, tmux: Tmux) -> None:
+    """In a real terminal, the monitor on a run hung in a dataset read: the first Ctrl+C asks for
+    a graceful stop (which cannot come), the second forces it; the training process is gone
+    within 2 s, and only then does the monitor say it was forced."""
+    marker = workdir / "stuck"
+    spec = write_spec(workdir, run={"epochs": 5}, **BLOCKED["a hung dataset read"](str(marker)))
+    term = tmux.new("blocked", f"{TUILOOP} run {spec}; echo '[exit '$?']'", width=120, height=40)
+    wait_until(marker.exists, 60, "the run to block")
+    run_dir = new_run_dir(workdir / "runs", set())
+    pid = read_json(run_dir / "run.json")["pid"]  # type: ignore[index]
+    tmux.send(term, "C-c")
+    tmux.wait_for(term, r"Ctrl\+C again forces", 10)
+    assert not process_gone(pid), "one Ctrl+C only asks to stop at the next step"
+    tmux.send(term, "C-c")
+    t0 = time.monotonic()
+    wait_until(lambda: process_gone(pid), 5, "the training process to end")
+    assert time.monotonic() - t0 < 2.0
+    screen = tmux.wait_for(term, r"\[exit 130\]", 15)
+    assert "forced to exit without saving (second Ctrl+C); its process is gone" in screen, screen
+    assert run_state(run_dir).state == "forced"

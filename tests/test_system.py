@@ -16,7 +16,7 @@ import pytest
 from conftest import only_run, run_cli, write_spec
 
 from tuiloop.engine.events import Event, Message, SystemSample, event_from_dict
-from tuiloop.rundir.eventlog import decode, read_events
+from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
 from tuiloop.session import system
 from tuiloop.session.run import run_spec
 from tuiloop.session.system import SystemSampler, short_name, visible_indices
@@ -208,11 +208,11 @@ def two_gpus(t: float, util0: int = 97, used0: float = 61.2, rss: float = 2.1, t
 
 def test_the_event_round_trips_through_json() -> None:
     sample = two_gpus(1000.0)
-    line = sample.to_json()
-    assert line.startswith('{"event":"system_sample",')
-    assert event_from_dict(json.loads(line)) == sample == decode(line.encode())
+    line = encode(sample)
+    assert line.startswith(b'{"event":"system_sample",') and line.startswith(line_prefix("system_sample"))
+    assert event_from_dict(json.loads(line)) == sample == decode(line)
     cpu_only = SystemSample(cpu_percent=1.0, ram_used=1, ram_total=2, rss=3)
-    assert event_from_dict(json.loads(cpu_only.to_json())) == cpu_only and cpu_only.gpus == [] and cpu_only.torch_peak_bytes is None
+    assert event_from_dict(json.loads(encode(cpu_only))) == cpu_only and cpu_only.gpus == [] and cpu_only.torch_peak_bytes is None
 
 
 def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:

@@ -179,19 +179,24 @@ def test_bad_precisions_say_what_to_use(workdir: Path, capsys: pytest.CaptureFix
 
 
 # ---- models that compute their own loss --------------------------------------------------------------------
-@pytest.mark.parametrize("style", ["tuple", "scalar", "attr", "dict"])
-def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, style: str) -> None:
-    """nanoGPT's convention: the batch (x, y) goes to forward as model(x, y)."""
-    code, events, run_dir = train(workdir, "run.epochs=4", "optimizer.lr=0.05", model={"target": "tiny.py:OwnLoss", "style": style}, loss={"target": "model"})
+@pytest.mark.parametrize(("model", "style"), [("OwnLoss", "tuple"), ("OwnLossList", "tuple"), ("OwnLoss", "scalar"), ("OwnLoss", "attr"), ("OwnLoss", "dict")], ids=["tuple", "list", "scalar", "attr", "dict"])
+def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, model: str, style: str) -> None:
+    """nanoGPT's convention: the batch (x, y) goes to forward as model(x, y); the loss is the
+    output, output.loss, output["loss"], or the one scalar tensor of a tuple or a list."""
+    if model == "OwnLossList":  # the fixture itself returns a list, not a tuple
+        with torch.no_grad():
+            out = tiny.OwnLossList()(*tiny.classes()[1].tensors)
+        assert isinstance(out, list) and [t.ndim for t in out] == [2, 0]
+    code, events, run_dir = train(workdir, "run.epochs=4", "optimizer.lr=0.05", model={"target": f"tiny.py:{model}", "style": style}, loss={"target": "model"})
     assert code == 0, of(events, Failed)
     vals = [v.metrics for v in of(events, Validated)]
     assert set(vals[0]) == {"train_loss", "val_loss"} and vals[-1]["val_loss"] < vals[0]["val_loss"]
     # val_loss is the model's own loss on the validation split, as a hand computation gives it
-    model = tiny.OwnLoss(style)
-    model.load_state_dict(weights(run_dir))
+    net = tiny.OwnLoss(style)
+    net.load_state_dict(weights(run_dir))
     x, y = tiny.classes()[1].tensors
     with torch.no_grad():
-        hand = nn.functional.cross_entropy(model.net(x), y).item()
+        hand = nn.functional.cross_entropy(net.net(x), y).item()
     assert vals[-1]["val_loss"] == pytest.approx(hand, rel=1e-5)
     said = [m.text for m in of(events, Message) if m.level == "info"]
     assert "a model that computes its own loss (the model's own loss); metrics: train_loss, val_loss" in said

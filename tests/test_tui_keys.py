@@ -92,7 +92,8 @@ async def test_a_resume_that_fails_says_why_and_offers_r_again() -> None:
 
 @run_async
 async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "output.log").write_text("hello from the user's code\n\x1b[31mred warning\x1b[0m\nprogress 10%\rprogress 100%\n")
+    long = "UserWarning: " + "a long warning from the user's forward " * 6 + "END-OF-WARNING"
+    (tmp_path / "output.log").write_text(f"hello from the user's code\n\x1b[31mred warning\x1b[0m\nprogress 10%\rprogress 100%\n{long}\n")
     (tmp_path / "ranks").mkdir()
     (tmp_path / "ranks" / "rank-1.log").write_text("rank one says hi\n")
     async with monitor(epochs(2, run_dir=str(tmp_path), world_size=2, backend="gloo"), (120, 40)) as (run, app, pilot, _):
@@ -102,6 +103,7 @@ async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # 
         assert isinstance(app.screen, OutputScreen) and "Output (stdout, stderr, other ranks)" in text
         assert "red warning" in text and "\x1b" not in text and "progress 100%" in text and "progress 10%" not in text
         assert "[rank 1] rank one says hi" in text
+        assert "UserWarning: a long warning" in text and "END-OF-WARNING" in text, "a long line wraps, whole"
         with open(tmp_path / "output.log", "a") as f:
             f.write("a line printed later\n")
         await wait_for(pilot, lambda: "a line printed later" in screen_text(app), what="the new line")
@@ -113,13 +115,20 @@ async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # 
 
 
 @run_async
+async def test_o_on_a_run_that_prints_to_its_own_terminal_says_its_output_is_not_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with monitor(epochs(2, run_dir=str(tmp_path)), (120, 40)) as (run, app, pilot, _):  # headless, tracked: no output.log
+        await pilot.press("o")
+        await wait_for(pilot, lambda: "not kept: this run prints to the terminal that started it" in screen_text(app), what="the note")
+
+
+@run_async
 async def test_t_shows_every_validation_and_takes_new_ones() -> None:
     async with monitor(epochs(4), (120, 40)) as (run, app, pilot, _):
         await pilot.press("t")
         await wait_for(pilot, lambda: isinstance(app.screen, EpochsScreen))
         rows = [line for line in screen_text(app).splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
         assert len(rows) == 4 and "★" in rows[0] and "★" in rows[1] and "★" not in rows[2]
-        assert re.search(r"epoch\s+step\s+time\s+train_loss\s+val_loss\s+val_acc", screen_text(app))
+        assert re.search(r"epoch\s+step\s+wall\s+train_loss\s+val_loss\s+val_acc", screen_text(app))
         run.push(Validated(5, 40, {"train_loss": 0.4, "val_loss": 0.5, "val_acc": 0.75}, True, 0.1, time=T0 + 20))
         await wait_for(pilot, lambda: re.search(r"\s5\s+40\s.*0\.7500\s+★", screen_text(app)), what="the new row")
         await pilot.press("t")
@@ -196,6 +205,26 @@ async def test_a_read_only_view_offers_none_of_the_keys_that_change_the_run() ->
         assert run.sent == [] and not isinstance(app.screen, Confirm)
         bar = screen_text(app).splitlines()[-1]
         assert "Stop@epoch" not in bar and "Suspend" not in bar and "Resume" not in bar and "Leave" in bar
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, KeysScreen))
+        assert "dimmed: not for this run now" in screen_text(app), "the list says which keys cannot act here"
+
+
+@run_async
+async def test_a_tracked_loop_is_offered_only_the_keys_it_obeys() -> None:
+    """tuiloop.track's loop obeys pause, save and stop; e, -, + and P would do nothing there."""
+    from tuiloop.session.track import OBEYED
+
+    async with monitor(epochs(2, commands=list(OBEYED)), (120, 40)) as (run, app, pilot, _):
+        for key in ("e", "minus", "plus", "P"):
+            await pilot.press(key)
+        await pilot.pause(0.2)
+        assert run.sent == [] and not isinstance(app.screen, Confirm)
+        bar = screen_text(app).splitlines()[-1]
+        assert "Stop@epoch" not in bar and "LR" not in bar and "Suspend" not in bar
+        assert "Pause" in bar and "Save" in bar and "Stop" in bar
+        await pilot.press("p")
+        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="the pause")
 
 
 @run_async

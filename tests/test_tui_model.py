@@ -249,6 +249,8 @@ def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> 
     assert lines[0].startswith("grad norm     1.2500 ") and lines[1].startswith("loss scale 32768  1 skipped step")
     assert lines[0].endswith(" █▃▁"), "the finite norms' history: 2.0, 1.5, 1.25 (the skipped step's inf is not drawn)"
     assert lines[2].startswith("samples/s ") and all(len(line) <= 60 for line in lines)
+    m.apply(TrainSteps(1, 8, [0.5], 8, 0.01, 600.0, loss_scale=16384.0, skipped_steps=1, time=T0 + 4))  # halved after an overflow
+    assert panels.health_text(m, 60).plain.splitlines()[1].endswith(" 2 skipped steps ██▁"), "the loss scale's history: 32768, 32768, 16384"
 
 
 def test_early_stop_panel_marks_the_trigger() -> None:
@@ -307,6 +309,7 @@ def test_helpers() -> None:
     assert fmt.value(12345.6) == "1.235e+04" and fmt.value(0.0) == "0.0000"
     assert fmt.clock(5.25) == "5.2s" and fmt.clock(75) == "1:15" and fmt.clock(3725) == "1:02:05"
     assert fmt.duration(42) == "42s" and fmt.duration(245) == "4m05s" and fmt.duration(7380) == "2h03m" and fmt.duration(273600) == "3d04h"
+    assert fmt.short_duration(45) == "45s" and fmt.short_duration(59.6) == "1:00" and fmt.short_duration(245) == "4:05" and fmt.short_duration(7380) == "2h03" and fmt.short_duration(None) == "-"
     assert fmt.plural(1, "step") == "1 step" and fmt.plural(2, "step") == "2 steps" and fmt.plural(1024, "batch", "batches") == "1,024 batches"
     assert nice_ticks(0, 10, 6, integer=True) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.3, 1.0, 5) == [0.4, 0.6, 0.8, 1.0]

@@ -1,5 +1,5 @@
-"""Steering a real run from the monitor in a real terminal (tmux): the learning rate halved with
-``-`` (logged, and kept by a resume), stop after this epoch with ``e``, suspend with ``P`` and
+"""Steering a real run from the monitor in a real terminal (tmux): the learning rate halved and
+doubled with ``-`` and ``+`` (logged, and kept by a resume), stop after this epoch with ``e``, suspend with ``P`` and
 resume with ``R`` without leaving the monitor; ``show`` lists every key press with its step."""
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
     tmux.wait_for(term, r"Halve the learning rate\? \(0\.001 -> 0\.0005\)", 10)
     tmux.send(term, "y")
     tmux.wait_for(term, r"learning rate 0\.001 -> 0\.0005 \(command lr_down, step \d+\)", 20)
+    tmux.send(term, "+")
+    tmux.wait_for(term, r"Double the learning rate\? \(0\.0005 -> 0\.001\)", 10)
+    tmux.send(term, "y")
+    tmux.wait_for(term, r"learning rate 0\.0005 -> 0\.001 \(command lr_up, step \d+\)", 20)
+    tmux.send(term, "-")
+    tmux.wait_for(term, r"Halve the learning rate\? \(0\.001 -> 0\.0005\)", 10)
+    tmux.send(term, "y")
+    wait_until(lambda: len([e for e in events(only_run(workdir / "runs")) if e["event"] == "setting_changed"]) == 3, 20, "the third change")
     tmux.send(term, "e")
     screen = tmux.wait_for(term, r"stopped after epoch \d+, as asked", 60)
     assert "STOPPED" in screen
@@ -52,8 +60,9 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
 
     run_dir = only_run(workdir / "runs")
     evs = events(run_dir)
-    (lr,) = [e for e in of(evs, "setting_changed") if e["key"] == "optimizer.lr"]
-    assert (lr["old"], lr["new"], lr["source"]) == (0.001, 0.0005, "command lr_down") and lr["step"] > 0
+    presses = [e for e in of(evs, "setting_changed") if e["key"] == "optimizer.lr"]
+    assert [(e["old"], e["new"], e["source"]) for e in presses] == [(0.001, 0.0005, "command lr_down"), (0.0005, 0.001, "command lr_up"), (0.001, 0.0005, "command lr_down")]
+    lr = presses[-1]
     assert all(e["lr"] == 0.0005 for e in of(evs, "train_steps") if e["first_step"] > lr["step"]), "from the next step on"
     (e_key,) = [e for e in of(evs, "setting_changed") if e["key"] == "stop_after_epoch"]
     last_epoch = of(evs, "validated")[-1]["epoch"]
@@ -64,7 +73,7 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
 
     shown = run_cli("show", run_dir, cwd=workdir).stdout  # piped: the log as lines, the key presses with their step and time
     assert re.search(r"optimizer\.lr: 0\.001 -> 0\.0005 \(command lr_down, step \d+, \d\d:\d\d:\d\d\)", shown), shown
-    assert re.search(r"stop_after_epoch: False -> True \(command, step \d+, \d\d:\d\d:\d\d\)", shown)
+    assert re.search(rf"stop after epoch {last_epoch}: asked \(command, step \d+, \d\d:\d\d:\d\d\)", shown), shown
 
     resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", f"run.epochs={last_epoch + 1}", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
@@ -72,6 +81,15 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
     assert of(after, "run_started")[0]["resumed_from"]
     assert {e["lr"] for e in of(after, "train_steps")} == {0.0005}, "the checkpoint kept the halved learning rate"
     assert of(after, "finished")[0]["status"] == "completed"
+
+    # a new learning rate at resume is the rate it trains at, whatever the keys did before
+    evs = events(run_dir)
+    again = run_cli("run", "--resume", run_dir, "--headless", "--set", f"run.epochs={last_epoch + 2}", "--set", "optimizer.lr=0.002", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    after = events(run_dir)[len(evs) :]
+    assert {e["lr"] for e in of(after, "train_steps")} == {0.002}
+    (edit,) = [e for e in of(after, "setting_changed") if e["key"] == "optimizer.lr"]
+    assert (edit["old"], edit["new"]) == (0.0005, 0.002), "the change is from the rate it trained at"
 
 
 def test_p_suspends_to_disk_and_r_resumes_in_the_same_monitor(workdir: Path, tmux: Tmux) -> None:
@@ -86,6 +104,10 @@ def test_p_suspends_to_disk_and_r_resumes_in_the_same_monitor(workdir: Path, tmu
     assert s["status"] == "suspended"
     ls = run_cli("ls", workdir / "runs", cwd=workdir).stdout
     assert "suspended" in ls, ls
+    shown = run_cli("show", run_dir, cwd=workdir).stdout
+    assert f"suspended to disk: `tuiloop run --resume {run_dir}`" in shown, shown
+    attach = run_cli("attach", run_dir, cwd=workdir)
+    assert attach.returncode != 0 and "is suspended to disk" in attach.stderr and f"tuiloop run --resume {run_dir}" in attach.stderr, attach.stderr
     step = of(events(run_dir), "finished")[-1]["step"]
 
     tmux.send(term, "R")

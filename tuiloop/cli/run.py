@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         proc = worker.start(run_dir, lock, spec, resume=args.resume is not None, torchrun=torchrun, session=session, inherit_output=inherit)
     finally:
         lock.release()  # our copy: the training process holds the lock now
-    if args.resume is not None and not inherit and not worker.wait_ready(proc, sys.stderr):
+    if args.resume is not None and not inherit and not worker.wait_ready(proc, sys.stderr, run_dir):
         return proc.returncode  # it said why (relayed above); the run directory is as it was
     if args.detach:
         print(f"started {run_dir} (pid {proc.pid})")

@@ -102,6 +102,8 @@ def print_log(run_dir: Path) -> int:
         print(f"crashed: {st.detail}")
     elif st.live:
         print(f"still running: `tuiloop attach {run_dir}` follows it live")
+    elif st.state == "suspended":
+        print(f"suspended to disk: `tuiloop run --resume {run_dir}` continues it where it stopped")
     return 0
 
 

@@ -16,6 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# Compact JSON (item, key): an event's line in events.jsonl, whose readers
+# (tuiloop.rundir.eventlog.line_prefix) tell a line's kind by its first bytes.
+JSON_SEPARATORS = (",", ":")
+
 
 def now() -> float:
     """Wall-clock time stamp used on every event."""
@@ -36,7 +40,8 @@ class Event:
         return {"event": self.kind, **self.__dict__}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=True, separators=(",", ":"))
+        """The event as one compact JSON object: its line in ``events.jsonl``."""
+        return json.dumps(self.to_dict(), allow_nan=True, separators=JSON_SEPARATORS)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class RunStarted(Event):
     world_size: int = 1  # processes training together (DDP); batch_size is per process
     backend: str = ""  # gloo | nccl in a distributed run
     nodes: list[str] = field(default_factory=list)  # their machines
+    commands: list[str] | None = None  # the commands the run obeys (None: every one; tuiloop.track: fewer)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,18 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def short_duration(seconds: float | None) -> str:
+    """A duration as a time axis labels it: 45s, 4:05, 2h03."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}h{s % 3600 // 60:02d}"
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 step', '2 steps', '1,024 batches'."""
     return f"{n:,} {word if n == 1 else many or word + 's'}"

@@ -24,6 +24,12 @@ def scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) ->
                 group[key] = group[key] * factor
     if scheduler is None:
         return
+    for child in getattr(scheduler, "_schedulers", None) or ():  # SequentialLR, ChainedScheduler
+        _scale_scheduler(child, optimizer, factor)
+    _scale_scheduler(scheduler, optimizer, factor)
+
+
+def _scale_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, factor: float) -> None:
     for name in _SCHEDULER_LISTS:
         values = getattr(scheduler, name, None)
         if isinstance(values, list):

@@ -95,7 +95,7 @@ def loss_from_output(output: Any) -> torch.Tensor:
             return scalars[0]
     raise SetupError(
         f'[loss] target = "model" takes the loss from what the model returns, but it returned {describe(output)}. '
-        "Return the loss as a scalar tensor, as output.loss, as output[\"loss\"], or as the one scalar tensor in a tuple "
+        "Return the loss as a scalar tensor, as output.loss, as output[\"loss\"], or as the one scalar tensor in a tuple or list "
         "(e.g. (logits, loss)); a Hugging Face model computes it when the batch carries labels."
     )
 

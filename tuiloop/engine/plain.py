@@ -89,9 +89,17 @@ class PlainSink:
         elif isinstance(ev, LRChanged):
             self._print(f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)}")
         elif isinstance(ev, SettingChanged):  # a key press or an edit at resume: when, and at which step
-            self._print(f"{ev.key}: {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step}, {_clock(ev.time)})")
+            if ev.key == "stop_after_epoch":
+                what = f"stop after epoch {ev.epoch}: {'asked' if ev.new else 'cancelled'}"
+            elif ev.key == "optimizer.lr":
+                what = f"optimizer.lr: {fmt.lr(ev.old)} -> {fmt.lr(ev.new)}"
+            else:
+                what = f"{ev.key}: {ev.old!r} -> {ev.new!r}"
+            self._print(f"{what} ({ev.source}, step {ev.step}, {_clock(ev.time)})")
         elif isinstance(ev, CheckpointSaved):
-            if ev.tag != "last":
+            if ev.tag == "manual":  # the s key: when, and at which step
+                self._print(f"saved manual checkpoint {ev.path} (step {ev.step}, {_clock(ev.time)})")
+            elif ev.tag != "last":
                 metric = f" ({ev.monitor} {fmt.value(ev.metric)})" if ev.metric is not None else ""
                 self._print(f"saved {ev.tag} checkpoint {ev.path}{metric}")
         elif isinstance(ev, StateChanged):

@@ -123,6 +123,11 @@ def check_inputs(model: torch.nn.Module, args: tuple[object, ...], kwargs: dict[
     )
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the validation sums: float64, where the device has it (MPS has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class MetricTotals:
     """Validation sums kept on the device; one sync at :meth:`result`."""
 
@@ -130,8 +135,7 @@ class MetricTotals:
         self.problem = problem
         self.probabilities = loss_name(loss_fn) == "BCELoss"
         self.ignore_index = getattr(loss_fn, "ignore_index", -100)
-        # float64 sums, where the device has them (MPS has no float64)
-        zero = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+        zero = torch.zeros((), dtype=sum_dtype(device), device=device)
         self.loss_sum, self.metric_sum, self.loss_count, self.metric_count = zero.clone(), zero.clone(), 0, zero.clone()
 
     def add(self, loss: torch.Tensor, output: object, target: object, n: int) -> None:

@@ -43,6 +43,7 @@ class Saving:
             "rng_states": rng_states or [rng],
             "world_size": t.ranks.world_size,
             "epoch_rng_state": t.epoch_rng,
+            "lr_scale": t.lr_scale,
             "tuiloop_version": _version(),
         }
 
@@ -76,6 +77,7 @@ class Saving:
             t.es.load_state_dict(state["early_stopping"])
         t.problem = state.get("problem")
         t.epoch_rng = state.get("epoch_rng_state")
+        t.lr_scale = float(state.get("lr_scale", 1.0))
         saved_world = state.get("world_size", 1)
         states = state.get("rng_states") or [state["rng_state"]]
         if saved_world == t.ranks.world_size:

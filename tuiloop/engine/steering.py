@@ -66,6 +66,7 @@ class Steering:
         elif cmd in LR_FACTORS:
             before = t.optimizer.param_groups[0]["lr"]
             scale_lr(t.optimizer, t.scheduler, LR_FACTORS[cmd])
+            t.lr_scale *= LR_FACTORS[cmd]
             t.emit(SettingChanged("optimizer.lr", before, t.optimizer.param_groups[0]["lr"], t.epoch + 1, t.step, f"command {cmd}"))
 
     def request_stop(self, reason: str) -> None:

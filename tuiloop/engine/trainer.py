@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from tuiloop.engine import checkpoint as ckpt
+from tuiloop.engine import fmt
 from tuiloop.engine.batches import Batches, worker_died
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.compiling import compilations, compile_model
@@ -131,6 +132,8 @@ class Trainer(Saving, Steering):
         self.state = "running"
         self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
         self.stop_after_epoch = False
+        self.lr_scale = 1.0
+        self.failure_told = False  # what the - and + keys did to the spec's learning rate, all together
         self._stop_reason = ""
         self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
         self._norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
@@ -158,9 +161,10 @@ class Trainer(Saving, Steering):
     def run(self) -> Finished:
         """Train until the epochs are done, early stopping triggers, or a stop command."""
         started = time.perf_counter()
-        status, reason = "completed", f"{self.opt.epochs} epochs done"
+        status, reason = "completed", f"{fmt.plural(self.opt.epochs, 'epoch')} done"
         self._announce()
         where = "setup"
+        saved = False
         try:
             while self.epoch < self.opt.epochs:
                 where = "training"
@@ -169,7 +173,8 @@ class Trainer(Saving, Steering):
                     status, reason = ("suspended" if self.suspending else "stopped"), self._stop_reason or "stopped by request"
                     break
                 where = "validation"
-                if (self.epoch + 1) % self.opt.val_every == 0:
+                last_before_stop = self.stop_after_epoch and self.epoch + 1 < self.opt.epochs  # `e`: validated, then stopped
+                if (self.epoch + 1) % self.opt.val_every == 0 or last_before_stop:
                     self._check()
                 elif self.scheduler is not None and self.opt.scheduler_interval == "epoch" and not self.plateau:
                     self._step_scheduler_epoch(None)
@@ -184,10 +189,11 @@ class Trainer(Saving, Steering):
                     break
                 if self.stop_after_epoch and self.epoch < self.opt.epochs:
                     status, reason = "stopped", f"stopped after epoch {self.epoch}, as asked"
+                    saved = True  # the epoch's checkpoints, last.pt among them, were just written
                     break
             else:
                 self.batch_in_epoch = 0
-            if status == "suspended" or (status == "stopped" and self.opt.save_last):
+            if status == "suspended" or (status == "stopped" and self.opt.save_last and not saved):
                 self.save("last")
         except NonFiniteLoss as e:
             status, reason = "failed", str(e).split(";")[0]  # the summary's reason: what happened, not the advice
@@ -203,6 +209,7 @@ class Trainer(Saving, Steering):
                     self.save("last")
             else:
                 failed = self._failure(e, where)
+                self.failure_told = True  # a launcher's SIGTERM from here on must not tell it again
                 status, reason = "failed", failed.error.split(":")[0] + " failed" if failed.error.startswith("rank ") else f"{type(e).__name__} in {where}"
                 self.emit(failed)
                 self._save_after_crash()

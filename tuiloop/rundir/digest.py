@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuiloop.engine.events import Finished, LRChanged, RunStarted, SettingChanged, Starting, StateChanged, SystemSample, TrainSteps, Validated, event_from_dict
-from tuiloop.rundir.series import Downsampled
+from tuiloop.rundir.series import Downsampled, Recent
 from tuiloop.rundir.snapshot import DIGESTED_KINDS
 
 
@@ -45,7 +45,7 @@ class GpuStat:
 
 
 # the digest's series and their resolutions; train and val take the view's resolution
-_SERIES = ("train", "val", "lr_history", "grad_norms", "throughput", "step_times", "cpu_history")
+_SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughput", "step_times", "cpu_history")
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
 _SCALARS = {
     "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float),
@@ -66,12 +66,14 @@ class RunDigest:
         self.lr: float | None = None
         self.samples_per_s: float | None = None  # smoothed
         self.train = Downsampled(resolution)  # x = global step
+        self.train_recent = Recent()  # its last steps one by one, for a zoomed plot
         self.val = Downsampled(resolution)  # val_loss, x = global step
         self.lr_history = Downsampled(128)
         self.grad_norms = Downsampled(256)  # total gradient norm before clipping, x = step
         self.throughput = Downsampled(128)  # samples/s per flush, x = step
         self.step_times = Downsampled(256)  # wall time of the steps (x = step), for a time axis
         self.loss_scale: float | None = None  # 16-mixed's grad scaler
+        self.loss_scales = Downsampled(128)  # its history, x = step
         self.skipped_steps = 0
         self.active_steps = 0  # steps logged while running since the session started (for the ETA)
         self.running = False
@@ -101,13 +103,14 @@ class RunDigest:
         self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
         self.active_steps = 0
         if ev.resumed_from:  # steps logged after the checkpoint by the session that crashed are done again
-            for series in (self.train, self.val, self.lr_history, self.grad_norms, self.throughput, self.step_times):
+            for series in (self.train, self.train_recent, self.val, self.lr_history, self.grad_norms, self.loss_scales, self.throughput, self.step_times):
                 series.drop_after(ev.start_step)
 
     def _on_train_steps(self, ev: TrainSteps) -> None:
         n = len(ev.losses)
         self.phase = None
         self.train.extend(ev.first_step, ev.losses)
+        self.train_recent.extend(ev.first_step, ev.losses)
         self.step = ev.first_step + n - 1
         self.epoch = ev.epoch
         self.step_in_epoch = ev.step_in_epoch
@@ -121,6 +124,7 @@ class RunDigest:
             self.grad_norms.extend(ev.first_step, ev.grad_norms)
         if ev.loss_scale is not None:
             self.loss_scale = ev.loss_scale
+            self.loss_scales.append(self.step, ev.loss_scale)
         self.skipped_steps += ev.skipped_steps
         if ev.samples_per_s > 0 and math.isfinite(ev.samples_per_s):
             self.throughput.append(self.step, ev.samples_per_s)
@@ -174,6 +178,7 @@ class RunDigest:
         return {
             **{name: getattr(self, name) for name in _SCALARS},
             "series": {name: getattr(self, name).to_dict() for name in _SERIES},
+            "train_recent": self.train_recent.to_dict(),
             "system": self.system.to_dict() if self.system is not None else None,
             "gpus": [{"index": g.index, "name": g.name, "util": g.util.to_dict(), "mem_peak": g.mem_peak, "mem_total": g.mem_total, "util_sum": g.util_sum, "util_n": g.util_n} for g in self.gpus.values()],
         }
@@ -186,6 +191,7 @@ class RunDigest:
             setattr(digest, name, kind(d[name]))
         for name in _SERIES:
             setattr(digest, name, _series(d["series"][name]))
+        digest.train_recent = Recent.from_dict(d["train_recent"])
         system = d["system"]
         digest.system = event_from_dict(system) if system is not None else None  # type: ignore[assignment]
         if digest.system is not None and not isinstance(digest.system, SystemSample):

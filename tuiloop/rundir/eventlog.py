@@ -19,9 +19,21 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuiloop.engine.events import Event, event_from_dict
+from tuiloop.engine.events import JSON_SEPARATORS, Event, event_from_dict
 from tuiloop.rundir.layout import EVENTS
-from tuiloop.rundir.snapshot import Snapshot, SnapshotLoaded, line_prefix, load_snapshot, read_snapshot, save_snapshot
+from tuiloop.rundir.snapshot import Snapshot, SnapshotLoaded, load_snapshot, read_snapshot, save_snapshot
+
+
+def encode(event: Event) -> bytes:
+    """One event as its line in the log, newline included."""
+    return (event.to_json() + "\n").encode()
+
+
+def line_prefix(kind: str) -> bytes:
+    """How every line :func:`encode` writes for events of ``kind`` starts, to skip them unparsed."""
+    item, key = JSON_SEPARATORS
+    return ("{" + json.dumps("event") + key + json.dumps(kind) + item).encode()
+
 
 # Per-step loss lines and machine samples are most of a long log; readers that only need the
 # last of them (ls) skip the rest by these prefixes.
@@ -76,7 +88,7 @@ class EventLog:
             return None
 
     def __call__(self, event: Event) -> None:
-        line = (event.to_json() + "\n").encode()
+        line = encode(event)
         with self._lock:
             if self._file.closed:
                 return

@@ -14,6 +14,7 @@ The training process keeps these series too and saves them beside the event log
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,50 @@ class Downsampled:
         s.last = tuple(d["last"]) if d.get("last") else None  # type: ignore[assignment]
         s._sx, s._sy, s._n, s._seen, s._lo, s._hi = d["partial"]
         return s
+
+
+class Recent:
+    """The last ``capacity`` points as they were logged: the detail a zoomed plot draws where
+    the whole-run buckets hold many steps each. Same reading interface as :class:`Downsampled`."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.xs: deque[float] = deque(maxlen=capacity)
+        self.ys: deque[float] = deque(maxlen=capacity)
+
+    def extend(self, x0: float, ys: Any) -> None:
+        self.xs.extend(x0 + i for i in range(len(ys)))
+        self.ys.extend(ys)
+
+    def covers(self, x: float) -> bool:
+        """Whether every logged point from ``x`` on is here."""
+        return bool(self.xs) and self.xs[0] <= x
+
+    def drop_after(self, x: float) -> None:
+        while self.xs and self.xs[-1] > x:
+            self.xs.pop()
+            self.ys.pop()
+
+    def points(self) -> tuple[list[float], list[float]]:
+        pairs = [(x, y) for x, y in zip(self.xs, self.ys, strict=True) if math.isfinite(y)]
+        return [x for x, _ in pairs], [y for _, y in pairs]
+
+    def envelope(self) -> tuple[list[float], list[float], list[float]]:
+        xs, ys = self.points()
+        return xs, ys, ys
+
+    def to_dict(self) -> dict[str, Any]:
+        x0 = self.xs[0] if self.xs else 0.0  # the steps are consecutive: the first one says them all
+        return {"capacity": self.xs.maxlen, "x0": x0, "ys": list(self.ys)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recent:
+        """A saved one; raises KeyError, TypeError or ValueError if ``d`` is not one."""
+        r = cls(int(d["capacity"]))
+        x0, ys = d["x0"], d["ys"]
+        if type(x0) not in (float, int) or type(ys) is not list or not all(type(v) in (float, int) for v in ys):
+            raise ValueError("damaged recent points")
+        r.extend(x0, ys)
+        return r
 
 
 def reduce_to(xs: list[float], ys: list[float], n: int, how: str = "mean") -> tuple[list[float], list[float]]:

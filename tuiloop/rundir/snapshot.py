@@ -30,14 +30,9 @@ from tuiloop.rundir.layout import EVENTS, SNAPSHOT
 if TYPE_CHECKING:  # the digest imports numpy, which ls (scan) does without
     from tuiloop.rundir.digest import RunDigest
 
-FORMAT = 1
+FORMAT = 2  # 2: the digest keeps the last steps one by one (train_recent)
 # The kinds a RunDigest takes whole (RunDigest.KINDS): named here, where ls reads them without numpy.
 DIGESTED_KINDS = ("train_steps", "system_sample")
-
-
-def line_prefix(kind: str) -> bytes:
-    """How every line of events of ``kind`` starts (see Event.to_dict), to skip them unparsed."""
-    return b'{"event":"' + kind.encode() + b'",'
 
 
 @dataclass
@@ -54,7 +49,6 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         self.kinds = self.kinds or type(self.digest).KINDS
-        self._digested = tuple(line_prefix(kind) for kind in self.kinds)
 
     def add(self, event: Event | None, line: bytes) -> None:
         """``line`` (with its newline) follows in the log; ``event`` is what it says (None: unreadable)."""
@@ -64,7 +58,7 @@ class Snapshot:
         if event is not None:
             self.digest.apply(event)
             self.time = event.time
-        if not line.startswith(self._digested):  # readers read this one
+        if event is None or event.kind not in self.kinds:  # readers read this one (and report it if unreadable)
             last = self.ranges[-1] if self.ranges else None
             if last is not None and last[1] == start:
                 last[1] = self.offset

@@ -6,7 +6,6 @@ import time
 
 from tuiloop.engine import trainer as engine
 from tuiloop.engine.events import Finished
-from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import CHECKPOINTS, is_run_dir, update_info, who
 from tuiloop.rundir.lock import RunIsLive, RunLock
 
@@ -34,5 +33,9 @@ class Trainer(engine.Trainer):
         except RunIsLive:
             raise RuntimeError(f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run_dir") from None
         if fresh:
-            update_info(run_dir, name=self.opt.run_name if self.opt.run_name != "run" else run_dir.name, started=time.time(), **who())
-        return run_in(run_dir, lock, self, EventLog(run_dir), [], handle_signals=True)
+            try:
+                update_info(run_dir, name=self.opt.run_name if self.opt.run_name != "run" else run_dir.name, started=time.time(), **who())
+            except BaseException:
+                lock.release()
+                raise
+        return run_in(run_dir, lock, self, None, [], handle_signals=True)

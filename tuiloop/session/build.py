@@ -91,8 +91,6 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"{where}, [model] target", f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module", "Point target at an nn.Module subclass or a function that returns one.")
     model = model.to(device)
-    if ranks.distributed:  # the same initial weights everywhere (DDP checks), then each rank's own random draws
-        seed_everything(spec.run.seed + ranks.rank)
 
     progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
@@ -102,6 +100,8 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     train_data, val_data = data
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)
+    if ranks.distributed:  # the same weights and the same data split everywhere (a random_split on
+        seed_everything(spec.run.seed + ranks.rank)  # the global RNG), then each rank's own random draws
 
     progress("building the loss, optimizer and scheduler")
     if resolved.loss is None:

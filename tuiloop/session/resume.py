@@ -93,18 +93,22 @@ def apply(trainer: Trainer, edits: list[Change], source: str) -> None:
     """Apply changed optimizer and scheduler settings over the restored state; announce every change."""
     for section, key, old, new in edits:
         if section == "optimizer":
-            _set_optimizer(trainer, key, old, new)
+            old = _set_optimizer(trainer, key, old, new)
         elif section == "scheduler":
             _set_scheduler(trainer, key, new)
         trainer.announcements.append(SettingChanged(f"{section}.{key}", old, new, trainer.epoch, trainer.step, source))
 
 
-def _set_optimizer(trainer: Trainer, key: str, old: Any, new: Any) -> None:
+def _set_optimizer(trainer: Trainer, key: str, old: Any, new: Any) -> Any:
+    """Set ``key`` to ``new``; returns the value it replaced."""
     if key == "lr" and isinstance(old, (int, float)) and isinstance(new, (int, float)) and old:
-        scale_lr(trainer.optimizer, trainer.scheduler, new / old)  # keeps the schedule's shape
-        return
+        current = old * trainer.lr_scale  # the - and + keys moved it from the spec's value
+        scale_lr(trainer.optimizer, trainer.scheduler, new / current)  # keeps the schedule's shape
+        trainer.lr_scale = 1.0  # the spec saved with this resume says the new value
+        return current
     for group in trainer.optimizer.param_groups:
         group[key] = new
+    return old
 
 
 def _set_scheduler(trainer: Trainer, key: str, new: Any) -> None:

@@ -116,14 +116,16 @@ def execute(
     if run_dir is None:
         trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
-        return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals, spec.run.tensorboard)
+        return _train(run_dir, lock, trainer, None, sinks, handle_signals, spec.run.tensorboard)
     lock = lock or RunLock.acquire(run_dir)
-    log = EventLog(run_dir)
+    log: EventLog | None = None
     try:
+        log = EventLog(run_dir)  # first, so that a build error is in the log too
         trainer = _build(spec, _tell([log, *sinks]), ranks)
     except Exception as e:
-        _record_setup_failure(run_dir, [log, *sinks], e)
-        log.close()
+        _record_setup_failure(run_dir, [log, *sinks] if log is not None else sinks, e)
+        if log is not None:
+            log.close()
         lock.release()
         return (EXIT_SPEC if isinstance(e, SpecError) else EXIT_FAILED), run_dir
     return _train(run_dir, lock, trainer, log, sinks, handle_signals, spec.run.tensorboard)
@@ -174,7 +176,7 @@ def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, 
     update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec), **who())
     (run_dir / SUMMARY).unlink(missing_ok=True)
     remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
-    return _train(run_dir, lock, trainer, EventLog(run_dir), sinks, handle_signals, spec.run.tensorboard)
+    return _train(run_dir, lock, trainer, None, sinks, handle_signals, spec.run.tensorboard)
 
 
 def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
@@ -228,7 +230,7 @@ def _tell(sinks: list[Sink]) -> Callable[[str], None]:
 
 
 # ---- training inside the run directory ------------------------------------------------------
-def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool, tensorboard: bool = False) -> tuple[int, Path]:
+def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool, tensorboard: bool = False) -> tuple[int, Path]:
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
         from tuiloop.session.tensorboard import TensorBoardSink
@@ -242,18 +244,26 @@ def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
     return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), run_dir
 
 
-def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: list[Sink], handle_signals: bool = True) -> Finished:
-    """Train ``trainer`` inside its locked run directory; always ends with a summary and releases it all."""
+def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool = True) -> Finished:
+    """Train ``trainer`` inside its locked run directory; always ends with a summary and releases it all.
+
+    ``log``: the run's event log, or None to open it here (a log that cannot be opened, a full
+    disk say, fails the run as any other set-up step does).
+    """
     from tuiloop.engine.trainer import Trainer
 
     started = time.time()
     server: ControlServer | None = None
+    machine: SystemSampler | None = None
+    logged: Sink | None = None
     signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started), terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started))
-    # the machine's load (CPU, memory, each GPU) into the log every 2 s, from a thread of its own;
-    # only rank 0 gets here. Its gate starts it after RunStarted and stops it before Finished.
-    machine = SystemSampler(log, interval_from_env(), device=getattr(trainer, "device", None))
-    logged = machine.gate(log)
     try:
+        if log is None:
+            log = EventLog(run_dir)
+        # the machine's load (CPU, memory, each GPU) into the log every 2 s, from a thread of its own;
+        # only rank 0 gets here. Its gate starts it after RunStarted and stops it before Finished.
+        machine = SystemSampler(log, interval_from_env(), device=getattr(trainer, "device", None))
+        logged = machine.gate(log)
         trainer.run_dir = run_dir
         trainer.session = os.environ.get(SESSION_ENV) or uuid.uuid4().hex[:12]
         trainer.subscribe(logged)
@@ -267,17 +277,23 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog, sinks: lis
         finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
         summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
         return finished
-    except Exception as e:  # set-up inside the run directory failed (socket, signals, announcement)
-        return _record_setup_failure(run_dir, [log, *sinks], e, started)
+    except Exception as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
+        told: list[Sink] = []  # the log, then every sink of the trainer's (a Python caller's own too), once each
+        for sink in (log, *sinks, *trainer.sinks):
+            if sink is not None and sink is not logged and not any(sink is t for t in told):
+                told.append(sink)
+        return _record_setup_failure(run_dir, told, e, started)
     finally:
-        machine.stop()
+        if machine is not None:
+            machine.stop()
         if server is not None:
             server.close()
         signals.restore()
         for sink in (logged, *sinks):  # a Trainer run again later must not write into a closed log
             if sink in trainer.sinks:
                 trainer.sinks.remove(sink)
-        log.close()
+        if log is not None:
+            log.close()
         lock.release()
 
 
@@ -345,11 +361,19 @@ def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: Ev
     if peer is None:
         trainer.request_stop("terminated (SIGTERM)")
         return
+    if trainer.failure_told:  # this rank is already ending with that failure: let it finish its record
+        return
     if run_dir is not None and log is not None:
-        log(Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", [])))
+        failed = Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", []))
         finished = Finished("failed", f"rank {peer['rank']} failed", trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
-        log(finished)
+        for event in (failed, finished):
+            for sink in list(trainer.sinks) or [log]:  # the log and the terminal's lines
+                try:
+                    sink(event)
+                except Exception:
+                    pass
         summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
+        sys.stdout.flush()
     os._exit(EXIT_FAILED)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace, TracebackType
 from typing import Any
 
+from tuiloop.engine import fmt
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.distributed import SINGLE
 from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, TrainSteps, Validated
@@ -85,6 +86,10 @@ def track(
     * ``log_interval``: seconds between writes of the buffered per-step losses.
     """
     return Run(Path(run_dir), config, name, epochs, steps_per_epoch, monitor, mode, handle_signals, log_interval)
+
+
+# What a tracked loop obeys (the monitor offers only these keys); force needs no loop.
+OBEYED = ("pause", "resume", "toggle_pause", "save", "stop", "force")
 
 
 class Run:
@@ -196,6 +201,7 @@ class Run:
                 num_params=0,
                 pid=os.getpid(),
                 session=self.session,
+                commands=list(OBEYED),
             )
         )
         if config:
@@ -227,7 +233,7 @@ class Run:
             self._release()
 
     def _outcome(self, status: str | None, reason: str | None) -> tuple[str, str]:
-        planned = f"{self.epochs} epochs done" if self.epochs else "the loop ended"
+        planned = f"{fmt.plural(self.epochs, 'epoch')} done" if self.epochs else "the loop ended"
         if status is not None:
             default = {"stopped": self._stop_reason or "stopped by the loop", "failed": "failed in the loop", "early_stopped": "stopped early by the loop"}.get(status, planned)
             return status, reason or default

@@ -4,8 +4,9 @@ terminal (a dropped SSH connection) does not end it.
 The parent creates (or, to resume, locks) the run directory and hands the worker its lock as an
 open file, so the run is live without a gap. The spec travels on the worker's stdin: a resume
 must not touch spec.toml before it is known to work. A resumed worker first writes to a pipe
-its parent relays to the terminal; once the checkpoint is loaded it says so and switches its
-output to output.log.
+its parent relays to the terminal; once the checkpoint is loaded it says so, waits until the
+parent has put what it relayed into output.log (the parent closes the worker's stdin), and
+switches its output to output.log. A failed resume writes nothing into the run directory.
 
 For a distributed run the process started is the launcher (:mod:`tuiloop.session.launch`),
 which runs torchrun; its ranks run :mod:`tuiloop.session.rank`.
@@ -55,9 +56,16 @@ def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool =
         if out is not None and not isinstance(out, int):
             out.close()
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(spec_payload(spec)).encode())
-    proc.stdin.close()
+    proc.stdin.write(json.dumps(spec_payload(spec)).encode() + b"\n")  # one line: no indent
+    proc.stdin.flush()
+    if out is not subprocess.PIPE:  # else wait_ready closes it: the worker's go-ahead
+        proc.stdin.close()
     return proc
+
+
+def read_payload() -> dict[str, str | None]:
+    """The spec :func:`start` sent, read from stdin (the training process's side)."""
+    return json.loads(sys.stdin.buffer.readline())
 
 
 def spec_payload(spec: Spec) -> dict[str, str | None]:
@@ -72,27 +80,40 @@ def read_spec(payload: dict[str, str | None]) -> Spec:
 
 
 def switch_output_to_log(run_dir: Path) -> None:
-    """Say READY on the pipe the parent reads, then send this process's output to output.log."""
+    """Say READY on the pipe the parent reads, wait until it has logged what came before (it
+    closes stdin), then send this process's output to output.log."""
     sys.stdout.write(READY)
     sys.stdout.flush()
+    sys.stdin.buffer.read()
+    stdin_from_devnull()
     out = os.open(run_dir / OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
 
 
-def wait_ready(proc: subprocess.Popen, echo: IO[str]) -> bool:
-    """Relay a resuming worker's output until it is ready (True) or has exited (False)."""
-    assert proc.stdout is not None
-    with proc.stdout:
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", errors="replace")
-            if line == READY:
-                return True
-            echo.write(line)
-            echo.flush()
-    proc.wait()
-    return False
+def wait_ready(proc: subprocess.Popen, echo: IO[str], run_dir: Path) -> bool:
+    """Relay a resuming worker's output until it is ready (True) or has exited (False). Once it
+    is ready, what it printed meanwhile (the user's module imported, the data built) goes to the
+    top of its part of ``run_dir``'s output.log before it writes there itself."""
+    assert proc.stdout is not None and proc.stdin is not None
+    said: list[str] = []
+    try:
+        with proc.stdout:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", errors="replace")
+                if line == READY:
+                    if said:
+                        with open(run_dir / OUTPUT, "a", encoding="utf-8") as log:
+                            log.writelines(said)
+                    return True
+                said.append(line)
+                echo.write(line)
+                echo.flush()
+        proc.wait()
+        return False
+    finally:
+        proc.stdin.close()  # the go-ahead
 
 
 def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -114,7 +135,7 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
     finally:
         lock.release()  # the training process holds it now
     said = io.StringIO()
-    if not wait_ready(proc, said):
+    if not wait_ready(proc, said, run_dir):
         raise RuntimeError(said.getvalue().strip() or f"the training process exited with status {proc.returncode}")
     return proc, session
 
@@ -124,10 +145,10 @@ def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     from tuiloop.engine.plain import PlainSink
     from tuiloop.session.run import execute
 
-    spec = read_spec(json.loads(sys.stdin.buffer.read()))
-    stdin_from_devnull()
+    spec = read_spec(read_payload())
     lock = RunLock.adopt(run_dir, lock_fd)
     if not resume:
+        stdin_from_devnull()
         code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)
         return code
     code, _ = execute(spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir))

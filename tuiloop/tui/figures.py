@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuiloop.engine import fmt
-from tuiloop.rundir.series import Downsampled, ema, reduce_to
+from tuiloop.rundir.series import Downsampled, Recent, ema, reduce_to
 from tuiloop.tui.model import MonitorModel
 
 # 256-colour palette numbers (what the terminal shows; Rich maps them to the same colours)
@@ -118,13 +118,15 @@ def loss_figure(model: MonitorModel, width: int, view: View | None = None) -> Fi
     lo, hi = _window(model, v.zoom)
     fig = Figure(log_y=v.log_y, x_integer=axis.kind != "time", x_time=axis.kind == "time", key=(model.plot_version, v.show_raw, v.log_y, v.zoom, v.x_axis, width))
     cells = max(2 * width, 2)
-    xs, ys = model.train.points()
+    # a zoomed window the last steps cover is drawn from them, step by step, not from the buckets
+    train = model.train_recent if lo > 0 and model.train_recent.covers(lo) else model.train
+    xs, ys = train.points()
     xs, ys = _in(xs, lo, hi, ys)
     xs, ys = reduce_to(xs, ys, cells)
     xs, ys = _finite(xs, ys, positive=v.log_y)
     if xs:
         if v.show_raw and len(xs) > 2:
-            fig.lines.append(_envelope(model.train, lo, hi, cells, axis, v.log_y))
+            fig.lines.append(_envelope(train, lo, hi, cells, axis, v.log_y))
             fig.legend.append(("┃ min-max", RAW, 0))
         smooth = ema(ys, max(len(ys) / 25, 2.0)) if len(ys) > 2 else ys
         fig.lines.append(Line(axis(xs), smooth, TRAIN))
@@ -150,7 +152,7 @@ def loss_figure(model: MonitorModel, width: int, view: View | None = None) -> Fi
     return fig
 
 
-def _envelope(series: Downsampled, lo: float, hi: float, cells: int, axis: _Axis, log_y: bool) -> Line:
+def _envelope(series: Downsampled | Recent, lo: float, hi: float, cells: int, axis: _Axis, log_y: bool) -> Line:
     """The raw loss as its extremes: each bucket's minimum then maximum, joined (a band that keeps spikes)."""
     xs, mins, maxs = series.envelope()
     xs, mins, maxs = _in(xs, lo, hi, mins, maxs)
@@ -196,4 +198,6 @@ def lr_figure(model: MonitorModel, width: int) -> Figure:
     fig = Figure(x_integer=spe is not None, y_ticks=2, log_y=log_y, key=(model.plot_version, width), empty_text="no learning rate yet")
     if xs:
         fig.lines.append(Line(xs, ys, LR))
+    if log_y:
+        fig.legend.append(("log y", 250, 4))
     return fig

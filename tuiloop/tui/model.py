@@ -90,12 +90,14 @@ class MonitorModel:
     lr = _digested("lr")
     samples_per_s = _digested("samples_per_s")
     train = _digested("train")  # x = global step
+    train_recent = _digested("train_recent")  # the last steps, one by one
     val = _digested("val")  # monitored-loss curve: val_loss, x = global step
     lr_history = _digested("lr_history")
     # training health, under the loss plot
     grad_norms = _digested("grad_norms")  # total gradient norm before clipping, x = step
     throughput = _digested("throughput")  # samples/s per flush, x = step
     loss_scale = _digested("loss_scale")  # 16-mixed's grad scaler
+    loss_scales = _digested("loss_scales")  # its history, x = step
     skipped_steps = _digested("skipped_steps")
     step_times = _digested("step_times")  # wall time of the steps (x = step), for a time axis
     # the machine's load (SystemSample every 2 s): the latest, a short history, the peaks
@@ -195,8 +197,8 @@ class MonitorModel:
             self.epoch_rows = [row for row in self.epoch_rows if row.step <= ev.start_step]
             self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
         else:
-            size = f"{ev.epochs} epochs" if ev.epochs else ""  # a tracked loop may not say
-            size += f" x {ev.steps_per_epoch} steps" if size and ev.steps_per_epoch else ""
+            size = fmt.plural(ev.epochs, "epoch") if ev.epochs else ""  # a tracked loop may not say
+            size += f" x {fmt.plural(ev.steps_per_epoch, 'step')}" if size and ev.steps_per_epoch else ""
             problem = f"{ev.problem} " if ev.problem not in ("unknown", "other") else ""  # known after the first batch
             params = f", {ev.num_params:,} parameters" if ev.num_params else ""
             self._log(ev.time, "info", f"started: {problem}on {ev.device_name}{params}" + (f", {size}" if size else ""))

@@ -56,7 +56,7 @@ class OutputTail:
         for f in self._find():
             for line in f.read():
                 line = line.rstrip("\r").rsplit("\r", 1)[-1]
-                text = Text.from_ansi(line, no_wrap=True)
+                text = Text.from_ansi(line)  # the pane wraps it
                 if f.label:
                     text = Text(f.label, style="dim") + text
                 out.append(text)

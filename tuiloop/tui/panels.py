@@ -6,12 +6,14 @@ stays clean at 80x24 and after a resize.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
 
 from rich.text import Text
 
 from tuiloop.engine import fmt
+from tuiloop.rundir.series import reduce_to
 from tuiloop.tui.model import LogEntry, MetricStat, MonitorModel
 
 STATE_STYLE = {
@@ -157,7 +159,7 @@ def health_text(model: MonitorModel, width: int) -> Text:
     if model.grad_norms.last is not None:
         rows.append(("grad norm", fmt.value(model.grad_norms.last[1]), model.grad_norms.points()[1]))
     if model.loss_scale is not None:
-        rows.append(("loss scale", f"{model.loss_scale:g}  {fmt.plural(model.skipped_steps, 'skipped step')}", []))
+        rows.append(("loss scale", f"{model.loss_scale:g}  {fmt.plural(model.skipped_steps, 'skipped step')}", model.loss_scales.points()[1]))
     if model.samples_per_s is not None:
         rows.append(("samples/s", f"{model.samples_per_s:,.0f}", model.throughput.points()[1]))
     lines = []
@@ -205,15 +207,16 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
 
 
 def best_sparkline(stat: MetricStat, width: int) -> Text:
-    """The metric's history as a sparkline, its best check in green (the best marker of a metric
-    that is not a loss: the loss plot marks only val_loss or train_loss)."""
+    """The metric's whole history as a sparkline, the cell that holds its best check in green
+    (the best marker of a metric that is not a loss: the loss plot marks only val_loss or
+    train_loss)."""
     xs, ys = stat.history.points()
-    xs, ys = xs[-width:], ys[-width:]
-    text = Text(sparkline(ys, width), style="cyan")
-    if stat.best_epoch is not None and stat.best_epoch in xs:
-        at = xs.index(stat.best_epoch)
-        if at < len(text.plain):
-            text.stylize("bold green", at, at + 1)
+    per_cell = math.ceil(len(xs) / width) if len(xs) > width else 1
+    text = Text(sparkline(reduce_to(xs, ys, width)[1], width), style="cyan")
+    if stat.best_epoch is not None and xs:
+        nearest = min(range(len(xs)), key=lambda i: abs(xs[i] - stat.best_epoch))  # type: ignore[operator]
+        at = nearest // per_cell
+        text.stylize("bold green", at, at + 1)
     return text
 
 
@@ -264,9 +267,9 @@ def log_since(model: MonitorModel, index: int) -> tuple[int, list[Text]]:
 
 
 def epoch_table(model: MonitorModel) -> tuple[list[str], list[list[str]]]:
-    """Every validation as a row: epoch, step, time since the start, each metric (best marked)."""
+    """Every validation as a row: epoch, step, wall time since the start, each metric (best marked)."""
     names = list(model.metrics)
-    columns = ["epoch", "step", "time", *names, "best"]
+    columns = ["epoch", "step", "wall", *names, "best"]
     start = model.first_event_time or 0.0
     rows = []
     for v in model.epoch_rows:

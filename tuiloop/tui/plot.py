@@ -11,6 +11,7 @@ import math
 from rich.text import Text
 from textual.widget import Widget
 
+from tuiloop.engine import fmt
 from tuiloop.tui.figures import Figure, Line
 
 MIN_WIDTH, MIN_HEIGHT = 16, 1
@@ -44,18 +45,14 @@ def _tick_label(value: float, integer: bool) -> str:
 
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Tick values for a log axis from ``lo`` to ``hi`` (both > 0): the powers of ten inside, or
-    1, 2 and 5 times them when the range spans less than two decades."""
+    1, 2 and 5 times them when the range spans less than two decades, or round values when it
+    spans less than one."""
     first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     for mantissas in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
         ticks = [m * 10.0**e for e in range(first, last + 1) for m in mantissas if lo <= m * 10.0**e <= hi]
         if len(ticks) >= 2:
             return ticks
-    return [lo, hi]
-
-
-def _duration_label(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s}s"
+    return nice_ticks(lo, hi, 3)  # inside a fraction of a decade a log axis is nearly linear: round values
 
 
 def _limits(values: list[float], log: bool) -> tuple[float, float]:
@@ -141,7 +138,7 @@ def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
     xr = f.ruler("x")
     xr.lim(x0, x1)
     ticks = nice_ticks(x0, x1, max(2, min(7, width // 10)), integer=fig.x_integer and not fig.x_time)
-    xr.ticks(ticks, [_duration_label(t) if fig.x_time else _tick_label(t, fig.x_integer) for t in ticks])
+    xr.ticks(ticks, [fmt.short_duration(t) if fig.x_time else _tick_label(t, fig.x_integer) for t in ticks])
     yr = f.ruler("y")
     # A log axis is drawn as log10(y) on a linear one, ticked at powers of ten: 10, 1, 0.1, ...
     to_y = (lambda v: math.log10(v)) if fig.log_y else (lambda v: v)

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
+from tuiloop.rundir.layout import OUTPUT
 from tuiloop.tui import panels
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.output import OutputTail
@@ -94,6 +95,9 @@ KEYS = [  # the ? screen; the README's table says the same
     ("Ctrl+C", "stop; a second one forces an exit without saving (in attach: detach)"),
     ("?", "this list; escape closes it"),
 ]
+# The keys above that change the run, by the action each runs: dimmed where they cannot act now
+# (a read-only view, a run that is over, a tracked loop that does not obey them).
+KEY_ACTIONS = {"p": "pause", "s": "save", "q": "stop", "d": "detach", "e": "stop_after_epoch", "- / +": "lr", "P": "suspend", "R": "resume_run"}
 
 
 class KeysScreen(ModalScreen[None]):
@@ -105,10 +109,14 @@ class KeysScreen(ModalScreen[None]):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
+        dimmed = False
         for key, what in KEYS:
-            table.add_row(key, what)
+            action = KEY_ACTIONS.get(key)
+            off = action is not None and not self.app.check_action(action, ())
+            dimmed |= off
+            table.add_row(key, what, style="dim" if off else None)
         with Vertical(id="dialog", classes="keys"):
-            yield Static("[b]Keys[/b]", id="dialog-title")
+            yield Static("[b]Keys[/b]" + (" [dim](dimmed: not for this run now)[/dim]" if dimmed else ""), id="dialog-title")
             yield Static(table)
 
     def action_close(self) -> None:
@@ -142,6 +150,7 @@ class OutputScreen(_Sub):
     def __init__(self, model: MonitorModel, read_only: bool, run_dir: Path) -> None:
         super().__init__(model, read_only)
         self.tail = OutputTail(run_dir)
+        self.kept = (run_dir / OUTPUT).exists()  # a run that printed to a terminal of its own has no output.log
         self._empty = False
 
     def compose(self) -> ComposeResult:
@@ -169,7 +178,8 @@ class OutputScreen(_Sub):
     def _add(self, lines: list[Text], first: bool) -> None:
         view = self.query_one(ScrollLines)
         if first and not lines:
-            view.put(0, [Text("(nothing printed yet)", style="dim")])
+            said = "(nothing printed yet)" if self.kept else "(not kept: this run prints to the terminal that started it; runs the monitor starts keep it in output.log)"
+            view.put(0, [Text(said, style="dim")])
             self._empty = True
             return
         if self._empty:

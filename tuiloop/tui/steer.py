@@ -40,6 +40,10 @@ class CommandDone(Message):
     error: str | None
 
 
+# The keys that change the run, and the command each sends (a run may obey only some).
+STEERING = {"pause": "toggle_pause", "save": "save", "stop": "stop", "stop_after_epoch": "stop_after_epoch", "lr": "lr_down", "suspend": "suspend"}
+
+
 class RunKeys(App[str]):
     """The keys that steer the run (the app provides model, source, commander and resumer)."""
 
@@ -59,8 +63,9 @@ class RunKeys(App[str]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide the keys that cannot act now (read-only view, run over) from the key bar."""
         over = self.model.over
-        if action in ("pause", "save", "stop", "stop_after_epoch", "lr", "suspend"):
-            return not self.read_only and not over
+        if action in STEERING:
+            obeyed = self.model.started.commands if self.model.started is not None else None
+            return not self.read_only and not over and (obeyed is None or STEERING[action] in obeyed)
         if action == "resume_run":
             return self.resumer is not None and self.model.state == "suspended" and not self.resuming
         if action == "leave":

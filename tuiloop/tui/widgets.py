@@ -19,10 +19,15 @@ class Panel(Widget):
         self._shown: Text | None = None
 
     def update(self, force: bool = False, layout: bool = False) -> None:
-        """Redraw if the text would differ from what is on screen (most panels change rarely)."""
+        """Redraw if the text would differ from what is on screen (most panels change rarely).
+        ``layout``: the panel's height follows its text, so a new line count lays the screen out
+        again (only then: a layout costs more than the redraw)."""
         size = self.content_size
-        if force or self._shown is None or self.build(size.width, size.height) != self._shown:
-            self.refresh(layout=layout)
+        shown = self._shown
+        text = self.build(size.width, size.height)
+        if force or shown is None or text != shown:
+            lines = len(text.plain.splitlines())
+            self.refresh(layout=layout and (shown is None or lines != len(shown.plain.splitlines())))
 
     def render(self) -> Text:
         size = self.content_size
