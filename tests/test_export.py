@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import FIXTURES, only_run, run_cli, write_spec
-from runs_support import events, kill_run, last_step, start_detached, wait_live, wait_until
+from runs_support import TUILOOP, Tmux, events, kill_run, last_step, start_detached, wait_live, wait_until
 
 from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.lock import is_locked
@@ -303,3 +303,18 @@ def test_the_mirror_turned_on_when_resuming_holds_the_whole_run(finished: Path, 
     scalars = read_scalars(run_dir / "tensorboard")
     check_scalars(scalars, events(run_dir), grad_norm=True)
     assert [p[0] for p in scalars["train/loss"]] == list(range(1, 33))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_export_in_a_real_terminal(finished: Path, workdir: Path, tmux: Tmux) -> None:
+    """Typed at a shell prompt in a terminal: both formats say what they wrote, and the files read
+    back (CSV with the csv module, the event files with tensorboardX's own records)."""
+    term = tmux.new("export", "bash --norc --noprofile", width=120, height=40)
+    tmux.send(term, f"{TUILOOP} export plain -o typed.csv; echo '[csv '$?']'", "Enter")
+    screen = tmux.wait_for(term, r"\[csv 0\]", 30)
+    assert "wrote 27 rows (24 steps, 3 validations) to typed.csv" in screen, screen
+    check_csv((workdir / "typed.csv").read_text(encoding="utf-8"), events(finished))
+    tmux.send(term, f"{TUILOOP} export plain --format tensorboard -o typed-tb; echo '[tb '$?']'", "Enter")
+    screen = tmux.wait_for(term, r"\[tb 0\]", 30)
+    assert "view them: tensorboard --logdir typed-tb" in screen, screen
+    check_scalars(read_scalars(workdir / "typed-tb"), events(finished), grad_norm=True)

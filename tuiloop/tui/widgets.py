@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 
 Builder = Callable[[int, int], Text]
+
+
+def _lines(text: Text) -> int:
+    return text.plain.count("\n") + 1
 
 
 class Panel(Widget):
@@ -17,21 +22,23 @@ class Panel(Widget):
         super().__init__(id=id, classes=classes)
         self.build = build
         self._shown: Text | None = None
+        self._next: tuple[Size, Text] | None = None  # built by update() for the next render
 
     def update(self, force: bool = False, layout: bool = False) -> None:
         """Redraw if the text would differ from what is on screen (most panels change rarely).
         ``layout``: the panel's height follows its text, so a new line count lays the screen out
         again (only then: a layout costs more than the redraw)."""
         size = self.content_size
-        shown = self._shown
         text = self.build(size.width, size.height)
+        shown = self._shown
         if force or shown is None or text != shown:
-            lines = len(text.plain.splitlines())
-            self.refresh(layout=layout and (shown is None or lines != len(shown.plain.splitlines())))
+            self._next = (size, text)
+            self.refresh(layout=layout and (shown is None or _lines(text) != _lines(shown)))
 
     def render(self) -> Text:
         size = self.content_size
-        self._shown = self.build(size.width, size.height)
+        ready, self._next = self._next, None
+        self._shown = ready[1] if ready is not None and ready[0] == size else self.build(size.width, size.height)
         return self._shown
 
     def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
