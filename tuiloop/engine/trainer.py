@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -133,7 +134,7 @@ class Trainer(Saving, Steering):
         self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
         self.stop_after_epoch = False
         self.lr_scale = 1.0
-        self.failure_told = False  # what the - and + keys did to the spec's learning rate, all together
+        self.ending = threading.Lock()  # a distributed run's failure: held by whoever tells it (never released)  # what the - and + keys did to the spec's learning rate, all together
         self._stop_reason = ""
         self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
         self._norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
@@ -209,7 +210,8 @@ class Trainer(Saving, Steering):
                     self.save("last")
             else:
                 failed = self._failure(e, where)
-                self.failure_told = True  # a launcher's SIGTERM from here on must not tell it again
+                if self.ranks.distributed:  # the launcher's SIGTERM (another rank failed) may be telling
+                    self.ending.acquire()  # it from the signal thread, then ending the process: wait for that
                 status, reason = "failed", failed.error.split(":")[0] + " failed" if failed.error.startswith("rank ") else f"{type(e).__name__} in {where}"
                 self.emit(failed)
                 self._save_after_crash()

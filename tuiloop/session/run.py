@@ -361,8 +361,16 @@ def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: Ev
     if peer is None:
         trainer.request_stop("terminated (SIGTERM)")
         return
-    if trainer.failure_told:  # this rank is already ending with that failure: let it finish its record
+    if not trainer.ending.acquire(blocking=False):  # the loop is telling that failure: let it finish
         return
+    try:
+        _tell_peer_failure(trainer, peer, run_dir, log, started)
+    finally:
+        os._exit(EXIT_FAILED)
+
+
+def _tell_peer_failure(trainer: Any, peer: dict, run_dir: Path | None, log: EventLog | None, started: float) -> None:
+    """Rank 0: the failed rank's error and the run's end, in the log, on the terminal and in the summary."""
     if run_dir is not None and log is not None:
         failed = Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", []))
         finished = Finished("failed", f"rank {peer['rank']} failed", trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
@@ -374,7 +382,6 @@ def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: Ev
                     pass
         summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
         sys.stdout.flush()
-    os._exit(EXIT_FAILED)
 
 
 # ---- from Python ---------------------------------------------------------------------------
