@@ -141,12 +141,21 @@ def resume_worker(run_dir: Path, spec: Any, session: str = "resumed-session") ->
 
 
 def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for its parent counts as gone)."""
+    """True once ``pid`` has exited: a zombie waiting for its parent counts as gone, but not while
+    any of its threads is still tearing down (a SIGKILLed process's main thread shows as a zombie
+    first, while the other threads still hold its open files, the run's lock among them)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return True
-    return stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_bytes()
+        except OSError:
+            continue  # that thread is gone
+        if stat.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+            return False
+    return True
 
 
 def run_processes(run_dir: Path) -> list[Any]:
@@ -159,7 +168,7 @@ def run_processes(run_dir: Path) -> list[Any]:
     live, tuiloop_pids = [], set()
     for p in psutil.process_iter(["cmdline", "status"]):
         argv = p.info["cmdline"] or []
-        if not any(a == "tuiloop" or a.endswith("/tuiloop") for a in argv) or p.info["status"] == psutil.STATUS_ZOMBIE:
+        if not any(a == "tuiloop" or a.endswith("/tuiloop") for a in argv) or process_gone(p.pid):
             continue  # `python -m tuiloop ...`, the tuiloop script, torchrun's `-m tuiloop`
         tuiloop_pids.add(p.pid)
         if "_rank" in argv or "_launch" in argv:
