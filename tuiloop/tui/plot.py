@@ -6,9 +6,15 @@ widget that shows it, redrawing only when the figure or its own size changed.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 
-from rich.text import Text
+from rich.console import Console
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Span, Text
+from textual.strip import Strip
 from textual.widget import Widget
 
 from tuiloop.engine import fmt
@@ -155,12 +161,46 @@ def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
         if ln.joined and len(ln.xs) > 1:
             signal.lines()
         f.draw(signal)
-    out = f.build().string()
-    return Text.from_ansi(out.rstrip("\n"), no_wrap=True)
+    return _from_ansi(f.build().string().rstrip("\n"))
+
+
+_ANSI = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def _from_ansi(out: str) -> Text:
+    """plotext's output as Text: it colours with two codes only, reset and a 256-colour foreground
+    (rich's general ANSI decoder took a fifth of the drawing time). Other codes: rich decodes."""
+    plain: list[str] = []
+    spans: list[Span] = []
+    at, pos, colour = 0, 0, ""
+    for m in _ANSI.finditer(out):
+        piece = out[pos : m.start()]
+        if piece and colour:
+            spans.append(Span(at, at + len(piece), colour))
+        plain.append(piece)
+        at += len(piece)
+        pos = m.end()
+        code = m.group(1)
+        if code in ("0", ""):
+            colour = ""
+        elif code.startswith("38;5;") and code[5:].isdigit():
+            colour = f"color({code[5:]})"
+        else:
+            return Text.from_ansi(out, no_wrap=True)
+    piece = out[pos:]
+    if piece and colour:
+        spans.append(Span(at, at + len(piece), colour))
+    plain.append(piece)
+    return Text("".join(plain), spans=spans, no_wrap=True)
 
 
 class PlotView(Widget):
-    """A plot of ours: set a :class:`Figure`; it draws at whatever size the layout gives it."""
+    """A plot of ours: set a :class:`Figure`; it draws at whatever size the layout gives it.
+
+    It hands Textual its lines as strips (Textual's line API), made straight from the picture's
+    segments: a plot is hundreds of coloured braille cells, and Textual's general path from a
+    rich Text to strips cost more than drawing the plot.
+    """
 
     DEFAULT_CSS = """
     PlotView { height: 1fr; min-height: 3; }
@@ -171,6 +211,9 @@ class PlotView(Widget):
         self.figure = Figure()
         self._cache_key: tuple | None = None
         self._cache: Text = Text("")
+        self._strips: list[Strip] = []
+        self._strips_key: tuple | None = None
+        self._shown = 0  # figures shown so far: a new one makes new strips
         self.builds = 0  # how many times plotext drew (tests and benchmarks read it)
 
     def show(self, figure: Figure) -> None:
@@ -178,9 +221,11 @@ class PlotView(Widget):
         if figure.key and figure.key == self.figure.key:
             return
         self.figure = figure
+        self._shown += 1
         self.refresh()
 
     def render(self) -> Text:
+        """The picture at the current size (cached while the figure and the size stay)."""
         size = self.content_size
         key = (self.figure.key, size.width, size.height) if self.figure.key else None
         if key is None or key != self._cache_key:
@@ -188,3 +233,33 @@ class PlotView(Widget):
             self._cache_key = key
             self.builds += 1
         return self._cache
+
+    def render_line(self, y: int) -> Strip:
+        width = self.content_size.width
+        base = self.visual_style.rich_style
+        key = (self._shown, self.content_size, base)
+        if key != self._strips_key:
+            self._strips = _strips(self.render(), width, base)
+            self._strips_key = key
+        return self._strips[y] if y < len(self._strips) else Strip.blank(width, base)
+
+
+def _strips(text: Text, width: int, base: Style) -> list[Strip]:
+    """``text`` as one strip per line of ``width`` cells, its styles over ``base``."""
+    console = _console()
+    styles: dict[object, Style] = {}
+    out = []
+    for line in text.split("\n", allow_blank=True):
+        segments = []
+        for seg in line.render(console):
+            style = styles.get(seg.style)
+            if style is None:
+                style = styles[seg.style] = base + seg.style if seg.style else base
+            segments.append(Segment(seg.text, style))
+        out.append(Strip(segments).adjust_cell_length(width, base))
+    return out
+
+
+@functools.cache
+def _console() -> Console:
+    return Console(width=1000, color_system="truecolor", force_terminal=True, legacy_windows=False)
