@@ -85,6 +85,7 @@ def run_cli(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.Co
         [sys.executable, "-m", "tuiloop", *map(str, args)],
         cwd=cwd,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=timeout,
         env=cli_env(),

@@ -171,13 +171,15 @@ def run_processes(run_dir: Path) -> list[Any]:
         if not any(a == "tuiloop" or a.endswith("/tuiloop") for a in argv) or process_gone(p.pid):
             continue  # `python -m tuiloop ...`, the tuiloop script, torchrun's `-m tuiloop`
         tuiloop_pids.add(p.pid)
-        if "_rank" in argv or "_launch" in argv:
+        if "_launch" in argv:  # `tuiloop _launch RUN_DIR ...`
+            if str(run_dir) in argv:
+                live.append(p)
+        elif "_rank" in argv:  # the launcher hands its ranks the run directory in their environment
             try:
-                env = p.environ()
+                if p.environ().get("TUILOOP_RUN_DIR") == str(run_dir):
+                    live.append(p)
             except psutil.Error:
                 continue
-            if env.get("TUILOOP_RUN_DIR") in (str(run_dir), None):  # the launcher learns it after it starts
-                live.append(p)
     zombies = [p for p in psutil.process_iter(["status", "ppid"]) if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["ppid"] in tuiloop_pids]
     return live + zombies
 

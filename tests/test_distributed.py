@@ -8,6 +8,7 @@ each test shares what it can.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -143,8 +144,12 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_bitwise(workdir: Path, clea
     wait_until(lambda: summary(run_dir), 30, "the stop")
     ck = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert summary(run_dir)["status"] == "stopped" and 0 < ck["batch_in_epoch"] < 4, ck["batch_in_epoch"]
+    # an error a rank left in an earlier session (a failed run is resumed too) is not this session's
+    stale = run_dir / "ranks" / "rank-1.error.json"
+    stale.write_text(json.dumps({"rank": 1, "error": "ValueError: from an earlier session", "where": "rank 1, training"}))
     resumed = run_cli("run", "--resume", run_dir, "--headless", *TWO, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
+    assert not stale.exists()
     want = load_ckpt(only_run(workdir / "ref") / "checkpoints" / "last.pt")
     got = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert got["step"] == want["step"] == 16

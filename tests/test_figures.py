@@ -130,3 +130,27 @@ def test_the_x_axis_shows_epochs_steps_or_wall_time() -> None:
     assert 0 < max(xs["time"]) <= 10.5, "seconds since the start"
     text = render_figure(loss_figure(m, 60, View(x_axis="time")), 60, 16).plain
     assert re.search(r"\b\d+s\b", text.splitlines()[-1]), "durations under the axis"
+
+
+def test_plotexts_colours_are_decoded_as_rich_decodes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plot's own ANSI decoder gives every character the colour rich's decoder gives it."""
+    from rich.text import Text
+
+    from tuiloop.tui import plot
+
+    drawn: list[str] = []
+    decode = plot._from_ansi
+    monkeypatch.setattr(plot, "_from_ansi", lambda out: (drawn.append(out), decode(out))[1])
+    m = run(epochs=30)
+    for fig, w, h in ((loss_figure(m, 75), 75, 24), (lr_figure(m, 44), 44, 12), (loss_figure(m, 75, View(log_y=True, x_axis="time")), 75, 24)):
+        render_figure(fig, w, h)
+    assert len(drawn) == 3
+
+    def colours(text: Text) -> list[tuple[str, int | None]]:
+        return [(seg.text[i], seg.style.color.number if seg.style and seg.style.color else None) for seg in text.render(Console()) for i in range(len(seg.text))]
+
+    for out in drawn:
+        ours, rich_ = decode(out), Text.from_ansi(out, no_wrap=True)
+        assert ours.plain == rich_.plain and colours(ours) == colours(rich_)
+        assert any(number is not None for _, number in colours(ours))
+    assert decode("\x1b[1mbold\x1b[0m").plain == "bold", "a code plotext does not use goes to rich's decoder"

@@ -96,9 +96,9 @@ def test_a_hung_up_terminal_ends_the_monitor_not_the_run(workdir: Path, cleanup:
 def test_what_a_resumed_run_prints_while_it_starts_is_in_its_output_log(workdir: Path, cleanup: list[Path]) -> None:
     """A resumed training process prints to the terminal that resumed it until the checkpoint is
     loaded, then to output.log: the lines of that start (the user's module imported here) are in
-    output.log too, before what follows."""
+    output.log too, before what follows. A module that reads stdin meanwhile gets /dev/null."""
     tiny = workdir / "tiny.py"
-    tiny.write_text(tiny.read_text() + '\nprint("tiny.py imported, the data is built")\n')
+    tiny.write_text(tiny.read_text() + '\nimport sys\nprint("tiny.py imported, the data is built", sys.stdin.read() == "")\n')
     spec = write_spec(workdir, run={"epochs": 2})
     first = run_cli("run", spec, "--headless", cwd=workdir)
     assert first.returncode == 0, first.stderr
@@ -106,7 +106,7 @@ def test_what_a_resumed_run_prints_while_it_starts_is_in_its_output_log(workdir:
     resumed = run_cli("run", "--resume", run_dir, "--set", "run.epochs=3", "--detach", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     cleanup.append(run_dir)
-    assert "tiny.py imported, the data is built" in resumed.stderr, "relayed to the terminal"
+    assert "tiny.py imported, the data is built True" in resumed.stderr, "relayed to the terminal"
     wait_until(lambda: summary(run_dir) is not None, 60, "the resumed run's end")
     log = (run_dir / "output.log").read_text()
     assert log.count("tiny.py imported, the data is built") == 1, log

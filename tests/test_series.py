@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -50,3 +51,16 @@ def test_saved_and_restored_series_go_on_identically() -> None:
     for series in (s, t):
         series.extend(334, [float(i % 5) for i in range(100)])
     assert t.envelope() == s.envelope() and t.points() == s.points() and t.count == s.count
+
+
+def test_the_last_steps_round_trip_whatever_steps_a_loop_logs() -> None:
+    """A loop of its own may log every tenth step: the saved last steps keep their own steps."""
+    from tuiloop.rundir.series import Recent
+
+    r = Recent(capacity=8)
+    for step in range(0, 100, 10):
+        r.extend(step, [step / 100])
+    r.extend(100, [0.5, 0.25, 0.125])  # then three consecutive steps in one flush
+    back = Recent.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.points() == r.points() == ([50, 60, 70, 80, 90, 100, 101, 102], [0.5, 0.6, 0.7, 0.8, 0.9, 0.5, 0.25, 0.125])
+    assert back.covers(50) and not back.covers(40)

@@ -68,6 +68,29 @@ def _make(workdir: Path, tag: str, *sets: str, **sections: Any) -> Trainer:
     return trainer
 
 
+@pytest.mark.parametrize("val_every", [1, 3])
+def test_stop_after_this_epoch_validates_saves_once_and_stops(workdir: Path, val_every: int) -> None:
+    """The `e` key in epoch 2 of a run that validates every 3rd epoch: epoch 2 still ends with its
+    validation, checkpoints and early-stopping update, last.pt is written once, the run stops."""
+    trainer = _make(workdir, f"e{val_every}", "run.epochs=9", f"run.val_every={val_every}", early_stopping={"patience": 5})
+    seen: list[Event] = []
+    trainer.subscribe(seen.append)
+    sent = []
+
+    def press_e_in_epoch_2(module: nn.Module, args: Any) -> None:
+        if module.training and trainer.epoch == 1 and not sent:
+            sent.append(trainer.commands.send("stop_after_epoch"))
+
+    trainer.model.register_forward_pre_hook(press_e_in_epoch_2)
+    finished = trainer.run()
+    assert (finished.status, finished.epochs_done, finished.reason) == ("stopped", 2, "stopped after epoch 2, as asked")
+    assert [v.epoch for v in of(seen, Validated)] == ([1, 2] if val_every == 1 else [2])
+    assert [e.epoch for e in seen if type(e).__name__ == "EarlyStopUpdate"][-1] == 2
+    lasts = [e for e in seen if type(e).__name__ == "CheckpointSaved" and e.tag == "last"]
+    assert [e.step for e in lasts][-1] == finished.step and len([e for e in lasts if e.step == finished.step]) == 1, "last.pt once at the end"
+    assert load_ckpt(workdir / f"e{val_every}" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
 def test_a_stop_in_the_middle_of_a_group_resumes_exactly(workdir: Path) -> None:
     """The stop arrives after the 5th micro-batch of groups of 3: the run stops at the group's end
     (batch 6, step 2), and the resumed run ends bitwise where the uninterrupted one did."""

@@ -133,8 +133,8 @@ class Trainer(Saving, Steering):
         self.state = "running"
         self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
         self.stop_after_epoch = False
-        self.lr_scale = 1.0
-        self.ending = threading.Lock()  # a distributed run's failure: held by whoever tells it (never released)  # what the - and + keys did to the spec's learning rate, all together
+        self.lr_scale = 1.0  # what the - and + keys did to the spec's learning rate, all together
+        self.ending = threading.Lock()  # a distributed run's failure: held by whoever tells it (a new one each run)
         self._stop_reason = ""
         self._buffer: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
         self._norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
@@ -166,6 +166,7 @@ class Trainer(Saving, Steering):
         self._announce()
         where = "setup"
         saved = False
+        self.ending = threading.Lock()
         try:
             while self.epoch < self.opt.epochs:
                 where = "training"

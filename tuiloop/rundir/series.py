@@ -212,17 +212,28 @@ class Recent:
         return xs, ys, ys
 
     def to_dict(self) -> dict[str, Any]:
-        x0 = self.xs[0] if self.xs else 0.0  # the steps are consecutive: the first one says them all
-        return {"capacity": self.xs.maxlen, "x0": x0, "ys": list(self.ys)}
+        # the steps as runs of consecutive ones, [first, count]: one run, unless a loop of its
+        # own logs every few steps
+        runs: list[list[Any]] = []
+        for x in self.xs:
+            if runs and runs[-1][0] + runs[-1][1] == x:
+                runs[-1][1] += 1
+            else:
+                runs.append([x, 1])
+        return {"capacity": self.xs.maxlen, "runs": runs, "ys": list(self.ys)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recent:
         """A saved one; raises KeyError, TypeError or ValueError if ``d`` is not one."""
         r = cls(int(d["capacity"]))
-        x0, ys = d["x0"], d["ys"]
-        if type(x0) not in (float, int) or type(ys) is not list or not all(type(v) in (float, int) for v in ys):
+        runs, ys = d["runs"], d["ys"]
+        numbers = [v for run in runs for v in run] if type(runs) is list and all(type(run) is list and len(run) == 2 for run in runs) else None
+        if numbers is None or type(ys) is not list or not all(type(v) in (float, int) for v in [*numbers, *ys]) or sum(n for _, n in runs) != len(ys):
             raise ValueError("damaged recent points")
-        r.extend(x0, ys)
+        at = 0
+        for x0, n in runs:
+            r.extend(x0, ys[at : at + n])
+            at += n
         return r
 
 

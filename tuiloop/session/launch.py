@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tuiloop.rundir.lock import RunLock
 from tuiloop.session.run import LAUNCHER_ENV
-from tuiloop.session.worker import read_payload, read_spec, stdin_from_devnull, switch_output_to_log
+from tuiloop.session.worker import read_payload, read_spec, switch_output_to_log
 from tuiloop.spec import SpecError
 
 SPEC_FILE_ENV = "TUILOOP_SPEC_FILE"  # where the ranks read the spec (not the run directory: a resume may still fail)
@@ -28,9 +28,7 @@ RUN_DIR_ENV = "TUILOOP_RUN_DIR"
 
 
 def main(run_dir: Path | None, lock_fd: int | None, resume: bool, torchrun: list[str], report_ready: bool = False) -> int:
-    payload = read_payload()
-    if not report_ready:
-        stdin_from_devnull()
+    payload = read_payload(wait_go_ahead=report_ready)
     lock = RunLock.adopt(run_dir, lock_fd) if run_dir is not None and lock_fd is not None else None
     if resume and run_dir is not None:
         from tuiloop.session.run import check_resume

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from tuiloop.engine.distributed import Ranks
+from tuiloop.engine.distributed import ERROR_FILE, Ranks
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
@@ -55,6 +55,9 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
                 lock = lock_for_resume(run_dir)
             else:
                 run_dir, lock = new_run_dir(spec)
+            if run_dir is not None:  # a failed session's errors are not this session's (the ranks learn the folder next)
+                for old in (run_dir / RANKS).glob(ERROR_FILE.format(rank="*")):
+                    old.unlink(missing_ok=True)
         run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
         ranks.log_dir = run_dir / RANKS
         ranks.log_dir.mkdir(mode=0o700, exist_ok=True)

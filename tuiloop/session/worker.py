@@ -63,9 +63,19 @@ def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool =
     return proc
 
 
-def read_payload() -> dict[str, str | None]:
-    """The spec :func:`start` sent, read from stdin (the training process's side)."""
-    return json.loads(sys.stdin.buffer.readline())
+_go_ahead: int | None = None  # the pipe the parent closes once it has logged the start-up output
+
+
+def read_payload(wait_go_ahead: bool = False) -> dict[str, str | None]:
+    """The spec :func:`start` sent, read from stdin (the training process's side). Stdin is
+    /dev/null after, so the user's code never reads the pipe; ``wait_go_ahead``: keep the pipe
+    on a private descriptor for :func:`switch_output_to_log`."""
+    global _go_ahead
+    payload = json.loads(sys.stdin.buffer.readline())
+    if wait_go_ahead:
+        _go_ahead = os.dup(0)  # not inherited by children
+    stdin_from_devnull()
+    return payload
 
 
 def spec_payload(spec: Spec) -> dict[str, str | None]:
@@ -82,10 +92,14 @@ def read_spec(payload: dict[str, str | None]) -> Spec:
 def switch_output_to_log(run_dir: Path) -> None:
     """Say READY on the pipe the parent reads, wait until it has logged what came before (it
     closes stdin), then send this process's output to output.log."""
+    global _go_ahead
     sys.stdout.write(READY)
     sys.stdout.flush()
-    sys.stdin.buffer.read()
-    stdin_from_devnull()
+    if _go_ahead is not None:
+        while os.read(_go_ahead, 4096):  # until EOF: the parent closed its end
+            pass
+        os.close(_go_ahead)
+        _go_ahead = None
     out = os.open(run_dir / OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -145,10 +159,9 @@ def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     from tuiloop.engine.plain import PlainSink
     from tuiloop.session.run import execute
 
-    spec = read_spec(read_payload())
+    spec = read_spec(read_payload(wait_go_ahead=resume))
     lock = RunLock.adopt(run_dir, lock_fd)
     if not resume:
-        stdin_from_devnull()
         code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)
         return code
     code, _ = execute(spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir))

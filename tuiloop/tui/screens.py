@@ -97,7 +97,7 @@ KEYS = [  # the ? screen; the README's table says the same
 ]
 # The keys above that change the run, by the action each runs: dimmed where they cannot act now
 # (a read-only view, a run that is over, a tracked loop that does not obey them).
-KEY_ACTIONS = {"p": "pause", "s": "save", "q": "stop", "d": "detach", "e": "stop_after_epoch", "- / +": "lr", "P": "suspend", "R": "resume_run"}
+KEY_ACTIONS = {"p": ("pause",), "s": ("save",), "q": ("stop", "leave"), "d": ("detach", "leave"), "e": ("stop_after_epoch",), "- / +": ("lr",), "P": ("suspend",), "R": ("resume_run",)}
 
 
 class KeysScreen(ModalScreen[None]):
@@ -111,8 +111,7 @@ class KeysScreen(ModalScreen[None]):
         table.add_column()
         dimmed = False
         for key, what in KEYS:
-            action = KEY_ACTIONS.get(key)
-            off = action is not None and not self.app.check_action(action, ())
+            off = key in KEY_ACTIONS and not any(self.app.check_action(action, ()) for action in KEY_ACTIONS[key])
             dimmed |= off
             table.add_row(key, what, style="dim" if off else None)
         with Vertical(id="dialog", classes="keys"):

@@ -34,6 +34,8 @@ class Panel(Widget):
         if force or shown is None or text != shown:
             self._next = (size, text)
             self.refresh(layout=layout and (shown is None or _lines(text) != _lines(shown)))
+        else:
+            self._next = None  # a redraw still pending builds its text afresh
 
     def render(self) -> Text:
         size = self.content_size
