@@ -15,7 +15,7 @@ import pynvml
 import pytest
 from conftest import only_run, run_cli, write_spec
 
-from tuiloop.engine.events import Event, Message, SystemSample, event_from_dict
+from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
 from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
 from tuiloop.session import system
 from tuiloop.session.run import run_spec
@@ -234,6 +234,9 @@ def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
 def test_the_system_pane_shows_each_gpu_within_its_width(width: int) -> None:
     m = MonitorModel()
     assert panels.system_text(m, width).plain == "waiting for the first sample"
+    over = MonitorModel()
+    over.apply(Finished("completed", "1 epoch done", 1, 8, None, None, None, 1.0))
+    assert panels.system_text(over, 60).plain == "no sample: the run ended before the first"
     m.apply_all([two_gpus(1000.0 + 2 * i, util0=97 - 10 * i) for i in range(6)])
     lines = panels.system_text(m, width).plain.splitlines()
     assert all(len(line) <= width for line in lines), lines

@@ -339,8 +339,9 @@ def system_text(model: MonitorModel, width: int) -> Text:
     first (name, peaks, power, temperature, ...); numbers are never cut.
     """
     s = model.system
-    if s is None:
-        return Text("waiting for the first sample"[: max(width, 0)], style="dim")
+    if s is None:  # the first sample comes one interval (2 s) after the start
+        said = "no sample: the run ended before the first" if model.over else "waiting for the first sample"
+        return Text(said[: max(width, 0)], style="dim")
     lines = []
     rows = [_gpu_cells(g, model.gpus[g["index"]].mem_peak if g["index"] in model.gpus else 0) for g in s.gpus]
     if rows:
