@@ -5,7 +5,7 @@ The parent creates (or, to resume, locks) the run directory and hands the worker
 open file, so the run is live without a gap. The spec travels on the worker's stdin: a resume
 must not touch spec.toml before it is known to work. A resumed worker first writes to a pipe
 its parent relays to the terminal; once the checkpoint is loaded it says so, waits until the
-parent has put what it relayed into output.log (the parent closes the worker's stdin), and
+parent has put what it relayed into output.log (the parent closes the pipe the spec came on), and
 switches its output to output.log. A failed resume writes nothing into the run directory.
 
 For a distributed run the process started is the launcher (:mod:`tuiloop.session.launch`),
@@ -91,7 +91,7 @@ def read_spec(payload: dict[str, str | None]) -> Spec:
 
 def switch_output_to_log(run_dir: Path) -> None:
     """Say READY on the pipe the parent reads, wait until it has logged what came before (it
-    closes stdin), then send this process's output to output.log."""
+    closes the spec's pipe), then send this process's output to output.log."""
     global _go_ahead
     sys.stdout.write(READY)
     sys.stdout.flush()
