@@ -163,7 +163,7 @@ async def test_the_log_pane_scrolls_back_wraps_long_lines_and_follows_at_the_bot
 
 
 @run_async
-async def test_z_zooms_and_x_changes_the_x_axis_of_the_loss_plot() -> None:
+async def test_z_zooms_x_changes_the_x_axis_r_and_l_change_the_loss_plot() -> None:
     async with monitor(epochs(6), (120, 40)) as (run, app, pilot, _):
         assert app.view.zoom == "all" and app.view.x_axis == "epochs"
         await pilot.press("z")
@@ -179,6 +179,11 @@ async def test_z_zooms_and_x_changes_the_x_axis_of_the_loss_plot() -> None:
         await wait_for(pilot, lambda: app.view.x_axis == "time")
         await pilot.press("l")
         await wait_for(pilot, lambda: "log y" in screen_text(app))
+        assert app.view.show_raw and "┃ min-max" in screen_text(app)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "┃ min-max" not in screen_text(app), what="the band hidden")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "┃ min-max" in screen_text(app), what="the band back")
 
 
 @run_async
