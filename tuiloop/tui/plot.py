@@ -209,12 +209,9 @@ class PlotView(Widget):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.figure = Figure()
-        self._cache_key: tuple | None = None
-        self._cache: Text = Text("")
+        self._shown = 0  # figures shown so far: a new one is drawn anew
         self._strips: list[Strip] = []
-        self._strips_key: tuple | None = None
-        self._shown = 0  # figures shown so far: a new one makes new strips
-        self.builds = 0  # how many times plotext drew (tests and benchmarks read it)
+        self._strips_key: tuple | None = None  # (figure, size, base style) the strips were drawn for
 
     def show(self, figure: Figure) -> None:
         """Draw ``figure`` at the next refresh, unless it is the one already shown."""
@@ -225,16 +222,12 @@ class PlotView(Widget):
         self.refresh()
 
     def render(self) -> Text:
-        """The picture at the current size (cached while the figure and the size stay)."""
+        """The picture at the current size."""
         size = self.content_size
-        key = (self.figure.key, size.width, size.height) if self.figure.key else None
-        if key is None or key != self._cache_key:
-            self._cache = render_figure(self.figure, size.width, size.height)
-            self._cache_key = key
-            self.builds += 1
-        return self._cache
+        return render_figure(self.figure, size.width, size.height)
 
     def render_line(self, y: int) -> Strip:
+        """Line ``y`` of the picture; it is drawn once per figure, size and style."""
         width = self.content_size.width
         base = self.visual_style.rich_style
         key = (self._shown, self.content_size, base)
