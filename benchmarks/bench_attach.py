@@ -38,12 +38,25 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tuiloop.engine.events import CheckpointSaved, EarlyStopUpdate, Event, LRChanged, RunStarted, Starting, StateChanged, SystemSample, TrainSteps, Validated
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    EarlyStopUpdate,
+    Event,
+    LRChanged,
+    RunStarted,
+    Starting,
+    StateChanged,
+    SystemSample,
+    TrainSteps,
+    Validated,
+)
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import EVENTS, RUN_INFO, SNAPSHOT
 
 
-def day_events(lines: int, per_line: int = 25, steps_per_epoch: int = 10_000, sample_every: float = 2.0, line_s: float = 0.25) -> Iterator[Event]:
+def day_events(
+    lines: int, per_line: int = 25, steps_per_epoch: int = 10_000, sample_every: float = 2.0, line_s: float = 0.25
+) -> Iterator[Event]:
     """A long run as the engine logs it: ``lines`` TrainSteps of ``per_line`` steps, ``line_s`` apart."""
     rng = random.Random(0)
     t = 1_700_000_000.0
@@ -52,7 +65,15 @@ def day_events(lines: int, per_line: int = 25, steps_per_epoch: int = 10_000, sa
                      batch_size=64, train_size=64 * steps_per_epoch, val_size=50_000, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"],
                      monitor="val_loss", mode="min", patience=50, num_params=124_000_000, time=t)  # fmt: skip
     yield StateChanged("running", time=t)
-    gpu = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "util": 97, "mem_used": 70 << 30, "mem_total": 80 << 30, "temp": 71, "power_w": 640.5}
+    gpu = {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "util": 97,
+        "mem_used": 70 << 30,
+        "mem_total": 80 << 30,
+        "temp": 71,
+        "power_w": 640.5,
+    }
     best, step, lr, next_sample = math.inf, 0, 3e-4, t + sample_every
     for _ in range(lines):
         first = step + 1
@@ -60,15 +81,34 @@ def day_events(lines: int, per_line: int = 25, steps_per_epoch: int = 10_000, sa
         losses = [round(2.0 / math.sqrt(first + k) + 0.05 * rng.random(), 4) for k in range(per_line)]
         step += per_line
         t += line_s
-        yield TrainSteps(epoch, first, losses, step - (epoch - 1) * steps_per_epoch, lr, round(6400.0 + 100 * rng.random(), 1), time=t)
+        yield TrainSteps(
+            epoch,
+            first,
+            losses,
+            step - (epoch - 1) * steps_per_epoch,
+            lr,
+            round(6400.0 + 100 * rng.random(), 1),
+            time=t,
+        )
         while sample_every and t >= next_sample:
             next_sample += sample_every
-            yield SystemSample(round(30 + 10 * rng.random(), 1), 60 << 30, 128 << 30, 9 << 30, 101.0, 68 << 30, [{**gpu, "util": rng.randrange(90, 100)}], time=t)
+            yield SystemSample(
+                round(30 + 10 * rng.random(), 1),
+                60 << 30,
+                128 << 30,
+                9 << 30,
+                101.0,
+                68 << 30,
+                [{**gpu, "util": rng.randrange(90, 100)}],
+                time=t,
+            )
         if step % steps_per_epoch == 0:
             val = 2.0 / math.sqrt(step) + 0.01 * rng.random()
             is_best = val < best
             best = min(best, val)
-            yield Validated(epoch, step, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 12.0, time=t)
+            yield Validated(
+                epoch, step, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 12.0, time=t
+            )
             yield EarlyStopUpdate(epoch, "val_loss", val, best, 0 if is_best else 1, 50, False, time=t)
             if is_best:
                 yield CheckpointSaved("best", "checkpoints/best.pt", epoch, step, val, "val_loss", time=t)
@@ -118,7 +158,9 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
 
 def command(*args: str) -> Callable[[], None]:
     def run() -> None:
-        r = subprocess.run([sys.executable, "-m", "tuiloop", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "tuiloop", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         if r.returncode != 0:
             raise SystemExit(f"tuiloop {' '.join(args)} failed: {r.stderr}")
 
@@ -129,7 +171,11 @@ def same_picture(a, b) -> bool:  # type: ignore[no-untyped-def]
     """The digests dumped alike (NaN-safe), and the scalars the screen shows."""
     keys = ("step", "epoch", "epochs_done", "lr", "state", "best_value", "best_epoch", "train_time")
     dump = lambda m: json.dumps(m.digest.to_dict(), sort_keys=True)  # noqa: E731
-    return dump(a) == dump(b) and all(getattr(a, k) == getattr(b, k) for k in keys) and a.seconds_per_step() == b.seconds_per_step()
+    return (
+        dump(a) == dump(b)
+        and all(getattr(a, k) == getattr(b, k) for k in keys)
+        and a.seconds_per_step() == b.seconds_per_step()
+    )
 
 
 def writer_costs(run_dir: Path) -> tuple[float, float]:
@@ -153,8 +199,15 @@ def writer_costs(run_dir: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lines", type=int, default=345_600, help="TrainSteps lines of 25 steps (default 345,600: a day at 4 a second)")
-    parser.add_argument("--sample-every", type=float, default=2.0, help="seconds between machine samples (default 2, the sampler's; 0: none)")
+    parser.add_argument(
+        "--lines", type=int, default=345_600, help="TrainSteps lines of 25 steps (default 345,600: a day at 4 a second)"
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=float,
+        default=2.0,
+        help="seconds between machine samples (default 2, the sampler's; 0: none)",
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="write the run directory here and leave it")
     args = parser.parse_args()
@@ -180,7 +233,10 @@ def main() -> None:
         hidden = snap.with_name("hidden-series.json")
         snap.rename(hidden)
         try:
-            full_rows = {"monitor load (attach before its first frame)": lambda: load_model(run_dir), "tuiloop show RUN | cat": command("show", str(run_dir))}
+            full_rows = {
+                "monitor load (attach before its first frame)": lambda: load_model(run_dir),
+                "tuiloop show RUN | cat": command("show", str(run_dir)),
+            }
             without = {name: timed(fn, max(1, args.repeat // 2)) for name, fn in full_rows.items()}
         finally:
             hidden.rename(snap)

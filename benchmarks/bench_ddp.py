@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_engine import SPEC, steady  # noqa: E402
 
-HAND = '''
+HAND = """
 import json, os, sys, time
 import torch, torch.distributed as dist
 from torch import nn
@@ -89,9 +89,9 @@ if rank == 0:
     open(out, "w").write(json.dumps(stamps))
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
-AGREE = '''
+AGREE = """
 import time, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 flags = [0, 0, 0, 0, 1, 5]
@@ -106,7 +106,7 @@ if dist.get_rank() == 0:
     times.sort()
     print(f"{times[len(times) // 2] * 1e6:.1f}")
 dist.destroy_process_group()
-'''
+"""
 
 
 def _env() -> dict[str, str]:
@@ -118,7 +118,17 @@ def hand(args: argparse.Namespace, workdir: Path) -> list[float]:
     (workdir / "hand_ddp.py").write_text(HAND)
     out = workdir / "stamps.json"
     sizes = [str(v) for v in (args.epochs, args.samples, args.features, args.batch_size)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(workdir / "hand_ddp.py"), *sizes, str(out), "gpu" if args.gpu else "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(workdir / "hand_ddp.py"),
+        *sizes,
+        str(out),
+        "gpu" if args.gpu else "cpu",
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=workdir)
     if done.returncode:
         raise SystemExit(f"the hand-written DDP loop failed:\n{done.stderr[-3000:]}")
@@ -128,10 +138,24 @@ def hand(args: argparse.Namespace, workdir: Path) -> list[float]:
 def tuiloop(args: argparse.Namespace, workdir: Path) -> list[float]:
     shutil.copy(HERE / "bench_task.py", workdir / "bench_task.py")
     spec = workdir / "spec.toml"
-    text = SPEC.format(out_dir=workdir / "runs", epochs=args.epochs, features=args.features, batch_size=args.batch_size, samples=args.samples, train="")
+    text = SPEC.format(
+        out_dir=workdir / "runs",
+        epochs=args.epochs,
+        features=args.features,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        train="",
+    )
     spec.write_text(text.replace('device = "cpu"', 'device = "auto"') if args.gpu else text)
     sets = [] if args.with_last else ["--set", "checkpoint.last=false"]
-    subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless", "--nproc-per-node", "2", *sets], check=True, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    subprocess.run(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless", "--nproc-per-node", "2", *sets],
+        check=True,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+    )
     (run_dir,) = (workdir / "runs").iterdir()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     if events[-1]["event"] != "finished" or events[-1]["status"] != "completed":
@@ -143,7 +167,13 @@ def agreement() -> float:
     with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
         script = Path(tmp) / "agree.py"
         script.write_text(AGREE)
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)], check=True, env=_env(), capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+            check=True,
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -163,7 +193,9 @@ def main() -> None:
     steps = -(-(args.samples * 3 // 4) // 2 // args.batch_size)
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)")
     where = "NCCL, one GPU each" if args.gpu else "gloo, 1 thread each"
-    print(f"2 processes ({where}), MLP {args.features}-128-128-10, {args.samples * 3 // 4} train samples, batch {args.batch_size} per process ({steps} steps/epoch)")
+    print(
+        f"2 processes ({where}), MLP {args.features}-128-128-10, {args.samples * 3 // 4} train samples, batch {args.batch_size} per process ({steps} steps/epoch)"
+    )
     print(f"{args.epochs} epochs, {args.rounds} rounds")
     hand_all, tl_all, ratios = [], [], []
     for r in range(args.rounds):
@@ -175,12 +207,21 @@ def main() -> None:
             (hand_all if name == "hand" else tl_all).extend(times)
             med[name] = statistics.median(times)
         ratios.append(med["tuiloop"] / med["hand"])
-        print(f"  round {r + 1}: hand DDP {med['hand'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}", flush=True)
+        print(
+            f"  round {r + 1}: hand DDP {med['hand'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
     h, t = statistics.median(hand_all), statistics.median(tl_all)
-    print(f"  median over all steady epochs: hand {h * 1e3:.1f} ms ({h / steps * 1e6:.0f} us/step)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/step)")
-    print(f"  ratio tuiloop/hand: {t / h:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.0)")
+    print(
+        f"  median over all steady epochs: hand {h * 1e3:.1f} ms ({h / steps * 1e6:.0f} us/step)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/step)"
+    )
+    print(
+        f"  ratio tuiloop/hand: {t / h:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.0)"
+    )
     us = agreement()
-    print(f"agreement: one all_reduce(MAX) of 6 ints read back on the host, median {us:.0f} us; at 4 a second that is {us * 4 / 1e4:.3f}% of the time")
+    print(
+        f"agreement: one all_reduce(MAX) of 6 ints read back on the host, median {us:.0f} us; at 4 a second that is {us * 4 / 1e4:.3f}% of the time"
+    )
 
 
 if __name__ == "__main__":

@@ -143,9 +143,9 @@ def plain_loop(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -
                 loss = criterion(output, batch_y)
                 val_loss += loss.item()
         stamps.append(time.time())  # the point where tuiloop emits its `validated` event
-        print(f"Epoch {epoch+1}/{num_epochs}", file=out)
-        print(f"  Train Loss: {train_loss/len(train_loader):.4f}", file=out)
-        print(f"  Val Loss: {val_loss/len(val_loader):.4f}", file=out)
+        print(f"Epoch {epoch + 1}/{num_epochs}", file=out)
+        print(f"  Train Loss: {train_loss / len(train_loader):.4f}", file=out)
+        print(f"  Val Loss: {val_loss / len(val_loader):.4f}", file=out)
         if val_loss < best_val_loss:
             best_val_loss = val_loss
             torch.save(model.state_dict(), workdir / "best_model.pth")
@@ -155,8 +155,21 @@ def plain_loop(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -
 def write_spec(args: argparse.Namespace, workdir: Path, variant: str = "fp32") -> Path:
     shutil.copy(HERE / "bench_task.py", workdir / "bench_task.py")
     spec = workdir / "spec.toml"
-    train = {"fp32": "", "bf16": '\n[train]\nprecision = "bf16-mixed"\n', "accumulate": f"\n[train]\naccumulate_grad_batches = {ACCUMULATE}\n"}[variant]
-    spec.write_text(SPEC.format(out_dir=workdir / "runs", epochs=args.epochs, features=args.features, batch_size=args.batch_size, samples=args.samples, train=train))
+    train = {
+        "fp32": "",
+        "bf16": '\n[train]\nprecision = "bf16-mixed"\n',
+        "accumulate": f"\n[train]\naccumulate_grad_batches = {ACCUMULATE}\n",
+    }[variant]
+    spec.write_text(
+        SPEC.format(
+            out_dir=workdir / "runs",
+            epochs=args.epochs,
+            features=args.features,
+            batch_size=args.batch_size,
+            samples=args.samples,
+            train=train,
+        )
+    )
     return spec
 
 
@@ -164,7 +177,13 @@ def tuiloop_run(args: argparse.Namespace, workdir: Path, variant: str = "fp32") 
     """``tuiloop run SPEC --headless`` in a subprocess; the `validated` time stamps of its event log."""
     spec = write_spec(args, workdir, variant)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], check=True, env=env, stdout=subprocess.DEVNULL, cwd=workdir)
+    subprocess.run(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=workdir,
+    )
     (run_dir,) = (workdir / "runs").iterdir()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     finished = events[-1]
@@ -186,12 +205,22 @@ def part1(args: argparse.Namespace) -> None:
 def part1_variant(args: argparse.Namespace, variant: str) -> None:
     train_set, val_set = bench_task.data(samples=args.samples, features=args.features)
     steps = -(-len(train_set) // args.batch_size)
-    what = {"fp32": "float32", "bf16": "bf16-mixed (CPU autocast)", "accumulate": f"accumulate_grad_batches = {ACCUMULATE}"}[variant]
-    print(f"part 1 [{what}]: MLP {args.features}-128-128-10, {len(train_set)} train / {len(val_set)} val samples, "
-          f"batch {args.batch_size} ({steps} batches/epoch), Adam, {args.epochs} epochs (first {args.warmup} intervals dropped), 1 CPU thread, {args.rounds} rounds")
+    what = {
+        "fp32": "float32",
+        "bf16": "bf16-mixed (CPU autocast)",
+        "accumulate": f"accumulate_grad_batches = {ACCUMULATE}",
+    }[variant]
+    print(
+        f"part 1 [{what}]: MLP {args.features}-128-128-10, {len(train_set)} train / {len(val_set)} val samples, "
+        f"batch {args.batch_size} ({steps} batches/epoch), Adam, {args.epochs} epochs (first {args.warmup} intervals dropped), 1 CPU thread, {args.rounds} rounds"
+    )
     plain_all, tl_all, ratios = [], [], []
     for r in range(args.rounds):
-        order = (("plain", plain_loop), ("tuiloop", tuiloop_run)) if r % 2 == 0 else (("tuiloop", tuiloop_run), ("plain", plain_loop))
+        order = (
+            (("plain", plain_loop), ("tuiloop", tuiloop_run))
+            if r % 2 == 0
+            else (("tuiloop", tuiloop_run), ("plain", plain_loop))
+        )
         med = {}
         for name, fn in order:
             with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
@@ -199,14 +228,23 @@ def part1_variant(args: argparse.Namespace, variant: str) -> None:
             (plain_all if name == "plain" else tl_all).extend(times)
             med[name] = statistics.median(times)
         ratios.append(med["tuiloop"] / med["plain"])
-        print(f"  round {r + 1}: plain {med['plain'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}", flush=True)
+        print(
+            f"  round {r + 1}: plain {med['plain'] * 1e3:7.1f} ms/epoch   tuiloop {med['tuiloop'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
     p, t = statistics.median(plain_all), statistics.median(tl_all)
-    print(f"  median over all steady epochs: plain {p * 1e3:.1f} ms ({p / steps * 1e6:.0f} us/batch)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/batch)")
-    print(f"  ratio tuiloop/plain: {t / p:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.90)")
+    print(
+        f"  median over all steady epochs: plain {p * 1e3:.1f} ms ({p / steps * 1e6:.0f} us/batch)   tuiloop {t * 1e3:.1f} ms ({t / steps * 1e6:.0f} us/batch)"
+    )
+    print(
+        f"  ratio tuiloop/plain: {t / p:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.90)"
+    )
 
 
 # ---- part 2: the engine's own per-step overhead ---------------------------------------------
-def _fresh(args: argparse.Namespace, device: torch.device | None = None) -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+def _fresh(
+    args: argparse.Namespace, device: torch.device | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
     device = device or torch.device("cpu")
     torch.manual_seed(0)
     train_set, _ = bench_task.data(samples=args.samples, features=args.features)
@@ -258,12 +296,21 @@ def trainer_loop(args: argparse.Namespace, run_dir: Path, **options: object) -> 
     from tuiloop.rundir.eventlog import EventLog
 
     model, optimizer, batches = _fresh(args)
-    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=args.epochs, save_best=False, save_last=False, **options))  # type: ignore[arg-type]
+    trainer = Trainer(
+        model,
+        batches,
+        None,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        options=Options(epochs=args.epochs, save_best=False, save_last=False, **options),
+    )  # type: ignore[arg-type]
     steps = trainer.steps_per_epoch()
     sink = EventLog(run_dir)
     trainer.subscribe(sink)
     stamps = []
-    trainer.subscribe(lambda e: stamps.append(time.perf_counter()) if isinstance(e, TrainSteps) and e.step_in_epoch == steps else None)
+    trainer.subscribe(
+        lambda e: stamps.append(time.perf_counter()) if isinstance(e, TrainSteps) and e.step_in_epoch == steps else None
+    )
     finished = trainer.run()
     sink.close()
     assert finished.status == "completed", finished
@@ -282,13 +329,15 @@ VARIANTS = {
 
 def part2(args: argparse.Namespace) -> None:
     steps = len(_fresh(args)[2])
-    print(f"part 2: per-step cost of training only, same fast batching (tuiloop Batches), {args.epochs} epochs x {args.rounds} rounds")
+    print(
+        f"part 2: per-step cost of training only, same fast batching (tuiloop Batches), {args.epochs} epochs x {args.rounds} rounds"
+    )
     for name in args.variants:
         options, variant, against = VARIANTS[name]
         base, eng = [], []
         with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
             for r in range(args.rounds):
-                for who in (("base", "trainer") if r % 2 == 0 else ("trainer", "base")):
+                for who in ("base", "trainer") if r % 2 == 0 else ("trainer", "base"):
                     if who == "trainer":
                         stamps = trainer_loop(args, Path(tmp), **options)
                     elif against == "hand":
@@ -298,7 +347,10 @@ def part2(args: argparse.Namespace) -> None:
                     (base if who == "base" else eng).extend(t / steps for t in steady(stamps, args.warmup))
         b, e = statistics.median(base), statistics.median(eng)
         label = "hand loop" if against == "hand" else "Trainer without it"
-        print(f"  {name:11s} {label} {b * 1e6:7.1f} us/batch   tuiloop Trainer {e * 1e6:7.1f} us/batch   ratio {e / b:.3f} ({(e - b) * 1e6:+.1f} us/batch)", flush=True)
+        print(
+            f"  {name:11s} {label} {b * 1e6:7.1f} us/batch   tuiloop Trainer {e * 1e6:7.1f} us/batch   ratio {e / b:.3f} ({(e - b) * 1e6:+.1f} us/batch)",
+            flush=True,
+        )
 
 
 # ---- part 3: on a GPU (--device cuda) --------------------------------------------------------
@@ -332,7 +384,9 @@ class SyncCount:
         self.count = sum("synchroniz" in str(w.message) for w in self._caught)
 
 
-def cuda_hand_loop(args: argparse.Namespace, variant: str, epochs: int, counter: SyncCount | None = None) -> list[float]:
+def cuda_hand_loop(
+    args: argparse.Namespace, variant: str, epochs: int, counter: SyncCount | None = None
+) -> list[float]:
     """The least a GPU loop can do with the same batches: no per-step ``.item()``, the epoch's
     losses read back once at its end. Returns the (synchronized) time at the end of each epoch;
     ``counter`` counts the host syncs of the last epoch."""
@@ -362,7 +416,9 @@ def cuda_hand_loop(args: argparse.Namespace, variant: str, epochs: int, counter:
     return stamps
 
 
-def cuda_trainer_loop(args: argparse.Namespace, run_dir: Path, options: dict[str, Any], epochs: int, counter: SyncCount | None = None) -> list[float]:
+def cuda_trainer_loop(
+    args: argparse.Namespace, run_dir: Path, options: dict[str, Any], epochs: int, counter: SyncCount | None = None
+) -> list[float]:
     """The Trainer on the same GPU batches with the event log a run writes; no validation or
     checkpoints. Returns the (synchronized) time at the end of each epoch's last flush;
     ``counter`` counts the host syncs of the last epoch (its flushes included)."""
@@ -371,7 +427,15 @@ def cuda_trainer_loop(args: argparse.Namespace, run_dir: Path, options: dict[str
     from tuiloop.rundir.eventlog import EventLog
 
     model, optimizer, batches = _fresh(args, CUDA)
-    trainer = Trainer(model, batches, None, nn.CrossEntropyLoss(), optimizer, options=Options(epochs=epochs, save_best=False, save_last=False, **options), device=CUDA)  # type: ignore[arg-type]
+    trainer = Trainer(
+        model,
+        batches,
+        None,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        options=Options(epochs=epochs, save_best=False, save_last=False, **options),
+        device=CUDA,
+    )  # type: ignore[arg-type]
     steps = trainer.steps_per_epoch()
     sink = EventLog(run_dir)
     trainer.subscribe(sink)
@@ -399,8 +463,10 @@ def part_cuda(args: argparse.Namespace) -> None:
     from tuiloop.engine.compiling import CompileError, check_compiler
 
     steps = len(_fresh(args, CUDA)[2])
-    print(f"part 3 [{torch.cuda.get_device_name(CUDA)}]: MLP {args.features}-128-128-10, batch {args.batch_size} ({steps} batches/epoch), Adam, "
-          f"training only, {args.epochs} epochs (first {args.warmup} intervals dropped) x {args.rounds} rounds")
+    print(
+        f"part 3 [{torch.cuda.get_device_name(CUDA)}]: MLP {args.features}-128-128-10, batch {args.batch_size} ({steps} batches/epoch), Adam, "
+        f"training only, {args.epochs} epochs (first {args.warmup} intervals dropped) x {args.rounds} rounds"
+    )
     for name in args.cuda_variants:
         options = CUDA_VARIANTS[name]
         if name == "compile":
@@ -412,9 +478,12 @@ def part_cuda(args: argparse.Namespace) -> None:
         hand, eng = [], []
         with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
             for r in range(args.rounds):
-                for who in (("hand", "trainer") if r % 2 == 0 else ("trainer", "hand")):
+                for who in ("hand", "trainer") if r % 2 == 0 else ("trainer", "hand"):
                     if who == "trainer":
-                        eng.extend(t / steps for t in steady(cuda_trainer_loop(args, Path(tmp), options, args.epochs), args.warmup))
+                        eng.extend(
+                            t / steps
+                            for t in steady(cuda_trainer_loop(args, Path(tmp), options, args.epochs), args.warmup)
+                        )
                     else:
                         hand.extend(t / steps for t in steady(cuda_hand_loop(args, name, args.epochs), args.warmup))
             # one more short run each, counting the host syncs of its last (steady) epoch
@@ -461,7 +530,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--epochs", type=int, default=12, help="epochs per run (default 12)")
-    parser.add_argument("--warmup", type=int, default=2, help="epoch intervals dropped at the start of each run (default 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="epoch intervals dropped at the start of each run (default 2)"
+    )
     parser.add_argument("--samples", type=int, default=4096, help="dataset size, 3/4 train (default 4096)")
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -469,10 +540,33 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="only part 1")
     parser.add_argument("--profile", action="store_true", help="profile tuiloop's headless run instead")
     parser.add_argument("--top", type=int, default=30, help="entries printed by --profile")
-    parser.add_argument("--paths", nargs="+", default=["fp32", "bf16", "accumulate"], choices=["fp32", "bf16", "accumulate"], help="part 1: which training paths (default: all)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="part 2: which training paths (default: all)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default): parts 1 and 2; cuda: part 3 only, on the GPU")
-    parser.add_argument("--cuda-variants", nargs="+", default=list(CUDA_VARIANTS), choices=list(CUDA_VARIANTS), help="part 3: which training paths (default: all)")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=["fp32", "bf16", "accumulate"],
+        choices=["fp32", "bf16", "accumulate"],
+        help="part 1: which training paths (default: all)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="part 2: which training paths (default: all)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu (default): parts 1 and 2; cuda: part 3 only, on the GPU",
+    )
+    parser.add_argument(
+        "--cuda-variants",
+        nargs="+",
+        default=list(CUDA_VARIANTS),
+        choices=list(CUDA_VARIANTS),
+        help="part 3: which training paths (default: all)",
+    )
     args = parser.parse_args()
     if args.warmup >= args.epochs - 1:
         parser.error("--epochs must leave at least one interval after --warmup")
@@ -481,8 +575,12 @@ def main() -> None:
             parser.error("--device cuda runs part 3 alone; --compare, --overhead and --profile are CPU parts")
         if not torch.cuda.is_available():
             built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            parser.error(f"--device cuda needs a CUDA GPU, and torch cannot use one here (torch {torch.__version__}, {built}); run it on a GPU box, or leave --device out for the CPU parts")
-        print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name(CUDA)}, python {sys.version.split()[0]}")
+            parser.error(
+                f"--device cuda needs a CUDA GPU, and torch cannot use one here (torch {torch.__version__}, {built}); run it on a GPU box, or leave --device out for the CPU parts"
+            )
+        print(
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name(CUDA)}, python {sys.version.split()[0]}"
+        )
         part_cuda(args)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {sys.version.split()[0]}")

@@ -45,7 +45,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from tuiloop.engine.events import CheckpointSaved, EarlyStopUpdate, Event, RunStarted, SystemSample, TrainSteps, Validated  # noqa: E402
+from tuiloop.engine.events import (  # noqa: E402
+    CheckpointSaved,
+    EarlyStopUpdate,
+    Event,
+    RunStarted,
+    SystemSample,
+    TrainSteps,
+    Validated,
+)
 
 SIZES = (1_000, 100_000, 1_000_000)
 SPE = 100  # steps per epoch in the synthetic run
@@ -56,23 +64,71 @@ def synthetic_events(steps: int) -> list[Event]:
     """A run of ``steps`` steps: 100 per TrainSteps event and per epoch, a validation each epoch."""
     epochs = steps // SPE
     t = 1_700_000_000.0
-    out: list[Event] = [RunStarted(run_name="bench", run_dir="/runs/bench", device="cpu", device_name="cpu", epochs=epochs, steps_per_epoch=SPE,
-                                   batch_size=32, train_size=3200, val_size=800, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"],
-                                   monitor="val_loss", mode="min", patience=50, num_params=26_000, time=t)]
+    out: list[Event] = [
+        RunStarted(
+            run_name="bench",
+            run_dir="/runs/bench",
+            device="cpu",
+            device_name="cpu",
+            epochs=epochs,
+            steps_per_epoch=SPE,
+            batch_size=32,
+            train_size=3200,
+            val_size=800,
+            problem="multiclass",
+            metrics=["train_loss", "val_loss", "val_acc"],
+            monitor="val_loss",
+            mode="min",
+            patience=50,
+            num_params=26_000,
+            time=t,
+        )
+    ]
     best = math.inf
     for e in range(1, epochs + 1):
         first = (e - 1) * SPE + 1
         losses = [2.0 / math.sqrt(first + i) + 0.05 * math.sin(first + i) for i in range(SPE)]
         t += 1.0
-        out.append(TrainSteps(e, first, losses, SPE, 1e-3 * (0.5 + 0.5 * math.cos(e / 50)), 3200.0, grad_norms=[1.0 + 0.5 * math.sin(x) for x in losses], time=t))
+        out.append(
+            TrainSteps(
+                e,
+                first,
+                losses,
+                SPE,
+                1e-3 * (0.5 + 0.5 * math.cos(e / 50)),
+                3200.0,
+                grad_norms=[1.0 + 0.5 * math.sin(x) for x in losses],
+                time=t,
+            )
+        )
         val = 2.0 / math.sqrt(first + SPE) + 0.02 * math.sin(e / 3)
         is_best = val < best
         best = min(best, val)
-        out.append(Validated(e, first + SPE - 1, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 0.01, time=t))
+        out.append(
+            Validated(
+                e,
+                first + SPE - 1,
+                {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val},
+                is_best,
+                0.01,
+                time=t,
+            )
+        )
         out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else 1, 50, False, time=t))
         out.append(CheckpointSaved("last", "checkpoints/last.pt", e, first + SPE - 1, val, "val_loss", time=t))
         if e % 2 == 0:  # the system pane: two GPUs sampled every 2 s
-            gpus = [{"index": i, "name": "NVIDIA H100 80GB HBM3", "util": 90 + i, "mem_used": 60 << 30, "mem_total": 80 << 30, "temp": 60, "power_w": 300.0} for i in range(2)]
+            gpus = [
+                {
+                    "index": i,
+                    "name": "NVIDIA H100 80GB HBM3",
+                    "util": 90 + i,
+                    "mem_used": 60 << 30,
+                    "mem_total": 80 << 30,
+                    "temp": 60,
+                    "power_w": 300.0,
+                }
+                for i in range(2)
+            ]
             out.append(SystemSample(25.0, 40 << 30, 128 << 30, 6 << 30, 100.0, 50 << 30, gpus, time=t))
     return out
 
@@ -145,7 +201,9 @@ def frames_part(args: argparse.Namespace) -> None:
     from tuiloop.tui.model import MonitorModel
 
     print("part 1: frame time against run length (120x40 terminal; plots 70x20 and 40x8)")
-    print(f"  {'steps':>9}  {'events':>7}  {'ingest us/step':>14}  {'view ms':>8}  {'Textual frame ms CPU':>20}  {'buckets':>7}")
+    print(
+        f"  {'steps':>9}  {'events':>7}  {'ingest us/step':>14}  {'view ms':>8}  {'Textual frame ms CPU':>20}  {'buckets':>7}"
+    )
     for steps in SIZES:
         events = synthetic_events(steps)
         model = MonitorModel()
@@ -162,7 +220,10 @@ def frames_part(args: argparse.Namespace) -> None:
         del events
         gc.collect()
         frames = asyncio.run(textual_frames(steps, args.frames))
-        print(f"  {steps:>9,}  {count:>7,}  {ingest * 1e6:>14.2f}  {statistics.median(views) * 1e3:>8.2f}  {statistics.median(frames) * 1e3:>20.2f}  {len(model.train.xs):>7}", flush=True)
+        print(
+            f"  {steps:>9,}  {count:>7,}  {ingest * 1e6:>14.2f}  {statistics.median(views) * 1e3:>8.2f}  {statistics.median(frames) * 1e3:>20.2f}  {len(model.train.xs):>7}",
+            flush=True,
+        )
 
 
 # ---- part 2: the monitor's cost to training ------------------------------------------------------
@@ -176,7 +237,13 @@ def epoch_times(run_dir: Path, warmup: int) -> list[float]:
 
 
 def run_headless(spec: Path, workdir: Path, env: dict[str, str]) -> Path:
-    subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], check=True, env=env, stdout=subprocess.DEVNULL, cwd=workdir)
+    subprocess.run(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=workdir,
+    )
     (run_dir,) = (workdir / "runs").iterdir()
     return run_dir
 
@@ -184,9 +251,13 @@ def run_headless(spec: Path, workdir: Path, env: dict[str, str]) -> Path:
 def run_live(spec: Path, workdir: Path, env: dict[str, str]) -> Path:
     """``tuiloop run SPEC --exit-on-finish`` in a 120x40 tmux terminal, the monitor drawing all along."""
     sock = f"tuiloop-bench-{uuid.uuid4().hex[:8]}"
-    envs = " ".join(f"{k}={v}" for k, v in (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("TERM", "xterm-256color")))
-    cmd = f"env {envs} {sys.executable} -m tuiloop run {spec} --exit-on-finish; echo \"[exit $?]\"; sleep 600"
-    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(workdir), cmd], check=True, env=env)
+    envs = " ".join(
+        f"{k}={v}" for k, v in (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("TERM", "xterm-256color"))
+    )
+    cmd = f'env {envs} {sys.executable} -m tuiloop run {spec} --exit-on-finish; echo "[exit $?]"; sleep 600'
+    subprocess.run(
+        ["tmux", "-L", sock, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(workdir), cmd], check=True, env=env
+    )
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -211,8 +282,10 @@ def training_part(args: argparse.Namespace) -> None:
         print("part 2: skipped (needs tmux)")
         return
     steps = -(-int(args.samples * 0.75) // args.batch_size)
-    print(f"part 2: the monitor's cost to training: bench_engine's MLP workload ({steps} steps/epoch, batch {args.batch_size}, 1 CPU thread), "
-          f"{args.epochs} epochs per run (first {args.warmup} intervals dropped), {args.rounds} rounds")
+    print(
+        f"part 2: the monitor's cost to training: bench_engine's MLP workload ({steps} steps/epoch, batch {args.batch_size}, 1 CPU thread), "
+        f"{args.epochs} epochs per run (first {args.warmup} intervals dropped), {args.rounds} rounds"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     headless_all, live_all, ratios = [], [], []
     for r in range(args.rounds):
@@ -227,10 +300,15 @@ def training_part(args: argparse.Namespace) -> None:
             (headless_all if how == "headless" else live_all).extend(times)
             med[how] = statistics.median(times)
         ratios.append(med["live"] / med["headless"])
-        print(f"  round {r + 1}: headless {med['headless'] * 1e3:7.1f} ms/epoch   live monitor {med['live'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}", flush=True)
+        print(
+            f"  round {r + 1}: headless {med['headless'] * 1e3:7.1f} ms/epoch   live monitor {med['live'] * 1e3:7.1f} ms/epoch   ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
     h, v = statistics.median(headless_all), statistics.median(live_all)
     print(f"  median over all steady epochs: headless {h * 1e3:.1f} ms   live monitor {v * 1e3:.1f} ms")
-    print(f"  ratio live/headless: {v / h:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.05)")
+    print(
+        f"  ratio live/headless: {v / h:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.05)"
+    )
 
 
 # ---- part 3: an idle monitor --------------------------------------------------------------------
@@ -254,7 +332,9 @@ def idle_part(args: argparse.Namespace) -> None:
     if shutil.which("tmux") is None:
         print("part 3: skipped (needs tmux)")
         return
-    print(f"part 3: an idle monitor: a real run paused with p, the monitor's CPU time over {args.idle_s:.0f} s, {args.rounds} rounds")
+    print(
+        f"part 3: an idle monitor: a real run paused with p, the monitor's CPU time over {args.idle_s:.0f} s, {args.rounds} rounds"
+    )
     shares = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="tuiloop-bench-") as tmp:
@@ -262,20 +342,29 @@ def idle_part(args: argparse.Namespace) -> None:
             spec = bench_engine.write_spec(argparse.Namespace(**{**vars(args), "epochs": 100_000}), workdir)
             sock = f"tuiloop-bench-{uuid.uuid4().hex[:8]}"
             cmd = f"env OMP_NUM_THREADS=1 TERM=xterm-256color {sys.executable} -m tuiloop run {spec}; sleep 600"
-            subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(workdir), cmd], check=True)
+            subprocess.run(
+                ["tmux", "-L", sock, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(workdir), cmd], check=True
+            )
             try:
                 _wait_screen(sock, "val_acc")
                 _tmux(sock, "send-keys", "p")
                 _wait_screen(sock, "PAUSED")
                 time.sleep(2.0)  # the pause settles: the last frames are drawn
                 shell = psutil.Process(int(_tmux(sock, "display-message", "-p", "#{pane_pid}").strip()))
-                (monitor,) = [p for p in shell.children(recursive=True) if " run " in " ".join(p.cmdline()) and "tuiloop" in " ".join(p.cmdline())]
+                (monitor,) = [
+                    p
+                    for p in shell.children(recursive=True)
+                    if " run " in " ".join(p.cmdline()) and "tuiloop" in " ".join(p.cmdline())
+                ]
                 before, t0 = monitor.cpu_times(), time.monotonic()
                 time.sleep(args.idle_s)
                 after, t1 = monitor.cpu_times(), time.monotonic()
                 share = (after.user + after.system - before.user - before.system) / (t1 - t0)
                 shares.append(share)
-                print(f"  round {r + 1}: the monitor used {share * 100:.2f}% of a core while the run was paused", flush=True)
+                print(
+                    f"  round {r + 1}: the monitor used {share * 100:.2f}% of a core while the run was paused",
+                    flush=True,
+                )
             finally:
                 _tmux(sock, "send-keys", "C-c")
                 time.sleep(1.0)
@@ -290,11 +379,26 @@ def main() -> None:
     parser.add_argument("--frames", dest="only_frames", action="store_true", help="only part 1")
     parser.add_argument("--training", dest="only_training", action="store_true", help="only part 2")
     parser.add_argument("--idle", dest="only_idle", action="store_true", help="only part 3")
-    parser.add_argument("--idle-seconds", dest="idle_s", type=float, default=30.0, help="how long part 3 measures each round (default 30)")
-    parser.add_argument("--frame-count", dest="frames", type=int, default=30, help="frames timed per run length (default 30)")
+    parser.add_argument(
+        "--idle-seconds",
+        dest="idle_s",
+        type=float,
+        default=30.0,
+        help="how long part 3 measures each round (default 30)",
+    )
+    parser.add_argument(
+        "--frame-count", dest="frames", type=int, default=30, help="frames timed per run length (default 30)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in part 2 (default 3)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs per run in part 2 (default 100: long enough for the monitor to draw all along)")
-    parser.add_argument("--warmup", type=int, default=5, help="epoch intervals dropped at the start of each run (default 5)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=100,
+        help="epochs per run in part 2 (default 100: long enough for the monitor to draw all along)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="epoch intervals dropped at the start of each run (default 5)"
+    )
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

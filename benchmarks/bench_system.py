@@ -67,7 +67,9 @@ def timed(batches: Batches, epochs: int, interval: float | None, run_dir: Path) 
     return seconds, sampler.samples
 
 
-def compare(batches: Batches, epochs: int, interval: float, rounds: int, run_dir: Path) -> tuple[list[float], list[float], list[int]]:
+def compare(
+    batches: Batches, epochs: int, interval: float, rounds: int, run_dir: Path
+) -> tuple[list[float], list[float], list[int]]:
     """Alternating rounds without and with the sampler (ABBA order, so drift cancels)."""
     off, on, samples = [], [], []
     for r in range(rounds):
@@ -85,10 +87,14 @@ def compare(batches: Batches, epochs: int, interval: float, rounds: int, run_dir
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="rounds of each kind (default 7)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="about how long one round trains (default 10: 5 samples at 2 s)")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="about how long one round trains (default 10: 5 samples at 2 s)"
+    )
     parser.add_argument("--fast", type=float, default=0.01, help="part 2's interval in seconds (default 0.01)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     train_set, _ = bench_task.data(samples=4096, features=64)
     batches = Batches(train_set, torch.device("cpu"), 32, shuffle=True, seed=0)
     train(batches, 2)  # warm up
@@ -101,24 +107,34 @@ def main() -> None:
         off, on, samples = compare(batches, epochs, INTERVAL_S, args.rounds, run_dir)
         base, with_sampler = statistics.median(off), statistics.median(on)
         pairs = statistics.median(b / a for a, b in zip(off, on, strict=True))
-        print(f"\npart 1: sampler every {INTERVAL_S:g}s, {args.rounds} rounds each, {statistics.median(samples):.0f} samples a round")
+        print(
+            f"\npart 1: sampler every {INTERVAL_S:g}s, {args.rounds} rounds each, {statistics.median(samples):.0f} samples a round"
+        )
         print(f"  without: median {base:.3f}s   (rounds {', '.join(f'{t:.2f}' for t in off)})")
         print(f"  with:    median {with_sampler:.3f}s   (rounds {', '.join(f'{t:.2f}' for t in on)})")
-        print(f"  with/without: {with_sampler / base:.4f} (medians), {pairs:.4f} (median of round pairs); spread of the rounds without: {(max(off) - min(off)) / base:.2%}")
+        print(
+            f"  with/without: {with_sampler / base:.4f} (medians), {pairs:.4f} (median of round pairs); spread of the rounds without: {(max(off) - min(off)) / base:.2%}"
+        )
 
         off2, on2, samples2 = compare(batches, epochs, args.fast, args.rounds, run_dir)
         base2 = statistics.median(off2)
         per_sample = statistics.median((b - a) / n for a, b, n in zip(off2, on2, samples2, strict=True))
         print(f"\npart 2: sampler every {args.fast:g}s, {statistics.median(samples2):.0f} samples a round")
-        print(f"  without: median {base2:.3f}s   with: median {statistics.median(on2):.3f}s   with/without: {statistics.median(on2) / base2:.4f}")
-        print(f"  training time lost per sample: {per_sample * 1e6:.0f} us  ->  at one sample every {INTERVAL_S:g}s: {per_sample / INTERVAL_S:.4%} of training time")
+        print(
+            f"  without: median {base2:.3f}s   with: median {statistics.median(on2):.3f}s   with/without: {statistics.median(on2) / base2:.4f}"
+        )
+        print(
+            f"  training time lost per sample: {per_sample * 1e6:.0f} us  ->  at one sample every {INTERVAL_S:g}s: {per_sample / INTERVAL_S:.4%} of training time"
+        )
 
     cost = sample_cost(1000)
     probe = SystemSampler(lambda e: None)
     probe._start_nvml()
     gpus = len(probe._handles)
     probe.stop()
-    print(f"\npart 3: one sample() call: {cost * 1e6:.0f} us (median of 1000; {gpus} GPU(s) through NVML) = {cost / INTERVAL_S:.4%} of one core at one sample every {INTERVAL_S:g}s")
+    print(
+        f"\npart 3: one sample() call: {cost * 1e6:.0f} us (median of 1000; {gpus} GPU(s) through NVML) = {cost / INTERVAL_S:.4%} of one core at one sample every {INTERVAL_S:g}s"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def data(samples: int = 4096, features: int = 64, classes: int = 10, val_fraction: float = 0.25, seed: int = 1234) -> tuple[TensorDataset, TensorDataset]:
+def data(
+    samples: int = 4096, features: int = 64, classes: int = 10, val_fraction: float = 0.25, seed: int = 1234
+) -> tuple[TensorDataset, TensorDataset]:
     """Gaussian features labelled by a fixed random linear teacher (learnable, not trivial)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, features, generator=g)

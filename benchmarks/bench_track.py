@@ -56,7 +56,10 @@ def bare(n: int, losses: list[Any]) -> float:
 
 def tracked(n: int, losses: list[Any], variant: str) -> tuple[float, float]:
     """The same loop with run.log on a fresh tracked run: seconds in the loop, and in the final write."""
-    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-track-") as tmp, tuiloop.track(Path(tmp) / "run", epochs=1) as run:
+    with (
+        tempfile.TemporaryDirectory(prefix="tuiloop-bench-track-") as tmp,
+        tuiloop.track(Path(tmp) / "run", epochs=1) as run,
+    ):
         log: Callable[..., None] = run.log
         t0 = time.perf_counter()
         if variant == "lr-samples":
@@ -85,15 +88,22 @@ def measure(args: argparse.Namespace, variant: str) -> None:
         with_log = loop + write
         per_call.append((with_log - without) / n * 1e6)
         writes.append(write / n * 1e6)
-        print(f"  round {r + 1}: with run.log {with_log * 1e3:7.1f} ms (final write {write * 1e3:5.1f} ms)   without {without * 1e3:6.1f} ms   run.log {per_call[-1]:.3f} us per call", flush=True)
-    print(f"  median: run.log costs {statistics.median(per_call):.3f} us per call (rounds {min(per_call):.3f}-{max(per_call):.3f}), of which writing the values at the end {statistics.median(writes):.3f} us")
+        print(
+            f"  round {r + 1}: with run.log {with_log * 1e3:7.1f} ms (final write {write * 1e3:5.1f} ms)   without {without * 1e3:6.1f} ms   run.log {per_call[-1]:.3f} us per call",
+            flush=True,
+        )
+    print(
+        f"  median: run.log costs {statistics.median(per_call):.3f} us per call (rounds {min(per_call):.3f}-{max(per_call):.3f}), of which writing the values at the end {statistics.median(writes):.3f} us"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=200_000, help="run.log calls per loop (default 200000)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what each call logs (default: all)")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what each call logs (default: all)"
+    )
     args = parser.parse_args()
     for variant in args.variants:
         measure(args, variant)

@@ -42,7 +42,9 @@ class Block(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.ln2 = nn.LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
+        )
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,15 @@ class Block(nn.Module):
 class CharGPT(nn.Module):
     """A byte-level GPT: 256 symbols in, the next byte's logits out."""
 
-    def __init__(self, block_size: int = 128, n_layer: int = 4, n_head: int = 4, n_embd: int = 128, dropout: float = 0.1, vocab_size: int = 256) -> None:
+    def __init__(
+        self,
+        block_size: int = 128,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.1,
+        vocab_size: int = 256,
+    ) -> None:
         super().__init__()
         self.block_size = block_size
         self.tok = nn.Embedding(vocab_size, n_embd)
@@ -76,7 +86,9 @@ class CharGPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         t = idx.shape[1]
         x = self.drop(self.tok(idx) + self.pos(torch.arange(t, device=idx.device)))
         x = self.ln(self.blocks(x))
@@ -95,7 +107,9 @@ class CharGPT(nn.Module):
         return idx
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A linear warm-up to the optimizer's learning rate, then a cosine decay to ``min_ratio`` of it."""
 
     def factor(step: int) -> float:

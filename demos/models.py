@@ -9,7 +9,9 @@ from torch import nn
 class MLP(nn.Module):
     """in_features -> hidden (x layers, ReLU, dropout) -> out_features raw outputs (logits)."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 64, layers: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int = 64, layers: int = 2, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         width = in_features

@@ -49,7 +49,9 @@ def spec_data(**sections: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def write_spec(folder: Path, name: str = "spec.toml", text: str | None = None, **sections: dict[str, Any] | None) -> Path:
+def write_spec(
+    folder: Path, name: str = "spec.toml", text: str | None = None, **sections: dict[str, Any] | None
+) -> Path:
     """Write a spec into ``folder`` (runs go to ``folder/runs``); ``text`` is written verbatim."""
     from tuiloop.spec.dump import dump_toml
 

@@ -93,7 +93,9 @@ def answers(run_dir: Path) -> bool:
 def wait_live(run_dir: Path, timeout: float = 60) -> None:
     """Until the run's control socket answers (the training process is set up)."""
     wait_until(lambda: answers(run_dir) or summary(run_dir), timeout, f"{run_dir.name} to go live")
-    assert summary(run_dir) is None or is_locked(run_dir), f"{run_dir.name} ended before the test could act: {summary(run_dir)}"
+    assert summary(run_dir) is None or is_locked(run_dir), (
+        f"{run_dir.name} ended before the test could act: {summary(run_dir)}"
+    )
 
 
 def run_pid(run_dir: Path) -> int:
@@ -180,7 +182,11 @@ def run_processes(run_dir: Path) -> list[Any]:
                     live.append(p)
             except psutil.Error:
                 continue
-    zombies = [p for p in psutil.process_iter(["status", "ppid"]) if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["ppid"] in tuiloop_pids]
+    zombies = [
+        p
+        for p in psutil.process_iter(["status", "ppid"])
+        if p.info["status"] == psutil.STATUS_ZOMBIE and p.info["ppid"] in tuiloop_pids
+    ]
     return live + zombies
 
 
@@ -206,12 +212,26 @@ class Tmux:
         self.cwd = cwd
 
     def _tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=check, env=cli_env())
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=check, env=cli_env()
+        )
 
     def new(self, name: str, command: str, width: int = 100, height: int = 30) -> str:
         """A detached session running ``command`` (a shell line) in ``cwd``; the pane stays after exit."""
         env = "PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TERM=xterm-256color"
-        self._tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "-c", str(self.cwd), f"env {env} {command}; echo '[exit '$?']'; sleep 600")
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            "-c",
+            str(self.cwd),
+            f"env {env} {command}; echo '[exit '$?']'; sleep 600",
+        )
         return name
 
     def send(self, name: str, *keys: str) -> None:

@@ -45,7 +45,13 @@ def test_a_python_run_with_a_run_dir_is_a_full_run_directory(tmp_path: Path) -> 
     run_dir = tmp_path / "runs" / "mine"
     finished = api_trainer(run_dir).run()
     assert (finished.status, finished.epochs_done, finished.step) == ("completed", 2, 16)
-    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "run.lock", "events.jsonl", "summary.json", "checkpoints"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "run.json",
+        "run.lock",
+        "events.jsonl",
+        "summary.json",
+        "checkpoints",
+    }
     assert not (run_dir / "control.sock").exists() and not is_locked(run_dir)
     info = read_json(run_dir / "run.json")
     assert info is not None and info["name"] == "from-python" and "versions" in info
@@ -107,7 +113,11 @@ def test_a_failure_in_the_start_announcement_ends_with_a_summary_and_closes_ever
     finished = trainer.run()
     assert (finished.status, finished.reason) == ("failed", "setup error")
     events, _ = read_events(run_dir)
-    assert events[-2].kind == "failed" and "a sink that cannot take the start" in events[-2].error and events[-1].kind == "finished"
+    assert (
+        events[-2].kind == "failed"
+        and "a sink that cannot take the start" in events[-2].error
+        and events[-1].kind == "finished"
+    )
     assert read_json(run_dir / "summary.json")["status"] == "failed"  # type: ignore[index]
     assert not (run_dir / "control.sock").exists() and not is_locked(run_dir)
     # the same Trainer runs again into the same directory once the problem is gone

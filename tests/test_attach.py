@@ -20,8 +20,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 LONG = dict(run={"epochs": 500}, model={"delay": 0.05})
 
 
-
-
 def states(run_dir: Path) -> list[str]:
     return [e["state"] for e in events(run_dir) if e["event"] == "state"]
 
@@ -59,7 +57,11 @@ def test_attach_from_a_second_terminal_obeys_the_keys(workdir: Path, tmux: Tmux,
 
     # s saves a checkpoint now.
     tmux.send(second, "s")
-    manual = wait_until(lambda: [e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual"], 20, "a manual checkpoint")
+    manual = wait_until(
+        lambda: [e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual"],
+        20,
+        "a manual checkpoint",
+    )
     assert (run_dir / manual[0]["path"]).is_file()
 
     # q stops the run gracefully (after asking), with last.pt saved.
@@ -78,7 +80,9 @@ def test_attach_from_a_second_terminal_obeys_the_keys(workdir: Path, tmux: Tmux,
     tmux.wait_for(original, r"(?i)stopped")  # the original terminal saw it too
 
 
-def test_attach_without_argument_picks_the_newest_live_run_and_d_leaves_it_going(workdir: Path, tmux: Tmux, cleanup: list[Path]) -> None:
+def test_attach_without_argument_picks_the_newest_live_run_and_d_leaves_it_going(
+    workdir: Path, tmux: Tmux, cleanup: list[Path]
+) -> None:
     spec = write_spec(workdir, **LONG)
     older = start_detached(spec, "run.name=older", cwd=workdir)
     cleanup.append(older)

@@ -34,7 +34,9 @@ def finished(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def crashed(workdir: Path) -> Iterator[Path]:
     """A run killed with SIGKILL mid-training: no summary, a stale control socket."""
-    spec = write_spec(workdir, "slow.toml", run={"epochs": 500, "out_dir": str(workdir / "crashed")}, model={"delay": 0.05})
+    spec = write_spec(
+        workdir, "slow.toml", run={"epochs": 500, "out_dir": str(workdir / "crashed")}, model={"delay": 0.05}
+    )
     run_dir = start_detached(spec, cwd=workdir)
     try:
         wait_live(run_dir)
@@ -114,7 +116,9 @@ def test_show_piped_into_a_reader_that_stops_early_exits_quietly(finished: Path,
     from conftest import cli_env
 
     cmd = f"{shlex.quote(sys.executable)} -m tuiloop show {shlex.quote(str(finished))} | head -1"
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=workdir, capture_output=True, text=True, env=cli_env(), timeout=60)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], cwd=workdir, capture_output=True, text=True, env=cli_env(), timeout=60
+    )
     assert done.stdout.startswith("run tiny started") and done.stdout.count("\n") == 1
     assert done.stderr == "", done.stderr
     assert done.returncode == 0
@@ -125,10 +129,18 @@ def test_show_skips_lines_it_cannot_read_and_says_so(finished: Path, tmp_path: P
     copy = tmp_path / finished.name
     shutil.copytree(finished, copy)
     lines = (copy / "events.jsonl").read_text().splitlines()
-    odd = ['{"event":"gpu_sample","time":1.0,"util":[99]}', '{"event":"validated","time":1.0}', '[1, 2]', '{"event":"train_ste']
+    odd = [
+        '{"event":"gpu_sample","time":1.0,"util":[99]}',
+        '{"event":"validated","time":1.0}',
+        "[1, 2]",
+        '{"event":"train_ste',
+    ]
     (copy / "events.jsonl").write_text("\n".join(lines[:2] + odd + lines[2:]) + "\n")
     shown = run_cli("show", copy, cwd=tmp_path)
     assert shown.returncode == 0
     assert "finished: completed" in shown.stdout
-    assert shown.stderr.startswith("tuiloop: warning: skipped 4 line(s)") and "line 3: unknown event type 'gpu_sample'" in shown.stderr
+    assert (
+        shown.stderr.startswith("tuiloop: warning: skipped 4 line(s)")
+        and "line 3: unknown event type 'gpu_sample'" in shown.stderr
+    )
     assert "line 4: 'validated' event without epoch, step, metrics, is_best, duration_s" in shown.stderr

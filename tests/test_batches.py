@@ -25,15 +25,21 @@ def chunk_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return request.param
 
 
-@pytest.mark.parametrize("n, batch_size, drop_last", [(100, 16, False), (100, 16, True), (96, 32, False), (5, 8, False)])
-def test_batches_match_a_shuffled_dataloader_in_shape_dtype_and_coverage(chunk_bytes: int, n: int, batch_size: int, drop_last: bool) -> None:
+@pytest.mark.parametrize(
+    "n, batch_size, drop_last", [(100, 16, False), (100, 16, True), (96, 32, False), (5, 8, False)]
+)
+def test_batches_match_a_shuffled_dataloader_in_shape_dtype_and_coverage(
+    chunk_bytes: int, n: int, batch_size: int, drop_last: bool
+) -> None:
     data = dataset(n)
     ours = Batches(data, CPU, batch_size, shuffle=True, drop_last=drop_last, seed=7)
     theirs = list(DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=drop_last))
     assert len(ours) == len(theirs)
     for epoch in range(3):
         got = list(ours.epoch(epoch))
-        assert [tuple((t.shape, t.dtype) for t in b) for b in got] == [tuple((t.shape, t.dtype) for t in b) for b in theirs]
+        assert [tuple((t.shape, t.dtype) for t in b) for b in got] == [
+            tuple((t.shape, t.dtype) for t in b) for b in theirs
+        ]
         seen = torch.cat([b[1] for b in got]) if got else torch.empty(0, dtype=torch.long)
         expected = n - n % batch_size if drop_last else n
         assert len(seen) == expected and len(set(seen.tolist())) == expected  # each sample at most once

@@ -31,7 +31,12 @@ RESUME_KEYS = {"scheduler_state_dict", "step", "batch_in_epoch", "best", "early_
 
 
 def test_run_directory_layout(workdir: Path) -> None:
-    spec = write_spec(workdir, run={"name": "layout", "epochs": 3}, early_stopping={"monitor": "val_acc", "patience": 5}, checkpoint={"every_n_epochs": 2})
+    spec = write_spec(
+        workdir,
+        run={"name": "layout", "epochs": 3},
+        early_stopping={"monitor": "val_acc", "patience": 5},
+        checkpoint={"every_n_epochs": 2},
+    )
     events: list[Event] = []
     code, run_dir = run_spec(spec, sinks=[events.append])
     assert code == 0 and run_dir is not None
@@ -63,7 +68,9 @@ def test_run_directory_layout(workdir: Path) -> None:
     # every event, in order; a foreground run's start-up phases come before its directory exists
     phases = [e.phase for e in events if e.kind == "starting"]
     assert phases[:2] == ["importing torch", "importing the spec's targets"] and "loading the data" in phases
-    assert [e.kind for e in logged] == [e.kind for e in events[len(phases) :]], "events.jsonl holds every event, in order"
+    assert [e.kind for e in logged] == [e.kind for e in events[len(phases) :]], (
+        "events.jsonl holds every event, in order"
+    )
     assert logged[0].kind == "run_started" and logged[-1].kind == "finished"
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert all(json.loads(line)["event"] for line in lines)
@@ -83,7 +90,14 @@ def test_checkpoint_loads_weights_only_without_tuiloop(workdir: Path) -> None:
         "assert not [m for m in sys.modules if m.startswith('tuiloop')], 'tuiloop was imported'\n"
         "print(json.dumps(out))\n"
     )
-    r = subprocess.run([sys.executable, "-c", script, str(run_dir / "checkpoints")], capture_output=True, text=True, cwd=workdir, env=cli_env(), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir / "checkpoints")],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=cli_env(),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     for name in ("best.pt", "last.pt"):
@@ -112,7 +126,11 @@ class FakeCompiled(nn.Module):
         return self._orig_mod(x)
 
 
-@pytest.mark.parametrize("wrap", [nn.DataParallel, FakeCompiled, lambda m: FakeCompiled(nn.DataParallel(m))], ids=["DataParallel", "compiled", "both"])
+@pytest.mark.parametrize(
+    "wrap",
+    [nn.DataParallel, FakeCompiled, lambda m: FakeCompiled(nn.DataParallel(m))],
+    ids=["DataParallel", "compiled", "both"],
+)
 def test_checkpoints_hold_the_unwrapped_model(tmp_path: Path, wrap) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     inner = tiny.MLP()
@@ -122,7 +140,15 @@ def test_checkpoints_hold_the_unwrapped_model(tmp_path: Path, wrap) -> None:  # 
     train, val = tiny.classes()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     cpu = torch.device("cpu")
-    trainer = Trainer(model, Batches(train, cpu, 16, True), Batches(val, cpu, 16, False), nn.CrossEntropyLoss(), opt, options=Options(epochs=1), run_dir=tmp_path)
+    trainer = Trainer(
+        model,
+        Batches(train, cpu, 16, True),
+        Batches(val, cpu, 16, False),
+        nn.CrossEntropyLoss(),
+        opt,
+        options=Options(epochs=1),
+        run_dir=tmp_path,
+    )
     assert trainer.run().status == "completed"
     for name in ("best.pt", "last.pt"):
         ck = load_ckpt(tmp_path / "checkpoints" / name)
@@ -130,7 +156,14 @@ def test_checkpoints_hold_the_unwrapped_model(tmp_path: Path, wrap) -> None:  # 
         assert_same_weights(ck["model_state_dict"], inner.state_dict())
     # and a wrapped model resumes from it
     again = wrap(tiny.MLP())
-    trainer2 = Trainer(again, Batches(train, cpu, 16, True), Batches(val, cpu, 16, False), nn.CrossEntropyLoss(), torch.optim.Adam(again.parameters()), options=Options(epochs=1))
+    trainer2 = Trainer(
+        again,
+        Batches(train, cpu, 16, True),
+        Batches(val, cpu, 16, False),
+        nn.CrossEntropyLoss(),
+        torch.optim.Adam(again.parameters()),
+        options=Options(epochs=1),
+    )
     trainer2.resume(tmp_path / "checkpoints" / "last.pt")
     assert_same_weights(unwrap(again).state_dict(), inner.state_dict())
 
@@ -240,5 +273,7 @@ lr = 0.01
     saved = tomllib.loads((run_dir / "spec.toml").read_text(encoding="utf-8"))
     original = tomllib.loads(text)
     assert saved == original
-    assert saved["model"]["when"] == datetime.datetime(2026, 11, 25, 9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    assert saved["model"]["when"] == datetime.datetime(
+        2026, 11, 25, 9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1))
+    )
     assert saved["model"]["blocks"][1] == {"width": 16, "kind": "conv"} and math.isinf(saved["model"]["ratio"])

@@ -36,7 +36,11 @@ def stop_after(trainer: Trainer, step: int) -> None:
 
 
 def full_state(trainer: Trainer) -> dict[str, Any]:
-    return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": torch.get_rng_state()}
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
 
 
 def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
@@ -60,7 +64,9 @@ CASES = {
         scheduler={"target": "StepLR", "step_size": 5, "gamma": 0.5, "interval": "step"},
     ),
     # the user's own shuffling DataLoader: its order comes from the global RNG at the epoch's start
-    "user-shuffled-loader": dict(model={"dropout": 0.3}, data={"target": "tiny.py:loaders", "shuffled": True, "noise": 0.3}),
+    "user-shuffled-loader": dict(
+        model={"dropout": 0.3}, data={"target": "tiny.py:loaders", "shuffled": True, "noise": 0.3}
+    ),
     # ... with worker processes drawing the augmentation noise
     "user-loader-workers": dict(data={"target": "tiny.py:loaders", "shuffled": True, "noise": 0.3, "workers": 2}),
     # ReduceLROnPlateau state and early stopping on val_acc
@@ -94,7 +100,10 @@ def test_stop_command_then_resume_is_bitwise_exact(workdir: Path, case: str, sto
     assert (resumed.status, resumed.step, resumed.epochs_done) == (done.status, done.step, done.epochs_done)
     assert_same_state(full_state(second), full_state(ref))
     assert (resumed.best_value, resumed.best_epoch) == (done.best_value, done.best_epoch)
-    assert_same_weights(load_ckpt(workdir / "cut" / "checkpoints" / "best.pt")["model_state_dict"], load_ckpt(workdir / "ref" / "checkpoints" / "best.pt")["model_state_dict"])
+    assert_same_weights(
+        load_ckpt(workdir / "cut" / "checkpoints" / "best.pt")["model_state_dict"],
+        load_ckpt(workdir / "ref" / "checkpoints" / "best.pt")["model_state_dict"],
+    )
 
 
 def test_resume_keeps_the_early_stopping_counter(workdir: Path) -> None:
@@ -113,7 +122,12 @@ def test_resume_keeps_the_early_stopping_counter(workdir: Path) -> None:
     second.resume(workdir / "cut" / "checkpoints" / "last.pt")
     assert second.es is not None and second.es.counter == 2 and second.es.best == ref.es.best  # type: ignore[union-attr]
     resumed = second.run()
-    assert (resumed.status, resumed.epochs_done, resumed.best_value, resumed.best_epoch) == ("early_stopped", 4, done.best_value, done.best_epoch)
+    assert (resumed.status, resumed.epochs_done, resumed.best_value, resumed.best_epoch) == (
+        "early_stopped",
+        4,
+        done.best_value,
+        done.best_epoch,
+    )
     assert_same_weights(second.model.state_dict(), ref.model.state_dict())
 
 
@@ -144,9 +158,25 @@ def test_a_checkpoint_that_tracks_another_metric_is_refused(workdir: Path) -> No
     first = make(workdir, "cut", "run.epochs=1", early_stopping={"monitor": "val_loss", "patience": 3})
     assert first.run().status == "completed"
     last = workdir / "cut" / "checkpoints" / "last.pt"
-    other = make(workdir, "cut", "run.epochs=2", checkpoint={"monitor": "val_acc"}, early_stopping={"monitor": "val_loss", "patience": 3})
-    with pytest.raises(ResumeError, match=r"\[checkpoint\] state tracks val_loss \(min\), but the spec monitors val_acc \(max\)"):
+    other = make(
+        workdir,
+        "cut",
+        "run.epochs=2",
+        checkpoint={"monitor": "val_acc"},
+        early_stopping={"monitor": "val_loss", "patience": 3},
+    )
+    with pytest.raises(
+        ResumeError, match=r"\[checkpoint\] state tracks val_loss \(min\), but the spec monitors val_acc \(max\)"
+    ):
         other.resume(last)
-    other = make(workdir, "cut", "run.epochs=2", early_stopping={"monitor": "val_loss", "mode": "max", "patience": 3}, checkpoint={"monitor": "val_loss", "mode": "min"})
-    with pytest.raises(ResumeError, match=r"\[early_stopping\] state tracks val_loss \(min\), but the spec monitors val_loss \(max\)"):
+    other = make(
+        workdir,
+        "cut",
+        "run.epochs=2",
+        early_stopping={"monitor": "val_loss", "mode": "max", "patience": 3},
+        checkpoint={"monitor": "val_loss", "mode": "min"},
+    )
+    with pytest.raises(
+        ResumeError, match=r"\[early_stopping\] state tracks val_loss \(min\), but the spec monitors val_loss \(max\)"
+    ):
         other.resume(last)

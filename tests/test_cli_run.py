@@ -79,7 +79,12 @@ def test_stop_after_epoch_k_then_resume_is_exact(workdir: Path) -> None:
     for name in ("last.pt", "best.pt"):
         a, b = load_ckpt(run_dir / "checkpoints" / name), load_ckpt(ref_dir / "checkpoints" / name)
         assert_same_weights(a["model_state_dict"], b["model_state_dict"])
-        assert (a["epoch"], a["step"], a["early_stopping"], a["best"]) == (b["epoch"], b["step"], b["early_stopping"], b["best"])
+        assert (a["epoch"], a["step"], a["early_stopping"], a["best"]) == (
+            b["epoch"],
+            b["step"],
+            b["early_stopping"],
+            b["best"],
+        )
         assert a["scheduler_state_dict"] == b["scheduler_state_dict"]
     summary = read_json(run_dir / "summary.json")
     assert summary is not None
@@ -232,7 +237,16 @@ def test_piped_output_is_plain_lines(tmp_path: Path) -> None:
     """Piped stdout (no TTY) gives plain lines, with --headless and without it."""
     for extra in (["--headless"], []):
         out_dir = tmp_path / ("a" if extra else "b")
-        r = run_cli("run", DEMOS / "digits.toml", *extra, "--set", "run.epochs=3", "--set", f"run.out_dir={out_dir}", cwd=tmp_path)
+        r = run_cli(
+            "run",
+            DEMOS / "digits.toml",
+            *extra,
+            "--set",
+            "run.epochs=3",
+            "--set",
+            f"run.out_dir={out_dir}",
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stderr
         text = r.stdout + r.stderr
         assert "\r" not in text and "\x1b" not in text

@@ -50,7 +50,16 @@ def test_the_char_transformer_demo_learns(tmp_path: Path) -> None:
     """demos/chargpt.toml as written (the model's own loss, bf16-mixed, accumulation, clipping,
     warm-up and cosine), shrunk to one layer and one epoch to stay quick here."""
     events: list[Event] = []
-    sets = [f"run.out_dir={tmp_path}", "run.device=cpu", "run.epochs=1", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "scheduler.total_steps=103", "optimizer.lr=1e-2"]
+    sets = [
+        f"run.out_dir={tmp_path}",
+        "run.device=cpu",
+        "run.epochs=1",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "scheduler.total_steps=103",
+        "optimizer.lr=1e-2",
+    ]
     code, run_dir = run_spec(DEMOS / "chargpt.toml", sets, sinks=[events.append])
     assert code == 0
     (f,) = [e for e in events if isinstance(e, Finished)]

@@ -30,13 +30,32 @@ EPOCHS = 10
 
 
 def started(monitor: str = "val_loss", mode: str = "min", start_epoch: int = 0, resumed: bool = False) -> RunStarted:
-    return RunStarted(run_name="tiny", run_dir="", device="cpu", device_name="cpu", epochs=EPOCHS, steps_per_epoch=8, batch_size=16,
-                      train_size=120, val_size=40, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor=monitor,
-                      mode=mode, patience=None, num_params=100, start_epoch=start_epoch, start_step=start_epoch * 8,
-                      resumed_from="checkpoints/last.pt" if resumed else None, time=T0)
+    return RunStarted(
+        run_name="tiny",
+        run_dir="",
+        device="cpu",
+        device_name="cpu",
+        epochs=EPOCHS,
+        steps_per_epoch=8,
+        batch_size=16,
+        train_size=120,
+        val_size=40,
+        problem="multiclass",
+        metrics=["train_loss", "val_loss", "val_acc"],
+        monitor=monitor,
+        mode=mode,
+        patience=None,
+        num_params=100,
+        start_epoch=start_epoch,
+        start_step=start_epoch * 8,
+        resumed_from="checkpoints/last.pt" if resumed else None,
+        time=T0,
+    )
 
 
-def validations(losses: list[float], first_epoch: int = 1, monitor: str = "val_loss", mode: str = "min", best: float | None = None) -> list[Validated]:
+def validations(
+    losses: list[float], first_epoch: int = 1, monitor: str = "val_loss", mode: str = "min", best: float | None = None
+) -> list[Validated]:
     """One validation per loss (val_acc = 1 - loss/2), ``is_best`` as the engine sets it for ``monitor``."""
     out = []
     for i, loss in enumerate(losses):
@@ -49,8 +68,17 @@ def validations(losses: list[float], first_epoch: int = 1, monitor: str = "val_l
     return out
 
 
-def fake_run(out: Path, name: str, tag: str, losses: list[float], spec: dict[str, Any] | None = None, *, monitor: str = "val_loss",
-             mode: str = "min", live: bool = False) -> tuple[Path, RunLock | None]:
+def fake_run(
+    out: Path,
+    name: str,
+    tag: str,
+    losses: list[float],
+    spec: dict[str, Any] | None = None,
+    *,
+    monitor: str = "val_loss",
+    mode: str = "min",
+    live: bool = False,
+) -> tuple[Path, RunLock | None]:
     """A run directory as a run leaves it: finished, or live (its lock held: release it to end it)."""
     run_dir = out / f"{name}-20260101-120000-{tag}"
     run_dir.mkdir(parents=True)
@@ -63,7 +91,11 @@ def fake_run(out: Path, name: str, tag: str, losses: list[float], spec: dict[str
     for ev in [started(monitor, mode), *validations(losses, monitor=monitor, mode=mode)]:
         log(ev)
     if not live:
-        log(Finished("completed", "all epochs done", len(losses), len(losses) * 8, None, None, monitor, 1.0, time=T0 + 99))
+        log(
+            Finished(
+                "completed", "all epochs done", len(losses), len(losses) * 8, None, None, monitor, 1.0, time=T0 + 99
+            )
+        )
         write_summary(run_dir, {"status": "completed", "epochs": EPOCHS, "epochs_done": len(losses)})
     log.close()
     return run_dir, lock
@@ -79,9 +111,21 @@ def run_async(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
 # ---- the comparison without a screen ------------------------------------------------------------
 def test_differing_keys_flatten_nested_tables_and_count_a_missing_key() -> None:
-    a = flatten({"run": {"epochs": 3, "seed": 0}, "model": {"hidden": 16, "act": {"kind": "relu", "slope": 0.1}}, "optimizer": {"lr": 0.01}})
-    b = flatten({"run": {"epochs": 3, "seed": 0}, "model": {"hidden": 32, "act": {"kind": "relu", "slope": 0.2}}, "optimizer": {"lr": 0.01},
-                 "scheduler": {"target": "StepLR"}})
+    a = flatten(
+        {
+            "run": {"epochs": 3, "seed": 0},
+            "model": {"hidden": 16, "act": {"kind": "relu", "slope": 0.1}},
+            "optimizer": {"lr": 0.01},
+        }
+    )
+    b = flatten(
+        {
+            "run": {"epochs": 3, "seed": 0},
+            "model": {"hidden": 32, "act": {"kind": "relu", "slope": 0.2}},
+            "optimizer": {"lr": 0.01},
+            "scheduler": {"target": "StepLR"},
+        }
+    )
     assert a["model.act.kind"] == "relu" and "model.act" not in a
     assert differing_keys([a, b]) == ["model.hidden", "model.act.slope", "scheduler.target"]
     assert differing_keys([{"x": 1, "y": True}, {"x": 1.0, "y": 1}]) == ["y"]  # 1 == 1.0, but true is not 1
@@ -90,7 +134,11 @@ def test_differing_keys_flatten_nested_tables_and_count_a_missing_key() -> None:
 
 def test_short_names_drop_the_stamp_unless_two_runs_share_a_name() -> None:
     assert short_names(["mlp-20260101-120000-ab12", "cnn-20260101-120500-cd34"]) == ["mlp", "cnn"]
-    assert short_names(["mlp-20260101-120000-ab12", "mlp-20260102-090000-cd34", "odd"]) == ["mlp-ab12", "mlp-cd34", "odd"]
+    assert short_names(["mlp-20260101-120000-ab12", "mlp-20260102-090000-cd34", "odd"]) == [
+        "mlp-ab12",
+        "mlp-cd34",
+        "odd",
+    ]
 
 
 def test_a_resumed_log_keeps_the_latest_value_of_each_epoch_and_drops_the_abandoned_ones() -> None:
@@ -120,7 +168,9 @@ def test_best_points_follow_each_runs_mode_and_the_metric_name_otherwise(tmp_pat
 
 def test_the_comparison_lists_states_and_the_differing_spec_values(tmp_path: Path) -> None:
     a, _ = fake_run(tmp_path, "mlp", "aaaa", [0.9, 0.6], {"optimizer": {"lr": 0.01}, "model": {"hidden": 16}})
-    b, lock = fake_run(tmp_path, "mlp", "bbbb", [0.8], {"optimizer": {"lr": 0.001}, "model": {"hidden": 16, "dropout": 0.1}}, live=True)
+    b, lock = fake_run(
+        tmp_path, "mlp", "bbbb", [0.8], {"optimizer": {"lr": 0.001}, "model": {"hidden": 16, "dropout": 0.1}}, live=True
+    )
     try:
         cmp = Comparison([a, b], higher_is_better)
         assert cmp.names == ["mlp-aaaa", "mlp-bbbb"]
@@ -144,7 +194,16 @@ def test_the_comparison_lists_states_and_the_differing_spec_values(tmp_path: Pat
 
 def test_the_table_fits_narrow_terminals_by_dropping_runs_not_digits(tmp_path: Path) -> None:
     long_target = {"model": {"target": "a_rather_long_module_name.py:SomeVeryLongModelFactoryName"}}
-    runs = [fake_run(tmp_path, f"experiment-{i}", f"{i:04x}", [0.123456 + i], long_target if i == 0 else {"optimizer": {"lr": 10.0 ** -i}})[0] for i in range(6)]
+    runs = [
+        fake_run(
+            tmp_path,
+            f"experiment-{i}",
+            f"{i:04x}",
+            [0.123456 + i],
+            long_target if i == 0 else {"optimizer": {"lr": 10.0**-i}},
+        )[0]
+        for i in range(6)
+    ]
     cmp = Comparison(runs, higher_is_better)
     wide = table_text(cmp, "val_loss", 200, 30).plain
     assert "1.1235 @1" in wide and "5.1235 @1" in wide and "optimizer.lr" in wide and "model.target" in wide
@@ -185,7 +244,9 @@ async def wait_for(pilot, predicate: Callable[[], object], what: str, timeout: f
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
 @run_async
-async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_run(tmp_path: Path, size: tuple[int, int]) -> None:
+async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_run(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
     a, _ = fake_run(tmp_path, "baseline", "aaaa", [0.9, 0.6, 0.5, 0.55], {"optimizer": {"lr": 0.01}})
     b, _ = fake_run(tmp_path, "wider", "bbbb", [0.8, 0.5, 0.45], {"optimizer": {"lr": 0.01}, "model": {"hidden": 64}})
     c, lock = fake_run(tmp_path, "faster", "cccc", [0.7], {"optimizer": {"lr": 0.03}}, live=True)
@@ -193,13 +254,33 @@ async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_
     try:
         app = CompareApp(Comparison([a, b, c], higher_is_better), poll_s=0.1)
         async with app.run_test(size=size) as pilot:
-            await wait_for(pilot, lambda: "optimizer.lr" in screen_text(app) and "Next metric" in screen_text(app), "the table and the footer")
+            await wait_for(
+                pilot,
+                lambda: "optimizer.lr" in screen_text(app) and "Next metric" in screen_text(app),
+                "the table and the footer",
+            )
             await pilot.pause(0.3)  # a frame after the layout settled
             screen = screen_text(app)
             lines = screen.splitlines()
             assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
-            for needle in ("━ baseline", "━ wider", "━ faster", "◆", "val_loss by epoch", "model.hidden", "optimizer.lr", "0.03",
-                           "0.5000 @3", "0.4500 @3", "0.7000 @1", "running", "finished", "1 live", "Next metric", "Leave"):
+            for needle in (
+                "━ baseline",
+                "━ wider",
+                "━ faster",
+                "◆",
+                "val_loss by epoch",
+                "model.hidden",
+                "optimizer.lr",
+                "0.03",
+                "0.5000 @3",
+                "0.4500 @3",
+                "0.7000 @1",
+                "running",
+                "finished",
+                "1 live",
+                "Next metric",
+                "Leave",
+            ):
                 assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
             plot = app.query_one("#plot")
             await pilot.press("m")
@@ -237,11 +318,13 @@ def test_piped_compare_prints_the_table_and_errors_say_what_to_do(tmp_path: Path
     ]
     acc = run_cli("compare", "aaaa", "bbbb", "--out-dir", out, "--metric", "val_acc", cwd=tmp_path, timeout=60)
     assert "BEST val_acc" in acc.stdout and "0.7000 @2" in acc.stdout
-    for args, needles in ((["aaaa"], ["two or more runs", "tuiloop show aaaa"]),
-                          (["aaaa", "zzzz"], ["no run directory 'zzzz'", "tuiloop ls"]),
-                          (["aaaa", "mlp"], ["'mlp' matches 2 runs", "give more of the name"]),
-                          (["aaaa", str(out / "mlp-20260101-120000-aaaa")], ["the same run"]),
-                          (["aaaa", "bbbb", "--metric", "val_f1"], ["--metric val_f1", "val_loss, val_acc, train_loss"])):
+    for args, needles in (
+        (["aaaa"], ["two or more runs", "tuiloop show aaaa"]),
+        (["aaaa", "zzzz"], ["no run directory 'zzzz'", "tuiloop ls"]),
+        (["aaaa", "mlp"], ["'mlp' matches 2 runs", "give more of the name"]),
+        (["aaaa", str(out / "mlp-20260101-120000-aaaa")], ["the same run"]),
+        (["aaaa", "bbbb", "--metric", "val_f1"], ["--metric val_f1", "val_loss, val_acc, train_loss"]),
+    ):
         bad = run_cli("compare", *args, "--out-dir", out, cwd=tmp_path, timeout=60)
         assert bad.returncode == 2 and not bad.stdout, (args, bad.stdout, bad.stderr)
         assert bad.stderr.startswith("tuiloop: error: ") and all(n in bad.stderr for n in needles), (args, bad.stderr)

@@ -51,7 +51,12 @@ def _raw(run_dir: Path, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("payload", "said"),
-    [(b"hello\n", "is not JSON"), (b"[1, 2]\n", "is a JSON list, not an object"), (b'{"command": "stop"}\n', 'has no "cmd" string'), (b'{"cmd": 5}\n', 'has no "cmd" string')],
+    [
+        (b"hello\n", "is not JSON"),
+        (b"[1, 2]\n", "is a JSON list, not an object"),
+        (b'{"command": "stop"}\n', 'has no "cmd" string'),
+        (b'{"cmd": 5}\n', 'has no "cmd" string'),
+    ],
 )
 def test_malformed_requests_are_answered_reported_and_harmless(server, payload: bytes, said: str) -> None:
     run_dir, commands, warnings = server

@@ -48,7 +48,15 @@ def test_the_deferred_nan_check_stops_the_run_within_one_flush_interval(workdir:
     finds the NaN. A step takes at least DELAY here, so the flush that follows step 3 comes at
     most interval / DELAY steps later (or at the epoch's end); the run fails there, names step 3,
     and does not go on to validate or save the NaN weights."""
-    trainer = make(workdir, "nan", "run.epochs=2", f"run.log_interval={interval}", data=NAN_DATA, model={"out_features": 1, "delay": DELAY}, loss={"target": "MSELoss"})
+    trainer = make(
+        workdir,
+        "nan",
+        "run.epochs=2",
+        f"run.log_interval={interval}",
+        data=NAN_DATA,
+        model={"out_features": 1, "delay": DELAY},
+        loss={"target": "MSELoss"},
+    )
     assert trainer._exact_nan_check, "on the CPU the check is exact"
     trainer._exact_nan_check = False  # what __init__ sets for a CUDA or MPS device and for a distributed run
     assert trainer.steps_per_epoch() == 20
@@ -61,7 +69,9 @@ def test_the_deferred_nan_check_stops_the_run_within_one_flush_interval(workdir:
     else:
         assert f.step == 20, "the epoch's last flush finds it"
     (error,) = [m for m in of(events, Message) if m.level == "error"]
-    assert error.text.startswith("the training loss became nan at step 3; training stopped and the weights after it are not saved")
+    assert error.text.startswith(
+        "the training loss became nan at step 3; training stopped and the weights after it are not saved"
+    )
     assert "Lower the learning rate" in error.text
     assert not of(events, Failed) and not of(events, Validated), "no validation on NaN weights"
     assert not list((workdir / "nan" / "checkpoints").iterdir()), "no checkpoint of NaN weights"
@@ -73,7 +83,9 @@ def test_the_deferred_nan_check_stops_the_run_within_one_flush_interval(workdir:
 
 
 # ---- resume on CUDA and MPS ------------------------------------------------------------------
-def test_resume_loads_the_checkpoint_onto_the_cpu_whatever_the_device(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_loads_the_checkpoint_onto_the_cpu_whatever_the_device(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``Trainer.resume`` maps the checkpoint to the CPU (load_state_dict moves the weights and the
     optimizer state to the model's device): the RNG states stay CPU ByteTensors. A run whose
     device is CUDA (or MPS) must not load them there: torch.set_rng_state rejects those."""
@@ -104,12 +116,23 @@ def test_resume_loads_the_checkpoint_onto_the_cpu_whatever_the_device(workdir: P
 
 
 # ---- validation sums on MPS ------------------------------------------------------------------
-@pytest.mark.parametrize(("device", "dtype"), [("cpu", torch.float64), ("cuda", torch.float64), ("cuda:1", torch.float64), ("mps", torch.float32), ("mps:0", torch.float32)])
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [
+        ("cpu", torch.float64),
+        ("cuda", torch.float64),
+        ("cuda:1", torch.float64),
+        ("mps", torch.float32),
+        ("mps:0", torch.float32),
+    ],
+)
 def test_validation_sums_are_float64_except_on_mps(device: str, dtype: torch.dtype) -> None:
     assert problem.sum_dtype(torch.device(device)) == dtype
 
 
-def test_metric_totals_use_the_sum_dtype_and_float32_sums_give_the_same_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metric_totals_use_the_sum_dtype_and_float32_sums_give_the_same_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What validation on MPS does, on the CPU: float32 sums, the same metrics to float32 precision."""
     cpu = torch.device("cpu")
     g = torch.Generator().manual_seed(0)

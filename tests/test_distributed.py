@@ -57,24 +57,39 @@ def test_a_two_process_run_reports_what_one_process_would(workdir: Path) -> None
     done = run_cli("run", write_spec(workdir, run={"epochs": 3}), "--headless", *TWO, cwd=workdir)
     assert done.returncode == 0, done.stderr
     run_dir = only_run(workdir / "runs")
-    assert "distributed: 2 processes (gloo) on" in done.stdout and "batch 16 per process, 32 per optimizer step in all" in done.stdout
+    assert (
+        "distributed: 2 processes (gloo) on" in done.stdout
+        and "batch 16 per process, 32 per optimizer step in all" in done.stdout
+    )
     log = events(run_dir)
     (started,) = [e for e in log if e["event"] == "run_started"]
-    assert (started["world_size"], started["backend"], started["nodes"], started["steps_per_epoch"]) == (2, "gloo", [socket.gethostname()], 4)
+    assert (started["world_size"], started["backend"], started["nodes"], started["steps_per_epoch"]) == (
+        2,
+        "gloo",
+        [socket.gethostname()],
+        4,
+    )
     vals = [e for e in log if e["event"] == "validated"]
     assert [v["epoch"] for v in vals] == [1, 2, 3]
     # validation covers every sample once, across both ranks: the numbers of one process
     loss, acc = one_process_eval(run_dir / "checkpoints" / "last.pt")
-    assert vals[-1]["metrics"]["val_loss"] == pytest.approx(loss, rel=1e-5) and vals[-1]["metrics"]["val_acc"] == pytest.approx(acc)
+    assert vals[-1]["metrics"]["val_loss"] == pytest.approx(loss, rel=1e-5) and vals[-1]["metrics"][
+        "val_acc"
+    ] == pytest.approx(acc)
     ck = load_ckpt(run_dir / "checkpoints" / "last.pt")
-    assert list(ck["model_state_dict"]) == list(tiny.MLP().state_dict()) and (ck["world_size"], len(ck["rng_states"])) == (2, 2)
+    assert list(ck["model_state_dict"]) == list(tiny.MLP().state_dict()) and (
+        ck["world_size"],
+        len(ck["rng_states"]),
+    ) == (2, 2)
     assert summary(run_dir)["status"] == "completed"
     assert {p.name for p in (run_dir / "ranks").iterdir()} == {"rank-0.log", "rank-1.log"}
     assert not run_processes(run_dir)
 
 
 # ---- steering: keys reach every rank at the same step ----------------------------------------------
-def test_pause_save_resume_and_stop_through_the_control_socket(workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pause_save_resume_and_stop_through_the_control_socket(
+    workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A pause longer than the process-group timeout (5 s here) does not end the run: a
     collective that waited that long would raise in gloo and fail the run."""
     monkeypatch.setenv("TUILOOP_DIST_TIMEOUT", "5")
@@ -84,7 +99,9 @@ def test_pause_save_resume_and_stop_through_the_control_socket(workdir: Path, cl
     assert rank_process(1).environ()["TUILOOP_DIST_TIMEOUT"] == "5", "the ranks run with the short timeout"
     t0 = time.monotonic()
     send_command(run_dir, "pause")
-    wait_until(lambda: [e["state"] for e in events(run_dir) if e["event"] == "state"][-1:] == ["paused"], 10, "the pause")
+    wait_until(
+        lambda: [e["state"] for e in events(run_dir) if e["event"] == "state"][-1:] == ["paused"], 10, "the pause"
+    )
     assert time.monotonic() - t0 < 1.0, "a command takes effect within a second"
     held = last_step(run_dir)
     time.sleep(7)  # longer than the 5 s timeout of every collective
@@ -113,7 +130,11 @@ def test_a_rank_that_raises_fails_the_run_with_its_error(workdir: Path) -> None:
     assert (s["status"], s["reason"]) == ("failed", "rank 1 failed")
     (failed,) = [e for e in events(run_dir) if e["event"] == "failed"]
     assert failed["error"] == "rank 1: ValueError: rank 1 cannot take this batch"
-    assert failed["where"].startswith("rank 1, training, epoch 3, step") and "tiny.py:" in failed["where"] and failed["where"].endswith("in forward")
+    assert (
+        failed["where"].startswith("rank 1, training, epoch 3, step")
+        and "tiny.py:" in failed["where"]
+        and failed["where"].endswith("in forward")
+    )
     assert any("raise ValueError" in line for line in failed["user_frames"])
     assert "error: rank 1: ValueError: rank 1 cannot take this batch" in done.stdout
     assert not run_processes(run_dir)
@@ -146,7 +167,9 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_bitwise(workdir: Path, clea
     assert summary(run_dir)["status"] == "stopped" and 0 < ck["batch_in_epoch"] < 4, ck["batch_in_epoch"]
     # an error a rank left in an earlier session (a failed run is resumed too) is not this session's
     stale = run_dir / "ranks" / "rank-1.error.json"
-    stale.write_text(json.dumps({"rank": 1, "error": "ValueError: from an earlier session", "where": "rank 1, training"}))
+    stale.write_text(
+        json.dumps({"rank": 1, "error": "ValueError: from an earlier session", "where": "rank 1, training"})
+    )
     resumed = run_cli("run", "--resume", run_dir, "--headless", *TWO, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert not stale.exists()
@@ -158,7 +181,10 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_bitwise(workdir: Path, clea
     # on one process it resumes too, and says it is not the same run
     again = run_cli("run", "--resume", run_dir, "--headless", "--set", "run.epochs=5", cwd=workdir)
     assert again.returncode == 0, again.stderr
-    assert "warning: this resume is not exact: the checkpoint was written by 2 process(es) and this run has 1" in again.stdout
+    assert (
+        "warning: this resume is not exact: the checkpoint was written by 2 process(es) and this run has 1"
+        in again.stdout
+    )
 
 
 # ---- launching ---------------------------------------------------------------------------------------------
@@ -171,8 +197,26 @@ def _free_port() -> int:
 def test_two_nodes_meet_through_the_rendezvous_options(workdir: Path) -> None:
     """Two "machines" on localhost: node 0 hosts rank 0 and the run directory; node 1 runs headless."""
     spec = write_spec(workdir, run={"epochs": 2})
-    common = ["run", str(spec), "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test"]
-    node1 = subprocess.Popen([sys.executable, "-m", "tuiloop", *common, "--node-rank", "1"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+    common = [
+        "run",
+        str(spec),
+        "--nproc-per-node",
+        "1",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv-id",
+        "test",
+    ]
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "tuiloop", *common, "--node-rank", "1"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+    )
     node0 = run_cli(*common, "--node-rank", "0", "--headless", cwd=workdir, timeout=120)
     out1, _ = node1.communicate(timeout=60)
     assert node0.returncode == 0 and node1.returncode == 0, (node0.stderr, out1)
@@ -199,10 +243,24 @@ def test_sighup_to_the_launcher_ends_nothing(workdir: Path, cleanup: list[Path])
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_in_the_foreground_stops_every_rank_and_a_second_forces(workdir: Path, presses: int) -> None:
     """The second press comes within a step of 0.5 s: before the graceful stop can finish."""
-    spec = write_spec(workdir, run={"epochs": 500, "log_interval": 0.05}, model={"delay": 0.5 if presses == 2 else 0.02})
-    proc = subprocess.Popen([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless", *TWO], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+    spec = write_spec(
+        workdir, run={"epochs": 500, "log_interval": 0.05}, model={"delay": 0.5 if presses == 2 else 0.02}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless", *TWO],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
     try:
-        run_dir = wait_until(lambda: next(iter((workdir / "runs").glob("*")), None) if (workdir / "runs").is_dir() else None, 60, "the run directory")
+        run_dir = wait_until(
+            lambda: next(iter((workdir / "runs").glob("*")), None) if (workdir / "runs").is_dir() else None,
+            60,
+            "the run directory",
+        )
         wait_until(lambda: last_step(run_dir) >= 2, 60, "some steps")
         for _ in range(presses):
             os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl+C reaches the foreground group

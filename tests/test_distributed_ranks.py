@@ -42,7 +42,14 @@ def env(**extra: str) -> dict[str, str]:
 
 def tuiloop(*args: str | Path, cwd: Path, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
     """``python -m tuiloop ARGS`` in the foreground, output piped (headless)."""
-    return subprocess.run([sys.executable, "-m", "tuiloop", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
+    return subprocess.run(
+        [sys.executable, "-m", "tuiloop", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(**extra_env),
+    )
 
 
 def free_port() -> int:
@@ -62,7 +69,9 @@ def one_process_eval(ckpt: Path, x: torch.Tensor, y: torch.Tensor) -> tuple[floa
     model.load_state_dict(load_ckpt(ckpt)["model_state_dict"])
     with torch.no_grad():
         out = model(x)
-    return torch.nn.functional.cross_entropy(out, y).item(), (out.argmax(1) == y).sum().item() / len(y)  # the count over the size, exactly
+    return torch.nn.functional.cross_entropy(out, y).item(), (out.argmax(1) == y).sum().item() / len(
+        y
+    )  # the count over the size, exactly
 
 
 def assert_metrics_of_one_process(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -106,9 +115,32 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> Launch:
     """``torchrun --standalone --nproc-per-node 2 -m tuiloop run SPEC --headless``: tuiloop joins."""
     work = workspace(tmp_path_factory, "joined")
     (work / "reads").mkdir()
-    spec = write_spec(work, run={"epochs": EPOCHS}, data={"target": "tiny.py:recorded_classes", "folder": str(work / "reads"), "n": N, "n_val": N_VAL, "batch_size": 8, "val_batch_size": 8})
+    spec = write_spec(
+        work,
+        run={"epochs": EPOCHS},
+        data={
+            "target": "tiny.py:recorded_classes",
+            "folder": str(work / "reads"),
+            "n": N,
+            "n_val": N_VAL,
+            "batch_size": 8,
+            "val_batch_size": 8,
+        },
+    )
     t0 = time.monotonic()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tuiloop", "run", str(spec), "--headless"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tuiloop",
+        "run",
+        str(spec),
+        "--headless",
+    ]
     done = subprocess.run(torchrun, cwd=work, capture_output=True, text=True, timeout=120, env=env())
     return Launch(work, spec, done, time.monotonic() - t0)
 
@@ -147,8 +179,12 @@ def test_each_epoch_the_ranks_take_disjoint_shards_of_the_training_split_in_a_ne
     orders = []
     for epoch in range(EPOCHS):
         a, b = [s for _, s in r0[2 * epoch]], [s for _, s in r1[2 * epoch]]
-        assert len(a) == len(b) == len(set(a)) == len(set(b)) == (N - N_VAL) // 2, f"epoch {epoch + 1}: every rank takes its own half once"
-        assert not set(a) & set(b) and set(a) | set(b) == train_ids, f"epoch {epoch + 1}: disjoint shards that cover the split"
+        assert len(a) == len(b) == len(set(a)) == len(set(b)) == (N - N_VAL) // 2, (
+            f"epoch {epoch + 1}: every rank takes its own half once"
+        )
+        assert not set(a) & set(b) and set(a) | set(b) == train_ids, (
+            f"epoch {epoch + 1}: disjoint shards that cover the split"
+        )
         orders.append((a, b))
         va, vb = [s for _, s in r0[2 * epoch + 1]], [s for _, s in r1[2 * epoch + 1]]
         assert sorted(va + vb) == sorted(val_ids), f"epoch {epoch + 1}: validation takes each sample exactly once"
@@ -173,7 +209,9 @@ def test_what_each_rank_prints_goes_to_its_own_log(joined: Launch) -> None:
         log = (ranks / f"rank-{rank}.log").read_text()
         assert f"recorded_classes built on rank {rank}" in log and f"recorded_classes stderr of rank {rank}" in log, log
         assert f"on rank {1 - rank}" not in log and f"of rank {1 - rank}" not in log
-    assert "recorded_classes" not in joined.done.stdout + joined.done.stderr, "the user's output is in the rank logs, not on the screen"
+    assert "recorded_classes" not in joined.done.stdout + joined.done.stderr, (
+        "the user's output is in the rank logs, not on the screen"
+    )
 
 
 # ---- [run] nproc_per_node in the spec; early stopping agreed ------------------------------------------
@@ -220,7 +258,7 @@ def test_validation_of_an_in_memory_split_that_does_not_divide_evenly_equals_one
 
 
 def test_nproc_per_node_auto_without_a_gpu_is_one_process(workdir: Path) -> None:
-    """"auto" is one process per visible GPU; with none visible (a CPU machine, or
+    """ "auto" is one process per visible GPU; with none visible (a CPU machine, or
     CUDA_VISIBLE_DEVICES="") it is one process: the plain run, no torchrun, no rank logs."""
     spec = write_spec(workdir, run={"epochs": 1, "nproc_per_node": "auto"})
     done = tuiloop("run", spec, "--headless", cwd=workdir, CUDA_VISIBLE_DEVICES="")
@@ -241,7 +279,11 @@ def test_tuiloop_joins_an_srun_launch(workdir: Path) -> None:
     tasks = [
         subprocess.Popen(
             [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"],
-            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
         )  # fmt: skip
         for rank in (0, 1)
     ]
@@ -263,7 +305,13 @@ def test_tuiloop_joins_an_srun_launch(workdir: Path) -> None:
 # ---- the NaN stop and force on two ranks ------------------------------------------------------------------
 def test_a_nan_loss_stops_every_rank(workdir: Path) -> None:
     """Sample 40 has a NaN feature: the mean loss of both ranks goes NaN at the same flush, on both."""
-    spec = write_spec(workdir, run={"epochs": 20}, data={"target": "tiny.py:with_nan"}, model={"out_features": 1}, loss={"target": "MSELoss"})
+    spec = write_spec(
+        workdir,
+        run={"epochs": 20},
+        data={"target": "tiny.py:with_nan"},
+        model={"out_features": 1},
+        loss={"target": "MSELoss"},
+    )
     t0 = time.monotonic()
     done = tuiloop("run", spec, "--headless", *TWO, cwd=workdir, timeout=60)
     assert time.monotonic() - t0 < 30
@@ -275,11 +323,19 @@ def test_a_nan_loss_stops_every_rank(workdir: Path) -> None:
     assert not run_processes(run_dir)
 
 
-def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(
+    workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both ranks hang in their 41st read (the third batch of 16): no step boundary comes, force does not wait for one."""
     marker = workdir / "stuck"
     monkeypatch.setenv("TUILOOP_DIST_TIMEOUT", DIST_TIMEOUT)
-    run_dir = start_detached(write_spec(workdir, run={"epochs": 5}, data={"target": "tiny.py:stalling_classes", "marker": str(marker), "after": 40}), cwd=workdir, extra=TWO)
+    run_dir = start_detached(
+        write_spec(
+            workdir, run={"epochs": 5}, data={"target": "tiny.py:stalling_classes", "marker": str(marker), "after": 40}
+        ),
+        cwd=workdir,
+        extra=TWO,
+    )
     cleanup.append(run_dir)
     wait_until(marker.exists, 60, "the ranks to block in a data read")
     time.sleep(0.3)  # the other rank reaches its own hung read
@@ -297,7 +353,9 @@ def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(workdir: Pat
 def zombie_maker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     """A process that looks like tuiloop's launcher of a run in ``tmp_path`` and never waits for the child it started."""
     code = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', '']); print(p.pid, flush=True); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "tuiloop", "_launch", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "tuiloop", "_launch", str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         yield proc, int(proc.stdout.readline())
@@ -306,7 +364,9 @@ def zombie_maker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
         proc.wait()
 
 
-def test_a_zombie_child_of_a_tuiloop_process_counts_as_left_behind(zombie_maker: tuple[subprocess.Popen, int], tmp_path: Path) -> None:
+def test_a_zombie_child_of_a_tuiloop_process_counts_as_left_behind(
+    zombie_maker: tuple[subprocess.Popen, int], tmp_path: Path
+) -> None:
     maker, child = zombie_maker
     wait_until(lambda: psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10, "the child to end unwaited")
     left = {p.pid for p in run_processes(tmp_path)}

@@ -67,7 +67,10 @@ GOLDEN_LOSSES = [
 GOLDEN_VAL = [0.9258130788803101, 0.675, 0.7280835986137391, 0.875]  # (val_loss, val_acc) per epoch
 
 
-@pytest.mark.skipif(not torch.__version__.startswith("2.13."), reason=f"golden losses were computed with torch 2.13; torch {torch.__version__} may initialise or draw differently")
+@pytest.mark.skipif(
+    not torch.__version__.startswith("2.13."),
+    reason=f"golden losses were computed with torch 2.13; torch {torch.__version__} may initialise or draw differently",
+)
 def test_golden_losses(workdir: Path) -> None:
     code, events, _ = train(workdir, "run.epochs=2", model={"dropout": 0.2})
     assert code == 0
@@ -119,7 +122,14 @@ class Recorder(nn.Module):
         return self.net(x)
 
 
-def make_trainer(model: nn.Module, options: Options, data: Any = None, scheduler: Any = None, lr: float = 0.01, run_dir: Path | None = None) -> Trainer:
+def make_trainer(
+    model: nn.Module,
+    options: Options,
+    data: Any = None,
+    scheduler: Any = None,
+    lr: float = 0.01,
+    run_dir: Path | None = None,
+) -> Trainer:
     """A Trainer built from objects, the way the README's Python API shows."""
     train_set, val_set = data or tiny.classes()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -186,11 +196,15 @@ def test_early_stopping_counts_validation_checks_not_epochs(workdir: Path) -> No
     assert summary is not None and summary["status"] == "early_stopped" and summary["epochs_done"] == 6
     # the best checkpoint has no min_delta: it follows every improvement
     accs = {v.epoch: v.metrics["val_acc"] for v in of(events, Validated)}
-    assert summary["best_value"] == max(accs.values()) and summary["best_epoch"] == max(accs, key=lambda e: (accs[e], -e))
+    assert summary["best_value"] == max(accs.values()) and summary["best_epoch"] == max(
+        accs, key=lambda e: (accs[e], -e)
+    )
 
 
 def test_early_stopping_mode_max_follows_the_metric(workdir: Path) -> None:
-    code, events, _ = train(workdir, "run.epochs=30", early_stopping={"monitor": "val_acc", "patience": 3}, optimizer={"lr": 0.05})
+    code, events, _ = train(
+        workdir, "run.epochs=30", early_stopping={"monitor": "val_acc", "patience": 3}, optimizer={"lr": 0.05}
+    )
     updates = of(events, EarlyStopUpdate)
     accs = [v.metrics["val_acc"] for v in of(events, Validated)]
     best = -math.inf
@@ -232,7 +246,9 @@ class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 
 def test_plateau_subclass_gets_the_scheduler_monitor() -> None:
     torch.manual_seed(0)
-    trainer = make_trainer(tiny.MLP(), Options(epochs=3, scheduler_monitor="val_acc"), scheduler=lambda o: RecordingPlateau(o, mode="max"))
+    trainer = make_trainer(
+        tiny.MLP(), Options(epochs=3, scheduler_monitor="val_acc"), scheduler=lambda o: RecordingPlateau(o, mode="max")
+    )
     events: list[Event] = []
     trainer.subscribe(events.append)
     assert trainer.run().status == "completed"
@@ -258,26 +274,46 @@ def test_scheduler_per_step_and_per_epoch(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("sections", "expected"),
     [
-        ({"data": {"float_targets": True}}, ["CrossEntropyLoss needs class indices of dtype torch.long", "torch.float32", "y.long()"]),
+        (
+            {"data": {"float_targets": True}},
+            ["CrossEntropyLoss needs class indices of dtype torch.long", "torch.float32", "y.long()"],
+        ),
         ({"data": {"label_offset": 1}}, ["outputs 3 class scores but the targets contain class 3", "4 outputs"]),
         ({"data": {"num_classes": 5}}, ["outputs 3 class scores but the targets contain class 4", "5 outputs"]),
         ({"model": {"out_features": 1}}, ["1 output", "BCEWithLogitsLoss"]),
         (
-            {"data": {"target": "tiny.py:regression", "column": False}, "model": {"out_features": 1}, "loss": {"target": "MSELoss"}},
+            {
+                "data": {"target": "tiny.py:regression", "column": False},
+                "model": {"out_features": 1},
+                "loss": {"target": "MSELoss"},
+            },
             ["MSELoss needs outputs and targets of the same shape", "(16, 1)", "(16)", "y.unsqueeze(1)"],
         ),
         (
-            {"data": {"target": "tiny.py:binary", "column": False}, "model": {"out_features": 1}, "loss": {"target": "BCEWithLogitsLoss"}},
+            {
+                "data": {"target": "tiny.py:binary", "column": False},
+                "model": {"out_features": 1},
+                "loss": {"target": "BCEWithLogitsLoss"},
+            },
             ["BCEWithLogitsLoss needs outputs and targets of the same shape", "(16, 1)", "y.unsqueeze(1)"],
         ),
         (
-            {"data": {"target": "tiny.py:binary", "long_targets": True}, "model": {"out_features": 1}, "loss": {"target": "BCEWithLogitsLoss"}},
+            {
+                "data": {"target": "tiny.py:binary", "long_targets": True},
+                "model": {"out_features": 1},
+                "loss": {"target": "BCEWithLogitsLoss"},
+            },
             ["BCEWithLogitsLoss needs float targets", "torch.int64", "y.float()"],
         ),
-        ({"early_stopping": {"monitor": "val_mae"}}, ["[early_stopping] monitor = 'val_mae' is not reported for this multiclass problem", "val_acc"]),
+        (
+            {"early_stopping": {"monitor": "val_mae"}},
+            ["[early_stopping] monitor = 'val_mae' is not reported for this multiclass problem", "val_acc"],
+        ),
     ],
 )
-def test_setup_mistakes_stop_at_the_first_batch(workdir: Path, recwarn: pytest.WarningsRecorder, sections: dict[str, Any], expected: list[str]) -> None:
+def test_setup_mistakes_stop_at_the_first_batch(
+    workdir: Path, recwarn: pytest.WarningsRecorder, sections: dict[str, Any], expected: list[str]
+) -> None:
     code, events, run_dir = train(workdir, **sections)
     assert code == 1
     (failed,) = of(events, Failed)
@@ -287,7 +323,9 @@ def test_setup_mistakes_stop_at_the_first_batch(workdir: Path, recwarn: pytest.W
     f = finished(events)
     assert (f.status, f.step) == ("failed", 0)
     assert read_json(run_dir / "summary.json")["status"] == "failed"  # type: ignore[index]
-    assert not [w for w in recwarn if "broadcast" in str(w.message)], "the check must come before PyTorch's own loss call"
+    assert not [w for w in recwarn if "broadcast" in str(w.message)], (
+        "the check must come before PyTorch's own loss call"
+    )
 
 
 def test_float64_inputs_against_a_float32_model_name_the_fix(workdir: Path) -> None:
@@ -313,11 +351,16 @@ def test_early_stopping_on_the_train_loss_without_a_validation_split(workdir: Pa
     # asking for a validation metric without a validation split says what to do
     code, events, _ = train(workdir, data={"target": "tiny.py:train_only"}, early_stopping={"monitor": "val_loss"})
     (failed,) = of(events, Failed)
-    assert code == 1 and "[early_stopping] monitor = 'val_loss' needs a validation split, and the data has none" in failed.error
+    assert (
+        code == 1
+        and "[early_stopping] monitor = 'val_loss' needs a validation split, and the data has none" in failed.error
+    )
 
 
 @pytest.mark.parametrize("folder", ["torch", "tuiloop"])
-def test_the_failure_location_is_the_users_line_even_in_a_folder_named_like_a_library(tmp_path: Path, folder: str) -> None:
+def test_the_failure_location_is_the_users_line_even_in_a_folder_named_like_a_library(
+    tmp_path: Path, folder: str
+) -> None:
     """Frames are judged by the import paths of torch and tuiloop, not by folder names."""
     import shutil
 
@@ -334,7 +377,10 @@ def test_the_failure_location_is_the_users_line_even_in_a_folder_named_like_a_li
     assert code == 1
     (failed,) = of(events, Failed)
     assert failed.where.endswith("crashy.py:4 in forward"), failed.where
-    assert failed.user_frames == [f'File "{project / "crashy.py"}", line 4, in forward', "  raise ValueError('a bad batch on purpose')"]
+    assert failed.user_frames == [
+        f'File "{project / "crashy.py"}", line 4, in forward',
+        "  raise ValueError('a bad batch on purpose')",
+    ]
 
 
 def test_the_engine_imports_neither_the_spec_nor_the_screen() -> None:
@@ -364,7 +410,11 @@ def test_softmax_before_cross_entropy_warns(workdir: Path) -> None:
 
 def test_nan_loss_stops_with_the_last_good_state(workdir: Path) -> None:
     """Sample 40 has a NaN feature; unshuffled batches of 16 put it in step 3."""
-    sections = {"data": {"target": "tiny.py:with_nan", "shuffle": False}, "model": {"out_features": 1}, "loss": {"target": "MSELoss"}}
+    sections = {
+        "data": {"target": "tiny.py:with_nan", "shuffle": False},
+        "model": {"out_features": 1},
+        "loss": {"target": "MSELoss"},
+    }
     code, events, run_dir = train(workdir, "run.epochs=3", **sections)
     assert code == 1
     f = finished(events)
@@ -406,7 +456,12 @@ def test_to_device_moves_nested_structures() -> None:
 
 def test_dict_batches_through_the_dataloader_path(workdir: Path) -> None:
     """A Dataset of dicts with a nested list: collated by a DataLoader, passed as keyword inputs."""
-    code, events, run_dir = train(workdir, "run.epochs=4", model={"target": "tiny.py:DictModel", "hidden": None}, data={"target": "tiny.py:dict_classes"})
+    code, events, run_dir = train(
+        workdir,
+        "run.epochs=4",
+        model={"target": "tiny.py:DictModel", "hidden": None},
+        data={"target": "tiny.py:dict_classes"},
+    )
     assert code == 0, of(events, Failed)
     vals = of(events, Validated)
     assert vals[-1].metrics["val_loss"] < vals[0].metrics["val_loss"]
@@ -432,12 +487,34 @@ def test_tuple_dataset_and_user_dataloaders(workdir: Path) -> None:
     ("problem", "sections", "metric"),
     [
         ("multiclass", {}, "val_acc"),
-        ("binary", {"data": {"target": "tiny.py:binary"}, "model": {"out_features": 1}, "loss": {"target": "BCEWithLogitsLoss"}}, "val_acc"),
-        ("multilabel", {"data": {"target": "tiny.py:multilabel"}, "model": {"out_features": 3}, "loss": {"target": "BCEWithLogitsLoss"}}, "val_acc"),
-        ("regression", {"data": {"target": "tiny.py:regression"}, "model": {"out_features": 1}, "loss": {"target": "L1Loss"}}, "val_mae"),
+        (
+            "binary",
+            {
+                "data": {"target": "tiny.py:binary"},
+                "model": {"out_features": 1},
+                "loss": {"target": "BCEWithLogitsLoss"},
+            },
+            "val_acc",
+        ),
+        (
+            "multilabel",
+            {
+                "data": {"target": "tiny.py:multilabel"},
+                "model": {"out_features": 3},
+                "loss": {"target": "BCEWithLogitsLoss"},
+            },
+            "val_acc",
+        ),
+        (
+            "regression",
+            {"data": {"target": "tiny.py:regression"}, "model": {"out_features": 1}, "loss": {"target": "L1Loss"}},
+            "val_mae",
+        ),
     ],
 )
-def test_problem_type_and_metric_match_a_hand_computation(workdir: Path, problem: str, sections: dict[str, Any], metric: str) -> None:
+def test_problem_type_and_metric_match_a_hand_computation(
+    workdir: Path, problem: str, sections: dict[str, Any], metric: str
+) -> None:
     code, events, run_dir = train(workdir, "run.epochs=2", **sections)
     assert code == 0
     val = of(events, Validated)[-1]

@@ -33,7 +33,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished(workdir: Path) -> Path:
     """Three epochs of 8 steps, the gradient norm logged; no live mirror."""
-    spec = write_spec(workdir, "plain.toml", run={"name": "plain", "out_dir": str(workdir / "runs")}, train={"log_grad_norm": True})
+    spec = write_spec(
+        workdir, "plain.toml", run={"name": "plain", "out_dir": str(workdir / "runs")}, train={"log_grad_norm": True}
+    )
     done = run_cli("run", spec, "--headless", cwd=workdir)
     assert done.returncode == 0, done.stderr
     return only_run(workdir / "runs")
@@ -42,7 +44,11 @@ def finished(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def mirrored(workdir: Path) -> Path:
     """Two epochs with the live TensorBoard mirror."""
-    spec = write_spec(workdir, "mirrored.toml", run={"name": "mirrored", "epochs": 2, "tensorboard": True, "out_dir": str(workdir / "mirrored")})
+    spec = write_spec(
+        workdir,
+        "mirrored.toml",
+        run={"name": "mirrored", "epochs": 2, "tensorboard": True, "out_dir": str(workdir / "mirrored")},
+    )
     done = run_cli("run", spec, "--headless", cwd=workdir)
     assert done.returncode == 0, done.stderr
     return only_run(workdir / "mirrored")
@@ -52,7 +58,12 @@ def mirrored(workdir: Path) -> Path:
 def resumed(workdir: Path) -> Iterator[dict[str, Any]]:
     """A mirrored run exported while live, killed (SIGKILL) in epoch 2 after logging steps its
     checkpoint does not hold, exported crashed, then resumed to the end."""
-    spec = write_spec(workdir, "slow.toml", run={"name": "slow", "epochs": 100, "tensorboard": True, "out_dir": str(workdir / "slow")}, model={"delay": 0.05})
+    spec = write_spec(
+        workdir,
+        "slow.toml",
+        run={"name": "slow", "epochs": 100, "tensorboard": True, "out_dir": str(workdir / "slow")},
+        model={"delay": 0.05},
+    )
     run_dir = start_detached(spec, cwd=workdir)
     try:
         wait_live(run_dir)
@@ -86,7 +97,14 @@ def logged_steps(log: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         elif e["event"] == "train_steps":
             norms = e.get("grad_norms") or []
             for i, loss in enumerate(e["losses"]):
-                out[e["first_step"] + i] = {"epoch": e["epoch"], "time": e["time"], "loss": loss, "lr": e["lr"], "grad_norm": norms[i] if norms else None, "rate": e["samples_per_s"]}
+                out[e["first_step"] + i] = {
+                    "epoch": e["epoch"],
+                    "time": e["time"],
+                    "loss": loss,
+                    "lr": e["lr"],
+                    "grad_norm": norms[i] if norms else None,
+                    "rate": e["samples_per_s"],
+                }
     return out
 
 
@@ -119,7 +137,9 @@ def tfrecords(path: Path) -> Iterator[bytes]:
         if pos + 16 + length > len(data):
             return  # a killed writer's last record
         body = data[pos + 12 : pos + 12 + length]
-        assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == _masked(body), f"{path}: bad data CRC at {pos}"
+        assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == _masked(body), (
+            f"{path}: bad data CRC at {pos}"
+        )
         yield body
         pos += 16 + length
 
@@ -142,13 +162,22 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float, float]]]:
     return out
 
 
-def check_scalars(scalars: dict[str, list[tuple[int, float, float]]], log: list[dict[str, Any]], grad_norm: bool) -> None:
+def check_scalars(
+    scalars: dict[str, list[tuple[int, float, float]]], log: list[dict[str, Any]], grad_norm: bool
+) -> None:
     """The scalars hold every step of the log once (as last logged), and every validation."""
     steps = logged_steps(log)
     vals = validations(log)
-    expected = {"train/loss", "train/lr", "train/samples_per_s", "train/epoch_loss", "val/loss", "val/acc"} | ({"train/grad_norm"} if grad_norm else set())
+    expected = {"train/loss", "train/lr", "train/samples_per_s", "train/epoch_loss", "val/loss", "val/acc"} | (
+        {"train/grad_norm"} if grad_norm else set()
+    )
     assert set(scalars) == expected
-    for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("train/samples_per_s", "rate"), ("train/grad_norm", "grad_norm")):
+    for tag, key in (
+        ("train/loss", "loss"),
+        ("train/lr", "lr"),
+        ("train/samples_per_s", "rate"),
+        ("train/grad_norm", "grad_norm"),
+    ):
         if tag not in scalars:
             continue
         assert [p[0] for p in scalars[tag]] == sorted(steps), tag
@@ -167,13 +196,25 @@ def check_csv(text: str, log: list[dict[str, Any]]) -> list[dict[str, str]]:
     assert [int(r["step"]) for r in step_rows] == sorted(steps)
     for r in step_rows:
         s = steps[int(r["step"])]
-        assert (int(r["epoch"]), float(r["time"]), float(r["train_loss"]), float(r["lr"]), float(r["samples_per_s"])) == (s["epoch"], s["time"], s["loss"], s["lr"], s["rate"])
+        assert (
+            int(r["epoch"]),
+            float(r["time"]),
+            float(r["train_loss"]),
+            float(r["lr"]),
+            float(r["samples_per_s"]),
+        ) == (s["epoch"], s["time"], s["loss"], s["lr"], s["rate"])
         assert r["grad_norm"] == ("" if s["grad_norm"] is None else str(s["grad_norm"]))
         assert r["val_loss"] == r["val_acc"] == ""
     val_rows = [r for r in rows if r["kind"] == "validation"]
-    assert [(int(r["epoch"]), int(r["step"]), float(r["time"])) for r in val_rows] == [(v["epoch"], v["step"], v["time"]) for v in validations(log)]
+    assert [(int(r["epoch"]), int(r["step"]), float(r["time"])) for r in val_rows] == [
+        (v["epoch"], v["step"], v["time"]) for v in validations(log)
+    ]
     for r, v in zip(val_rows, validations(log), strict=True):
-        assert (float(r["train_loss"]), float(r["val_loss"]), float(r["val_acc"])) == (v["metrics"]["train_loss"], v["metrics"]["val_loss"], v["metrics"]["val_acc"])
+        assert (float(r["train_loss"]), float(r["val_loss"]), float(r["val_acc"])) == (
+            v["metrics"]["train_loss"],
+            v["metrics"]["val_loss"],
+            v["metrics"]["val_acc"],
+        )
         assert r["lr"] == r["grad_norm"] == r["samples_per_s"] == ""
     # each validation right after the last step of its epoch
     for i, r in enumerate(rows):
@@ -207,7 +248,10 @@ def test_tensorboard_export_holds_the_scalars_of_the_log(finished: Path, workdir
     done = run_cli("export", finished, "--format", "tensorboard", cwd=workdir)
     assert done.returncode == 0, done.stderr
     logdir = finished / "tensorboard"
-    assert done.stdout.splitlines() == [f"wrote {24 * 4 + 3 * 3} scalars (24 steps, 3 validations) to {logdir}/", f"  view them: tensorboard --logdir {logdir}"]
+    assert done.stdout.splitlines() == [
+        f"wrote {24 * 4 + 3 * 3} scalars (24 steps, 3 validations) to {logdir}/",
+        f"  view them: tensorboard --logdir {logdir}",
+    ]
     check_scalars(read_scalars(logdir), events(finished), grad_norm=True)
     again = run_cli("export", finished, "--format", "tensorboard", cwd=workdir)  # replaces its earlier file
     assert again.returncode == 0, again.stderr
@@ -223,7 +267,9 @@ def test_live_mirror_equals_the_log_and_the_export(mirrored: Path, workdir: Path
     # the export into the mirror's folder would double every point: it says so and writes nothing
     refused = run_cli("export", mirrored, "--format", "tensorboard", cwd=workdir)
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.startswith(f"tuiloop: error: {mirrored / 'tensorboard'} already holds 1 event file(s) that tuiloop export did not write")
+    assert refused.stderr.startswith(
+        f"tuiloop: error: {mirrored / 'tensorboard'} already holds 1 event file(s) that tuiloop export did not write"
+    )
     done = run_cli("export", mirrored, "--format", "tensorboard", "-o", workdir / "tb-mirrored", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert read_scalars(workdir / "tb-mirrored") == live
@@ -256,7 +302,9 @@ def test_crashed_and_live_runs_export_what_they_logged(resumed: dict[str, Any], 
     columns, rows = read_csv((workdir / "live.csv").read_text(encoding="utf-8"))
     assert columns[: len(FIXED)] == FIXED
     steps = logged_steps(resumed["crashed_log"])
-    assert len(rows) >= 2 and all(float(r["train_loss"]) == steps[int(r["step"])]["loss"] for r in rows if r["kind"] == "step")
+    assert len(rows) >= 2 and all(
+        float(r["train_loss"]) == steps[int(r["step"])]["loss"] for r in rows if r["kind"] == "step"
+    )
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -265,7 +313,10 @@ def test_errors_say_what_was_wrong(finished: Path, workdir: Path) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("tuiloop: error: no run directory 'no-such-run'")
     bad = run_cli("export", finished, "--format", "parquet", cwd=workdir)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "tuiloop: error: unknown export format 'parquet': use --format csv or --format tensorboard."
+    assert (
+        bad.stderr.strip()
+        == "tuiloop: error: unknown export format 'parquet': use --format csv or --format tensorboard."
+    )
     close = run_cli("export", finished, "--format", "tensorbord", cwd=workdir)
     assert close.returncode == 2 and close.stderr.strip().endswith("Did you mean 'tensorboard'?")
     stdout = run_cli("export", finished, "--format", "tensorboard", "-o", "-", cwd=workdir)
@@ -276,12 +327,16 @@ def test_without_tensorboardx(finished: Path, workdir: Path, tmp_path: Path, mon
     """tensorboardX cannot be imported: the export and the spec option say how to install it; CSV still works."""
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "tensorboardX.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorboardX'\", name='tensorboardX')\n")
+    (shadow / "tensorboardX.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorboardX'\", name='tensorboardX')\n"
+    )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")])))
     done = run_cli("export", finished, "--format", "tensorboard", "-o", tmp_path / "tb", cwd=workdir)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("tuiloop: error: writing TensorBoard event files needs tensorboardX")
-    assert "pip install 'tuiloop[tensorboard]'" in done.stderr and f"tuiloop export {finished} --format csv" in done.stderr
+    assert (
+        "pip install 'tuiloop[tensorboard]'" in done.stderr and f"tuiloop export {finished} --format csv" in done.stderr
+    )
     assert not (tmp_path / "tb").exists()
     assert run_cli("export", finished, "-o", tmp_path / "x.csv", cwd=workdir).returncode == 0
     shutil.copy(FIXTURES / "tiny.py", tmp_path / "tiny.py")
@@ -289,7 +344,9 @@ def test_without_tensorboardx(finished: Path, workdir: Path, tmp_path: Path, mon
     for mode in ("--headless", "--detach"):
         run = run_cli("run", spec, mode, cwd=tmp_path)
         assert run.returncode == 2, run.stdout
-        assert run.stderr.startswith(f"tuiloop: error: {spec}, [run] tensorboard: mirroring the run to TensorBoard needs tensorboardX"), run.stderr
+        assert run.stderr.startswith(
+            f"tuiloop: error: {spec}, [run] tensorboard: mirroring the run to TensorBoard needs tensorboardX"
+        ), run.stderr
         assert "pip install 'tuiloop[tensorboard]'" in run.stderr and "or set tensorboard = false" in run.stderr
         assert not (tmp_path / "runs").exists()  # refused before any run directory was made
 
@@ -297,7 +354,9 @@ def test_without_tensorboardx(finished: Path, workdir: Path, tmp_path: Path, mon
 def test_the_mirror_turned_on_when_resuming_holds_the_whole_run(finished: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / finished.name
     shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("tensorboard", "export.csv"))
-    done = run_cli("run", "--resume", run_dir, "--headless", "--set", "run.epochs=4", "--set", "run.tensorboard=true", cwd=tmp_path)
+    done = run_cli(
+        "run", "--resume", run_dir, "--headless", "--set", "run.epochs=4", "--set", "run.tensorboard=true", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert "run.tensorboard" in done.stdout
     scalars = read_scalars(run_dir / "tensorboard")

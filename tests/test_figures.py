@@ -17,12 +17,31 @@ from tuiloop.tui.plot import log_ticks, render_figure
 T0 = 1_700_000_000.0
 
 
-def run(epochs: int = 10, spe: int = 100, monitor: str = "val_loss", mode: str = "min", spike_at: int | None = None) -> MonitorModel:
+def run(
+    epochs: int = 10, spe: int = 100, monitor: str = "val_loss", mode: str = "min", spike_at: int | None = None
+) -> MonitorModel:
     """A run whose val_loss is best at epoch 4 and val_acc best at epoch 7; 1 s per epoch."""
     m = MonitorModel()
-    m.apply(RunStarted(run_name="fig", run_dir="/r", device="cpu", device_name="cpu", epochs=epochs, steps_per_epoch=spe, batch_size=8, train_size=800,
-                       val_size=100, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor=monitor, mode=mode, patience=None,
-                       num_params=10, time=T0))
+    m.apply(
+        RunStarted(
+            run_name="fig",
+            run_dir="/r",
+            device="cpu",
+            device_name="cpu",
+            epochs=epochs,
+            steps_per_epoch=spe,
+            batch_size=8,
+            train_size=800,
+            val_size=100,
+            problem="multiclass",
+            metrics=["train_loss", "val_loss", "val_acc"],
+            monitor=monitor,
+            mode=mode,
+            patience=None,
+            num_params=10,
+            time=T0,
+        )
+    )
     best_loss = best_acc = None
     for e in range(1, epochs + 1):
         first = (e - 1) * spe + 1
@@ -32,10 +51,14 @@ def run(epochs: int = 10, spe: int = 100, monitor: str = "val_loss", mode: str =
         m.apply(TrainSteps(e, first, losses, spe, 0.1, 1e3, time=T0 + e))
         val = 1.0 - 0.1 * min(e, 4) + 0.05 * max(e - 4, 0)
         acc = 0.5 + 0.05 * min(e, 7) - 0.02 * max(e - 7, 0)
-        is_best = (best_loss is None or val < best_loss) if monitor == "val_loss" else (best_acc is None or acc > best_acc)
+        is_best = (
+            (best_loss is None or val < best_loss) if monitor == "val_loss" else (best_acc is None or acc > best_acc)
+        )
         best_loss = val if best_loss is None or val < best_loss else best_loss
         best_acc = acc if best_acc is None or acc > best_acc else best_acc
-        m.apply(Validated(e, e * spe, {"train_loss": 0.5, "val_loss": val, "val_acc": acc}, is_best, 0.0, time=T0 + e + 0.1))
+        m.apply(
+            Validated(e, e * spe, {"train_loss": 0.5, "val_loss": val, "val_acc": acc}, is_best, 0.0, time=T0 + e + 0.1)
+        )
     return m
 
 
@@ -112,19 +135,34 @@ def test_zoom_into_the_last_epoch_of_a_million_steps_draws_it_step_by_step() -> 
     one-step spike in it at its own step."""
     m = run(epochs=100, spe=10_000)
     spike = 1_003_500
-    m.apply(TrainSteps(101, 1_000_001, [50.0 if 1_000_001 + i == spike else 0.1 for i in range(4000)], 4000, 0.1, 1e3, time=T0 + 101))
+    m.apply(
+        TrainSteps(
+            101,
+            1_000_001,
+            [50.0 if 1_000_001 + i == spike else 0.1 for i in range(4000)],
+            4000,
+            0.1,
+            1e3,
+            time=T0 + 101,
+        )
+    )
     buckets = [x for x in m.train.points()[0] if x > 1_000_000]
     fig = loss_figure(m, 60, View(zoom="epoch", x_axis="steps"))
     (train,) = [ln for ln in fig.lines if ln.color == TRAIN]
     (band,) = [ln for ln in fig.lines if ln.color == RAW]
     assert len(buckets) <= 4 and len(train.xs) >= 100, "the buckets have a few points there; the steps fill the plot"
     assert min(train.xs) > 1_000_000 and max(band.ys) == 50.0
-    assert min(abs(x - spike) for x, y in zip(band.xs, band.ys, strict=True) if y == 50.0) <= 4000 / 60, "the spike at its step, to a cell"
+    assert min(abs(x - spike) for x, y in zip(band.xs, band.ys, strict=True) if y == 50.0) <= 4000 / 60, (
+        "the spike at its step, to a cell"
+    )
 
 
 def test_the_x_axis_shows_epochs_steps_or_wall_time() -> None:
     m = run(epochs=10, spe=100)
-    xs = {axis: [ln for ln in loss_figure(m, 60, View(x_axis=axis)).lines if ln.color == TRAIN][0].xs for axis in ("epochs", "steps", "time")}
+    xs = {
+        axis: [ln for ln in loss_figure(m, 60, View(x_axis=axis)).lines if ln.color == TRAIN][0].xs
+        for axis in ("epochs", "steps", "time")
+    }
     assert max(xs["epochs"]) == pytest.approx(10, abs=0.1)
     assert max(xs["steps"]) == pytest.approx(1000, abs=10)
     assert 0 < max(xs["time"]) <= 10.5, "seconds since the start"
@@ -142,12 +180,20 @@ def test_plotexts_colours_are_decoded_as_rich_decodes_them(monkeypatch: pytest.M
     decode = plot._from_ansi
     monkeypatch.setattr(plot, "_from_ansi", lambda out: (drawn.append(out), decode(out))[1])
     m = run(epochs=30)
-    for fig, w, h in ((loss_figure(m, 75), 75, 24), (lr_figure(m, 44), 44, 12), (loss_figure(m, 75, View(log_y=True, x_axis="time")), 75, 24)):
+    for fig, w, h in (
+        (loss_figure(m, 75), 75, 24),
+        (lr_figure(m, 44), 44, 12),
+        (loss_figure(m, 75, View(log_y=True, x_axis="time")), 75, 24),
+    ):
         render_figure(fig, w, h)
     assert len(drawn) == 3
 
     def colours(text: Text) -> list[tuple[str, int | None]]:
-        return [(seg.text[i], seg.style.color.number if seg.style and seg.style.color else None) for seg in text.render(Console()) for i in range(len(seg.text))]
+        return [
+            (seg.text[i], seg.style.color.number if seg.style and seg.style.color else None)
+            for seg in text.render(Console())
+            for i in range(len(seg.text))
+        ]
 
     for out in drawn:
         ours, rich_ = decode(out), Text.from_ansi(out, no_wrap=True)

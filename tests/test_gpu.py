@@ -64,7 +64,13 @@ def test_a_stop_and_a_resume_on_cuda(workdir: Path, precision: str) -> None:
     ref = make(workdir, "ref", *sets, model={"dropout": 0.3})
     assert ref.run().status == "completed"
     first = make(workdir, "cut", *sets, model={"dropout": 0.3})
-    first.subscribe(lambda e: first.commands.send("stop") if isinstance(e, TrainSteps) and e.first_step + len(e.losses) - 1 == 11 else None)
+    first.subscribe(
+        lambda e: (
+            first.commands.send("stop")
+            if isinstance(e, TrainSteps) and e.first_step + len(e.losses) - 1 == 11
+            else None
+        )
+    )
     assert first.run().status == "stopped"
     ck = load_ckpt(workdir / "cut" / "checkpoints" / "last.pt")
     assert ck["step"] == 11
@@ -80,13 +86,18 @@ def test_a_stop_and_a_resume_on_cuda(workdir: Path, precision: str) -> None:
 
 
 def test_16_mixed_reports_the_loss_scale_and_a_skipped_step_is_not_a_failure(workdir: Path) -> None:
-    code, events, _ = train(workdir, "run.epochs=2", "train.precision=16-mixed", model={"target": "tiny.py:Overflow", "at": 5})
+    code, events, _ = train(
+        workdir, "run.epochs=2", "train.precision=16-mixed", model={"target": "tiny.py:Overflow", "at": 5}
+    )
     assert code == 0, of(events, Failed)
     steps = of(events, TrainSteps)
     assert sum(e.skipped_steps for e in steps) >= 1
     assert all(e.loss_scale and e.loss_scale > 0 for e in steps)
     assert of(events, Finished)[0].status == "completed"
-    assert all(v.metrics["train_loss"] == v.metrics["train_loss"] and v.metrics["train_loss"] < 1e3 for v in of(events, Validated)), "skipped steps stay out of the epoch's mean"
+    assert all(
+        v.metrics["train_loss"] == v.metrics["train_loss"] and v.metrics["train_loss"] < 1e3
+        for v in of(events, Validated)
+    ), "skipped steps stay out of the epoch's mean"
 
 
 def test_bf16_mixed_runs_the_forward_in_bfloat16(workdir: Path) -> None:
@@ -111,7 +122,14 @@ def test_steady_state_steps_do_not_sync_with_the_host(workdir: Path, precision: 
     """Between flushes a step makes no host sync: with flushes only at the ends of epochs, the
     second epoch's 60 steps make as few syncs as the flush itself (torch's sync debug mode counts).
     Clipping neither: the total norm stays on the device, read with the losses at the flush."""
-    sets = ("run.epochs=2", "run.log_interval=1e9", f"train.precision={precision}", f"train.gradient_clip_val={clip}", "checkpoint.best=false", "checkpoint.last=false")  # a save copies to the host
+    sets = (
+        "run.epochs=2",
+        "run.log_interval=1e9",
+        f"train.precision={precision}",
+        f"train.gradient_clip_val={clip}",
+        "checkpoint.best=false",
+        "checkpoint.last=false",
+    )  # a save copies to the host
     trainer = make(workdir, "sync", *sets, data={"n": 1000, "n_val": 40})
     assert trainer.steps_per_epoch() == 60
     window: dict[str, Any] = {}
@@ -165,7 +183,15 @@ def test_two_gpus_with_nccl(workdir: Path) -> None:
     from conftest import only_run, run_cli
     from runs_support import events, summary
 
-    done = run_cli("run", write_spec(workdir, run={"epochs": 3, "device": "auto"}), "--headless", "--nproc-per-node", "2", cwd=workdir, timeout=300)
+    done = run_cli(
+        "run",
+        write_spec(workdir, run={"epochs": 3, "device": "auto"}),
+        "--headless",
+        "--nproc-per-node",
+        "2",
+        cwd=workdir,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     run_dir = only_run(workdir / "runs")
     (started,) = [e for e in events(run_dir) if e["event"] == "run_started"]

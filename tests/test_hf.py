@@ -38,4 +38,6 @@ def test_a_hugging_face_gpt2_trains_through_a_spec(workdir: Path) -> None:
     (f,) = [e for e in events if isinstance(e, Finished)]
     assert f.step == 3 * 8  # 15 batches of 16 per epoch, in groups of 2
     keys = load_ckpt(run_dir / "checkpoints" / "best.pt")["model_state_dict"]
-    assert "transformer.h.1.attn.c_attn.weight" in keys and not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
+    assert "transformer.h.1.attn.c_attn.weight" in keys and not any(
+        k.startswith(("module.", "_orig_mod.")) for k in keys
+    )

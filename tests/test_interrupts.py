@@ -21,7 +21,9 @@ from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.state import run_state
 
 BLOCKED = {
-    "a hung dataset read": lambda marker: dict(data={"target": "tiny.py:stalling_classes", "marker": marker, "after": 40}),
+    "a hung dataset read": lambda marker: dict(
+        data={"target": "tiny.py:stalling_classes", "marker": marker, "after": 40}
+    ),
     "a long C call in forward": lambda marker: dict(model={"target": "tiny.py:CStuckMLP", "marker": marker, "at": 5}),
 }
 
@@ -29,7 +31,15 @@ BLOCKED = {
 def start_headless(workdir: Path, spec: Path) -> subprocess.Popen:
     """``tuiloop run SPEC --headless`` in its own process group, so a test can signal the group
     as a terminal's Ctrl+C does (the DataLoader workers included)."""
-    return subprocess.Popen([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
 
 
 @pytest.mark.parametrize("blocked", list(BLOCKED))
@@ -78,17 +88,30 @@ def test_the_force_command_ends_a_blocked_run_within_2s(workdir: Path, blocked: 
     assert proc.returncode == 130
     summary = read_json(run_dir / "summary.json")
     assert summary is not None and summary["status"] == "forced"
-    assert [e for e in (run_dir / "events.jsonl").read_text().splitlines() if '"forced"' in e], "the forced end is in the log"
+    assert [e for e in (run_dir / "events.jsonl").read_text().splitlines() if '"forced"' in e], (
+        "the forced end is in the log"
+    )
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_with_dataloader_workers_stops_gracefully(workdir: Path, context: str) -> None:
     """The terminal's Ctrl+C reaches the workers too; they must not die of it and fail the run.
     With spawn and forkserver the workers unpickle the dataset of the spec-relative tiny.py."""
-    spec = write_spec(workdir, run={"epochs": 200, "log_interval": 0.01}, model={"delay": 0.01}, data={"target": "tiny.py:noisy_classes", "num_workers": 2, "multiprocessing_context": context})
+    spec = write_spec(
+        workdir,
+        run={"epochs": 200, "log_interval": 0.01},
+        model={"delay": 0.01},
+        data={"target": "tiny.py:noisy_classes", "num_workers": 2, "multiprocessing_context": context},
+    )
     proc = start_headless(workdir, spec)
     try:
-        log = wait_until(lambda: next(iter((workdir / "runs").glob("*/events.jsonl")), None) if (workdir / "runs").is_dir() else None, 60, "the event log")
+        log = wait_until(
+            lambda: (
+                next(iter((workdir / "runs").glob("*/events.jsonl")), None) if (workdir / "runs").is_dir() else None
+            ),
+            60,
+            "the event log",
+        )
         run_dir = log.parent
         wait_until(lambda: b'"event":"validated"' in log.read_bytes(), 90, "a first epoch with workers")
         os.killpg(proc.pid, signal.SIGINT)  # the whole foreground group, as a terminal does

@@ -21,13 +21,24 @@ SCHEDULERS = {
     "PolynomialLR": lambda o: S.PolynomialLR(o, total_iters=30, power=2.0),
     "ExponentialLR": lambda o: S.ExponentialLR(o, gamma=0.9),
     # warm-up then cosine: the usual transformer schedule; its children hold their own base values
-    "SequentialLR": lambda o: S.SequentialLR(o, [S.LinearLR(o, start_factor=0.1, total_iters=4), S.CosineAnnealingLR(o, T_max=20)], milestones=[4]),
-    "ChainedScheduler": lambda o: S.ChainedScheduler([S.ExponentialLR(o, gamma=0.95), S.StepLR(o, step_size=5, gamma=0.5)]),
+    "SequentialLR": lambda o: S.SequentialLR(
+        o, [S.LinearLR(o, start_factor=0.1, total_iters=4), S.CosineAnnealingLR(o, T_max=20)], milestones=[4]
+    ),
+    "ChainedScheduler": lambda o: S.ChainedScheduler(
+        [S.ExponentialLR(o, gamma=0.95), S.StepLR(o, step_size=5, gamma=0.5)]
+    ),
 }
 
 
 def lrs(name: str, factor: float | None, at: int = 2, steps: int = 14) -> list[float]:
-    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))]}, {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.02}], lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(
+        [
+            {"params": [torch.nn.Parameter(torch.zeros(2))]},
+            {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.02},
+        ],
+        lr=0.05,
+        momentum=0.9,
+    )
     sched = SCHEDULERS[name](opt)
     out = []
     for step in range(steps):
@@ -50,6 +61,11 @@ def test_the_schedule_goes_on_from_the_scaled_rate(name: str, factor: float) -> 
 
 
 def test_without_a_scheduler_every_group_is_scaled() -> None:
-    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4}])
+    opt = torch.optim.AdamW(
+        [
+            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3},
+            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4},
+        ]
+    )
     scale_lr(opt, None, 0.5)
     assert [g["lr"] for g in opt.param_groups] == [5e-4, 5e-5]

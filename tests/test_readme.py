@@ -64,7 +64,9 @@ def test_every_readme_block_is_checked() -> None:
 
 
 @pytest.mark.parametrize("marker", list(CHECKS))
-def test_readme_python_example_runs(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_python_example_runs(
+    marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (code,) = [block for block in python_blocks() if marker in block]
     monkeypatch.chdir(tmp_path)
     code = code.replace('"demos/digits.toml"', repr(str(DEMOS / "digits.toml")))

@@ -46,7 +46,10 @@ def test_resume_applies_and_records_scheduler_patience_checkpoint_and_log_interv
     changed = {e["key"]: (e["old"], e["new"], e["step"]) for e in log if e["event"] == "setting_changed"}
     assert changed == {key: (old, new, 16) for key, (old, new) in EDITS.items()}
     for key, (old, new) in EDITS.items():
-        assert re.search(rf"{re.escape(key)}: {old} -> {new} \(resume with new settings, step 16,", resumed.stdout), (key, resumed.stdout)
+        assert re.search(rf"{re.escape(key)}: {old} -> {new} \(resume with new settings, step 16,", resumed.stdout), (
+            key,
+            resumed.stdout,
+        )
 
     # early stopping: the counter was 1 after epoch 2; patience 4 is used up at epoch 5 (of 20)
     summary = read_json(run_dir / "summary.json")

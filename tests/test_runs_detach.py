@@ -40,7 +40,13 @@ def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: 
     # what it did while it started is in its event log, for the monitor to show
     logged = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     phases = [e["phase"] for e in logged if e["event"] == "starting"]
-    assert phases == ["importing torch", "importing the spec's targets", "building the model", "loading the data", "building the loss, optimizer and scheduler"]
+    assert phases == [
+        "importing torch",
+        "importing the spec's targets",
+        "building the model",
+        "loading the data",
+        "building the loss, optimizer and scheduler",
+    ]
     assert [e["event"] for e in logged].index("run_started") == len(phases)
     listed = run_cli("ls", workdir / "runs", cwd=workdir)
     assert listed.stdout.splitlines()[1].split()[1:3] == ["finished", "4/4"], listed.stdout
@@ -48,7 +54,12 @@ def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: 
 
 def test_a_detached_run_that_fails_is_listed_as_failed(workdir: Path, cleanup: list[Path]) -> None:
     """A run whose loss turns NaN in the background: its summary and ``ls`` say failed."""
-    spec = write_spec(workdir, data={"target": "tiny.py:with_nan", "shuffle": False}, model={"out_features": 1}, loss={"target": "MSELoss"})
+    spec = write_spec(
+        workdir,
+        data={"target": "tiny.py:with_nan", "shuffle": False},
+        model={"out_features": 1},
+        loss={"target": "MSELoss"},
+    )
     run_dir = start_detached(spec, cwd=workdir)
     cleanup.append(run_dir)
     wait_until(lambda: summary(run_dir), 90, "the summary")
@@ -98,7 +109,9 @@ def test_what_a_resumed_run_prints_while_it_starts_is_in_its_output_log(workdir:
     loaded, then to output.log: the lines of that start (the user's module imported here) are in
     output.log too, before what follows. A module that reads stdin meanwhile gets /dev/null."""
     tiny = workdir / "tiny.py"
-    tiny.write_text(tiny.read_text() + '\nimport sys\nprint("tiny.py imported, the data is built", sys.stdin.read() == "")\n')
+    tiny.write_text(
+        tiny.read_text() + '\nimport sys\nprint("tiny.py imported, the data is built", sys.stdin.read() == "")\n'
+    )
     spec = write_spec(workdir, run={"epochs": 2})
     first = run_cli("run", spec, "--headless", cwd=workdir)
     assert first.returncode == 0, first.stderr

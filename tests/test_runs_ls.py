@@ -42,10 +42,25 @@ def runs(workdir: Path) -> Iterator[dict[str, Path]]:
     headless = {
         "finished": write_spec(workdir, "finished.toml", run={"name": "done", "epochs": 2}),
         # lr 0: val_loss never improves, so patience 1 stops it after the second check
-        "early_stopped": write_spec(workdir, "early.toml", run={"name": "plateau", "epochs": 6}, optimizer={"target": "SGD", "lr": 0.0}, early_stopping={"monitor": "val_loss", "patience": 1}),
-        "failed": write_spec(workdir, "failed.toml", run={"name": "nan"}, data={"target": "tiny.py:with_nan", "shuffle": False}, model={"out_features": 1}, loss={"target": "MSELoss"}),
+        "early_stopped": write_spec(
+            workdir,
+            "early.toml",
+            run={"name": "plateau", "epochs": 6},
+            optimizer={"target": "SGD", "lr": 0.0},
+            early_stopping={"monitor": "val_loss", "patience": 1},
+        ),
+        "failed": write_spec(
+            workdir,
+            "failed.toml",
+            run={"name": "nan"},
+            data={"target": "tiny.py:with_nan", "shuffle": False},
+            model={"out_features": 1},
+            loss={"target": "MSELoss"},
+        ),
     }
-    setup = write_spec(workdir, "setup.toml", run={"name": "typo"}, model={"out_features": 1})  # fails at the first batch
+    setup = write_spec(
+        workdir, "setup.toml", run={"name": "typo"}, model={"out_features": 1}
+    )  # fails at the first batch
     slow = write_spec(workdir, "slow.toml", run={"name": "slow", "epochs": 200}, **SLOW)
     out_dir = workdir / "runs"
     try:
@@ -56,14 +71,21 @@ def runs(workdir: Path) -> Iterator[dict[str, Path]]:
         for proc in procs:
             proc.communicate(timeout=120)
         for p in out_dir.iterdir():
-            for key, prefix in (("finished", "done-"), ("early_stopped", "plateau-"), ("failed", "nan-"), ("setup", "typo-")):
+            for key, prefix in (
+                ("finished", "done-"),
+                ("early_stopped", "plateau-"),
+                ("failed", "nan-"),
+                ("setup", "typo-"),
+            ):
                 if p.name.startswith(prefix):
                     made[key] = p
         for key in ("stopped", "crashed", "running"):
             wait_live(made[key])
         for key in ("stopped", "crashed"):  # some history first: a validated epoch
             path = made[key]
-            wait_until(lambda path=path: any(e["event"] == "validated" for e in events(path)), 60, f"an epoch of the {key} run")
+            wait_until(
+                lambda path=path: any(e["event"] == "validated" for e in events(path)), 60, f"an epoch of the {key} run"
+            )
         send_command(made["stopped"], "stop")
         wait_until(lambda: read_json(made["stopped"] / "summary.json"), 60, "the stopped run's summary")
         pid = read_json(made["crashed"] / "run.json")["pid"]
@@ -118,7 +140,11 @@ def test_ls_shows_every_state_sorted_with_whole_names_when_piped(runs: dict[str,
     assert read_json(runs["early_stopped"] / "summary.json")["epochs_done"] == 2
     assert read_json(runs["failed"] / "summary.json")["status"] == "failed"
     # ... and from the event log of those that did not (the crashed one validated some epochs).
-    crashed_done = max(e["epoch"] for e in map(json.loads, (runs["crashed"] / "events.jsonl").read_text().splitlines()) if e["event"] == "validated")
+    crashed_done = max(
+        e["epoch"]
+        for e in map(json.loads, (runs["crashed"] / "events.jsonl").read_text().splitlines())
+        if e["event"] == "validated"
+    )
     assert re.search(rf" {crashed_done}/200 ", row_of(lines, runs["crashed"]))
     assert re.search(r" \d+/200 ", row_of(lines, runs["running"]))
 
@@ -169,10 +195,16 @@ def test_liveness_is_the_lock_not_the_pid(runs: dict[str, Path], workdir: Path) 
 def test_ls_shows_a_paused_run_as_paused(runs: dict[str, Path], workdir: Path) -> None:
     running = runs["running"]
     send_command(running, "pause")
-    wait_until(lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["paused"], 20, "the pause to reach the log")
+    wait_until(
+        lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["paused"],
+        20,
+        "the pause to reach the log",
+    )
     assert row_of(ls_lines(workdir / "runs", workdir), running).split()[1] == "paused"
     send_command(running, "resume")
-    wait_until(lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["running"], 20, "the resume")
+    wait_until(
+        lambda: [e["state"] for e in events(running) if e["event"] == "state"][-1:] == ["running"], 20, "the resume"
+    )
     assert row_of(ls_lines(workdir / "runs", workdir), running).split()[1] == "running"
 
 

@@ -62,5 +62,9 @@ def test_the_last_steps_round_trip_whatever_steps_a_loop_logs() -> None:
         r.extend(step, [step / 100])
     r.extend(100, [0.5, 0.25, 0.125])  # then three consecutive steps in one flush
     back = Recent.from_dict(json.loads(json.dumps(r.to_dict())))
-    assert back.points() == r.points() == ([50, 60, 70, 80, 90, 100, 101, 102], [0.5, 0.6, 0.7, 0.8, 0.9, 0.5, 0.25, 0.125])
+    assert (
+        back.points()
+        == r.points()
+        == ([50, 60, 70, 80, 90, 100, 101, 102], [0.5, 0.6, 0.7, 0.8, 0.9, 0.5, 0.25, 0.125])
+    )
     assert back.covers(50) and not back.covers(40)

@@ -24,7 +24,7 @@ import tuiloop
 from tuiloop.rundir.lock import RunLock, is_locked
 from tuiloop.rundir.state import run_state
 
-BREAKERS = '''
+BREAKERS = """
 import errno, os
 what = os.environ.get("TUILOOP_TEST_BREAK")
 if what == "eventlog":
@@ -41,7 +41,7 @@ elif what == "signals":
         raise ValueError("set_wakeup_fd only works in main thread of the main interpreter")
 
     signal.set_wakeup_fd = refuse
-'''
+"""
 
 
 def run_broken(workdir: Path, what: str, *args: str) -> subprocess.CompletedProcess:
@@ -49,8 +49,14 @@ def run_broken(workdir: Path, what: str, *args: str) -> subprocess.CompletedProc
     site = workdir / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(BREAKERS)
-    env = {**cli_env(), "TUILOOP_TEST_BREAK": what, "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "tuiloop", *args], cwd=workdir, capture_output=True, text=True, timeout=120, env=env)
+    env = {
+        **cli_env(),
+        "TUILOOP_TEST_BREAK": what,
+        "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tuiloop", *args], cwd=workdir, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def assert_failed_and_released(run_dir: Path) -> None:

@@ -47,7 +47,9 @@ GiB = 1 << 30
 
 
 # ---- a synthetic run with every kind of event the digest takes ---------------------------------------
-def started(t: float, session: str, start_epoch: int = 0, start_step: int = 0, resumed_from: str | None = None) -> RunStarted:
+def started(
+    t: float, session: str, start_epoch: int = 0, start_step: int = 0, resumed_from: str | None = None
+) -> RunStarted:
     return RunStarted(run_name="snap", run_dir="/runs/snap", device="cuda:0", device_name="H100", epochs=5, steps_per_epoch=SPE, batch_size=8,
                       train_size=96, val_size=32, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss",
                       mode="min", patience=3, num_params=99, start_epoch=start_epoch, start_step=start_step, resumed_from=resumed_from,
@@ -55,8 +57,27 @@ def started(t: float, session: str, start_epoch: int = 0, start_step: int = 0, r
 
 
 def sample(t: float, util: int) -> SystemSample:
-    gpus = [{"index": 0, "name": "H100", "util": util, "mem_used": 10 * GiB + util, "mem_total": 80 * GiB, "temp": 60, "power_w": 300.5}]
-    return SystemSample(cpu_percent=10.0 + util % 7, ram_used=4 * GiB, ram_total=16 * GiB, rss=GiB + 1000 * util, proc_cpu=99.0, torch_peak_bytes=5 * GiB + util, gpus=gpus, time=t)
+    gpus = [
+        {
+            "index": 0,
+            "name": "H100",
+            "util": util,
+            "mem_used": 10 * GiB + util,
+            "mem_total": 80 * GiB,
+            "temp": 60,
+            "power_w": 300.5,
+        }
+    ]
+    return SystemSample(
+        cpu_percent=10.0 + util % 7,
+        ram_used=4 * GiB,
+        ram_total=16 * GiB,
+        rss=GiB + 1000 * util,
+        proc_cpu=99.0,
+        torch_peak_bytes=5 * GiB + util,
+        gpus=gpus,
+        time=t,
+    )
 
 
 def session(t: float, first_step: int, last_step: int, lr: float = 0.1) -> tuple[list[Event], float]:
@@ -70,7 +91,20 @@ def session(t: float, first_step: int, last_step: int, lr: float = 0.1) -> tuple
         if first == 9:
             losses[1] = float("nan")  # a NaN loss: counted, not drawn
         t += 0.5
-        out.append(TrainSteps(epoch, first, losses, (first + PER - 2) % SPE + 1, lr, 100.0 + first, grad_norms=[2.0 + i for i in range(PER)], loss_scale=1024.0, skipped_steps=int(first % 3 == 0), time=t))
+        out.append(
+            TrainSteps(
+                epoch,
+                first,
+                losses,
+                (first + PER - 2) % SPE + 1,
+                lr,
+                100.0 + first,
+                grad_norms=[2.0 + i for i in range(PER)],
+                loss_scale=1024.0,
+                skipped_steps=int(first % 3 == 0),
+                time=t,
+            )
+        )
         if first % 8 == 1:
             out.append(sample(t + 0.1, 90 + first % 9))
         step = first + PER - 1
@@ -84,7 +118,11 @@ def session(t: float, first_step: int, last_step: int, lr: float = 0.1) -> tuple
             is_best = val < best
             best = min(best, val)
             t += 0.2
-            out.append(Validated(epoch, step, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 0.1, time=t))
+            out.append(
+                Validated(
+                    epoch, step, {"train_loss": losses[-1], "val_loss": val, "val_acc": 1 - val}, is_best, 0.1, time=t
+                )
+            )
             out.append(EarlyStopUpdate(epoch, "val_loss", val, best, 0, 3, False, time=t))
             if is_best:
                 out.append(CheckpointSaved("best", "checkpoints/best.pt", epoch, step, val, "val_loss", time=t))
@@ -145,15 +183,49 @@ def picture(m: MonitorModel, now: float) -> dict[str, Any]:
     """Everything the screen shows: series (points and envelopes, via the digest), scalars, clocks, tables, log."""
     return {
         "digest": json.dumps(m.digest.to_dict(), sort_keys=True),  # NaN-safe, every series whole
-        "plots": [(s.points(), s.envelope()) for s in (m.train, m.val, m.lr_history, m.grad_norms, m.throughput, m.step_times, m.cpu_history)],
-        "scalars": (m.step, m.epoch, m.step_in_epoch, m.epochs_done, m.lr, m.samples_per_s, m.state, m.state_reason, m.phase, m.best_value, m.best_epoch,
-                    m.best_point, m.stop_after_epoch, m.loss_scale, m.skipped_steps, m.run_name, m.over, m.exit_status(), m.summary_line()),  # fmt: skip
-        "clock": [m.train_time, m.training_time(now), m.seconds_per_step() or 0.0, m.eta(now) or 0.0, m.wall_time(now), m.last_event_time, m.first_event_time],
+        "plots": [
+            (s.points(), s.envelope())
+            for s in (m.train, m.val, m.lr_history, m.grad_norms, m.throughput, m.step_times, m.cpu_history)
+        ],
+        "scalars": (
+            m.step,
+            m.epoch,
+            m.step_in_epoch,
+            m.epochs_done,
+            m.lr,
+            m.samples_per_s,
+            m.state,
+            m.state_reason,
+            m.phase,
+            m.best_value,
+            m.best_epoch,
+            m.best_point,
+            m.stop_after_epoch,
+            m.loss_scale,
+            m.skipped_steps,
+            m.run_name,
+            m.over,
+            m.exit_status(),
+            m.summary_line(),
+        ),  # fmt: skip
+        "clock": [
+            m.train_time,
+            m.training_time(now),
+            m.seconds_per_step() or 0.0,
+            m.eta(now) or 0.0,
+            m.wall_time(now),
+            m.last_event_time,
+            m.first_event_time,
+        ],
         "rows": list(m.epoch_rows),
         "early": m.early,
         "log": [(e.level, e.text, e.repeat) for e in m.log],
         "metrics": {k: (v.last, v.best, v.best_epoch, v.history.points()) for k, v in m.metrics.items()},
-        "system": (m.system, m.system_summary(), {i: (g.util.points(), g.mem_peak, g.mean_util) for i, g in m.gpus.items()}),
+        "system": (
+            m.system,
+            m.system_summary(),
+            {i: (g.util.points(), g.mem_peak, g.mean_util) for i, g in m.gpus.items()},
+        ),
         "events_seen": m.events_seen,
     }
 
@@ -161,7 +233,9 @@ def picture(m: MonitorModel, now: float) -> dict[str, Any]:
 def assert_same(a: MonitorModel, b: MonitorModel) -> None:
     now = (b.last_event_time or T0) + 5.0
     pa, pb = picture(a, now), picture(b, now)
-    assert pa.pop("clock") == pytest.approx(pb.pop("clock"), rel=1e-12)  # sums of the same time steps, grouped otherwise
+    assert pa.pop("clock") == pytest.approx(
+        pb.pop("clock"), rel=1e-12
+    )  # sums of the same time steps, grouped otherwise
     for key in pb:
         assert pa[key] == pb[key], key
 
@@ -173,7 +247,9 @@ def test_the_writer_saves_a_snapshot_that_a_reader_uses(tmp_path: Path) -> None:
     assert snap is not None and 0 < snap.offset < (tmp_path / EVENTS).stat().st_size and snap.lines == 30
     first = EventTail(tmp_path, snapshot=True).poll()
     assert isinstance(first[-1], SnapshotLoaded) and first[-1].skipped > 0
-    assert not any(e.kind in ("train_steps", "system_sample") for e in first), "the digested lines before the offset are not read"
+    assert not any(e.kind in ("train_steps", "system_sample") for e in first), (
+        "the digested lines before the offset are not read"
+    )
     assert len(first) - 1 + first[-1].skipped == 30
 
 
@@ -198,14 +274,18 @@ def test_a_resumed_run_drops_the_steps_done_again_once(tmp_path: Path) -> None:
     write(full_dir, events, None)
     full = load(full_dir, snapshot=False, expect_session="b")
     xs, _ = full.train.points()
-    assert xs == sorted(set(xs)) and xs[-1] == 60 and full.step == 60, "steps 25-40 of the crashed session are gone, once"
+    assert xs == sorted(set(xs)) and xs[-1] == 60 and full.step == 60, (
+        "steps 25-40 of the crashed session are gone, once"
+    )
     for k in (resume_at, resume_at + 1, resume_at + 5):  # just before the resume, right after it, after new steps
         write(tmp_path / f"cut-{k}", events, k)
         model = load(tmp_path / f"cut-{k}", expect_session="b")
         assert_same(model, full)
 
 
-def test_a_resumed_writer_starts_from_the_snapshot_and_reads_only_the_lines_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_writer_starts_from_the_snapshot_and_reads_only_the_lines_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = two_sessions()
     resume_at = next(i for i, e in enumerate(events) if isinstance(e, RunStarted) and e.resumed_from)
     log = EventLog(tmp_path, snapshot_every=5.0)  # the first session saves every 5 s of its clock, then crashes
@@ -294,7 +374,9 @@ DAMAGE = {
     "kinds of a newer tuiloop": lambda d: _edit(d, lambda s: s["kinds"].append("tensor_stats")),
     "the log was cut": _cut_the_log,
     "another run's snapshot": _another_runs,
-    "the log was replaced": lambda d: (d / EVENTS).write_bytes((d / EVENTS).read_bytes().replace(b'"time":17', b'"time":27')),  # another run of the same shape
+    "the log was replaced": lambda d: (d / EVENTS).write_bytes(
+        (d / EVENTS).read_bytes().replace(b'"time":17', b'"time":27')
+    ),  # another run of the same shape
 }
 
 
@@ -351,14 +433,18 @@ def test_show_reads_no_step_lines(tmp_path: Path) -> None:
 
 
 # ---- a real run ---------------------------------------------------------------------------------------------
-def test_a_real_run_and_its_resume_leave_a_snapshot_that_show_uses(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_real_run_and_its_resume_leave_a_snapshot_that_show_uses(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TUILOOP_SYSTEM_INTERVAL", "0.02")  # machine samples too
     spec = write_spec(workdir, run={"epochs": 2}, model={"delay": 0.01})  # long enough for a few samples
     done = run_cli("run", spec, "--headless", cwd=workdir)
     assert done.returncode == 0, done.stderr
     run_dir = only_run(workdir / "runs")
     saved = read_snapshot(run_dir)
-    assert saved is not None and saved["offset"] == (run_dir / EVENTS).stat().st_size, "saved at the end, covering the whole log"
+    assert saved is not None and saved["offset"] == (run_dir / EVENTS).stat().st_size, (
+        "saved at the end, covering the whole log"
+    )
     assert_same(load(run_dir), load(run_dir, snapshot=False))
 
     resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", "run.epochs=3", cwd=workdir)
@@ -375,7 +461,9 @@ def test_a_real_run_and_its_resume_leave_a_snapshot_that_show_uses(workdir: Path
     # show takes the machine's load from the snapshot: a marker put there comes out
     _edit(run_dir, lambda s: s["digest"].update(rss_peak=7 * GiB))
     marked = run_cli("show", run_dir, cwd=workdir)
-    assert "peak RSS 7.0 GiB" in marked.stdout and marked.stdout.replace("peak RSS 7.0 GiB", "") == shown.stdout.replace(_rss(shown.stdout), "")
+    assert "peak RSS 7.0 GiB" in marked.stdout and marked.stdout.replace(
+        "peak RSS 7.0 GiB", ""
+    ) == shown.stdout.replace(_rss(shown.stdout), "")
 
 
 def _rss(text: str) -> str:

@@ -52,12 +52,25 @@ def test_unknown_key_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize(
     ("section", "key", "value", "meant"),
-    [("run", "epochs", "60", "epochs = 60"), ("optimizer", "lr", "1e-3", "lr = 0.001"), ("data", "shuffle", "false", "shuffle = false"), ("run", "name", 5, 'name = "5"')],
+    [
+        ("run", "epochs", "60", "epochs = 60"),
+        ("optimizer", "lr", "1e-3", "lr = 0.001"),
+        ("data", "shuffle", "false", "shuffle = false"),
+        ("run", "name", 5, 'name = "5"'),
+    ],
 )
-def test_a_value_of_the_wrong_type_suggests_the_value_meant(workdir: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, value: object, meant: str) -> None:
+def test_a_value_of_the_wrong_type_suggests_the_value_meant(
+    workdir: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, value: object, meant: str
+) -> None:
     if section == "optimizer":  # a kwarg: checked against the optimizer's own default
         err = run_error(capsys, write_spec(workdir, optimizer={"lr": value}))
-        has_all(err, "[optimizer] lr", "lr was read as the string '1e-3'", "expects a number", "Write a number without quotes")
+        has_all(
+            err,
+            "[optimizer] lr",
+            "lr was read as the string '1e-3'",
+            "expects a number",
+            "Write a number without quotes",
+        )
         return
     err = run_error(capsys, write_spec(workdir, **{section: {key: value}}))
     has_all(err, f"[{section}] {key}", f"Write it as, for example, {meant}.")
@@ -95,15 +108,34 @@ def test_bad_choice_mode(workdir: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_out_of_range_values(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    has_all(run_error(capsys, write_spec(workdir, run={"epochs": 0})), "[run] epochs", "at least 1, got 0", "epochs = 1 or more")
+    has_all(
+        run_error(capsys, write_spec(workdir, run={"epochs": 0})),
+        "[run] epochs",
+        "at least 1, got 0",
+        "epochs = 1 or more",
+    )
     has_all(run_error(capsys, write_spec(workdir, data={"batch_size": 0})), "[data] batch_size", "at least 1")
-    has_all(run_error(capsys, write_spec(workdir, early_stopping={"patience": 0})), "[early_stopping] patience", "Remove [early_stopping]")
-    has_all(run_error(capsys, write_spec(workdir, early_stopping={"min_delta": -0.1})), "[early_stopping] min_delta", "cannot be negative")
+    has_all(
+        run_error(capsys, write_spec(workdir, early_stopping={"patience": 0})),
+        "[early_stopping] patience",
+        "Remove [early_stopping]",
+    )
+    has_all(
+        run_error(capsys, write_spec(workdir, early_stopping={"min_delta": -0.1})),
+        "[early_stopping] min_delta",
+        "cannot be negative",
+    )
 
 
 def test_unknown_monitor_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, early_stopping={"monitor": "val_accuracy"}))
-    has_all(err, "spec.toml, [early_stopping] monitor", "'val_accuracy' is not a metric", "Did you mean 'val_acc'?", "val_mae")
+    has_all(
+        err,
+        "spec.toml, [early_stopping] monitor",
+        "'val_accuracy' is not a metric",
+        "Did you mean 'val_acc'?",
+        "val_mae",
+    )
     err = run_error(capsys, write_spec(workdir, checkpoint={"monitor": "loss"}))
     has_all(err, "[checkpoint] monitor", "'loss' is not a metric")
 
@@ -117,7 +149,7 @@ def test_missing_section_and_missing_target(workdir: Path, capsys: pytest.Captur
 
 
 def test_invalid_toml_names_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write_spec(workdir, text='[run]\nepochs = 3\nname = digits\n')
+    spec = write_spec(workdir, text="[run]\nepochs = 3\nname = digits\n")
     err = run_error(capsys, spec)
     has_all(err, "spec.toml", "not valid TOML", "line 3", "strings need quotes")
 
@@ -131,22 +163,38 @@ def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("section", "target", "expected"),
     [
-        ("optimizer", "Adamw", ["[optimizer] target", "'Adamw' is not an optimizer in torch.optim", "Did you mean 'AdamW'?"]),
+        (
+            "optimizer",
+            "Adamw",
+            ["[optimizer] target", "'Adamw' is not an optimizer in torch.optim", "Did you mean 'AdamW'?"],
+        ),
         ("loss", "CrossEntropy", ["[loss] target", "not a loss in torch.nn", "Did you mean 'CrossEntropyLoss'?"]),
         ("loss", "crossentropyloss", ["Did you mean 'CrossEntropyLoss'?"]),
-        ("scheduler", "ReduceLROnPlateu", ["[scheduler] target", "not a scheduler in torch.optim.lr_scheduler", "Did you mean 'ReduceLROnPlateau'?"]),
+        (
+            "scheduler",
+            "ReduceLROnPlateu",
+            ["[scheduler] target", "not a scheduler in torch.optim.lr_scheduler", "Did you mean 'ReduceLROnPlateau'?"],
+        ),
         ("optimizer", "Linear", ["'Linear' is not an optimizer"]),  # exists in torch, but is not an optimizer
         ("model", "MLP", ["[model] target", "does not say where MLP lives", '"file.py:MLP"']),
     ],
 )
-def test_unknown_torch_names(workdir: Path, capsys: pytest.CaptureFixture[str], section: str, target: str, expected: list[str]) -> None:
+def test_unknown_torch_names(
+    workdir: Path, capsys: pytest.CaptureFixture[str], section: str, target: str, expected: list[str]
+) -> None:
     spec = write_spec(workdir, **{section: {"target": target}})
     has_all(run_error(capsys, spec), "spec.toml", *expected)
 
 
 def test_kwarg_not_accepted_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, model={"hiden": 8}))
-    has_all(err, "spec.toml, [model] hiden", "'hiden' is not a parameter of tiny.py:MLP", "Did you mean 'hidden'?", "accepts: in_features, out_features, hidden")
+    has_all(
+        err,
+        "spec.toml, [model] hiden",
+        "'hiden' is not a parameter of tiny.py:MLP",
+        "Did you mean 'hidden'?",
+        "accepts: in_features, out_features, hidden",
+    )
     err = run_error(capsys, write_spec(workdir, optimizer={"weight_decy": 0.1}))
     has_all(err, "[optimizer] weight_decy", "not a parameter of Adam", "Did you mean 'weight_decay'?")
     err = run_error(capsys, write_spec(workdir, data={"val_fractoin": 0.1}))
@@ -160,7 +208,12 @@ def test_supplied_argument_cannot_be_set(workdir: Path, capsys: pytest.CaptureFi
 
 def test_missing_required_kwarg(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, scheduler={"target": "StepLR"}))
-    has_all(err, "spec.toml, [scheduler]", "StepLR needs 'step_size', which has no default", "Add step_size = ... to [scheduler]")
+    has_all(
+        err,
+        "spec.toml, [scheduler]",
+        "StepLR needs 'step_size', which has no default",
+        "Add step_size = ... to [scheduler]",
+    )
 
 
 def test_plateau_cannot_step_per_batch(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,7 +223,14 @@ def test_plateau_cannot_step_per_batch(workdir: Path, capsys: pytest.CaptureFixt
 
 def test_file_target_that_does_not_exist(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, model={"target": "tinyy.py:MLP"}))
-    has_all(err, "spec.toml, [model] target", "no file", "tinyy.py", "relative to the spec file's folder", "Did you mean 'tiny.py'?")
+    has_all(
+        err,
+        "spec.toml, [model] target",
+        "no file",
+        "tinyy.py",
+        "relative to the spec file's folder",
+        "Did you mean 'tiny.py'?",
+    )
 
 
 def test_attribute_missing_in_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,8 +256,20 @@ def test_file_with_syntax_error(workdir: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_target_that_raises_when_built(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = run_error(capsys, write_spec(workdir, model={"target": "tiny.py:broken_model", "in_features": 4, "out_features": None, "hidden": None}))
-    has_all(err, "spec.toml, [model]", "building tiny.py:broken_model(in_features=4) raised ValueError", "not supported", "tiny.py, line", "--debug")
+    err = run_error(
+        capsys,
+        write_spec(
+            workdir, model={"target": "tiny.py:broken_model", "in_features": 4, "out_features": None, "hidden": None}
+        ),
+    )
+    has_all(
+        err,
+        "spec.toml, [model]",
+        "building tiny.py:broken_model(in_features=4) raised ValueError",
+        "not supported",
+        "tiny.py, line",
+        "--debug",
+    )
 
 
 def test_data_target_that_returns_no_pair(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,14 +291,26 @@ def test_device_that_is_not_there(workdir: Path, capsys: pytest.CaptureFixture[s
 def test_set_values_are_toml_and_bare_words_are_strings(workdir: Path) -> None:
     from tuiloop.spec import load_spec
 
-    spec = load_spec(write_spec(workdir), ["optimizer.lr=3e-4", "run.device=cpu", "run.epochs=7", "data.shuffle=false", "model.hidden=8", 'run.name="quoted"'])
+    spec = load_spec(
+        write_spec(workdir),
+        [
+            "optimizer.lr=3e-4",
+            "run.device=cpu",
+            "run.epochs=7",
+            "data.shuffle=false",
+            "model.hidden=8",
+            'run.name="quoted"',
+        ],
+    )
     assert spec.optimizer.kwargs["lr"] == 3e-4 and isinstance(spec.optimizer.kwargs["lr"], float)
     assert spec.run.device == "cpu"
     assert spec.run.epochs == 7
     assert spec.data.shuffle is False
     assert spec.model.kwargs["hidden"] == 8
     assert spec.run.name == "quoted"
-    spec = load_spec(write_spec(workdir), ["scheduler.target=StepLR", "scheduler.step_size=2", "early_stopping.patience=3"])
+    spec = load_spec(
+        write_spec(workdir), ["scheduler.target=StepLR", "scheduler.step_size=2", "early_stopping.patience=3"]
+    )
     assert spec.scheduler is not None and spec.scheduler.kwargs == {"step_size": 2}
     assert spec.early_stopping is not None and spec.early_stopping.patience == 3
 
@@ -239,7 +323,10 @@ def test_set_values_are_toml_and_bare_words_are_strings(workdir: Path) -> None:
         ("optimzer.lr=3", ["--set optimzer.lr=3", "no section [optimzer]", "Did you mean 'optimizer'?"]),
         ("run.epoch=2", ["[run] epoch (from --set run.epoch=2)", "Did you mean 'epochs'?"]),
         ("run.epochs=two", ["[run] epochs (from --set run.epochs=two)", "expected an integer, got 'two'"]),
-        ("optimizer.weight_decy=0.1", ["[optimizer] weight_decy (from --set optimizer.weight_decy=0.1)", "Did you mean 'weight_decay'?"]),
+        (
+            "optimizer.weight_decy=0.1",
+            ["[optimizer] weight_decy (from --set optimizer.weight_decy=0.1)", "Did you mean 'weight_decay'?"],
+        ),
         ("model.target=tiny.py:MPL", ["[model] target (from --set model.target=tiny.py:MPL)", "Did you mean 'MLP'?"]),
     ],
 )
@@ -249,15 +336,30 @@ def test_bad_set(workdir: Path, capsys: pytest.CaptureFixture[str], item: str, e
 
 def test_a_set_word_for_a_number_says_how_it_was_read(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir), "optimizer.lr=abc")
-    has_all(err, "[optimizer] lr (from --set optimizer.lr=abc)", "lr was read as the string 'abc'", "Adam expects a number (its default is 0.001)")
+    has_all(
+        err,
+        "[optimizer] lr (from --set optimizer.lr=abc)",
+        "lr was read as the string 'abc'",
+        "Adam expects a number (its default is 0.001)",
+    )
 
 
-def test_a_misspelt_tuiloop_key_in_a_kwargs_section_is_suggested(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_misspelt_tuiloop_key_in_a_kwargs_section_is_suggested(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     err = run_error(capsys, write_spec(workdir, data={"batchsize": 16}))
-    has_all(err, "[data] batchsize", "not a parameter of tiny.py:classes", "Did you mean 'batch_size'?", "tuiloop's own keys of [data]: batch_size")
+    has_all(
+        err,
+        "[data] batchsize",
+        "not a parameter of tiny.py:classes",
+        "Did you mean 'batch_size'?",
+        "tuiloop's own keys of [data]: batch_size",
+    )
 
 
-def test_numpy_arrays_instead_of_datasets_are_caught_at_the_start(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_numpy_arrays_instead_of_datasets_are_caught_at_the_start(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (workdir / "arrays.py").write_text(
         "import numpy as np\n"
         "def load():\n"
@@ -265,11 +367,18 @@ def test_numpy_arrays_instead_of_datasets_are_caught_at_the_start(workdir: Path,
         "    return (x[:30], y[:30]), (x[30:], y[30:])\n"
     )
     err = run_error(capsys, write_spec(workdir, data={"target": "arrays.py:load"}))
-    has_all(err, "[data] target", "arrays.py:load returned a tuple of 2 numpy arrays as the train split, not a Dataset", "TensorDataset(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y))")
+    has_all(
+        err,
+        "[data] target",
+        "arrays.py:load returned a tuple of 2 numpy arrays as the train split, not a Dataset",
+        "TensorDataset(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y))",
+    )
 
 
 def test_a_data_function_returning_three_splits_is_described(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / "three.py").write_text("import tiny\ndef load():\n    train, val = tiny.classes()\n    return train, val, val\n")
+    (workdir / "three.py").write_text(
+        "import tiny\ndef load():\n    train, val = tiny.classes()\n    return train, val, val\n"
+    )
     err = run_error(capsys, write_spec(workdir, data={"target": "three.py:load"}))
     has_all(err, "three.py:load must return (train, val), got a tuple of 3 items")
 
@@ -305,7 +414,18 @@ def test_real_cli_debug_shows_traceback(workdir: Path) -> None:
 
 def test_real_cli_set_overrides_apply(workdir: Path) -> None:
     spec = write_spec(workdir)
-    r = run_cli("run", spec, "--headless", "--set", "run.epochs=1", "--set", "run.device=cpu", "--set", "optimizer.lr=3e-4", cwd=workdir)
+    r = run_cli(
+        "run",
+        spec,
+        "--headless",
+        "--set",
+        "run.epochs=1",
+        "--set",
+        "run.device=cpu",
+        "--set",
+        "optimizer.lr=3e-4",
+        cwd=workdir,
+    )
     assert r.returncode == 0, r.stderr
     run_dir = next((workdir / "runs").iterdir())
     saved = (run_dir / "spec.toml").read_text()

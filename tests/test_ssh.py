@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_same_weights, load_ckpt, only_run, run_cli, write_spec
-from runs_support import TUILOOP, Tmux, children, events, kill_run, new_run_dir, process_gone, start_detached, summary, wait_live, wait_until
+from runs_support import (
+    TUILOOP,
+    Tmux,
+    children,
+    events,
+    kill_run,
+    new_run_dir,
+    process_gone,
+    start_detached,
+    summary,
+    wait_live,
+    wait_until,
+)
 
 from tuiloop.rundir.control import ControlError, send_command
 from tuiloop.rundir.layout import read_json
@@ -27,9 +39,11 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 # 8 steps of 40 ms per epoch, 8 epochs: about 3 s of training, time enough to kill a terminal
 # mid-run. The delay only sleeps; it does not change the arithmetic.
-SURVIVOR = dict(run={"epochs": 8}, model={"delay": 0.04, "dropout": 0.2}, scheduler={"target": "StepLR", "step_size": 2, "gamma": 0.7})
-
-
+SURVIVOR = dict(
+    run={"epochs": 8},
+    model={"delay": 0.04, "dropout": 0.2},
+    scheduler={"target": "StepLR", "step_size": 2, "gamma": 0.7},
+)
 
 
 def reference_run(workdir: Path, spec: Path) -> Path:
@@ -107,7 +121,9 @@ def test_monitored_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup:
 
 
 @needs_tmux
-def test_detached_run_is_unaffected_by_the_terminal_that_started_it(workdir: Path, tmux: Tmux, cleanup: list[Path]) -> None:
+def test_detached_run_is_unaffected_by_the_terminal_that_started_it(
+    workdir: Path, tmux: Tmux, cleanup: list[Path]
+) -> None:
     """`tuiloop run --detach` typed into a terminal that then dies: the run does not notice."""
     spec = write_spec(workdir, **SURVIVOR)
     session = tmux.new("detach", f"{TUILOOP} run --detach {spec}")
@@ -156,7 +172,11 @@ def _user_env() -> dict[str, str]:
 def user_python(other_user: str) -> str:
     """A Python interpreter the other user may run (ours may live in root's home), with tuiloop on its path."""
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        ok = subprocess.run([RUNUSER, "-u", other_user, "--", candidate, "-c", "import tuiloop.rundir.control"], capture_output=True, env=_user_env())
+        ok = subprocess.run(
+            [RUNUSER, "-u", other_user, "--", candidate, "-c", "import tuiloop.rundir.control"],
+            capture_output=True,
+            env=_user_env(),
+        )
         if ok.returncode == 0:
             return candidate
     pytest.skip(f"no Python that user {other_user} can run with tuiloop importable")
@@ -165,7 +185,13 @@ def user_python(other_user: str) -> str:
 def as_user(user: str, python: str, run_dir: Path, cmd: str) -> subprocess.CompletedProcess:
     """``send_command(run_dir, cmd)`` in a process of ``user``; prints the reply or the error."""
     code = "import sys\nfrom tuiloop.rundir.control import send_command, ControlError\ntry:\n    print('REPLY', send_command(sys.argv[1], sys.argv[2]))\nexcept ControlError as e:\n    print('REFUSED', e)\n"
-    return subprocess.run([RUNUSER, "-u", user, "--", python, "-c", code, str(run_dir), cmd], capture_output=True, text=True, timeout=60, env=_user_env())
+    return subprocess.run(
+        [RUNUSER, "-u", user, "--", python, "-c", code, str(run_dir), cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_user_env(),
+    )
 
 
 def test_only_the_owner_can_command_a_run(other_user: str, user_python: str, cleanup: list[Path]) -> None:

@@ -27,7 +27,9 @@ GiB = 2**30
 FAST = 0.02  # seconds between samples in these tests (2 s in a run)
 
 
-def collect(sampler_kwargs: dict[str, Any], samples: int = 3, timeout: float = 10.0) -> tuple[list[Event], SystemSampler]:
+def collect(
+    sampler_kwargs: dict[str, Any], samples: int = 3, timeout: float = 10.0
+) -> tuple[list[Event], SystemSampler]:
     """Run a sampler until it emitted ``samples`` samples, then stop it."""
     events: list[Event] = []
     sampler = SystemSampler(events.append, FAST, **sampler_kwargs).start()
@@ -89,7 +91,9 @@ def test_a_failing_log_or_sample_never_raises_into_the_caller(monkeypatch: pytes
     monkeypatch.setattr(psutil, "virtual_memory", no_memory)
     events, _ = collect({"gpus": False}, samples=3)
     warnings = of(events, Message)
-    assert len(warnings) == 1 and "CPU and memory are no longer sampled (RuntimeError: psutil broke)" in warnings[0].text
+    assert (
+        len(warnings) == 1 and "CPU and memory are no longer sampled (RuntimeError: psutil broke)" in warnings[0].text
+    )
     assert all(s.ram_total == 0 and s.rss == 0 for s in of(events, SystemSample)) and raised == []
 
 
@@ -150,15 +154,33 @@ def test_a_fake_nvml_gives_one_entry_per_visible_gpu_with_its_figures(monkeypatc
     assert (nvml.inits, nvml.shutdowns) == (1, 1) and of(events, Message) == []
     gpus = of(events, SystemSample)[-1].gpus
     assert gpus == [
-        {"index": 2, "name": "A100-SXM4-40GB", "util": 3, "mem_used": 30 * GiB, "mem_total": 80 * GiB, "temp": 62, "power_w": None},
-        {"index": 0, "name": "H100 80GB HBM3", "util": 97, "mem_used": 10 * GiB, "mem_total": 80 * GiB, "temp": 60, "power_w": 312.4},
+        {
+            "index": 2,
+            "name": "A100-SXM4-40GB",
+            "util": 3,
+            "mem_used": 30 * GiB,
+            "mem_total": 80 * GiB,
+            "temp": 62,
+            "power_w": None,
+        },
+        {
+            "index": 0,
+            "name": "H100 80GB HBM3",
+            "util": 97,
+            "mem_used": 10 * GiB,
+            "mem_total": 80 * GiB,
+            "temp": 60,
+            "power_w": 312.4,
+        },
     ]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     events, _ = collect({}, samples=1)
     assert [g["index"] for g in of(events, SystemSample)[-1].gpus] == [0, 1, 2]
 
 
-def test_an_nvml_error_while_sampling_turns_the_gpus_off_once_and_the_cpu_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_nvml_error_while_sampling_turns_the_gpus_off_once_and_the_cpu_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     nvml = FakeNVML(monkeypatch)
     calls = []
 
@@ -173,7 +195,9 @@ def test_an_nvml_error_while_sampling_turns_the_gpus_off_once_and_the_cpu_goes_o
     samples = of(events, SystemSample)
     assert len(samples[0].gpus) == 3 and all(s.gpus == [] for s in samples[1:])
     (warning,) = of(events, Message)
-    assert warning.level == "warning" and "GPUs are no longer sampled (RuntimeError: GPU fell off the bus)" in warning.text
+    assert (
+        warning.level == "warning" and "GPUs are no longer sampled (RuntimeError: GPU fell off the bus)" in warning.text
+    )
     assert len(calls) == 4 and nvml.shutdowns == 1 and all(s.ram_total > 0 for s in samples)
 
 
@@ -188,12 +212,24 @@ def test_cuda_visible_devices_maps_to_nvml_indices() -> None:
     assert visible_indices("bbbb,0", uuids) == [1, 0], "a UUID without GPU-"
     assert visible_indices("GPU-,1", uuids) == [] and visible_indices("MIG-1234", uuids) == []
     assert visible_indices("1,1", uuids) == [1]
-    assert short_name("NVIDIA GeForce RTX 4090") == "RTX 4090" and short_name("Tesla V100-SXM2-16GB") == "V100-SXM2-16GB"
+    assert (
+        short_name("NVIDIA GeForce RTX 4090") == "RTX 4090" and short_name("Tesla V100-SXM2-16GB") == "V100-SXM2-16GB"
+    )
 
 
 # ---- the event, the model, the pane ----------------------------------------------------------------------
-def two_gpus(t: float, util0: int = 97, used0: float = 61.2, rss: float = 2.1, torch_peak: float | None = 12.3) -> SystemSample:
-    gpu = lambda i, util, used, temp, power: {"index": i, "name": "H100 80GB HBM3", "util": util, "mem_used": int(used * GiB), "mem_total": int(79.6 * GiB), "temp": temp, "power_w": power}  # noqa: E731
+def two_gpus(
+    t: float, util0: int = 97, used0: float = 61.2, rss: float = 2.1, torch_peak: float | None = 12.3
+) -> SystemSample:
+    gpu = lambda i, util, used, temp, power: {
+        "index": i,
+        "name": "H100 80GB HBM3",
+        "util": util,
+        "mem_used": int(used * GiB),
+        "mem_total": int(79.6 * GiB),
+        "temp": temp,
+        "power_w": power,
+    }  # noqa: E731
     return SystemSample(
         cpu_percent=12.0,
         ram_used=int(10.1 * GiB),
@@ -212,17 +248,32 @@ def test_the_event_round_trips_through_json() -> None:
     assert line.startswith(b'{"event":"system_sample",') and line.startswith(line_prefix("system_sample"))
     assert event_from_dict(json.loads(line)) == sample == decode(line)
     cpu_only = SystemSample(cpu_percent=1.0, ram_used=1, ram_total=2, rss=3)
-    assert event_from_dict(json.loads(encode(cpu_only))) == cpu_only and cpu_only.gpus == [] and cpu_only.torch_peak_bytes is None
+    assert (
+        event_from_dict(json.loads(encode(cpu_only))) == cpu_only
+        and cpu_only.gpus == []
+        and cpu_only.torch_peak_bytes is None
+    )
 
 
 def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
     m = MonitorModel()
     assert m.system is None and m.system_summary() == []
-    m.apply_all([two_gpus(1000.0, util0=90, used0=70.0, rss=2.5, torch_peak=12.3), two_gpus(1002.0, util0=50, used0=61.2, rss=2.1, torch_peak=None)])
+    m.apply_all(
+        [
+            two_gpus(1000.0, util0=90, used0=70.0, rss=2.5, torch_peak=12.3),
+            two_gpus(1002.0, util0=50, used0=61.2, rss=2.1, torch_peak=None),
+        ]
+    )
     assert m.system is not None and m.system.time == 1002.0 and m.system_samples == 2
-    assert m.gpus[0].mem_peak == int(70.0 * GiB) and m.gpus[0].mean_util == 70.0 and m.gpus[0].util.points() == ([1000.0, 1002.0], [90.0, 50.0])
+    assert (
+        m.gpus[0].mem_peak == int(70.0 * GiB)
+        and m.gpus[0].mean_util == 70.0
+        and m.gpus[0].util.points() == ([1000.0, 1002.0], [90.0, 50.0])
+    )
     assert m.gpus[1].mem_peak == GiB and m.gpus[1].mean_util == 3.0
-    assert m.rss_peak == int(2.5 * GiB) and m.torch_peak == int(12.3 * GiB) and m.cpu_history.points()[1] == [12.0, 12.0]
+    assert (
+        m.rss_peak == int(2.5 * GiB) and m.torch_peak == int(12.3 * GiB) and m.cpu_history.points()[1] == [12.0, 12.0]
+    )
     assert m.system_summary() == [
         "GPU0 H100 80GB HBM3: peak memory 70.0/79.6 GiB, mean util 70%",
         "GPU1 H100 80GB HBM3: peak memory 1.0/79.6 GiB, mean util 3%",
@@ -241,9 +292,17 @@ def test_the_system_pane_shows_each_gpu_within_its_width(width: int) -> None:
     lines = panels.system_text(m, width).plain.splitlines()
     assert all(len(line) <= width for line in lines), lines
     assert len(lines) == 4 and lines[0].startswith("GPU0 ") and lines[1].startswith("GPU1 ")
-    assert "47%" in lines[0] and "3%" in lines[1] and lines[2] == "torch peak 12.3 GiB" and lines[3].startswith("CPU 12%")
+    assert (
+        "47%" in lines[0] and "3%" in lines[1] and lines[2] == "torch peak 12.3 GiB" and lines[3].startswith("CPU 12%")
+    )
     if width >= 60:  # memory, temperature and power, in columns that line up
-        assert "61.2/79.6 GiB" in lines[0] and " 1.0/79.6 GiB" in lines[1] and "64°C" in lines[0] and "312 W" in lines[0] and "- W" in lines[1]
+        assert (
+            "61.2/79.6 GiB" in lines[0]
+            and " 1.0/79.6 GiB" in lines[1]
+            and "64°C" in lines[0]
+            and "312 W" in lines[0]
+            and "- W" in lines[1]
+        )
         assert lines[0].index("GiB") == lines[1].index("GiB") and lines[0].index(" W") == lines[1].index(" W")
         assert "RAM 10.1/24.0 GiB" in lines[3] and "RSS 2.1 GiB" in lines[3]
     if width >= 120:  # and the utilisation over time, on a fixed 0-100% scale
@@ -263,7 +322,9 @@ def test_the_pane_drops_pieces_whole_and_a_cpu_only_machine_shows_the_cpu_line()
 
 
 # ---- a real run --------------------------------------------------------------------------------------------
-def test_a_run_logs_system_samples_between_its_start_and_its_end(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_logs_system_samples_between_its_start_and_its_end(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(system.INTERVAL_ENV, str(FAST))
     spec = write_spec(workdir, run={"epochs": 10})
     r = run_cli("run", spec, "--headless", cwd=workdir)
@@ -271,12 +332,17 @@ def test_a_run_logs_system_samples_between_its_start_and_its_end(workdir: Path, 
     run_dir = only_run(workdir / "runs")
     events, tail = read_events(run_dir)
     assert tail.skipped == 0
-    assert events[0].kind == "run_started" and events[-1].kind == "finished", "sampling starts after the start and ends before the end"
+    assert events[0].kind == "run_started" and events[-1].kind == "finished", (
+        "sampling starts after the start and ends before the end"
+    )
     samples = of(events, SystemSample)
     assert samples and all(s.ram_total > 0 and s.rss > 0 for s in samples)
     shown = run_cli("show", run_dir, cwd=workdir)
     assert shown.returncode == 0, shown.stderr
-    assert f"system: peak RSS {max(s.rss for s in samples) / GiB:.1f} GiB, mean CPU" in shown.stdout and f"({len(samples)} sample" in shown.stdout
+    assert (
+        f"system: peak RSS {max(s.rss for s in samples) / GiB:.1f} GiB, mean CPU" in shown.stdout
+        and f"({len(samples)} sample" in shown.stdout
+    )
 
 
 def test_a_run_in_this_process_stops_its_sampler(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,9 @@ from tuiloop.rundir.lock import is_locked
 from tuiloop.session.track import Run
 
 
-def seed_loop(run_dir: Path, num_epochs: int = 3, delay: float = 0.0, saves: list[int] | None = None, **track: Any) -> Run:
+def seed_loop(
+    run_dir: Path, num_epochs: int = 3, delay: float = 0.0, saves: list[int] | None = None, **track: Any
+) -> Run:
     """The seed's plain training loop (DataLoader, loss.item() every step, validation and a
     best-model save each epoch), with the tuiloop.track calls added. ``saves`` collects the steps
     at which save_requested() said yes."""
@@ -42,7 +44,13 @@ def seed_loop(run_dir: Path, num_epochs: int = 3, delay: float = 0.0, saves: lis
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     best_val_loss = float("inf")
     step = 0
-    with tuiloop.track(run_dir, config={"lr": 0.01, "epochs": num_epochs}, epochs=num_epochs, steps_per_epoch=len(train_loader), **track) as run:
+    with tuiloop.track(
+        run_dir,
+        config={"lr": 0.01, "epochs": num_epochs},
+        epochs=num_epochs,
+        steps_per_epoch=len(train_loader),
+        **track,
+    ) as run:
         for epoch in range(1, num_epochs + 1):
             model.train()
             for batch_x, batch_y in train_loader:
@@ -83,24 +91,47 @@ def test_a_tracked_loop_is_a_full_run_directory_that_show_and_ls_read(tmp_path: 
     run = seed_loop(run_dir)
     f = run.finished
     assert f is not None and (f.status, f.epochs_done, f.step) == ("completed", 3, 24)
-    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "run.lock", "events.jsonl", "summary.json", "checkpoints"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "run.json",
+        "run.lock",
+        "events.jsonl",
+        "summary.json",
+        "checkpoints",
+    }
     assert (run_dir.stat().st_mode & 0o777) == 0o700 and (run_dir / "checkpoints" / "best.pt").is_file()
     assert not (run_dir / "control.sock").exists() and not is_locked(run_dir)
     info = read_json(run_dir / "run.json")
-    assert info is not None and info["name"] == "mine" and info["config"] == {"lr": 0.01, "epochs": 3} and info["pid"] == os.getpid() and info["session"]
+    assert (
+        info is not None
+        and info["name"] == "mine"
+        and info["config"] == {"lr": 0.01, "epochs": 3}
+        and info["pid"] == os.getpid()
+        and info["session"]
+    )
     assert "torch" in info["versions"] and info["started"] > 0
     s = summary(run_dir)
-    assert s is not None and s["status"] == "completed" and (s["epochs"], s["epochs_done"], s["steps"]) == (3, 3, 24) and set(s["final_metrics"]) == {"train_loss", "val_loss"}
+    assert (
+        s is not None
+        and s["status"] == "completed"
+        and (s["epochs"], s["epochs_done"], s["steps"]) == (3, 3, 24)
+        and set(s["final_metrics"]) == {"train_loss", "val_loss"}
+    )
     evs, tail = read_events(run_dir)
     assert tail.skipped == 0 and evs[0].kind == "run_started" and evs[-1].kind == "finished"
-    assert evs[0].commands == ["pause", "resume", "toggle_pause", "save", "stop", "force"], "the monitor offers the keys the loop obeys"
+    assert evs[0].commands == ["pause", "resume", "toggle_pause", "save", "stop", "force"], (
+        "the monitor offers the keys the loop obeys"
+    )
     assert evs[0].session == info["session"] and evs[0].epochs == 3 and evs[0].steps_per_epoch == 8  # type: ignore[attr-defined]
     steps = [e for e in evs if e.kind == "train_steps"]
     assert [s for e in steps for s in range(e.first_step, e.first_step + len(e.losses))] == list(range(1, 25))  # type: ignore[attr-defined]
     assert [e.epoch for e in evs if e.kind == "validated"] == [1, 2, 3]  # type: ignore[attr-defined]
     shown = run_cli("show", run_dir, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "run mine started" in shown.stdout and "epoch 3/3  train_loss" in shown.stdout and "finished: completed" in shown.stdout
+    assert (
+        "run mine started" in shown.stdout
+        and "epoch 3/3  train_loss" in shown.stdout
+        and "finished: completed" in shown.stdout
+    )
     listed = run_cli("ls", tmp_path / "runs", cwd=tmp_path)
     assert "mine" in listed.stdout and "finished" in listed.stdout and "3/3" in listed.stdout
     resumed = run_cli("run", "--resume", run_dir, cwd=tmp_path)
@@ -112,20 +143,28 @@ def test_a_tracked_loop_obeys_pause_save_and_stop_from_its_control_socket(tmp_pa
     run_dir = tmp_path / "live"
     saves: list[int] = []
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(run=seed_loop(run_dir, num_epochs=500, delay=0.005, saves=saves)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.update(run=seed_loop(run_dir, num_epochs=500, delay=0.005, saves=saves)), daemon=True
+    )
     thread.start()
     try:
         wait_until(lambda: answers(run_dir), 30, "the run's control socket")
         wait_until(lambda: last_step(run_dir) >= 3, 30, "the first steps")
         assert send_command(run_dir, "pause") == {"ok": True}
-        wait_until(lambda: any(e["event"] == "state" and e["state"] == "paused" for e in events(run_dir)), 10, "the pause")
+        wait_until(
+            lambda: any(e["event"] == "state" and e["state"] == "paused" for e in events(run_dir)), 10, "the pause"
+        )
         held = last_step(run_dir)
         time.sleep(0.5)
         assert last_step(run_dir) == held, "the loop went on while paused"
         assert send_command(run_dir, "resume") == {"ok": True}
         wait_until(lambda: last_step(run_dir) > held, 10, "steps after the resume")
         assert send_command(run_dir, "save") == {"ok": True}
-        wait_until(lambda: [e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual"], 10, "the manual checkpoint")
+        wait_until(
+            lambda: [e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual"],
+            10,
+            "the manual checkpoint",
+        )
         assert send_command(run_dir, "stop") == {"ok": True}
         thread.join(30)
     finally:
@@ -164,7 +203,11 @@ def test_steps_logged_with_gaps_are_written_as_runs_of_consecutive_steps(tmp_pat
     validated = [e for e in events(run_dir) if e["event"] == "validated"]
     assert [(e["epoch"], e["step"]) for e in validated] == [(1, 20), (2, 40)]
     assert validated[0]["metrics"]["train_loss"] == pytest.approx((1 / 5 + 1 / 10 + 1 / 15 + 1 / 20) / 4)
-    assert run.finished is not None and (run.finished.status, run.finished.step, run.finished.epochs_done) == ("completed", 50, 2)
+    assert run.finished is not None and (run.finished.status, run.finished.step, run.finished.epochs_done) == (
+        "completed",
+        50,
+        2,
+    )
 
 
 def test_an_exception_in_the_with_block_ends_the_run_as_failed_and_goes_on_up(tmp_path: Path) -> None:
@@ -194,7 +237,9 @@ def test_a_live_run_directory_cannot_be_tracked_twice(tmp_path: Path) -> None:
             tuiloop.track(run_dir)
         first.log(1, 0.5)
     assert summary(run_dir)["status"] == "completed"  # type: ignore[index]
-    assert [e["event"] for e in events(run_dir)] == ["run_started", "train_steps", "finished"], "the refused one wrote nothing"
+    assert [e["event"] for e in events(run_dir)] == ["run_started", "train_steps", "finished"], (
+        "the refused one wrote nothing"
+    )
 
 
 def test_a_finished_run_directory_is_continued(tmp_path: Path) -> None:
@@ -234,7 +279,14 @@ def test_ctrl_c_stops_a_tracked_loop_and_force_ends_its_process(how: str, tmp_pa
     script = tmp_path / "loop.py"
     script.write_text(textwrap.dedent(SCRIPT))
     run_dir = tmp_path / "runs" / how
-    proc = subprocess.Popen([sys.executable, script, run_dir], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = subprocess.Popen(
+        [sys.executable, script, run_dir],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     try:
         wait_until(lambda: answers(run_dir) and last_step(run_dir) > 0, 60, "the loop to run")
         if how == "interrupt":

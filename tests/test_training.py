@@ -43,10 +43,23 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_accumulating_4_batches_of_8_is_one_batch_of_32(workdir: Path, n: int) -> None:
     """SGD, no batch-dependent layers, the same data order: the same weights up to float rounding,
     with the same optimizer steps (and a last, shorter group stepped, not dropped)."""
-    common = dict(optimizer={"target": "SGD", "lr": 0.1}, data={"n": n}, scheduler={"target": "StepLR", "step_size": 1, "gamma": 0.97, "interval": "step"})
-    code, big_events, big = train(workdir, "run.epochs=3", f"run.out_dir={workdir / 'big'}", "data.batch_size=32", **common)
+    common = dict(
+        optimizer={"target": "SGD", "lr": 0.1},
+        data={"n": n},
+        scheduler={"target": "StepLR", "step_size": 1, "gamma": 0.97, "interval": "step"},
+    )
+    code, big_events, big = train(
+        workdir, "run.epochs=3", f"run.out_dir={workdir / 'big'}", "data.batch_size=32", **common
+    )
     assert code == 0
-    code, acc_events, acc = train(workdir, "run.epochs=3", f"run.out_dir={workdir / 'acc'}", "data.batch_size=8", "train.accumulate_grad_batches=4", **common)
+    code, acc_events, acc = train(
+        workdir,
+        "run.epochs=3",
+        f"run.out_dir={workdir / 'acc'}",
+        "data.batch_size=8",
+        "train.accumulate_grad_batches=4",
+        **common,
+    )
     assert code == 0
     a, b = weights(big), weights(acc)
     for key in a:
@@ -72,7 +85,9 @@ def _make(workdir: Path, tag: str, *sets: str, **sections: Any) -> Trainer:
 def test_stop_after_this_epoch_validates_saves_once_and_stops(workdir: Path, val_every: int) -> None:
     """The `e` key in epoch 2 of a run that validates every 3rd epoch: epoch 2 still ends with its
     validation, checkpoints and early-stopping update, last.pt is written once, the run stops."""
-    trainer = _make(workdir, f"e{val_every}", "run.epochs=9", f"run.val_every={val_every}", early_stopping={"patience": 5})
+    trainer = _make(
+        workdir, f"e{val_every}", "run.epochs=9", f"run.val_every={val_every}", early_stopping={"patience": 5}
+    )
     seen: list[Event] = []
     trainer.subscribe(seen.append)
     sent = []
@@ -87,7 +102,9 @@ def test_stop_after_this_epoch_validates_saves_once_and_stops(workdir: Path, val
     assert [v.epoch for v in of(seen, Validated)] == ([1, 2] if val_every == 1 else [2])
     assert [e.epoch for e in seen if type(e).__name__ == "EarlyStopUpdate"][-1] == 2
     lasts = [e for e in seen if type(e).__name__ == "CheckpointSaved" and e.tag == "last"]
-    assert [e.step for e in lasts][-1] == finished.step and len([e for e in lasts if e.step == finished.step]) == 1, "last.pt once at the end"
+    assert [e.step for e in lasts][-1] == finished.step and len([e for e in lasts if e.step == finished.step]) == 1, (
+        "last.pt once at the end"
+    )
     assert load_ckpt(workdir / f"e{val_every}" / "checkpoints" / "last.pt")["epoch"] == 2
 
 
@@ -173,7 +190,9 @@ def test_bf16_mixed_trains_under_autocast_on_the_cpu(workdir: Path) -> None:
     assert code == 0
     vals = [v.metrics["val_loss"] for v in of(events, Validated)]
     assert vals[-1] < vals[0], "it learns"
-    assert load_ckpt(run_dir / "checkpoints" / "last.pt")["model_state_dict"]["net.0.weight"].dtype == torch.float32, "weights stay float32"
+    assert load_ckpt(run_dir / "checkpoints" / "last.pt")["model_state_dict"]["net.0.weight"].dtype == torch.float32, (
+        "weights stay float32"
+    )
     (started,) = [e for e in events if e.kind == "run_started"]
     assert started.precision == "bf16-mixed"
     # and the forward really ran in bfloat16
@@ -186,12 +205,24 @@ def test_bf16_mixed_trains_under_autocast_on_the_cpu(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "said"),
     [
-        ("fp16", ["[train] precision", "'fp16' is not one of '32-true', 'bf16-mixed', '16-mixed'", 'Did you mean "16-mixed"?']),
+        (
+            "fp16",
+            [
+                "[train] precision",
+                "'fp16' is not one of '32-true', 'bf16-mixed', '16-mixed'",
+                'Did you mean "16-mixed"?',
+            ],
+        ),
         ("bf16", ['Did you mean "bf16-mixed"?']),
-        ("16-mixed", ["[train] precision", '"16-mixed" (float16 with loss scaling) needs a GPU; on the CPU use "bf16-mixed"']),
+        (
+            "16-mixed",
+            ["[train] precision", '"16-mixed" (float16 with loss scaling) needs a GPU; on the CPU use "bf16-mixed"'],
+        ),
     ],
 )
-def test_bad_precisions_say_what_to_use(workdir: Path, capsys: pytest.CaptureFixture[str], value: str, said: list[str]) -> None:
+def test_bad_precisions_say_what_to_use(
+    workdir: Path, capsys: pytest.CaptureFixture[str], value: str, said: list[str]
+) -> None:
     from tuiloop.cli import main
 
     assert main(["run", str(write_spec(workdir)), "--headless", "--set", f"train.precision={value}"]) == 2
@@ -202,7 +233,11 @@ def test_bad_precisions_say_what_to_use(workdir: Path, capsys: pytest.CaptureFix
 
 
 # ---- models that compute their own loss --------------------------------------------------------------------
-@pytest.mark.parametrize(("model", "style"), [("OwnLoss", "tuple"), ("OwnLossList", "tuple"), ("OwnLoss", "scalar"), ("OwnLoss", "attr"), ("OwnLoss", "dict")], ids=["tuple", "list", "scalar", "attr", "dict"])
+@pytest.mark.parametrize(
+    ("model", "style"),
+    [("OwnLoss", "tuple"), ("OwnLossList", "tuple"), ("OwnLoss", "scalar"), ("OwnLoss", "attr"), ("OwnLoss", "dict")],
+    ids=["tuple", "list", "scalar", "attr", "dict"],
+)
 def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, model: str, style: str) -> None:
     """nanoGPT's convention: the batch (x, y) goes to forward as model(x, y); the loss is the
     output, output.loss, output["loss"], or the one scalar tensor of a tuple or a list."""
@@ -210,7 +245,13 @@ def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, mo
         with torch.no_grad():
             out = tiny.OwnLossList()(*tiny.classes()[1].tensors)
         assert isinstance(out, list) and [t.ndim for t in out] == [2, 0]
-    code, events, run_dir = train(workdir, "run.epochs=4", "optimizer.lr=0.05", model={"target": f"tiny.py:{model}", "style": style}, loss={"target": "model"})
+    code, events, run_dir = train(
+        workdir,
+        "run.epochs=4",
+        "optimizer.lr=0.05",
+        model={"target": f"tiny.py:{model}", "style": style},
+        loss={"target": "model"},
+    )
     assert code == 0, of(events, Failed)
     vals = [v.metrics for v in of(events, Validated)]
     assert set(vals[0]) == {"train_loss", "val_loss"} and vals[-1]["val_loss"] < vals[0]["val_loss"]
@@ -232,7 +273,13 @@ def test_a_hugging_face_style_dict_batch_goes_to_forward_by_name(workdir: Path) 
         model={"target": "tiny.py:OwnLoss", "style": "attr"},
         data={"target": "tiny.py:labelled_dicts"},
         loss={"target": "model"},
-        scheduler={"target": "ReduceLROnPlateau", "patience": 0, "factor": 0.5, "threshold": 10.0, "threshold_mode": "abs"},  # every check after the first is "bad"
+        scheduler={
+            "target": "ReduceLROnPlateau",
+            "patience": 0,
+            "factor": 0.5,
+            "threshold": 10.0,
+            "threshold_mode": "abs",
+        },  # every check after the first is "bad"
         early_stopping={"monitor": "val_loss", "patience": 2, "min_delta": 1.0},
     )
     code, events, run_dir = train(workdir, "run.epochs=20", "optimizer.lr=0.05", **sections)
@@ -247,7 +294,10 @@ def test_a_model_that_returns_no_loss_is_a_clear_error(workdir: Path) -> None:
     code, events, _ = train(workdir, model={"target": "tiny.py:OwnLoss", "style": "bad"}, loss={"target": "model"})
     assert code == 1
     (failed,) = of(events, Failed)
-    assert '[loss] target = "model" takes the loss from what the model returns, but it returned a tensor of shape (16, 3)' in failed.error
+    assert (
+        '[loss] target = "model" takes the loss from what the model returns, but it returned a tensor of shape (16, 3)'
+        in failed.error
+    )
     assert "as output.loss" in failed.error and "first batch" in failed.where
 
 
@@ -279,9 +329,19 @@ def test_compile_announces_the_first_step_counts_recompiles_and_saves_plain_keys
 def test_compile_without_a_c_compiler_is_a_clear_error_at_the_start(workdir: Path) -> None:
     env = {**cli_env(), "PATH": str(workdir / "empty"), "CXX": "", "CC": ""}
     spec = write_spec(workdir, train={"compile": True})
-    done = subprocess.run([sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"], cwd=workdir, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tuiloop", "run", str(spec), "--headless"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
-    assert "[train] compile: compile = true needs a C++ compiler for torch.compile on cpu, and none was found" in done.stderr
+    assert (
+        "[train] compile: compile = true needs a C++ compiler for torch.compile on cpu, and none was found"
+        in done.stderr
+    )
     assert "apt install g++" in done.stderr and "Traceback" not in done.stderr
     assert not (workdir / "runs").exists()
 

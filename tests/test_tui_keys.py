@@ -9,7 +9,16 @@ from dataclasses import replace
 
 from test_tui_screen import FakeRun, monitor, run_async, screen_text, settled, wait_for
 
-from tuiloop.engine.events import EarlyStopUpdate, Finished, Message, RunStarted, SettingChanged, SystemSample, TrainSteps, Validated
+from tuiloop.engine.events import (
+    EarlyStopUpdate,
+    Finished,
+    Message,
+    RunStarted,
+    SettingChanged,
+    SystemSample,
+    TrainSteps,
+    Validated,
+)
 from tuiloop.tui.app import MonitorApp
 from tuiloop.tui.screens import KEYS, Confirm, EpochsScreen, KeysScreen, OutputScreen
 from tuiloop.tui.scroll import ScrollLines
@@ -26,7 +35,9 @@ async def test_e_toggles_stop_after_this_epoch_and_the_progress_line_says_so() -
         run.push(SettingChanged("stop_after_epoch", False, True, 4, 24, "command", time=T0 + 9))
         await wait_for(pilot, lambda: "stops after epoch 4" in screen_text(app), what="the progress line")
         run.push(SettingChanged("stop_after_epoch", True, False, 4, 25, "command", time=T0 + 10))
-        await wait_for(pilot, lambda: "stop after this epoch cancelled" in screen_text(app), what="the cancel in the log")
+        await wait_for(
+            pilot, lambda: "stop after this epoch cancelled" in screen_text(app), what="the cancel in the log"
+        )
         assert "stops after epoch" not in screen_text(app).splitlines()[1]
 
 
@@ -57,7 +68,12 @@ async def test_p_upper_suspends_and_r_upper_resumes_in_a_new_process() -> None:
         calls.append(1)
         return "new-process", "session-2"
 
-    async with monitor(epochs(3, session="session-1"), (120, 40), resumer=resumer, expect_session="session-1") as (run, app, pilot, _):
+    async with monitor(epochs(3, session="session-1"), (120, 40), resumer=resumer, expect_session="session-1") as (
+        run,
+        app,
+        pilot,
+        _,
+    ):
         assert "R Resume" not in screen_text(app)
         await pilot.press("P")
         await wait_for(pilot, lambda: isinstance(app.screen, Confirm), what="the question")
@@ -73,7 +89,11 @@ async def test_p_upper_suspends_and_r_upper_resumes_in_a_new_process() -> None:
         n = app.model.events_seen
         run.push(*epochs(1, session="session-2", start_epoch=3, start_step=24, resumed_from="checkpoints/last.pt")[:1])
         await settled(pilot, run, app, n + 1)
-        assert app.model.state == "running" and "RUNNING" in screen_text(app) and "resumed at epoch 4, step 24" in screen_text(app)
+        assert (
+            app.model.state == "running"
+            and "RUNNING" in screen_text(app)
+            and "resumed at epoch 4, step 24" in screen_text(app)
+        )
 
 
 @run_async
@@ -93,10 +113,17 @@ async def test_a_resume_that_fails_says_why_and_offers_r_again() -> None:
 @run_async
 async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     long = "UserWarning: " + "a long warning from the user's forward " * 6 + "END-OF-WARNING"
-    (tmp_path / "output.log").write_text(f"hello from the user's code\n\x1b[31mred warning\x1b[0m\nprogress 10%\rprogress 100%\n{long}\n")
+    (tmp_path / "output.log").write_text(
+        f"hello from the user's code\n\x1b[31mred warning\x1b[0m\nprogress 10%\rprogress 100%\n{long}\n"
+    )
     (tmp_path / "ranks").mkdir()
     (tmp_path / "ranks" / "rank-1.log").write_text("rank one says hi\n")
-    async with monitor(epochs(2, run_dir=str(tmp_path), world_size=2, backend="gloo"), (120, 40)) as (run, app, pilot, _):
+    async with monitor(epochs(2, run_dir=str(tmp_path), world_size=2, backend="gloo"), (120, 40)) as (
+        run,
+        app,
+        pilot,
+        _,
+    ):
         await pilot.press("o")
         await wait_for(pilot, lambda: "hello from the user's code" in screen_text(app), what="output.log")
         text = screen_text(app)
@@ -116,9 +143,18 @@ async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # 
 
 @run_async
 async def test_o_on_a_run_that_prints_to_its_own_terminal_says_its_output_is_not_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with monitor(epochs(2, run_dir=str(tmp_path)), (120, 40)) as (run, app, pilot, _):  # headless, tracked: no output.log
+    async with monitor(epochs(2, run_dir=str(tmp_path)), (120, 40)) as (
+        run,
+        app,
+        pilot,
+        _,
+    ):  # headless, tracked: no output.log
         await pilot.press("o")
-        await wait_for(pilot, lambda: "not kept: this run prints to the terminal that started it" in screen_text(app), what="the note")
+        await wait_for(
+            pilot,
+            lambda: "not kept: this run prints to the terminal that started it" in screen_text(app),
+            what="the note",
+        )
 
 
 @run_async
@@ -203,7 +239,11 @@ async def test_question_mark_lists_every_key() -> None:
 
 @run_async
 async def test_a_read_only_view_offers_none_of_the_keys_that_change_the_run() -> None:
-    async with monitor([*epochs(2), Finished("suspended", "suspended to disk", 2, 16, 0.6, 2, "val_loss", 5.0, time=T0 + 9)], (120, 40), read_only=True) as (run, app, pilot, _):
+    async with monitor(
+        [*epochs(2), Finished("suspended", "suspended to disk", 2, 16, 0.6, 2, "val_loss", 5.0, time=T0 + 9)],
+        (120, 40),
+        read_only=True,
+    ) as (run, app, pilot, _):
         for key in ("e", "minus", "plus", "P", "R"):
             await pilot.press(key)
         await pilot.pause(0.2)
@@ -245,17 +285,34 @@ async def test_small_terminals_drop_panels_but_never_cut_a_number() -> None:
 @run_async
 async def test_the_system_pane_shows_each_gpu_and_the_process() -> None:
     gib = 1 << 30
-    gpus = [{"index": i, "name": "NVIDIA H100 80GB HBM3", "util": 97 - i, "mem_used": (61 + i) * gib, "mem_total": 80 * gib, "temp": 64, "power_w": 312.0} for i in range(2)]
+    gpus = [
+        {
+            "index": i,
+            "name": "NVIDIA H100 80GB HBM3",
+            "util": 97 - i,
+            "mem_used": (61 + i) * gib,
+            "mem_total": 80 * gib,
+            "temp": 64,
+            "power_w": 312.0,
+        }
+        for i in range(2)
+    ]
     sample = SystemSample(12.0, 10 * gib, 24 * gib, 2 * gib, 101.0, 40 * gib, gpus, time=T0 + 3)
     async with monitor([*epochs(2), sample], (120, 40)) as (run, app, pilot, screen):
         lines = [line for line in screen.splitlines() if "GPU" in line]
         assert len(lines) == 2 and "97%" in lines[0] and "96%" in lines[1] and "64°C" in lines[0], screen
-        assert "61.0/80.0 GiB" in lines[0] and "torch peak 40.0 GiB" in screen and "CPU 12%  RAM 10.0/24.0 GiB  RSS 2.0 GiB" in screen
+        assert (
+            "61.0/80.0 GiB" in lines[0]
+            and "torch peak 40.0 GiB" in screen
+            and "CPU 12%  RAM 10.0/24.0 GiB  RSS 2.0 GiB" in screen
+        )
 
 
 @run_async
 async def test_a_tracked_loop_without_epochs_or_lr_shows_no_zeros_or_nan() -> None:
-    async with monitor(epochs(0, epochs=0, steps_per_epoch=None, num_params=0, problem="other", device_name="user loop"), (120, 40)) as (run, app, pilot, _):
+    async with monitor(
+        epochs(0, epochs=0, steps_per_epoch=None, num_params=0, problem="other", device_name="user loop"), (120, 40)
+    ) as (run, app, pilot, _):
         n = app.model.events_seen
         run.push(TrainSteps(1, 1, [1.0, 0.9], 2, float("nan"), 0.0, time=T0 + 1))
         await settled(pilot, run, app, n + 1)

@@ -29,7 +29,9 @@ def states(run_dir: Path) -> list[str]:
 async def steer(run_dir: Path, proc) -> MonitorApp:  # type: ignore[no-untyped-def]
     app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: last_step(run_dir) >= 16 and app.model.step >= 16, 90, "the run to train two epochs")
+        await wait_for(
+            pilot, lambda: last_step(run_dir) >= 16 and app.model.step >= 16, 90, "the run to train two epochs"
+        )
         await wait_for(pilot, lambda: "RUNNING" in screen_text(app), 5, "RUNNING on screen (the next frame)")
 
         # p pauses: the loop waits at a step boundary and no step is logged while paused
@@ -48,11 +50,21 @@ async def steer(run_dir: Path, proc) -> MonitorApp:  # type: ignore[no-untyped-d
         # s saves a checkpoint now: the file, the event, the line in the log panel
         await pilot.press("s")
         manual = []
-        await wait_for(pilot, lambda: manual.extend(e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual") or manual, 20, "a manual checkpoint event")
+        await wait_for(
+            pilot,
+            lambda: (
+                manual.extend(e for e in events(run_dir) if e["event"] == "checkpoint" and e["tag"] == "manual")
+                or manual
+            ),
+            20,
+            "a manual checkpoint event",
+        )
         assert (run_dir / manual[0]["path"]).is_file()
         # (the log panel shows its newest lines; at this speed routine saves can scroll it past before a capture)
         name = Path(manual[0]["path"]).name
-        await wait_for(pilot, lambda: any(name in entry.text for entry in app.model.log), 5, "the manual save in the log")
+        await wait_for(
+            pilot, lambda: any(name in entry.text for entry in app.model.log), 5, "the manual save in the log"
+        )
 
         # q asks, y stops: the run finishes its step, saves last.pt, writes its summary; the monitor closes
         await pilot.press("q")
@@ -90,7 +102,13 @@ def test_a_resumed_run_is_followed_to_its_new_end(workdir: Path) -> None:
     proc = resume_worker(run_dir, validate(spec.raw, spec.where, spec.base_dir, spec.path))
 
     async def watch() -> MonitorApp:
-        app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir), exit_on_finish=True, expect_session="resumed-session")
+        app = MonitorApp(
+            RunSource(run_dir, proc),
+            lambda cmd: send_command(run_dir, cmd),
+            run_dir=str(run_dir),
+            exit_on_finish=True,
+            expect_session="resumed-session",
+        )
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: not app.is_running, 90, "the resumed run to finish")
         return app

@@ -26,7 +26,9 @@ def watch(run_dir: Path, proc, body) -> MonitorApp:  # type: ignore[no-untyped-d
     """Run the monitor on the real run while ``body(app, pilot)`` acts; the process ends after."""
 
     async def main() -> MonitorApp:
-        app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir), exit_on_finish=True)
+        app = MonitorApp(
+            RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir), exit_on_finish=True
+        )
         async with app.run_test(size=(100, 30)) as pilot:
             await body(app, pilot)
             await wait_for(pilot, lambda: not app.is_running, 60, "the monitor to close when the run ended")
@@ -44,19 +46,33 @@ def watch(run_dir: Path, proc, body) -> MonitorApp:  # type: ignore[no-untyped-d
 
 def test_a_slow_first_batch_shows_as_waiting_for_the_first_batch(workdir: Path) -> None:
     go = workdir / "go"
-    run_dir, proc = start_worker(load_spec(write_spec(workdir, run={"epochs": 2000}, model={"target": "tiny.py:SlowStart", "go": str(go), "delay": 0.02})))
+    run_dir, proc = start_worker(
+        load_spec(
+            write_spec(
+                workdir, run={"epochs": 2000}, model={"target": "tiny.py:SlowStart", "go": str(go), "delay": 0.02}
+            )
+        )
+    )
 
     async def body(app: MonitorApp, pilot) -> None:  # type: ignore[no-untyped-def]
-        await wait_for(pilot, lambda: "waiting for the first batch…" in screen_text(app), 90, "the first-batch phase on screen")
+        await wait_for(
+            pilot, lambda: "waiting for the first batch…" in screen_text(app), 90, "the first-batch phase on screen"
+        )
         # between the start and the first steps: the run announced itself, no step is logged yet
         log = kinds(run_dir)
         assert "run_started" in log and "train_steps" not in log, log
-        assert app.model.started is not None and app.model.step == 0 and app.model.phase == "waiting for the first batch"
-        assert "epoch 1/2000 " in screen_text(app) and "started: on cpu, 131 parameters, 2,000 epochs x 8 steps" in screen_text(app)
+        assert (
+            app.model.started is not None and app.model.step == 0 and app.model.phase == "waiting for the first batch"
+        )
+        assert "epoch 1/2000 " in screen_text(
+            app
+        ) and "started: on cpu, 131 parameters, 2,000 epochs x 8 steps" in screen_text(app)
         go.touch()  # the first forward returns
         await wait_for(pilot, lambda: app.model.step > 0, 30, "the first steps")
         assert app.model.phase is None
-        await wait_for(pilot, lambda: "waiting for the first batch" not in screen_text(app), 5, "the phase to leave the screen")
+        await wait_for(
+            pilot, lambda: "waiting for the first batch" not in screen_text(app), 5, "the phase to leave the screen"
+        )
         assert send_command(run_dir, "stop") == {"ok": True}
 
     app = watch(run_dir, proc, body)
@@ -75,19 +91,28 @@ def test_bad_lines_in_a_live_log_are_skipped_with_a_warning_and_the_view_goes_on
     async def body(app: MonitorApp, pilot) -> None:  # type: ignore[no-untyped-def]
         await wait_for(pilot, lambda: app.model.step >= 8, 90, "a first epoch on screen")
         assert warnings(app) == []
-        fd = os.open(run_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND)  # as the writer appends: whole lines, one write
+        fd = os.open(
+            run_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND
+        )  # as the writer appends: whole lines, one write
         try:
             os.write(fd, bad)
         finally:
             os.close(fd)
         await wait_for(pilot, lambda: len(warnings(app)) == 2, 10, "a warning for each bad line")
-        await wait_for(pilot, lambda: "skipped a line of events.jsonl" in screen_text(app), 5, "the warning in the log panel")
+        await wait_for(
+            pilot, lambda: "skipped a line of events.jsonl" in screen_text(app), 5, "the warning in the log panel"
+        )
         unknown, torn = warnings(app)
         assert "unknown event type 'from_a_newer_tuiloop' (written by a newer tuiloop?)" in unknown
         assert "not a JSON object (a line cut short by a killed process?)" in torn
         # the reader goes on: new steps reach the model and the screen
         seen = app.model.step
-        await wait_for(pilot, lambda: app.model.step >= seen + 16 and last_step(run_dir) >= seen + 16, 30, "steps after the bad lines")
+        await wait_for(
+            pilot,
+            lambda: app.model.step >= seen + 16 and last_step(run_dir) >= seen + 16,
+            30,
+            "steps after the bad lines",
+        )
         assert send_command(run_dir, "stop") == {"ok": True}
 
     app = watch(run_dir, proc, body)

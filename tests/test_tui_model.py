@@ -31,9 +31,24 @@ T0 = 1_000_000.0
 
 
 def started(**kw) -> RunStarted:
-    base = dict(run_name="tiny", run_dir="/runs/tiny-1", device="cpu", device_name="cpu", epochs=10, steps_per_epoch=8, batch_size=16,
-                train_size=120, val_size=40, problem="multiclass", metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss",
-                mode="min", patience=3, num_params=99, time=T0)
+    base = dict(
+        run_name="tiny",
+        run_dir="/runs/tiny-1",
+        device="cpu",
+        device_name="cpu",
+        epochs=10,
+        steps_per_epoch=8,
+        batch_size=16,
+        train_size=120,
+        val_size=40,
+        problem="multiclass",
+        metrics=["train_loss", "val_loss", "val_acc"],
+        monitor="val_loss",
+        mode="min",
+        patience=3,
+        num_params=99,
+        time=T0,
+    )
     base.update(kw)
     return RunStarted(**base)
 
@@ -44,9 +59,20 @@ def epoch_events(epoch: int, t: float, val_loss: float, best: bool, lr: float = 
     return [
         TrainSteps(epoch, first, [1.0 / (first + i) for i in range(4)], 4, lr, 1000.0, time=t + 0.5),
         TrainSteps(epoch, first + 4, [1.0 / (first + 4 + i) for i in range(4)], 8, lr, 1000.0, time=t + 1.0),
-        Validated(epoch, first + 7, {"train_loss": 0.5, "val_loss": val_loss, "val_acc": 1 - val_loss}, best, 0.1, time=t + 1.1),
+        Validated(
+            epoch,
+            first + 7,
+            {"train_loss": 0.5, "val_loss": val_loss, "val_acc": 1 - val_loss},
+            best,
+            0.1,
+            time=t + 1.1,
+        ),
         EarlyStopUpdate(epoch, "val_loss", val_loss, val_loss if best else 0.1, counter, 3, counter >= 3, time=t + 1.1),
-        *([CheckpointSaved("best", "checkpoints/best.pt", epoch, first + 7, val_loss, "val_loss", time=t + 1.2)] if best else []),
+        *(
+            [CheckpointSaved("best", "checkpoints/best.pt", epoch, first + 7, val_loss, "val_loss", time=t + 1.2)]
+            if best
+            else []
+        ),
         CheckpointSaved("last", "checkpoints/last.pt", epoch, first + 7, val_loss, "val_loss", time=t + 1.2),
     ]
 
@@ -147,13 +173,24 @@ def test_model_eta_counts_running_time_only() -> None:
 def test_model_end_states_and_exit_statuses() -> None:
     m = MonitorModel()
     m.apply(started())
-    m.apply(Finished("early_stopped", "val_loss did not improve for 3 checks", 7, 56, 0.2, 4, "val_loss", 12.0, time=T0 + 13))
+    m.apply(
+        Finished(
+            "early_stopped", "val_loss did not improve for 3 checks", 7, 56, 0.2, 4, "val_loss", 12.0, time=T0 + 13
+        )
+    )
     assert m.over and m.state == "early_stopped" and m.exit_status() == 0
     assert "early stopped" in m.summary_line() and "best val_loss 0.2000 at epoch 4" in m.summary_line()
 
     m = MonitorModel()
     m.apply(started())
-    m.apply(Failed("ValueError: boom", "training, epoch 1, step 3: m.py:9 in forward", "Traceback ...\nValueError: boom\n", time=T0 + 1))
+    m.apply(
+        Failed(
+            "ValueError: boom",
+            "training, epoch 1, step 3: m.py:9 in forward",
+            "Traceback ...\nValueError: boom\n",
+            time=T0 + 1,
+        )
+    )
     m.apply(Finished("failed", "ValueError in training", 0, 2, None, None, "val_loss", 1.0, time=T0 + 1))
     assert m.exit_status() == 1 and m.state == "failed"
 
@@ -189,7 +226,11 @@ def test_model_end_states_and_exit_statuses() -> None:
 
 
 def test_a_resumed_runs_earlier_ending_does_not_end_the_view() -> None:
-    old = [started(session="first"), *epoch_events(1, T0, 0.4, True), Finished("stopped", "stopped by request", 1, 8, 0.4, 1, "val_loss", 1.0, time=T0 + 2)]
+    old = [
+        started(session="first"),
+        *epoch_events(1, T0, 0.4, True),
+        Finished("stopped", "stopped by request", 1, 8, 0.4, 1, "val_loss", 1.0, time=T0 + 2),
+    ]
     m = MonitorModel(expect_session="second")
     m.apply_all(old)
     assert not m.over and m.state == "starting" and m.finished is None
@@ -217,8 +258,14 @@ def test_panels_never_exceed_their_width(width: int) -> None:
         m.apply_all(epoch_events(e, T0 + 1.2 * e, 0.4 - 0.01 * e, e < 3, counter=max(e - 2, 0)))
     m.apply(LRChanged(4, 32, 0.001, 0.01, time=T0 + 5))
     m.apply(Message("warning", "a setup warning that is longer than any terminal line " * 4, time=T0 + 5))
-    m.apply(Failed("RuntimeError: " + "y" * 300, "training, epoch 4, step 30: m.py:1 in forward",
-                   '  File "/home/u/m.py", line 1, in forward\n    raise RuntimeError()\nRuntimeError\n', time=T0 + 6))
+    m.apply(
+        Failed(
+            "RuntimeError: " + "y" * 300,
+            "training, epoch 4, step 30: m.py:1 in forward",
+            '  File "/home/u/m.py", line 1, in forward\n    raise RuntimeError()\nRuntimeError\n',
+            time=T0 + 6,
+        )
+    )
     m.apply(Finished("failed", "RuntimeError in training", 4, 32, 0.38, 2, "val_loss", 6.0, time=T0 + 6))
     texts = [
         panels.title_text(m, width, read_only=True),
@@ -242,15 +289,32 @@ def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> 
     m.apply(started())
     m.apply(TrainSteps(1, 1, [1.0, 0.9, 0.8], 3, 0.01, 500.0, time=T0 + 1))
     assert panels.health_text(m, 60).plain.splitlines() == [f"samples/s  {500:>9} " + panels.sparkline([500.0], 38)]
-    m.apply(TrainSteps(1, 4, [0.7, float("inf"), 0.6], 6, 0.01, 700.0, grad_norms=[2.0, float("inf"), 1.5], loss_scale=32768.0, skipped_steps=1, time=T0 + 2))
+    m.apply(
+        TrainSteps(
+            1,
+            4,
+            [0.7, float("inf"), 0.6],
+            6,
+            0.01,
+            700.0,
+            grad_norms=[2.0, float("inf"), 1.5],
+            loss_scale=32768.0,
+            skipped_steps=1,
+            time=T0 + 2,
+        )
+    )
     m.apply(TrainSteps(1, 7, [0.5], 7, 0.01, 600.0, grad_norms=[1.25], loss_scale=32768.0, time=T0 + 3))
     assert (m.grad_norms.last, m.loss_scale, m.skipped_steps) == ((7, 1.25), 32768.0, 1)
     lines = panels.health_text(m, 60).plain.splitlines()
     assert lines[0].startswith("grad norm     1.2500 ") and lines[1].startswith("loss scale 32768  1 skipped step")
     assert lines[0].endswith(" █▃▁"), "the finite norms' history: 2.0, 1.5, 1.25 (the skipped step's inf is not drawn)"
     assert lines[2].startswith("samples/s ") and all(len(line) <= 60 for line in lines)
-    m.apply(TrainSteps(1, 8, [0.5], 8, 0.01, 600.0, loss_scale=16384.0, skipped_steps=1, time=T0 + 4))  # halved after an overflow
-    assert panels.health_text(m, 60).plain.splitlines()[1].endswith(" 2 skipped steps ██▁"), "the loss scale's history: 32768, 32768, 16384"
+    m.apply(
+        TrainSteps(1, 8, [0.5], 8, 0.01, 600.0, loss_scale=16384.0, skipped_steps=1, time=T0 + 4)
+    )  # halved after an overflow
+    assert panels.health_text(m, 60).plain.splitlines()[1].endswith(" 2 skipped steps ██▁"), (
+        "the loss scale's history: 32768, 32768, 16384"
+    )
 
 
 def test_early_stop_panel_marks_the_trigger() -> None:
@@ -281,7 +345,9 @@ def test_error_panel_shows_the_users_frames_the_engine_picked() -> None:
     lines = panels.error_text(m, 100, 10).plain.splitlines()
     assert lines[0] == "ValueError: bad batch"
     assert "models.py:16 in forward" in lines[1]
-    assert any("/home/me/models.py" in ln for ln in lines) and any('raise ValueError("bad batch")' in ln for ln in lines)
+    assert any("/home/me/models.py" in ln for ln in lines) and any(
+        'raise ValueError("bad batch")' in ln for ln in lines
+    )
     assert not any("torch" in ln or "trainer.py" in ln for ln in lines)
 
 
@@ -290,7 +356,9 @@ def test_loss_figure_is_at_plot_resolution_whatever_the_run_length() -> None:
     m.apply(started(epochs=100_000, steps_per_epoch=100))
     step = 1
     for epoch in range(1, 2001):  # 200,000 steps
-        m.apply(TrainSteps(epoch, step, [1.0 + math.sin(step + i) for i in range(100)], 100, 0.01, 1e4, time=T0 + epoch))
+        m.apply(
+            TrainSteps(epoch, step, [1.0 + math.sin(step + i) for i in range(100)], 100, 0.01, 1e4, time=T0 + epoch)
+        )
         m.apply(Validated(epoch, step + 99, {"train_loss": 1.0, "val_loss": 1.0 / epoch}, True, 0.0, time=T0 + epoch))
         step += 100
     fig = loss_figure(m, 60)
@@ -305,18 +373,43 @@ def test_loss_figure_is_at_plot_resolution_whatever_the_run_length() -> None:
 
 
 def test_helpers() -> None:
-    assert fmt.value(None) == "-" and fmt.value(0.12345) == "0.1235" and fmt.value(1.5e-5) == "1.5e-05" and fmt.value(float("nan")) == "nan"
+    assert (
+        fmt.value(None) == "-"
+        and fmt.value(0.12345) == "0.1235"
+        and fmt.value(1.5e-5) == "1.5e-05"
+        and fmt.value(float("nan")) == "nan"
+    )
     assert fmt.value(12345.6) == "1.235e+04" and fmt.value(0.0) == "0.0000"
     assert fmt.clock(5.25) == "5.2s" and fmt.clock(75) == "1:15" and fmt.clock(3725) == "1:02:05"
-    assert fmt.duration(42) == "42s" and fmt.duration(245) == "4m05s" and fmt.duration(7380) == "2h03m" and fmt.duration(273600) == "3d04h"
-    assert fmt.short_duration(45) == "45s" and fmt.short_duration(59.6) == "1:00" and fmt.short_duration(245) == "4:05" and fmt.short_duration(7380) == "2h03" and fmt.short_duration(None) == "-"
-    assert fmt.plural(1, "step") == "1 step" and fmt.plural(2, "step") == "2 steps" and fmt.plural(1024, "batch", "batches") == "1,024 batches"
+    assert (
+        fmt.duration(42) == "42s"
+        and fmt.duration(245) == "4m05s"
+        and fmt.duration(7380) == "2h03m"
+        and fmt.duration(273600) == "3d04h"
+    )
+    assert (
+        fmt.short_duration(45) == "45s"
+        and fmt.short_duration(59.6) == "1:00"
+        and fmt.short_duration(245) == "4:05"
+        and fmt.short_duration(7380) == "2h03"
+        and fmt.short_duration(None) == "-"
+    )
+    assert (
+        fmt.plural(1, "step") == "1 step"
+        and fmt.plural(2, "step") == "2 steps"
+        and fmt.plural(1024, "batch", "batches") == "1,024 batches"
+    )
     assert nice_ticks(0, 10, 6, integer=True) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.3, 1.0, 5) == [0.4, 0.6, 0.8, 1.0]
 
 
 def test_the_monitor_does_not_import_torch() -> None:
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tuiloop.tui.app, tuiloop.tui.launch"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import tuiloop.tui.app, tuiloop.tui.launch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "textual" in out.stderr
     assert " torch" not in out.stderr and "torch." not in out.stderr
 

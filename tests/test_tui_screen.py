@@ -96,9 +96,24 @@ class FakeRun:
 
 
 def started(**kw: object) -> RunStarted:
-    fields: dict = dict(run_name="tiny-mlp", run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12", device="cpu", device_name="cpu",
-                        epochs=10, steps_per_epoch=8, batch_size=16, train_size=120, val_size=40, problem="multiclass",
-                        metrics=["train_loss", "val_loss", "val_acc"], monitor="val_loss", mode="min", patience=3, num_params=1234, time=T0)
+    fields: dict = dict(
+        run_name="tiny-mlp",
+        run_dir="/home/me/runs/tiny-mlp-20260101-120000-ab12",
+        device="cpu",
+        device_name="cpu",
+        epochs=10,
+        steps_per_epoch=8,
+        batch_size=16,
+        train_size=120,
+        val_size=40,
+        problem="multiclass",
+        metrics=["train_loss", "val_loss", "val_acc"],
+        monitor="val_loss",
+        mode="min",
+        patience=3,
+        num_params=1234,
+        time=T0,
+    )
     return RunStarted(**{**fields, **kw})
 
 
@@ -113,7 +128,11 @@ def epochs(n: int, **start: object) -> list[Event]:
         val = [0.9, 0.6, 0.7, 0.65, 0.8][(e - 1) % 5]
         is_best = best is None or val < best
         best = val if is_best else best
-        out.append(Validated(e, first + 7, {"train_loss": 0.5, "val_loss": val, "val_acc": 1 - val / 2}, is_best, 0.1, time=t + 1.1))
+        out.append(
+            Validated(
+                e, first + 7, {"train_loss": 0.5, "val_loss": val, "val_acc": 1 - val / 2}, is_best, 0.1, time=t + 1.1
+            )
+        )
         out.append(EarlyStopUpdate(e, "val_loss", val, best, 0 if is_best else e - 2, 3, False, time=t + 1.1))
         if is_best:
             out.append(CheckpointSaved("best", "checkpoints/best.pt", e, first + 7, val, "val_loss", time=t + 1.2))
@@ -165,13 +184,33 @@ async def test_the_main_layout_shows_every_panel(size: tuple[int, int]) -> None:
     async with monitor(epochs(4), size) as (_, _, _, screen):
         lines = screen.splitlines()
         assert len(lines) == size[1] and all(len(ln) <= size[0] for ln in lines)
-        for needle in ("RUNNING", "tiny-mlp", "epoch 4/10", "step 8/8", "ETA", "samples/s", "run dir",  # progress
-                       "Loss", "train", "val 0.6500", "best 0.6000 (ep 2)",  # the plot's legend
-                       "Metrics", "val_acc", "0.7000",  # metrics and bests
-                       "Early stopping", "2/3",  # the counter
-                       "Learning rate", "lr 0.001",
-                       "Log", "saved best", "targets look like one-hot rows",
-                       "p Pause", "s Save", "q Stop", "d Detach"):  # footer keys
+        for needle in (
+            "RUNNING",
+            "tiny-mlp",
+            "epoch 4/10",
+            "step 8/8",
+            "ETA",
+            "samples/s",
+            "run dir",  # progress
+            "Loss",
+            "train",
+            "val 0.6500",
+            "best 0.6000 (ep 2)",  # the plot's legend
+            "Metrics",
+            "val_acc",
+            "0.7000",  # metrics and bests
+            "Early stopping",
+            "2/3",  # the counter
+            "Learning rate",
+            "lr 0.001",
+            "Log",
+            "saved best",
+            "targets look like one-hot rows",
+            "p Pause",
+            "s Save",
+            "q Stop",
+            "d Detach",
+        ):  # footer keys
             assert needle in screen, f"{needle!r} not on the {size} screen:\n{screen}"
         assert "◆" in screen  # the best point is marked in the plot
 
@@ -210,7 +249,9 @@ async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
         await pilot.press("s")
         await wait_for(pilot, lambda: run.sent[-1:] == ["save"], what="save")
         run.push(CheckpointSaved("manual", "checkpoints/manual-step0000016.pt", 2, 16, 0.6, "val_loss", time=T0 + 11))
-        await wait_for(pilot, lambda: "manual-step0000016.pt" in screen_text(app), what="the manual checkpoint in the log")
+        await wait_for(
+            pilot, lambda: "manual-step0000016.pt" in screen_text(app), what="the manual checkpoint in the log"
+        )
 
         await pilot.press("q")  # asks; n keeps training
         await wait_for(pilot, lambda: "Stop the run?" in screen_text(app), what="the stop dialog")
@@ -221,8 +262,11 @@ async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
         await pilot.press("q", "y")
         await wait_for(pilot, lambda: run.sent[-1:] == ["stop"], what="stop")
         assert app.is_running  # it waits for the run to finish stopping
-        run.push(StateChanged("stopping", "stopped by request", time=T0 + 12), CheckpointSaved("last", "checkpoints/last.pt", 2, 17, 0.6, "val_loss", time=T0 + 12),
-                 Finished("stopped", "stopped by request", 2, 17, 0.6, 1, "val_loss", 12.0, time=T0 + 12))
+        run.push(
+            StateChanged("stopping", "stopped by request", time=T0 + 12),
+            CheckpointSaved("last", "checkpoints/last.pt", 2, 17, 0.6, "val_loss", time=T0 + 12),
+            Finished("stopped", "stopped by request", 2, 17, 0.6, 1, "val_loss", 12.0, time=T0 + 12),
+        )
         await wait_for(pilot, lambda: not app.is_running, what="the monitor to close once the run stopped")
     assert app.return_value == "left" and app.model.exit_status() == 0 and app.model.state == "stopped"
     assert run.sent == ["toggle_pause", "save", "stop"]
@@ -307,7 +351,11 @@ async def test_exit_on_finish_closes_by_itself() -> None:
         run.push(*epochs(2))
         await pilot.pause(0.5)
         assert app.is_running
-        run.push(Finished("early_stopped", "val_loss did not improve for 3 checks", 2, 16, 0.6, 1, "val_loss", 3.0, time=T0 + 9))
+        run.push(
+            Finished(
+                "early_stopped", "val_loss did not improve for 3 checks", 2, 16, 0.6, 1, "val_loss", 3.0, time=T0 + 9
+            )
+        )
         await wait_for(pilot, lambda: not app.is_running, what="the monitor to close on its own")
     assert app.model.state == "early_stopped" and app.model.exit_status() == 0
 
@@ -332,9 +380,18 @@ async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
 async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
     tb = 'Traceback (most recent call last):\n  File "/home/me/models.py", line 42, in forward\n    return self.net(x) / 0\nZeroDivisionError: division by zero\n'
     frames = ['File "/home/me/models.py", line 42, in forward', "  return self.net(x) / 0"]
-    events = [*epochs(2), Failed("ZeroDivisionError: division by zero", "training, epoch 3, step 20: models.py:42 in forward", tb, frames, time=T0 + 9),
-              CheckpointSaved("last", "checkpoints/last.pt", 2, 19, 0.6, "val_loss", time=T0 + 9),
-              Finished("failed", "ZeroDivisionError in training", 2, 19, 0.6, 1, "val_loss", 9.0, time=T0 + 9)]
+    events = [
+        *epochs(2),
+        Failed(
+            "ZeroDivisionError: division by zero",
+            "training, epoch 3, step 20: models.py:42 in forward",
+            tb,
+            frames,
+            time=T0 + 9,
+        ),
+        CheckpointSaved("last", "checkpoints/last.pt", 2, 19, 0.6, "val_loss", time=T0 + 9),
+        Finished("failed", "ZeroDivisionError in training", 2, 19, 0.6, 1, "val_loss", 9.0, time=T0 + 9),
+    ]
     async with monitor(events, (100, 30)) as (run, app, pilot, screen):
         await pilot.press("q")  # over: q leaves without asking
         await wait_for(pilot, lambda: not app.is_running, what="q to leave")
@@ -347,9 +404,17 @@ async def test_a_crash_in_user_code_shows_the_error_and_where() -> None:
 @run_async
 async def test_a_nan_loss_shows_its_message_as_the_error() -> None:
     text = "the training loss became nan at step 41; training stopped and the last good state (before step 41) is saved in checkpoints/last.pt."
-    events = [*epochs(2), Message("error", text, time=T0 + 5), Finished("failed", "the training loss became nan at step 41", 2, 40, 0.6, 1, "val_loss", 5.0, time=T0 + 5)]
+    events = [
+        *epochs(2),
+        Message("error", text, time=T0 + 5),
+        Finished("failed", "the training loss became nan at step 41", 2, 40, 0.6, 1, "val_loss", 5.0, time=T0 + 5),
+    ]
     async with monitor(events, (100, 30)) as (_, app, _, screen):
-        assert "FAILED" in screen and "Error" in screen and "the training loss became nan at step 41; training stopped" in screen
+        assert (
+            "FAILED" in screen
+            and "Error" in screen
+            and "the training loss became nan at step 41; training stopped" in screen
+        )
     assert app.model.exit_status() == 1
 
 
@@ -368,7 +433,9 @@ async def test_a_refused_command_is_shown_in_the_log() -> None:
     async with monitor(epochs(1), (100, 30)) as (run, app, pilot, screen):
         run.refuse = "permission denied: only the user who started it can control it"
         await pilot.press("p")
-        await wait_for(pilot, lambda: "toggle_pause: permission denied" in screen_text(app), what="the refusal in the log")
+        await wait_for(
+            pilot, lambda: "toggle_pause: permission denied" in screen_text(app), what="the refusal in the log"
+        )
         assert app.model.state == "running"
 
 
@@ -404,5 +471,9 @@ async def test_lines_the_reader_skips_are_reported_in_the_log() -> None:
     async with monitor(epochs(1), (100, 30)) as (run, app, pilot, screen):
         with run._lock:
             run.skipped.append("line 7: unknown event type 'gpu_sample' (written by a newer tuiloop?)")
-        await wait_for(pilot, lambda: "skipped a line of events.jsonl: line 7: unknown event type" in screen_text(app), what="the skipped line in the log")
+        await wait_for(
+            pilot,
+            lambda: "skipped a line of events.jsonl: line 7: unknown event type" in screen_text(app),
+            what="the skipped line in the log",
+        )
         assert app.is_running and app.model.step == 8

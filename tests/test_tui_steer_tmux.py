@@ -30,7 +30,9 @@ def steady_spec(workdir: Path, epochs: int = 5000) -> Path:
 
 
 def only_run(out_dir: Path) -> Path:
-    return wait_until(lambda: next((p for p in out_dir.glob("*") if (p / "run.json").is_file()), None), 60, "the run directory")
+    return wait_until(
+        lambda: next((p for p in out_dir.glob("*") if (p / "run.json").is_file()), None), 60, "the run directory"
+    )
 
 
 def of(evs: list[dict], kind: str) -> list[dict]:
@@ -51,7 +53,11 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
     tmux.send(term, "-")
     tmux.wait_for(term, r"Halve the learning rate\? \(0\.001 -> 0\.0005\)", 10)
     tmux.send(term, "y")
-    wait_until(lambda: len([e for e in events(only_run(workdir / "runs")) if e["event"] == "setting_changed"]) == 3, 20, "the third change")
+    wait_until(
+        lambda: len([e for e in events(only_run(workdir / "runs")) if e["event"] == "setting_changed"]) == 3,
+        20,
+        "the third change",
+    )
     tmux.send(term, "e")
     screen = tmux.wait_for(term, r"stopped after epoch \d+, as asked", 60)
     assert "STOPPED" in screen
@@ -61,17 +67,27 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
     run_dir = only_run(workdir / "runs")
     evs = events(run_dir)
     presses = [e for e in of(evs, "setting_changed") if e["key"] == "optimizer.lr"]
-    assert [(e["old"], e["new"], e["source"]) for e in presses] == [(0.001, 0.0005, "command lr_down"), (0.0005, 0.001, "command lr_up"), (0.001, 0.0005, "command lr_down")]
+    assert [(e["old"], e["new"], e["source"]) for e in presses] == [
+        (0.001, 0.0005, "command lr_down"),
+        (0.0005, 0.001, "command lr_up"),
+        (0.001, 0.0005, "command lr_down"),
+    ]
     lr = presses[-1]
-    assert all(e["lr"] == 0.0005 for e in of(evs, "train_steps") if e["first_step"] > lr["step"]), "from the next step on"
+    assert all(e["lr"] == 0.0005 for e in of(evs, "train_steps") if e["first_step"] > lr["step"]), (
+        "from the next step on"
+    )
     (e_key,) = [e for e in of(evs, "setting_changed") if e["key"] == "stop_after_epoch"]
     last_epoch = of(evs, "validated")[-1]["epoch"]
-    assert e_key["new"] is True and e_key["epoch"] == last_epoch, "the epoch in progress ends, validated, and the run stops"
+    assert e_key["new"] is True and e_key["epoch"] == last_epoch, (
+        "the epoch in progress ends, validated, and the run stops"
+    )
     assert max(e["epoch"] for e in of(evs, "train_steps")) == last_epoch
     s = summary(run_dir)
     assert s is not None and s["status"] == "stopped" and s["epochs_done"] == last_epoch
 
-    shown = run_cli("show", run_dir, cwd=workdir).stdout  # piped: the log as lines, the key presses with their step and time
+    shown = run_cli(
+        "show", run_dir, cwd=workdir
+    ).stdout  # piped: the log as lines, the key presses with their step and time
     assert re.search(r"optimizer\.lr: 0\.001 -> 0\.0005 \(command lr_down, step \d+, \d\d:\d\d:\d\d\)", shown), shown
     assert re.search(rf"stop after epoch {last_epoch}: asked \(command, step \d+, \d\d:\d\d:\d\d\)", shown), shown
 
@@ -84,7 +100,17 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
 
     # a new learning rate at resume is the rate it trains at, whatever the keys did before
     evs = events(run_dir)
-    again = run_cli("run", "--resume", run_dir, "--headless", "--set", f"run.epochs={last_epoch + 2}", "--set", "optimizer.lr=0.002", cwd=workdir)
+    again = run_cli(
+        "run",
+        "--resume",
+        run_dir,
+        "--headless",
+        "--set",
+        f"run.epochs={last_epoch + 2}",
+        "--set",
+        "optimizer.lr=0.002",
+        cwd=workdir,
+    )
     assert again.returncode == 0, again.stderr
     after = events(run_dir)[len(evs) :]
     assert {e["lr"] for e in of(after, "train_steps")} == {0.002}
@@ -93,7 +119,9 @@ def test_minus_then_e_in_a_real_terminal_and_the_halved_lr_survives_a_resume(wor
 
 
 def test_p_suspends_to_disk_and_r_resumes_in_the_same_monitor(workdir: Path, tmux: Tmux) -> None:
-    term = tmux.new("suspend", f"{TUILOOP} run {steady_spec(workdir)} --set run.out_dir={workdir / 'runs'}", width=120, height=40)
+    term = tmux.new(
+        "suspend", f"{TUILOOP} run {steady_spec(workdir)} --set run.out_dir={workdir / 'runs'}", width=120, height=40
+    )
     tmux.wait_for(term, r"val_acc\s+\d\.\d{4}", 90)
     run_dir = only_run(workdir / "runs")
     tmux.send(term, "P")
@@ -107,13 +135,19 @@ def test_p_suspends_to_disk_and_r_resumes_in_the_same_monitor(workdir: Path, tmu
     shown = run_cli("show", run_dir, cwd=workdir).stdout
     assert f"suspended to disk: `tuiloop run --resume {run_dir}`" in shown, shown
     attach = run_cli("attach", run_dir, cwd=workdir)
-    assert attach.returncode != 0 and "is suspended to disk" in attach.stderr and f"tuiloop run --resume {run_dir}" in attach.stderr, attach.stderr
+    assert (
+        attach.returncode != 0
+        and "is suspended to disk" in attach.stderr
+        and f"tuiloop run --resume {run_dir}" in attach.stderr
+    ), attach.stderr
     step = of(events(run_dir), "finished")[-1]["step"]
 
     tmux.send(term, "R")
     tmux.wait_for(term, rf"resumed at epoch \d+, step {step} from", 90)
     tmux.wait_for(term, r"RUNNING", 30)
-    wait_until(lambda: any(e["first_step"] > step for e in of(events(run_dir), "train_steps")), 60, "steps after the resume")
+    wait_until(
+        lambda: any(e["first_step"] > step for e in of(events(run_dir), "train_steps")), 60, "steps after the resume"
+    )
     tmux.send(term, "q")
     tmux.wait_for(term, r"Stop the run\?", 10)
     tmux.send(term, "y")

@@ -16,7 +16,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 DIGITS = DEMOS / "digits.toml"
 
 
-
 def lines_of(screen: str) -> list[str]:
     return screen.rstrip("\n").split("\n")
 
@@ -30,15 +29,33 @@ def laid_out(screen: str, width: int, height: int) -> str | None:
 
 
 def only_run(out_dir: Path) -> Path:
-    return wait_until(lambda: next((p for p in out_dir.glob("*") if (p / "run.json").is_file()), None), 60, "the run directory")
+    return wait_until(
+        lambda: next((p for p in out_dir.glob("*") if (p / "run.json").is_file()), None), 60, "the run directory"
+    )
 
 
 def test_run_digits_live_keys_and_resize_in_a_real_terminal(workdir: Path, tmux: Tmux) -> None:
     out = workdir / "runs"
     cmd = f"{TUILOOP} run {DIGITS} --set run.out_dir={out} --set run.epochs=5000 --set early_stopping.patience=5000"
     term = tmux.new("digits", cmd, width=80, height=24)
-    needles = ("epoch", "samples/s", "ETA", "Loss", "━ train", "Metrics", "val_loss", "Early stopping",
-               "Learning rate", "lr ", "Log", "saved best", "p Pause", "s Save", "q Stop", "d Detach")
+    needles = (
+        "epoch",
+        "samples/s",
+        "ETA",
+        "Loss",
+        "━ train",
+        "Metrics",
+        "val_loss",
+        "Early stopping",
+        "Learning rate",
+        "lr ",
+        "Log",
+        "saved best",
+        "p Pause",
+        "s Save",
+        "q Stop",
+        "d Detach",
+    )
     tmux.wait_for(term, r"val_acc\s+\d\.\d{4}", 90)  # a validation is on screen
     # A capture can catch a frame half-written; the full picture must follow within a few frames.
     last = ""
@@ -110,11 +127,17 @@ def test_a_crash_exits_1_prints_the_traceback_and_leaves_the_terminal_sane(workd
     )
     term = tmux.new("crash", "bash --norc --noprofile", width=100, height=30)
     tmux.send(term, f"PS1='$ '; {TUILOOP} run boom.toml; echo \"[code $?]\"", "Enter")
-    screen = tmux.wait_for(term, r"FAILED[\s\S]*boom\.py:4 in forward", 90)  # the error panel drawn too, not only the title
+    screen = tmux.wait_for(
+        term, r"FAILED[\s\S]*boom\.py:4 in forward", 90
+    )  # the error panel drawn too, not only the title
     assert "RuntimeError: the model blew up" in screen
     tmux.send(term, "q")
     done = tmux.wait_for(term, r"\[code 1\]", 20)
     assert "Traceback (most recent call last)" in done and "RuntimeError: the model blew up" in done
-    tmux.send(term, "clear; printf 'tty:%s:\\n' \"$(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo)' | tr '\\n' ' ')\"", "Enter")
+    tmux.send(
+        term,
+        "clear; printf 'tty:%s:\\n' \"$(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo)' | tr '\\n' ' ')\"",
+        "Enter",
+    )
     sane = tmux.wait_for(term, r"tty:[^%\n]*:", 10)
     assert "tty:icanon echo :" in sane, sane  # cooked mode with echo: the monitor restored the terminal

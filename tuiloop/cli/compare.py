@@ -19,7 +19,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tuiloop.tui.model import higher_is_better
 
     if len(args.runs) < 2:
-        error(f"compare needs two or more runs, got one ({args.runs[0]}); `tuiloop show {args.runs[0]}` opens a single run, `tuiloop ls` lists them")
+        error(
+            f"compare needs two or more runs, got one ({args.runs[0]}); `tuiloop show {args.runs[0]}` opens a single run, `tuiloop ls` lists them"
+        )
         return EXIT_USAGE
     try:
         run_dirs = [resolve_run(text, args.out_dir) for text in args.runs]

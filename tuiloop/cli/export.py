@@ -11,7 +11,16 @@ from pathlib import Path
 
 from tuiloop.cli.views import EXIT_USAGE, error
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
-from tuiloop.rundir.export import CSV_FILE, TENSORBOARD_DIR, History, TensorBoardXMissing, other_event_files, read_history, write_csv, write_tensorboard
+from tuiloop.rundir.export import (
+    CSV_FILE,
+    TENSORBOARD_DIR,
+    History,
+    TensorBoardXMissing,
+    other_event_files,
+    read_history,
+    write_csv,
+    write_tensorboard,
+)
 from tuiloop.rundir.layout import EVENTS
 from tuiloop.spec.errors import did_you_mean
 
@@ -21,7 +30,9 @@ FORMATS = ("csv", "tensorboard")
 def cmd_export(args: argparse.Namespace) -> int:
     """Export one run in the format asked for."""
     if args.format not in FORMATS:
-        error(f"unknown export format {args.format!r}: use --format csv or --format tensorboard. {did_you_mean(args.format, FORMATS)}".strip())
+        error(
+            f"unknown export format {args.format!r}: use --format csv or --format tensorboard. {did_you_mean(args.format, FORMATS)}".strip()
+        )
         return EXIT_USAGE
     try:
         run_dir = resolve_run(args.run, args.out_dir)
@@ -33,7 +44,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     h, tail = read_history(run_dir)
     if tail.skipped:
-        print(f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / EVENTS} this version cannot read: {'; '.join(tail.problems[:3])}", file=sys.stderr)
+        print(
+            f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / EVENTS} this version cannot read: {'; '.join(tail.problems[:3])}",
+            file=sys.stderr,
+        )
     if args.format == "csv":
         return _csv(h, run_dir, args.output)
     return _tensorboard(h, run_dir, args.output)

@@ -35,7 +35,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else None
         print(format_table(rows, width))
     if hidden:
-        print(f"({fmt.plural(len(hidden), 'run')} that failed at setup hidden; --all shows {'it' if len(hidden) == 1 else 'them'})")
+        print(
+            f"({fmt.plural(len(hidden), 'run')} that failed at setup hidden; --all shows {'it' if len(hidden) == 1 else 'them'})"
+        )
     return 0
 
 
@@ -52,7 +54,9 @@ def failed_at_setup(row: RunRow) -> bool:
 
 
 def _cells(row: RunRow, with_monitor: bool, long_date: bool) -> list[str]:
-    epochs = f"{row.epochs_done if row.epochs_done is not None else '?'}/{row.epochs if row.epochs is not None else '?'}"
+    epochs = (
+        f"{row.epochs_done if row.epochs_done is not None else '?'}/{row.epochs if row.epochs is not None else '?'}"
+    )
     if row.best is None:
         best = "-"
     else:
@@ -90,6 +94,8 @@ def format_table(rows: list[RunRow], width: int | None = 80) -> str:
     lines = []
     for line in table:
         cells = [_shorten(line[0], widths[0])] + line[1:]
-        text = (" " * gap).join(c.ljust(w) if i < len(cells) - 1 else c for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        text = (" " * gap).join(
+            c.ljust(w) if i < len(cells) - 1 else c for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
         lines.append(text.rstrip())
     return "\n".join(lines)

@@ -27,48 +27,130 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tuiloop", description="A terminal UI training monitor for PyTorch.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tuiloop",
+        description="A terminal UI training monitor for PyTorch.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"tuiloop {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="train the model a spec describes", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "run",
+        help="train the model a spec describes",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("spec", nargs="?", help="the TOML spec (optional with --resume: the run's own spec is used)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a spec key; VALUE is TOML (bare words are strings); repeatable")
-    r.add_argument("--headless", action="store_true", help="print plain log lines instead of the live monitor (automatic when stdout is not a terminal)")
-    r.add_argument("--detach", action="store_true", help="start the run in the background, print its run directory, and return")
-    r.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a run from its checkpoints/last.pt, appending to its event log")
-    r.add_argument("--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a spec key; VALUE is TOML (bare words are strings); repeatable",
+    )
+    r.add_argument(
+        "--headless",
+        action="store_true",
+        help="print plain log lines instead of the live monitor (automatic when stdout is not a terminal)",
+    )
+    r.add_argument(
+        "--detach", action="store_true", help="start the run in the background, print its run directory, and return"
+    )
+    r.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        type=Path,
+        help="continue a run from its checkpoints/last.pt, appending to its event log",
+    )
+    r.add_argument(
+        "--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key"
+    )
     r.add_argument("--debug", action="store_true", help="show Python tracebacks for spec and setup errors")
     d = r.add_argument_group("distributed (torchrun, DDP)")
-    d.add_argument("--nproc-per-node", metavar="N|auto", help="processes on this machine, one per GPU (auto: every visible GPU); default [run] nproc_per_node, else 1")
-    d.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines in the run (run the same command on each)")
-    d.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0 to N-1; node 0 hosts rank 0, the run directory and the monitor")
-    d.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the nodes meet: node 0's address and a free port")
+    d.add_argument(
+        "--nproc-per-node",
+        metavar="N|auto",
+        help="processes on this machine, one per GPU (auto: every visible GPU); default [run] nproc_per_node, else 1",
+    )
+    d.add_argument(
+        "--nnodes", type=int, default=1, metavar="N", help="machines in the run (run the same command on each)"
+    )
+    d.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="this machine's number, 0 to N-1; node 0 hosts rank 0, the run directory and the monitor",
+    )
+    d.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="where the nodes meet: node 0's address and a free port"
+    )
     d.add_argument("--rdzv-id", metavar="ID", help="a name for this job's rendezvous")
 
     a = sub.add_parser("attach", help="open the monitor on a live run (keys work; d detaches, the run goes on)")
-    a.add_argument("run", nargs="?", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs (default: the newest live run there)")
+    a.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN_DIR",
+        help="a run directory, or a unique part of a run name under ./runs (default: the newest live run there)",
+    )
     a.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
-    v = sub.add_parser("show", help="open a finished or crashed run in the monitor, read-only (without a terminal: print its log)")
+    v = sub.add_parser(
+        "show", help="open a finished or crashed run in the monitor, read-only (without a terminal: print its log)"
+    )
     v.add_argument("run", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs")
     v.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
-    e = sub.add_parser("export", help="write a run's steps and validations as CSV or TensorBoard event files (finished, crashed or live runs)")
+    e = sub.add_parser(
+        "export",
+        help="write a run's steps and validations as CSV or TensorBoard event files (finished, crashed or live runs)",
+    )
     e.add_argument("run", metavar="RUN_DIR", help="a run directory, or a unique part of a run name under ./runs")
-    e.add_argument("--format", default="csv", metavar="csv|tensorboard", help="csv: one row per step and per validation; tensorboard: event files (needs tensorboardX); default: csv")
-    e.add_argument("-o", "--output", metavar="PATH", help="where to write (default: RUN_DIR/export.csv or RUN_DIR/tensorboard/); '-' writes the CSV to stdout")
+    e.add_argument(
+        "--format",
+        default="csv",
+        metavar="csv|tensorboard",
+        help="csv: one row per step and per validation; tensorboard: event files (needs tensorboardX); default: csv",
+    )
+    e.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="where to write (default: RUN_DIR/export.csv or RUN_DIR/tensorboard/); '-' writes the CSV to stdout",
+    )
     e.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
-    c = sub.add_parser("compare", help="several runs on one screen: a metric by epoch, and the spec values that differ (without a terminal: a table)")
-    c.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories, or unique parts of run names under ./runs")
+    c = sub.add_parser(
+        "compare",
+        help="several runs on one screen: a metric by epoch, and the spec values that differ (without a terminal: a table)",
+    )
+    c.add_argument(
+        "runs", nargs="+", metavar="RUN", help="two or more run directories, or unique parts of run names under ./runs"
+    )
     c.add_argument("--metric", metavar="NAME", help="the metric shown first (default: val_loss); m shows the next")
     c.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
     ls = sub.add_parser("ls", help="list runs: state, epochs, best metric, duration, start time")
-    ls.add_argument("out_dir", nargs="?", type=Path, default=Path("runs"), metavar="OUT_DIR", help="the runs directory (default: ./runs)")
-    ls.add_argument("--state", metavar="STATE[,STATE]", help="only runs in these states: running, paused, finished, early_stopped, stopped, suspended, failed, forced, crashed")
-    ls.add_argument("--all", action="store_true", help="also list runs that failed before their first step (hidden by default)")
+    ls.add_argument(
+        "out_dir",
+        nargs="?",
+        type=Path,
+        default=Path("runs"),
+        metavar="OUT_DIR",
+        help="the runs directory (default: ./runs)",
+    )
+    ls.add_argument(
+        "--state",
+        metavar="STATE[,STATE]",
+        help="only runs in these states: running, paused, finished, early_stopped, stopped, suspended, failed, forced, crashed",
+    )
+    ls.add_argument(
+        "--all", action="store_true", help="also list runs that failed before their first step (hidden by default)"
+    )
 
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("run_dir", type=Path)
@@ -109,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "_launch":
             from tuiloop.session.launch import main as launch_main
 
-            return launch_main(args.run_dir.resolve() if args.run_dir else None, args.lock_fd, args.resume, extra, args.report_ready)
+            return launch_main(
+                args.run_dir.resolve() if args.run_dir else None, args.lock_fd, args.resume, extra, args.report_ready
+            )
         if args.command == "_rank":
             from tuiloop.session.rank import main as rank_main
 

@@ -26,7 +26,11 @@ def load(args: argparse.Namespace) -> Spec:
 
     if args.resume is not None:
         if not (args.resume / RUN_INFO).is_file():
-            raise SpecError(f"--resume {args.resume}", "not a tuiloop run directory (no run.json)", "Pass a folder under your runs directory; `tuiloop ls` lists them.")
+            raise SpecError(
+                f"--resume {args.resume}",
+                "not a tuiloop run directory (no run.json)",
+                "Pass a folder under your runs directory; `tuiloop ls` lists them.",
+            )
         args.resume = args.resume.resolve()
     if args.spec:
         return load_spec(args.spec, args.overrides)
@@ -65,7 +69,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir, lock = new_run_dir(spec)
     inherit = headless and not args.detach
     try:
-        proc = worker.start(run_dir, lock, spec, resume=args.resume is not None, torchrun=torchrun, session=session, inherit_output=inherit)
+        proc = worker.start(
+            run_dir,
+            lock,
+            spec,
+            resume=args.resume is not None,
+            torchrun=torchrun,
+            session=session,
+            inherit_output=inherit,
+        )
     finally:
         lock.release()  # our copy: the training process holds the lock now
     if args.resume is not None and not inherit and not worker.wait_ready(proc, sys.stderr, run_dir):
@@ -88,9 +100,17 @@ def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
 
     nproc = processes_for(args.nproc_per_node or spec.run.nproc_per_node)
     if args.nnodes > 1 and not args.rdzv_endpoint:
-        raise SpecError("--nnodes", f"{args.nnodes} machines need a place to meet", "Add --rdzv-endpoint HOST:PORT (node 0's address and a free port) and --node-rank R on each.")
+        raise SpecError(
+            "--nnodes",
+            f"{args.nnodes} machines need a place to meet",
+            "Add --rdzv-endpoint HOST:PORT (node 0's address and a free port) and --node-rank R on each.",
+        )
     if not 0 <= args.node_rank < args.nnodes:
-        raise SpecError("--node-rank", f"{args.node_rank} is not a node of --nnodes {args.nnodes}", f"Use 0 to {args.nnodes - 1}; node 0 hosts rank 0.")
+        raise SpecError(
+            "--node-rank",
+            f"{args.node_rank} is not a node of --nnodes {args.nnodes}",
+            f"Use 0 to {args.nnodes - 1}; node 0 hosts rank 0.",
+        )
     if nproc == 1 and args.nnodes == 1:
         return None
     return torchrun_args(nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
@@ -109,7 +129,9 @@ def _supervise(proc: Any, run_dir: Path | None) -> int:
             os.write(2, b"\ntuiloop: second interrupt: forcing every rank to exit now, without saving\n")
             _send(run_dir, "force") or kill_tree(proc.pid)
             return
-        os.write(2, b"\ntuiloop: interrupt: stopping every rank after this step and saving (press Ctrl+C again to force)\n")
+        os.write(
+            2, b"\ntuiloop: interrupt: stopping every rank after this step and saving (press Ctrl+C again to force)\n"
+        )
         _send(run_dir, "stop") or os.kill(proc.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGINT, on_signal)

@@ -46,7 +46,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
         else:
             found = latest_live(args.out_dir)
             if found is None:
-                error(f"no live run under {args.out_dir}/; `tuiloop ls {args.out_dir}` lists the runs there, `tuiloop show RUN_DIR` opens a past one")
+                error(
+                    f"no live run under {args.out_dir}/; `tuiloop ls {args.out_dir}` lists the runs there, `tuiloop show RUN_DIR` opens a past one"
+                )
                 return EXIT_NOT_LIVE
             run_dir = found.resolve()
     except RunNotFound as e:
@@ -58,10 +60,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return EXIT_NOT_LIVE
     host = st.info.get("host")
     if host and host != socket.gethostname():
-        error(f"{run_dir} {st.detail}: its keys work only there; attach from that machine (ssh {host}, then tuiloop attach {run_dir}), or follow it read-only with tuiloop show {run_dir}")
+        error(
+            f"{run_dir} {st.detail}: its keys work only there; attach from that machine (ssh {host}, then tuiloop attach {run_dir}), or follow it read-only with tuiloop show {run_dir}"
+        )
         return EXIT_NOT_LIVE
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        error(f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log")
+        error(
+            f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log"
+        )
         return EXIT_USAGE
     from tuiloop.tui.launch import monitor_run
 
@@ -96,7 +102,10 @@ def print_log(run_dir: Path) -> int:
     sink.close()
     print_system(events)
     if tail.skipped:
-        print(f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / 'events.jsonl'} this version cannot read: {'; '.join(tail.problems[:3])}", file=sys.stderr)
+        print(
+            f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / 'events.jsonl'} this version cannot read: {'; '.join(tail.problems[:3])}",
+            file=sys.stderr,
+        )
     st = run_state(run_dir)
     if st.state == "crashed":
         print(f"crashed: {st.detail}")

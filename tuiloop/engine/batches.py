@@ -122,7 +122,9 @@ class Batches:
         if self.world_size == 1:
             return None
         if self.even_shards:
-            return DistributedSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last)
+            return DistributedSampler(
+                dataset, self.world_size, self.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last
+            )
         return range(self.rank, len(dataset), self.world_size)  # type: ignore[arg-type]
 
     def _shard_user_loader(self, loader: DataLoader) -> DataLoader:

@@ -13,7 +13,18 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "force", "stop_after_epoch", "lr_down", "lr_up", "suspend")
+COMMANDS = (
+    "pause",
+    "resume",
+    "toggle_pause",
+    "stop",
+    "save",
+    "force",
+    "stop_after_epoch",
+    "lr_down",
+    "lr_up",
+    "suspend",
+)
 LR_FACTORS = {"lr_down": 0.5, "lr_up": 2.0}
 EXIT_FORCED = 130
 

@@ -22,7 +22,11 @@ class CompileError(RuntimeError):
 
 def check_compiler(device: torch.device) -> None:
     """Inductor turns graphs into C++ (CPU) or Triton code whose launcher is C: it needs a compiler."""
-    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"] if device.type == "cpu" else [os.environ.get("CC", ""), "gcc", "cc", "clang"]
+    names = (
+        [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if device.type == "cpu"
+        else [os.environ.get("CC", ""), "gcc", "cc", "clang"]
+    )
     if not any(name and shutil.which(name) for name in names):
         looked = ", ".join(n for n in names if n)
         raise CompileError(

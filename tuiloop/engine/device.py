@@ -26,11 +26,15 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError(f"{name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device = {name!r} but this machine has no CUDA GPU visible to PyTorch (torch {torch.__version__}); use device = \"auto\" or \"cpu\"")
+            raise DeviceError(
+                f'device = {name!r} but this machine has no CUDA GPU visible to PyTorch (torch {torch.__version__}); use device = "auto" or "cpu"'
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+            raise DeviceError(
+                f"device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceError(f"device = {name!r} but MPS is not available here; use device = \"auto\" or \"cpu\"")
+        raise DeviceError(f'device = {name!r} but MPS is not available here; use device = "auto" or "cpu"')
     return device
 
 

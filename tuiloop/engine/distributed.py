@@ -61,7 +61,12 @@ class Ranks:
 
         env = os.environ
         if "RANK" not in env and "SLURM_PROCID" in env:  # srun: one task per process
-            env = {**env, "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env.get("SLURM_NTASKS", "1"), "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+            env = {
+                **env,
+                "RANK": env["SLURM_PROCID"],
+                "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+                "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            }
             os.environ.setdefault("MASTER_PORT", "29500")
             os.environ.update({k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))

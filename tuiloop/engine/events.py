@@ -261,7 +261,11 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if cls is None:
         raise ValueError(f"unknown event type {kind!r} (written by a newer tuiloop?)")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    missing = [n for n, f in fields.items() if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ValueError(f"{kind!r} event without {', '.join(missing)}")
     return cls(**{k: v for k, v in d.items() if k in fields})

@@ -47,7 +47,13 @@ class MetricMonitor:
         return self.patience is not None and self.counter >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "counter": self.counter}
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "counter": self.counter,
+        }
 
     def check_compatible(self, state: dict[str, Any], section: str) -> None:
         """Raise :class:`ResumeError` if a checkpoint's state tracks another metric or direction."""

@@ -46,10 +46,16 @@ class LossFunction:
             for key in TARGET_KEYS:
                 if key in batch:
                     return (), {k: v for k, v in batch.items() if k != key}, batch[key]
-            raise SetupError("a dict batch needs its target under one of the keys y, target, targets, label or labels (or, for a model that computes its own loss, [loss] target = \"model\")")
+            raise SetupError(
+                'a dict batch needs its target under one of the keys y, target, targets, label or labels (or, for a model that computes its own loss, [loss] target = "model")'
+            )
         if isinstance(batch, (tuple, list)) and len(batch) >= 2:
             return tuple(batch[:-1]), {}, batch[-1]
-        what = f"a {type(batch).__name__} of {len(batch)} item" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+        what = (
+            f"a {type(batch).__name__} of {len(batch)} item"
+            if isinstance(batch, (tuple, list))
+            else f"a {type(batch).__name__}"
+        )
         raise SetupError(f"each batch must be (inputs, targets), (input1, ..., targets) or a dict; got {what}")
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
@@ -95,7 +101,7 @@ def loss_from_output(output: Any) -> torch.Tensor:
             return scalars[0]
     raise SetupError(
         f'[loss] target = "model" takes the loss from what the model returns, but it returned {describe(output)}. '
-        "Return the loss as a scalar tensor, as output.loss, as output[\"loss\"], or as the one scalar tensor in a tuple or list "
+        'Return the loss as a scalar tensor, as output.loss, as output["loss"], or as the one scalar tensor in a tuple or list '
         "(e.g. (logits, loss)); a Hugging Face model computes it when the batch carries labels."
     )
 
@@ -107,7 +113,10 @@ def describe(value: Any) -> str:
     if value is None:
         return "None"
     if isinstance(value, (tuple, list)):
-        parts = ", ".join("tensor (" + ", ".join(map(str, v.shape)) + ")" if isinstance(v, torch.Tensor) else type(v).__name__ for v in value)
+        parts = ", ".join(
+            "tensor (" + ", ".join(map(str, v.shape)) + ")" if isinstance(v, torch.Tensor) else type(v).__name__
+            for v in value
+        )
         return f"a {type(value).__name__} of ({parts})"
     if isinstance(value, dict):
         return f"a dict with keys {', '.join(map(str, value))} and no scalar 'loss'"

@@ -21,7 +21,11 @@ def _roots() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the libraries tuiloop drives: torch and tuiloop; other installed code: stdlib, site-packages)."""
     import tuiloop
 
-    ours = tuple(os.path.realpath(Path(m.__file__).parent) + os.sep for m in (sys.modules.get("torch"), tuiloop) if m is not None and m.__file__)
+    ours = tuple(
+        os.path.realpath(Path(m.__file__).parent) + os.sep
+        for m in (sys.modules.get("torch"), tuiloop)
+        if m is not None and m.__file__
+    )
     return ours, _installed()
 
 

@@ -75,16 +75,22 @@ class PlainSink:
             now = time.monotonic()
             if now - self._last_progress >= self.progress_every and ev.losses:
                 self._last_progress = now
-                self._print(f"epoch {ev.epoch}/{self._epochs} step {ev.step_in_epoch}/{self._steps or '?'} loss {fmt.value(ev.losses[-1])} lr {fmt.lr(ev.lr)} {ev.samples_per_s:,.0f} samples/s")
+                self._print(
+                    f"epoch {ev.epoch}/{self._epochs} step {ev.step_in_epoch}/{self._steps or '?'} loss {fmt.value(ev.losses[-1])} lr {fmt.lr(ev.lr)} {ev.samples_per_s:,.0f} samples/s"
+                )
         elif isinstance(ev, RunStarted):
             self._epochs, self._steps = ev.epochs, ev.steps_per_epoch
             what = f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step}" if ev.resumed_from else "started"
             steps = fmt.plural(ev.steps_per_epoch, "step") if ev.steps_per_epoch else "? steps"
-            self._print(f"run {ev.run_name} {what} on {ev.device_name}, {ev.num_params:,} parameters, {fmt.plural(ev.epochs, 'epoch')} of {steps}")
+            self._print(
+                f"run {ev.run_name} {what} on {ev.device_name}, {ev.num_params:,} parameters, {fmt.plural(ev.epochs, 'epoch')} of {steps}"
+            )
             if ev.world_size > 1:
                 per = ev.batch_size or 0
                 total = per * ev.world_size * ev.accumulate_grad_batches
-                self._print(f"distributed: {ev.world_size} processes ({ev.backend}) on {', '.join(ev.nodes)}; batch {per} per process, {total} per optimizer step in all")
+                self._print(
+                    f"distributed: {ev.world_size} processes ({ev.backend}) on {', '.join(ev.nodes)}; batch {per} per process, {total} per optimizer step in all"
+                )
             self._print(f"run directory: {ev.run_dir}")
         elif isinstance(ev, LRChanged):
             self._print(f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)}")
@@ -110,8 +116,14 @@ class PlainSink:
         elif isinstance(ev, Failed):
             self._print(f"error: {ev.error}\n  where: {ev.where}")
         elif isinstance(ev, Finished):
-            best = f", best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}" if ev.best_value is not None and ev.best_epoch is not None else ""
-            self._print(f"finished: {ev.status} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}, {ev.wall_time_s:.1f}s{best}")
+            best = (
+                f", best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}"
+                if ev.best_value is not None and ev.best_epoch is not None
+                else ""
+            )
+            self._print(
+                f"finished: {ev.status} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}, {ev.wall_time_s:.1f}s{best}"
+            )
 
 
 def _clock(t: float) -> str:

@@ -48,14 +48,22 @@ def check(name: str, device: torch.device) -> None:
     kind = device.type
     if name == "16-mixed":
         if kind == "cpu":
-            raise PrecisionError('precision = "16-mixed" (float16 with loss scaling) needs a GPU; on the CPU use "bf16-mixed" (about as fast, no loss scaling needed) or "32-true"')
+            raise PrecisionError(
+                'precision = "16-mixed" (float16 with loss scaling) needs a GPU; on the CPU use "bf16-mixed" (about as fast, no loss scaling needed) or "32-true"'
+            )
         if kind == "mps":
             try:
                 torch.amp.GradScaler("mps")
             except Exception as e:
-                raise PrecisionError(f'precision = "16-mixed" needs a GradScaler for MPS, which this torch ({torch.__version__}) lacks ({e}); use "bf16-mixed" or "32-true"') from None
+                raise PrecisionError(
+                    f'precision = "16-mixed" needs a GradScaler for MPS, which this torch ({torch.__version__}) lacks ({e}); use "bf16-mixed" or "32-true"'
+                ) from None
     if name == "bf16-mixed" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         gpu = torch.cuda.get_device_name(device.index or 0)
-        raise PrecisionError(f'precision = "bf16-mixed" needs a GPU with bfloat16 (Ampere or newer); {gpu} has none: use "16-mixed" (float16 with loss scaling) or "32-true"')
+        raise PrecisionError(
+            f'precision = "bf16-mixed" needs a GPU with bfloat16 (Ampere or newer); {gpu} has none: use "16-mixed" (float16 with loss scaling) or "32-true"'
+        )
     if name != "32-true" and hasattr(torch.amp, "is_autocast_available") and not torch.amp.is_autocast_available(kind):
-        raise PrecisionError(f'precision = "{name}" needs torch.autocast on {kind}, which this torch ({torch.__version__}) does not offer; use "32-true"')
+        raise PrecisionError(
+            f'precision = "{name}" needs torch.autocast on {kind}, which this torch ({torch.__version__}) does not offer; use "32-true"'
+        )

@@ -38,7 +38,9 @@ def infer_problem(loss_fn: object, output: torch.Tensor) -> str:
 
 def metric_names(problem: str) -> list[str]:
     """The validation metrics reported for a problem type, besides the losses."""
-    return {"multiclass": ["val_acc"], "binary": ["val_acc"], "multilabel": ["val_acc"], "regression": ["val_mae"]}.get(problem, [])
+    return {"multiclass": ["val_acc"], "binary": ["val_acc"], "multilabel": ["val_acc"], "regression": ["val_mae"]}.get(
+        problem, []
+    )
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -54,7 +56,9 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
     out, y = output.detach(), target.detach()
     if problem == "multiclass":
         if out.ndim < 2:
-            raise SetupError(f"{name} needs outputs of shape (batch, classes), but the model returned {_shape(out)}. Make the final layer nn.Linear(..., num_classes).")
+            raise SetupError(
+                f"{name} needs outputs of shape (batch, classes), but the model returned {_shape(out)}. Make the final layer nn.Linear(..., num_classes)."
+            )
         classes = out.shape[1]
         if y.is_floating_point() and y.shape != out.shape:
             raise SetupError(
@@ -63,7 +67,9 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
             )
         if not y.is_floating_point():
             if classes == 1:
-                raise SetupError(f"the model has 1 output but {name} needs one output per class (1 output always gives loss 0). For two classes use 2 outputs, or BCEWithLogitsLoss with float 0/1 targets.")
+                raise SetupError(
+                    f"the model has 1 output but {name} needs one output per class (1 output always gives loss 0). For two classes use 2 outputs, or BCEWithLogitsLoss with float 0/1 targets."
+                )
             valid = y[y != getattr(loss_fn, "ignore_index", -100)]
             if valid.numel():
                 lo, hi = int(valid.min()), int(valid.max())
@@ -76,30 +82,48 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
         if name == "CrossEntropyLoss" and out.numel() and bool(((out >= 0) & (out <= 1)).all()):
             sums = out.sum(dim=1)
             if bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
-                warnings.append("the outputs look like softmax probabilities (in [0, 1], rows sum to 1), but CrossEntropyLoss applies log-softmax itself. Return raw logits: remove the softmax from the model's forward.")
+                warnings.append(
+                    "the outputs look like softmax probabilities (in [0, 1], rows sum to 1), but CrossEntropyLoss applies log-softmax itself. Return raw logits: remove the softmax from the model's forward."
+                )
     elif problem in ("binary", "multilabel"):
         if not y.is_floating_point():
-            raise SetupError(f"{name} needs float targets (0.0 / 1.0), but they are {y.dtype}. Convert them in your data function with y.float().")
+            raise SetupError(
+                f"{name} needs float targets (0.0 / 1.0), but they are {y.dtype}. Convert them in your data function with y.float()."
+            )
         if out.shape != y.shape:
             hint = ""
             if out.ndim == y.ndim + 1 and out.shape[-1] == 1:
                 hint = " Make the targets (batch, 1) with y.unsqueeze(1), or squeeze the output with out.squeeze(1)."
-            raise SetupError(f"{name} needs outputs and targets of the same shape, but the model returned {_shape(out)} and the targets are {_shape(y)}.{hint}")
+            raise SetupError(
+                f"{name} needs outputs and targets of the same shape, but the model returned {_shape(out)} and the targets are {_shape(y)}.{hint}"
+            )
         if y.numel() and bool(((y < 0) | (y > 1)).any()):
-            raise SetupError(f"{name} needs targets between 0 and 1, but they range {float(y.min()):g}..{float(y.max()):g}. For class indices use CrossEntropyLoss instead.")
+            raise SetupError(
+                f"{name} needs targets between 0 and 1, but they range {float(y.min()):g}..{float(y.max()):g}. For class indices use CrossEntropyLoss instead."
+            )
         if name == "BCEWithLogitsLoss" and out.numel() > 1 and bool(((out > 0) & (out < 1)).all()):
-            warnings.append("all outputs lie in (0, 1), as if a sigmoid were already applied, but BCEWithLogitsLoss applies it itself. Return raw logits: remove the sigmoid from the model's forward.")
+            warnings.append(
+                "all outputs lie in (0, 1), as if a sigmoid were already applied, but BCEWithLogitsLoss applies it itself. Return raw logits: remove the sigmoid from the model's forward."
+            )
         if name == "BCELoss" and out.numel() and bool(((out < 0) | (out > 1)).any()):
-            raise SetupError("BCELoss needs probabilities in [0, 1], but the outputs leave that range. Use BCEWithLogitsLoss on raw outputs instead (it is also numerically safer).")
+            raise SetupError(
+                "BCELoss needs probabilities in [0, 1], but the outputs leave that range. Use BCEWithLogitsLoss on raw outputs instead (it is also numerically safer)."
+            )
     elif problem == "regression":
         if out.shape != y.shape:
-            hint = " Make the targets (batch, 1) with y.unsqueeze(1), or squeeze the output with out.squeeze(1)." if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else ""
+            hint = (
+                " Make the targets (batch, 1) with y.unsqueeze(1), or squeeze the output with out.squeeze(1)."
+                if out.ndim == y.ndim + 1 and out.shape[-1] == 1
+                else ""
+            )
             raise SetupError(
                 f"{name} needs outputs and targets of the same shape, but the model returned {_shape(out)} and the targets are {_shape(y)}; "
                 f"PyTorch would broadcast them and train on the wrong loss.{hint}"
             )
         if not y.is_floating_point():
-            raise SetupError(f"{name} needs float targets, but they are {y.dtype}. Convert them in your data function with y.float().")
+            raise SetupError(
+                f"{name} needs float targets, but they are {y.dtype}. Convert them in your data function with y.float()."
+            )
     return warnings
 
 
@@ -161,7 +185,14 @@ class MetricTotals:
 
     def result(self, ranks: Any = None) -> dict[str, float]:
         """The metrics; in a distributed run the sums of every rank's shard (each sample once)."""
-        sums = torch.stack([self.loss_sum, torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device), self.metric_sum, self.metric_count.to(self.loss_sum.dtype)])
+        sums = torch.stack(
+            [
+                self.loss_sum,
+                torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device),
+                self.metric_sum,
+                self.metric_count.to(self.loss_sum.dtype),
+            ]
+        )
         if ranks is not None:
             ranks.sum_(sums)
         loss_sum, loss_count, metric_sum, metric_count = sums.tolist()

@@ -61,11 +61,15 @@ class Saving:
             ckpt.unwrap(t.model).load_state_dict(state["model_state_dict"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()
-            raise ResumeError(f"the checkpoint holds the weights of another model: {' '.join(first[:3])}. Resume with the [model] the run was started with.") from None
+            raise ResumeError(
+                f"the checkpoint holds the weights of another model: {' '.join(first[:3])}. Resume with the [model] the run was started with."
+            ) from None
         try:
             t.optimizer.load_state_dict(state["optimizer_state_dict"])
         except ValueError as e:
-            raise ResumeError(f"the checkpoint's optimizer state does not fit this optimizer ({e}). Resume with the [optimizer] the run was started with.") from None
+            raise ResumeError(
+                f"the checkpoint's optimizer state does not fit this optimizer ({e}). Resume with the [optimizer] the run was started with."
+            ) from None
         if t.scheduler is not None and state.get("scheduler_state_dict") is not None:
             t.scheduler.load_state_dict(state["scheduler_state_dict"])
         t.stepper.load_state_dict(state.get("scaler_state_dict"))
@@ -111,7 +115,9 @@ class Saving:
             data = ckpt.serialize(self.state_dict(rng_states))
             metric = t.last_metrics.get(t.opt.monitor)
             for tag in tags:
-                name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (f"epoch-{t.epoch:04d}.pt" if tag == "periodic" else f"manual-step{t.step:07d}.pt")
+                name = {"best": "best.pt", "last": "last.pt"}.get(tag) or (
+                    f"epoch-{t.epoch:04d}.pt" if tag == "periodic" else f"manual-step{t.step:07d}.pt"
+                )
                 path = t.run_dir / "checkpoints" / name
                 ckpt.save_atomic(data, path)
                 t.emit(CheckpointSaved(tag, str(path.relative_to(t.run_dir)), t.epoch, t.step, metric, t.opt.monitor))

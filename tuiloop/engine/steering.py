@@ -62,12 +62,20 @@ class Steering:
             t.emit(StateChanged("stopping", t._stop_reason, step=t.step))
         elif cmd == "stop_after_epoch":
             t.stop_after_epoch = not t.stop_after_epoch
-            t.emit(SettingChanged("stop_after_epoch", not t.stop_after_epoch, t.stop_after_epoch, t.epoch + 1, t.step, "command"))
+            t.emit(
+                SettingChanged(
+                    "stop_after_epoch", not t.stop_after_epoch, t.stop_after_epoch, t.epoch + 1, t.step, "command"
+                )
+            )
         elif cmd in LR_FACTORS:
             before = t.optimizer.param_groups[0]["lr"]
             scale_lr(t.optimizer, t.scheduler, LR_FACTORS[cmd])
             t.lr_scale *= LR_FACTORS[cmd]
-            t.emit(SettingChanged("optimizer.lr", before, t.optimizer.param_groups[0]["lr"], t.epoch + 1, t.step, f"command {cmd}"))
+            t.emit(
+                SettingChanged(
+                    "optimizer.lr", before, t.optimizer.param_groups[0]["lr"], t.epoch + 1, t.step, f"command {cmd}"
+                )
+            )
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary (used by signal handlers)."""

@@ -97,7 +97,9 @@ class Trainer(Saving, Steering):
         if ranks.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self._ddp = wrapped = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self._ddp = wrapped = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.model = compile_model(wrapped, self.opt.compile, self.device) if self.opt.compile else wrapped
         # validation runs on the module itself in a distributed run: no collectives in its forward
         self._eval_model = model if ranks.distributed else self.model
@@ -111,7 +113,15 @@ class Trainer(Saving, Steering):
         self.optimizer = optimizer
         self.scheduler = scheduler
         o = self.opt
-        self.stepper = Stepper(model, optimizer, self.precision, o.accumulate_grad_batches, o.gradient_clip_val, o.gradient_clip_algorithm, o.log_grad_norm)
+        self.stepper = Stepper(
+            model,
+            optimizer,
+            self.precision,
+            o.accumulate_grad_batches,
+            o.gradient_clip_val,
+            o.gradient_clip_algorithm,
+            o.log_grad_norm,
+        )
         self.run_dir = Path(run_dir) if run_dir else None
         self.commands = Commands()
         self.sinks: list[Sink] = []
@@ -172,10 +182,15 @@ class Trainer(Saving, Steering):
                 where = "training"
                 self._train_epoch()
                 if self.state == "stopping":
-                    status, reason = ("suspended" if self.suspending else "stopped"), self._stop_reason or "stopped by request"
+                    status, reason = (
+                        ("suspended" if self.suspending else "stopped"),
+                        self._stop_reason or "stopped by request",
+                    )
                     break
                 where = "validation"
-                last_before_stop = self.stop_after_epoch and self.epoch + 1 < self.opt.epochs  # `e`: validated, then stopped
+                last_before_stop = (
+                    self.stop_after_epoch and self.epoch + 1 < self.opt.epochs
+                )  # `e`: validated, then stopped
                 if (self.epoch + 1) % self.opt.val_every == 0 or last_before_stop:
                     self._check()
                 elif self.scheduler is not None and self.opt.scheduler_interval == "epoch" and not self.plateau:
@@ -213,7 +228,12 @@ class Trainer(Saving, Steering):
                 failed = self._failure(e, where)
                 if self.ranks.distributed:  # the launcher's SIGTERM (another rank failed) may be telling
                     self.ending.acquire()  # it from the signal thread, then ending the process: wait for that
-                status, reason = "failed", failed.error.split(":")[0] + " failed" if failed.error.startswith("rank ") else f"{type(e).__name__} in {where}"
+                status, reason = (
+                    "failed",
+                    failed.error.split(":")[0] + " failed"
+                    if failed.error.startswith("rank ")
+                    else f"{type(e).__name__} in {where}",
+                )
                 self.emit(failed)
                 self._save_after_crash()
         finally:
@@ -234,18 +254,38 @@ class Trainer(Saving, Steering):
     def _failure(self, e: Exception, where: str) -> Failed:
         """What failed and where. In a distributed run a rank leaves its error for rank 0, and
         rank 0 reports the rank that failed first (its own error may only be the echo of it)."""
-        failed = Failed(f"{type(e).__name__}: {e}", describe_where(e, where, self.epoch + 1, self.step + 1), traceback.format_exc(), format_frames(user_frames(e)))
+        failed = Failed(
+            f"{type(e).__name__}: {e}",
+            describe_where(e, where, self.epoch + 1, self.step + 1),
+            traceback.format_exc(),
+            format_frames(user_frames(e)),
+        )
         if not self.ranks.distributed:
             return failed
         if not self.ranks.is_main:
-            self.ranks.report_failure({"error": failed.error, "where": failed.where, "traceback": failed.traceback, "user_frames": failed.user_frames})
+            self.ranks.report_failure(
+                {
+                    "error": failed.error,
+                    "where": failed.where,
+                    "traceback": failed.traceback,
+                    "user_frames": failed.user_frames,
+                }
+            )
             return failed
         peer = self.ranks.peer_failure(wait_s=1.0)
         if peer is None:
             if _collective_error(e):  # the other side of a collective is gone without a word
-                return dataclasses.replace(failed, error=f"a collective with the other ranks failed; another rank was killed or ran out of memory? ({failed.error})")
+                return dataclasses.replace(
+                    failed,
+                    error=f"a collective with the other ranks failed; another rank was killed or ran out of memory? ({failed.error})",
+                )
             return failed
-        return Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", []))
+        return Failed(
+            f"rank {peer['rank']}: {peer['error']}",
+            f"rank {peer['rank']}, {peer['where']}",
+            peer.get("traceback", ""),
+            peer.get("user_frames", []),
+        )
 
     def _announce(self) -> None:
         train_size = self.train_batches.num_samples
@@ -318,7 +358,11 @@ class Trainer(Saving, Steering):
         for batch in self.train_batches.epoch(self.epoch, start=self.batch_in_epoch, epoch_rng=self.epoch_rng):
             args, kwargs, target = objective.split(batch)
             # Under DDP the micro-batches before a group's last skip the gradient all-reduce.
-            deferred = no_sync is not None and stepper.micro + 1 < accumulate and (batches is None or self.batch_in_epoch + stepper.micro + 1 < batches)
+            deferred = (
+                no_sync is not None
+                and stepper.micro + 1 < accumulate
+                and (batches is None or self.batch_in_epoch + stepper.micro + 1 < batches)
+            )
             with no_sync() if deferred else contextlib.nullcontext():
                 with autocast:
                     if self.problem is None:
@@ -372,7 +416,12 @@ class Trainer(Saving, Steering):
             self._norms.append(norm)
         if self._compiled_seen < 0 and self.opt.compile:
             self._compiled_seen = compilations()
-            self.emit(Message("info", f"torch.compile: the model is compiled ({self._compiled_seen} graph(s)); later compilations are reported"))
+            self.emit(
+                Message(
+                    "info",
+                    f"torch.compile: the model is compiled ({self._compiled_seen} graph(s)); later compilations are reported",
+                )
+            )
 
     def _first_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The first forward pass, with what PyTorch's own error leaves out (a dtype mismatch)."""
@@ -396,11 +445,19 @@ class Trainer(Saving, Steering):
                 self.emit(Message("warning", text))
         available = self._metrics_available()
         # [checkpoint] monitor defaults to the early-stopping one: name the key the user wrote first
-        for name, monitor in (("[early_stopping] monitor", self.es.monitor if self.es else None), ("[scheduler] monitor", self.opt.scheduler_monitor), ("[checkpoint] monitor", self.opt.monitor)):
+        for name, monitor in (
+            ("[early_stopping] monitor", self.es.monitor if self.es else None),
+            ("[scheduler] monitor", self.opt.scheduler_monitor),
+            ("[checkpoint] monitor", self.opt.monitor),
+        ):
             if monitor is not None and monitor not in available:
                 if self.val_batches is None:
-                    raise SetupError(f"{name} = {monitor!r} needs a validation split, and the data has none. Monitor train_loss, or return (train, val) from the data function.")
-                raise SetupError(f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}.")
+                    raise SetupError(
+                        f"{name} = {monitor!r} needs a validation split, and the data has none. Monitor train_loss, or return (train, val) from the data function."
+                    )
+                raise SetupError(
+                    f"{name} = {monitor!r} is not reported for this {self.problem} problem. Use one of: {', '.join(available)}."
+                )
         what = PROBLEM_TEXT.get(self.problem, self.problem)
         source = "the model's own loss" if self.objective.model_computes_loss else type(self.loss_fn).__name__
         self.emit(Message("info", f"{what} ({source}); metrics: {', '.join(available)}"))
@@ -417,7 +474,9 @@ class Trainer(Saving, Steering):
             losses = (self.ranks.sum_(stacked) / self.ranks.world_size).tolist()
         else:
             losses = torch.stack(buffer).float().tolist()
-        norms = torch.stack(self._norms).float().tolist() if self._norms else None  # equal on every rank: DDP averaged the gradients
+        norms = (
+            torch.stack(self._norms).float().tolist() if self._norms else None
+        )  # equal on every rank: DDP averaged the gradients
         buffer.clear()
         self._norms.clear()
         scaler = self.precision.scaler
@@ -497,7 +556,17 @@ class Trainer(Saving, Steering):
         if self.es is not None:
             value = metrics[self.es.monitor]
             self.es.update(value, epoch)
-            self.emit(EarlyStopUpdate(epoch, self.es.monitor, value, self.es.best, self.es.counter, self.es.patience or 0, self.es.triggered))
+            self.emit(
+                EarlyStopUpdate(
+                    epoch,
+                    self.es.monitor,
+                    value,
+                    self.es.best,
+                    self.es.counter,
+                    self.es.patience or 0,
+                    self.es.triggered,
+                )
+            )
         self._step_scheduler_epoch(metrics)
         self._pending_best = is_best
 
@@ -547,4 +616,6 @@ class Trainer(Saving, Steering):
 def _collective_error(e: BaseException) -> bool:
     """An error from gloo or NCCL: a collective whose other side is gone."""
     dist_error = getattr(torch.distributed, "DistError", None)
-    return (dist_error is not None and isinstance(e, dist_error)) or any(word in str(e) for word in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))
+    return (dist_error is not None and isinstance(e, dist_error)) or any(
+        word in str(e) for word in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer")
+    )

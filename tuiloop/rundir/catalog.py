@@ -57,14 +57,27 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
         spec_epochs = s.get("epochs") or _spec_epochs(run_dir)
         ended = s.get("ended")
         duration = ended - started if isinstance(ended, (int, float)) else s.get("wall_time_s")
-        return RunRow(run_dir, st.state, s.get("epochs_done"), spec_epochs, s.get("monitor"), s.get("best_value"), s.get("best_epoch"), started, duration, s.get("steps"))
+        return RunRow(
+            run_dir,
+            st.state,
+            s.get("epochs_done"),
+            spec_epochs,
+            s.get("monitor"),
+            s.get("best_value"),
+            s.get("best_epoch"),
+            started,
+            duration,
+            s.get("steps"),
+        )
     p = scan(run_dir)
     state = "paused" if st.state == "running" and p.paused else st.state
     if st.state == "running":
         duration: float | None = (now or time.time()) - started
     else:  # crashed: it ran until its last word
         duration = (p.last_time - started) if p.last_time else None
-    return RunRow(run_dir, state, p.done, p.epochs or _spec_epochs(run_dir), p.monitor, p.best, p.best_epoch, started, duration)
+    return RunRow(
+        run_dir, state, p.done, p.epochs or _spec_epochs(run_dir), p.monitor, p.best, p.best_epoch, started, duration
+    )
 
 
 def _spec_epochs(run_dir: Path) -> int | None:
@@ -128,13 +141,17 @@ def resolve_run(text: str, out_dir: Path = Path("runs")) -> Path:
     if path.is_dir():
         if is_run_dir(path):
             return path.resolve()
-        raise RunNotFound(f"{text} is not a tuiloop run directory (no run.json); `tuiloop ls {text}` lists the runs in it")
+        raise RunNotFound(
+            f"{text} is not a tuiloop run directory (no run.json); `tuiloop ls {text}` lists the runs in it"
+        )
     candidates = [p for p in find_runs(out_dir) if text in p.name] if out_dir.is_dir() and "/" not in text else []
     if len(candidates) == 1:
         return candidates[0].resolve()
     if not candidates:
-        raise RunNotFound(f"no run directory {text!r} (nor a run under {out_dir}/ whose name contains it); `tuiloop ls` lists runs")
+        raise RunNotFound(
+            f"no run directory {text!r} (nor a run under {out_dir}/ whose name contains it); `tuiloop ls` lists runs"
+        )
     names = ", ".join(sorted(p.name for p in candidates)[:5])
-    raise RunNotFound(f"{text!r} matches {len(candidates)} runs under {out_dir}/ ({names}{', ...' if len(candidates) > 5 else ''}); give more of the name")
-
-
+    raise RunNotFound(
+        f"{text!r} matches {len(candidates)} runs under {out_dir}/ ({names}{', ...' if len(candidates) > 5 else ''}); give more of the name"
+    )

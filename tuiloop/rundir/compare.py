@@ -310,4 +310,6 @@ class Comparison:
         such key; ``?``: the run has no spec.toml)."""
         specs = [r.spec for r in self.runs]
         keys = [k for k in differing_keys(specs) if k != "run.name"]  # the runs' names head their columns already
-        return [(key, ["?" if s is None else format_value(s[key]) if key in s else MISSING for s in specs]) for key in keys]
+        return [
+            (key, ["?" if s is None else format_value(s[key]) if key in s else MISSING for s in specs]) for key in keys
+        ]

@@ -22,7 +22,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuiloop.engine.events import Finished, LRChanged, RunStarted, SettingChanged, Starting, StateChanged, SystemSample, TrainSteps, Validated, event_from_dict
+from tuiloop.engine.events import (
+    Finished,
+    LRChanged,
+    RunStarted,
+    SettingChanged,
+    Starting,
+    StateChanged,
+    SystemSample,
+    TrainSteps,
+    Validated,
+    event_from_dict,
+)
 from tuiloop.rundir.series import Downsampled, Recent
 from tuiloop.rundir.snapshot import DIGESTED_KINDS
 
@@ -103,7 +114,16 @@ class RunDigest:
         self.step_in_epoch = ev.start_step - ev.start_epoch * ev.steps_per_epoch if ev.steps_per_epoch else 0
         self.active_steps = 0
         if ev.resumed_from:  # steps logged after the checkpoint by the session that crashed are done again
-            for series in (self.train, self.train_recent, self.val, self.lr_history, self.grad_norms, self.loss_scales, self.throughput, self.step_times):
+            for series in (
+                self.train,
+                self.train_recent,
+                self.val,
+                self.lr_history,
+                self.grad_norms,
+                self.loss_scales,
+                self.throughput,
+                self.step_times,
+            ):
                 series.drop_after(ev.start_step)
 
     def _on_train_steps(self, ev: TrainSteps) -> None:
@@ -180,7 +200,18 @@ class RunDigest:
             "series": {name: getattr(self, name).to_dict() for name in _SERIES},
             "train_recent": self.train_recent.to_dict(),
             "system": self.system.to_dict() if self.system is not None else None,
-            "gpus": [{"index": g.index, "name": g.name, "util": g.util.to_dict(), "mem_peak": g.mem_peak, "mem_total": g.mem_total, "util_sum": g.util_sum, "util_n": g.util_n} for g in self.gpus.values()],
+            "gpus": [
+                {
+                    "index": g.index,
+                    "name": g.name,
+                    "util": g.util.to_dict(),
+                    "mem_peak": g.mem_peak,
+                    "mem_total": g.mem_total,
+                    "util_sum": g.util_sum,
+                    "util_n": g.util_n,
+                }
+                for g in self.gpus.values()
+            ],
         }
 
     @classmethod
@@ -197,7 +228,15 @@ class RunDigest:
         if digest.system is not None and not isinstance(digest.system, SystemSample):
             raise ValueError("not a system sample")
         for g in d["gpus"]:
-            stat = GpuStat(int(g["index"]), str(g["name"]), _series(g["util"]), int(g["mem_peak"]), int(g["mem_total"]), float(g["util_sum"]), int(g["util_n"]))
+            stat = GpuStat(
+                int(g["index"]),
+                str(g["name"]),
+                _series(g["util"]),
+                int(g["mem_peak"]),
+                int(g["mem_total"]),
+                float(g["util_sum"]),
+                int(g["util_n"]),
+            )
             digest.gpus[stat.index] = stat
         return digest
 
@@ -206,7 +245,11 @@ def _series(d: dict[str, Any]) -> Downsampled:
     """A saved series, checked: lists of numbers where numbers belong (a damaged file raises ValueError)."""
     columns = [d[key] for key in ("xs", "ys", "mins", "maxs")]
     numbers = [*columns, d["partial"], d["last"] or []]
-    if any(type(c) is not list for c in numbers) or any(len(c) != len(columns[0]) for c in columns) or len(d["partial"]) != 6:
+    if (
+        any(type(c) is not list for c in numbers)
+        or any(len(c) != len(columns[0]) for c in columns)
+        or len(d["partial"]) != 6
+    ):
         raise ValueError("a damaged series")
     if not all(type(v) in (float, int) for c in numbers for v in c):
         raise ValueError("a damaged series")

@@ -264,7 +264,9 @@ def scan(run_dir: Path) -> Progress:
                 for line in f.read(end - start).splitlines():
                     _scan_line(p, line)
             digest = snap.get("digest")
-            _scan_steps(p, digest.get("epoch") if isinstance(digest, dict) else None, snap.get("time"))  # the epoch of the last step, or later
+            _scan_steps(
+                p, digest.get("epoch") if isinstance(digest, dict) else None, snap.get("time")
+            )  # the epoch of the last step, or later
             f.seek(snap["offset"])
         for line in f:
             if line.startswith(_STEPS_PREFIX):

@@ -79,7 +79,18 @@ class History:
 def step_rows(event: TrainSteps) -> list[StepRow]:
     """The steps of one ``train_steps`` event, one row each."""
     norms = event.grad_norms or []
-    return [StepRow(event.epoch, event.first_step + i, event.time, loss, event.lr, norms[i] if i < len(norms) else None, event.samples_per_s) for i, loss in enumerate(event.losses)]
+    return [
+        StepRow(
+            event.epoch,
+            event.first_step + i,
+            event.time,
+            loss,
+            event.lr,
+            norms[i] if i < len(norms) else None,
+            event.samples_per_s,
+        )
+        for i, loss in enumerate(event.losses)
+    ]
 
 
 def validation_row(event: Validated) -> ValidationRow:
@@ -111,7 +122,16 @@ def csv_rows(h: History) -> Iterator[dict[str, Any]]:
     """One dict per step (kind "step") and per validation (kind "validation"), keyed by column."""
     for row in h.rows():
         if isinstance(row, StepRow):
-            yield {"kind": "step", "epoch": row.epoch, "step": row.step, "time": row.time, "train_loss": row.train_loss, "lr": row.lr, "grad_norm": row.grad_norm, "samples_per_s": row.samples_per_s}
+            yield {
+                "kind": "step",
+                "epoch": row.epoch,
+                "step": row.step,
+                "time": row.time,
+                "train_loss": row.train_loss,
+                "lr": row.lr,
+                "grad_norm": row.grad_norm,
+                "samples_per_s": row.samples_per_s,
+            }
         else:
             yield {"kind": "validation", "epoch": row.epoch, "step": row.step, "time": row.time, **row.metrics}
 
@@ -178,7 +198,9 @@ def require_tensorboardx() -> None:
     try:
         import tensorboardX.event_file_writer  # noqa: F401
     except ImportError as e:
-        raise TensorBoardXMissing(f"writing TensorBoard event files needs tensorboardX, which cannot be imported ({e}); install it with: {INSTALL}") from e
+        raise TensorBoardXMissing(
+            f"writing TensorBoard event files needs tensorboardX, which cannot be imported ({e}); install it with: {INSTALL}"
+        ) from e
 
 
 class ScalarFile:
@@ -197,14 +219,18 @@ class ScalarFile:
         logdir.mkdir(parents=True, exist_ok=True)
         self._writer = EventsWriter(str(logdir / "events"), suffix)  # events.out.tfevents.<time>.<host><suffix>
         if purge_step is not None:
-            self._writer.write_event(PbEvent(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            self._writer.write_event(
+                PbEvent(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START))
+            )
 
     def add(self, scalars: Iterable[Scalar]) -> int:
         """Append scalars; returns how many."""
         n = 0
         for s in scalars:
             value = self._summary.Value(tag=s.tag, simple_value=float(s.value))
-            self._writer.write_event(self._event(wall_time=s.wall_time, step=s.step, summary=self._summary(value=[value])))
+            self._writer.write_event(
+                self._event(wall_time=s.wall_time, step=s.step, summary=self._summary(value=[value]))
+            )
             n += 1
         return n
 
@@ -229,4 +255,8 @@ def write_tensorboard(h: History, logdir: Path) -> int:
 
 def other_event_files(logdir: Path) -> list[Path]:
     """TensorBoard event files in ``logdir`` that no export wrote (the live mirror's)."""
-    return sorted(p for p in logdir.glob("events.out.tfevents.*") if not p.name.endswith(EXPORT_SUFFIX)) if logdir.is_dir() else []
+    return (
+        sorted(p for p in logdir.glob("events.out.tfevents.*") if not p.name.endswith(EXPORT_SUFFIX))
+        if logdir.is_dir()
+        else []
+    )

@@ -83,7 +83,12 @@ def update_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
 
 def who() -> dict[str, Any]:
     """What run.json records about the process that writes it."""
-    return {"host": socket.gethostname(), "user": getpass.getuser(), "argv": sys.argv, "python": platform.python_version()}
+    return {
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+    }
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -227,8 +227,17 @@ class Recent:
         """A saved one; raises KeyError, TypeError or ValueError if ``d`` is not one."""
         r = cls(int(d["capacity"]))
         runs, ys = d["runs"], d["ys"]
-        numbers = [v for run in runs for v in run] if type(runs) is list and all(type(run) is list and len(run) == 2 for run in runs) else None
-        if numbers is None or type(ys) is not list or not all(type(v) in (float, int) for v in [*numbers, *ys]) or sum(n for _, n in runs) != len(ys):
+        numbers = (
+            [v for run in runs for v in run]
+            if type(runs) is list and all(type(run) is list and len(run) == 2 for run in runs)
+            else None
+        )
+        if (
+            numbers is None
+            or type(ys) is not list
+            or not all(type(v) in (float, int) for v in [*numbers, *ys])
+            or sum(n for _, n in runs) != len(ys)
+        ):
             raise ValueError("damaged recent points")
         at = 0
         for x0, n in runs:

@@ -108,7 +108,14 @@ def load_snapshot(run_dir: Path) -> Snapshot | None:
         data = read_snapshot(run_dir)
         if data is None:
             return None
-        return Snapshot(RunDigest.from_dict(data["digest"]), data["offset"], data["lines"], float(data["time"]), data["ranges"], tuple(data["kinds"]))
+        return Snapshot(
+            RunDigest.from_dict(data["digest"]),
+            data["offset"],
+            data["lines"],
+            float(data["time"]),
+            data["ranges"],
+            tuple(data["kinds"]),
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -126,7 +133,9 @@ def read_snapshot(run_dir: Path) -> dict[str, Any] | None:
 def _fits(run_dir: Path, data: Any) -> bool:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return False
-    if not (isinstance(data["kinds"], list) and set(data["kinds"]) <= set(DIGESTED_KINDS)):  # a newer tuiloop digests more
+    if not (
+        isinstance(data["kinds"], list) and set(data["kinds"]) <= set(DIGESTED_KINDS)
+    ):  # a newer tuiloop digests more
         return False
     offset, lines, last = data["offset"], data["lines"], data["last_line"]
     length = last["length"]
@@ -141,7 +150,13 @@ def _fits(run_dir: Path, data: Any) -> bool:
         return False
     end = 0
     for r in data["ranges"]:  # in order, inside the covered bytes
-        if not (isinstance(r, list) and len(r) == 3 and all(type(n) is int for n in r) and end <= r[0] < r[1] <= offset and 0 < r[2] <= lines):
+        if not (
+            isinstance(r, list)
+            and len(r) == 3
+            and all(type(n) is int for n in r)
+            and end <= r[0] < r[1] <= offset
+            and 0 < r[2] <= lines
+        ):
             return False
         end = r[1]
     return True

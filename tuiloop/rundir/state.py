@@ -60,4 +60,6 @@ def _elsewhere(run_dir: Path, info: dict[str, Any], host: str) -> RunState:
         quiet = time.time() - float(info.get("started") or 0)
     if quiet < REMOTE_QUIET_S:
         return RunState("running", info, None, f"runs on {host}; its log was written {quiet:.0f}s ago")
-    return RunState("crashed", info, None, f"runs on {host} and has written nothing for {quiet / 60:.0f} minutes, without a summary")
+    return RunState(
+        "crashed", info, None, f"runs on {host} and has written nothing for {quiet / 60:.0f} minutes, without a summary"
+    )

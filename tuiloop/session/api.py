@@ -31,10 +31,17 @@ class Trainer(engine.Trainer):
         try:
             lock = RunLock.acquire(run_dir)
         except RunIsLive:
-            raise RuntimeError(f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run_dir") from None
+            raise RuntimeError(
+                f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run_dir"
+            ) from None
         if fresh:
             try:
-                update_info(run_dir, name=self.opt.run_name if self.opt.run_name != "run" else run_dir.name, started=time.time(), **who())
+                update_info(
+                    run_dir,
+                    name=self.opt.run_name if self.opt.run_name != "run" else run_dir.name,
+                    started=time.time(),
+                    **who(),
+                )
             except BaseException:
                 lock.release()
                 raise

@@ -43,7 +43,11 @@ def _call(where: str, section: str, target: str, fn: Callable[..., Any], *args: 
         return fn(*args, **kwargs)
     except Exception as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise SpecError(f"{where}, [{section}]", f"building {target}({shown}) raised {describe_exception(e)}", f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.") from e
+        raise SpecError(
+            f"{where}, [{section}]",
+            f"building {target}({shown}) raised {describe_exception(e)}",
+            f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.",
+        ) from e
 
 
 def _check_split(where: str, value: Any, name: str, target: str) -> None:
@@ -58,19 +62,31 @@ def _check_split(where: str, value: Any, name: str, target: str) -> None:
             "Wrap the arrays in a TensorDataset: TensorDataset(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y)), "
             "and return (train, val) as two such datasets.",
         )
-    if not isinstance(value, (Dataset, DataLoader)) and not hasattr(value, "__getitem__") and not hasattr(value, "__iter__"):
-        raise SpecError(here, f"{target} returned a {type(value).__name__} as the {name} split, not a Dataset or DataLoader", "Return (train, val) as torch Datasets (e.g. TensorDataset) or DataLoaders.")
+    if (
+        not isinstance(value, (Dataset, DataLoader))
+        and not hasattr(value, "__getitem__")
+        and not hasattr(value, "__iter__")
+    ):
+        raise SpecError(
+            here,
+            f"{target} returned a {type(value).__name__} as the {name} split, not a Dataset or DataLoader",
+            "Return (train, val) as torch Datasets (e.g. TensorDataset) or DataLoaders.",
+        )
 
 
 def _is_array(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) or (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"))
+    return isinstance(value, torch.Tensor) or (
+        hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__")
+    )
 
 
 def _array_kind(value: Any) -> str:
     return "tensors" if isinstance(value, torch.Tensor) else f"{type(value).__module__.split('.')[0]} arrays"
 
 
-def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None, ranks: Ranks = SINGLE) -> Trainer:
+def build_trainer(
+    resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None, ranks: Ranks = SINGLE
+) -> Trainer:
     """Make every object the spec names and wire them into a Trainer; ``progress`` hears each phase.
 
     In a distributed run (``ranks``) each process trains on its own GPU (cuda:LOCAL_RANK) or the
@@ -89,14 +105,26 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     progress("building the model")
     model = _call(where, "model", spec.model.target, resolved.model, **spec.model.kwargs)
     if not isinstance(model, torch.nn.Module):
-        raise SpecError(f"{where}, [model] target", f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module", "Point target at an nn.Module subclass or a function that returns one.")
+        raise SpecError(
+            f"{where}, [model] target",
+            f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module",
+            "Point target at an nn.Module subclass or a function that returns one.",
+        )
     model = model.to(device)
 
     progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        got = f"a {type(data).__name__} of {len(data)} items" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
-        raise SpecError(f"{where}, [data] target", f"{spec.data.target} must return (train, val), got {got}", "Return a pair of Datasets or DataLoaders; val may be None.")
+        got = (
+            f"a {type(data).__name__} of {len(data)} items"
+            if isinstance(data, (tuple, list))
+            else f"a {type(data).__name__}"
+        )
+        raise SpecError(
+            f"{where}, [data] target",
+            f"{spec.data.target} must return (train, val), got {got}",
+            "Return a pair of Datasets or DataLoaders; val may be None.",
+        )
     train_data, val_data = data
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)
@@ -110,14 +138,22 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
         loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn = loss_fn.to(device)
-    optimizer = _call(where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs)
+    optimizer = _call(
+        where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs
+    )
     scheduler = None
     interval = "epoch"
     if spec.scheduler is not None and resolved.scheduler is not None:
         interval = spec.scheduler.interval
-        scheduler = _call(where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs)
+        scheduler = _call(
+            where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs
+        )
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and interval == "step":
-            raise SpecError(f"{where}, [scheduler] interval", "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch", 'Set interval = "epoch".')
+            raise SpecError(
+                f"{where}, [scheduler] interval",
+                "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch",
+                'Set interval = "epoch".',
+            )
 
     d = spec.data
     batches = dict(
@@ -126,7 +162,11 @@ def build_trainer(resolved: Resolved, run_dir: Path | None = None, progress: Pro
     )  # fmt: skip
     try:
         train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
-        val = Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, even_shards=False, **batches) if val_data is not None else None
+        val = (
+            Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, even_shards=False, **batches)
+            if val_data is not None
+            else None
+        )
     except ValueError as e:  # a DataLoader that cannot be sharded
         raise SpecError(f"{where}, [data] target", str(e)) from None
 

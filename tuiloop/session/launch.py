@@ -27,7 +27,9 @@ SPEC_FILE_ENV = "TUILOOP_SPEC_FILE"  # where the ranks read the spec (not the ru
 RUN_DIR_ENV = "TUILOOP_RUN_DIR"
 
 
-def main(run_dir: Path | None, lock_fd: int | None, resume: bool, torchrun: list[str], report_ready: bool = False) -> int:
+def main(
+    run_dir: Path | None, lock_fd: int | None, resume: bool, torchrun: list[str], report_ready: bool = False
+) -> int:
     payload = read_payload(wait_go_ahead=report_ready)
     lock = RunLock.adopt(run_dir, lock_fd) if run_dir is not None and lock_fd is not None else None
     if resume and run_dir is not None:
@@ -44,7 +46,9 @@ def main(run_dir: Path | None, lock_fd: int | None, resume: bool, torchrun: list
     with tempfile.TemporaryDirectory(prefix="tuiloop-launch-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(payload), encoding="utf-8")
-        os.environ.update({SPEC_FILE_ENV: str(spec_file), LAUNCHER_ENV: str(os.getpid()), "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM"})
+        os.environ.update(
+            {SPEC_FILE_ENV: str(spec_file), LAUNCHER_ENV: str(os.getpid()), "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM"}
+        )
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
         # Not from a terminal: this process has its own session; SIGHUP and SIGINT mean nothing to it.
@@ -74,16 +78,26 @@ def processes_for(value: object, where: str = "--nproc-per-node") -> int:
     try:
         nproc = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
-        raise SpecError(where, f"{value!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".') from None
+        raise SpecError(
+            where, f"{value!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".'
+        ) from None
     if nproc < 1:
         raise SpecError(where, "must be at least 1")
     return nproc
 
 
-def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None, rdzv_id: str | None = None) -> list[str]:
+def torchrun_args(
+    nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None, rdzv_id: str | None = None
+) -> list[str]:
     """torchrun's options for this launch: standalone on one machine; on several, a static
     rendezvous at ``endpoint``, so node 0 hosts rank 0 (and the run directory)."""
     if nnodes == 1 and not endpoint:
         return ["--standalone", f"--nproc-per-node={nproc}"]
-    args = [f"--nproc-per-node={nproc}", f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=static", f"--rdzv-endpoint={endpoint}"]
+    args = [
+        f"--nproc-per-node={nproc}",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        "--rdzv-backend=static",
+        f"--rdzv-endpoint={endpoint}",
+    ]
     return args + ([f"--rdzv-id={rdzv_id}"] if rdzv_id else [])

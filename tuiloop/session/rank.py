@@ -55,7 +55,9 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
                 lock = lock_for_resume(run_dir)
             else:
                 run_dir, lock = new_run_dir(spec)
-            if run_dir is not None:  # a failed session's errors are not this session's (the ranks learn the folder next)
+            if (
+                run_dir is not None
+            ):  # a failed session's errors are not this session's (the ranks learn the folder next)
                 for old in (run_dir / RANKS).glob(ERROR_FILE.format(rank="*")):
                     old.unlink(missing_ok=True)
         run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
@@ -78,7 +80,14 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
 
         from tuiloop.engine.origin import describe_where, format_frames, user_frames
 
-        ranks.report_failure({"error": f"{type(e).__name__}: {e}", "where": describe_where(e, "setup", 0, 0), "traceback": traceback.format_exc(), "user_frames": format_frames(user_frames(e))})
+        ranks.report_failure(
+            {
+                "error": f"{type(e).__name__}: {e}",
+                "where": describe_where(e, "setup", 0, 0),
+                "traceback": traceback.format_exc(),
+                "user_frames": format_frames(user_frames(e)),
+            }
+        )
         traceback.print_exc()
         code = EXIT_FAILED
     finally:

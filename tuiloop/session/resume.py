@@ -66,7 +66,11 @@ def changes(old_raw: dict[str, Any], new_raw: dict[str, Any], where: str) -> lis
     for section in ("scheduler", "early_stopping"):
         if (section in old_raw) != (section in new_raw) and section not in OPTIONAL:
             verb = "adds" if section in new_raw else "removes"
-            raise SpecError(where, f"the spec {verb} [{section}], which cannot change on resume: {WHY[section]}", f"Keep [{section}] as the run started, or start a new run.")
+            raise SpecError(
+                where,
+                f"the spec {verb} [{section}], which cannot change on resume: {WHY[section]}",
+                f"Keep [{section}] as the run started, or start a new run.",
+            )
     old, new = effective(old_raw), effective(new_raw)
     out: list[Change] = []
     for section, key in sorted(old.keys() | new.keys()):
@@ -75,7 +79,11 @@ def changes(old_raw: dict[str, Any], new_raw: dict[str, Any], where: str) -> lis
             continue
         allowed = MUTABLE.get(section, set())
         schema_key = key in SCHEMA.get(section, {})
-        if key in allowed or (None in allowed and not schema_key) or (section in OPTIONAL and (before is _ABSENT or after is _ABSENT)):
+        if (
+            key in allowed
+            or (None in allowed and not schema_key)
+            or (section in OPTIONAL and (before is _ABSENT or after is _ABSENT))
+        ):
             out.append((section, key, None if before is _ABSENT else before, None if after is _ABSENT else after))
             continue
         was = "unset" if before in (_ABSENT, None) else repr(before)
@@ -115,7 +123,11 @@ def _set_scheduler(trainer: Trainer, key: str, new: Any) -> None:
     sched = trainer.scheduler
     name = {"min_lr": "min_lrs"}.get(key, key) if trainer.plateau else key
     if sched is None or not hasattr(sched, name):
-        raise SpecError(f"[scheduler] {key}", f"{type(sched).__name__} keeps no setting {key!r} that tuiloop can change on resume", f"Keep [scheduler] {key} as the run started, or start a new run.")
+        raise SpecError(
+            f"[scheduler] {key}",
+            f"{type(sched).__name__} keeps no setting {key!r} that tuiloop can change on resume",
+            f"Keep [scheduler] {key} as the run started, or start a new run.",
+        )
     if name == "min_lrs":
         new = [new] * len(trainer.optimizer.param_groups) if not isinstance(new, list) else new
     setattr(sched, name, new)
@@ -125,5 +137,9 @@ def check_checkpoint(run_dir: Path) -> Path:
     """The checkpoint a resume continues from; raises :class:`SpecError` when there is none."""
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
-        raise SpecError(f"--resume {run_dir}", "there is no checkpoints/last.pt to resume from", "Resume needs a run that saved its last state ([checkpoint] last = true).")
+        raise SpecError(
+            f"--resume {run_dir}",
+            "there is no checkpoints/last.pt to resume from",
+            "Resume needs a run that saved its last state ([checkpoint] last = true).",
+        )
     return last

@@ -22,7 +22,17 @@ from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Event, Failed, Finished, Message, Starting
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
-from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who, write_summary
+from tuiloop.rundir.layout import (
+    CHECKPOINTS,
+    RUN_INFO,
+    SPEC,
+    SUMMARY,
+    create_run_dir,
+    read_json,
+    update_info,
+    who,
+    write_summary,
+)
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.session.signals import Signals
 from tuiloop.session.system import SystemSampler, interval_from_env
@@ -51,7 +61,11 @@ def lock_for_resume(run_dir: Path) -> RunLock:
     try:
         return RunLock.acquire(run_dir)
     except RunIsLive:
-        raise SpecError(f"--resume {run_dir}", "the run is live: its training process is still running", f"Watch and steer it with: tuiloop attach {run_dir}") from None
+        raise SpecError(
+            f"--resume {run_dir}",
+            "the run is live: its training process is still running",
+            f"Watch and steer it with: tuiloop attach {run_dir}",
+        ) from None
 
 
 def load_run_spec(run_dir: Path) -> Spec:
@@ -61,9 +75,17 @@ def load_run_spec(run_dir: Path) -> Spec:
     path = run_dir / SPEC
     info = read_json(run_dir / RUN_INFO) or {}
     if not path.is_file() and info.get("tracked"):
-        raise SpecError(f"--resume {run_dir}", "the run has no spec.toml: it was tracked from your own loop (tuiloop.track)", "Continue it in that loop: load your checkpoint and pass the same run directory to tuiloop.track.")
+        raise SpecError(
+            f"--resume {run_dir}",
+            "the run has no spec.toml: it was tracked from your own loop (tuiloop.track)",
+            "Continue it in that loop: load your checkpoint and pass the same run directory to tuiloop.track.",
+        )
     if not path.is_file():
-        raise SpecError(f"--resume {run_dir}", "the run has no spec.toml: it was started from Python", "Resume it from Python: build the same objects and call trainer.resume(RUN_DIR/checkpoints/last.pt).")
+        raise SpecError(
+            f"--resume {run_dir}",
+            "the run has no spec.toml: it was started from Python",
+            "Resume it from Python: build the same objects and call trainer.resume(RUN_DIR/checkpoints/last.pt).",
+        )
     base = Path(info.get("spec_base_dir") or run_dir)
     return parse_spec(path.read_text(encoding="utf-8"), path=path, base_dir=base)
 
@@ -142,7 +164,9 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
         trainer.resume(resume / CHECKPOINTS / "last.pt")
     from tuiloop.engine.trainer import Trainer
 
-    signals = Signals(trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, ranks))
+    signals = Signals(
+        trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, ranks)
+    )
     signals.install()
     try:
         finished = Trainer.run(trainer)
@@ -151,7 +175,15 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
 
 
-def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, lock: RunLock | None, on_ready: Callable[[], None] | None, ranks: Ranks = SINGLE) -> tuple[int, Path]:
+def _resume(
+    spec: Spec,
+    run_dir: Path,
+    sinks: list[Sink],
+    handle_signals: bool,
+    lock: RunLock | None,
+    on_ready: Callable[[], None] | None,
+    ranks: Ranks = SINGLE,
+) -> tuple[int, Path]:
     from tuiloop.session import resume
 
     lock = lock or lock_for_resume(run_dir)
@@ -162,7 +194,12 @@ def _resume(spec: Spec, run_dir: Path, sinks: list[Sink], handle_signals: bool, 
         _load_checkpoint(trainer, run_dir)
         resume.apply(trainer, edits, "resume with new settings")
         if trainer.train_batches.persistent_workers:
-            trainer.announcements.append(Message("warning", "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run"))
+            trainer.announcements.append(
+                Message(
+                    "warning",
+                    "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run",
+                )
+            )
     except BaseException:
         lock.release()
         raise
@@ -191,7 +228,11 @@ def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
     except ResumeError as e:
         raise SpecError(where, str(e)) from None
     except (KeyError, RuntimeError, OSError, ValueError) as e:
-        raise SpecError(where, f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})", "Resume from another checkpoint: copy it over checkpoints/last.pt.") from None
+        raise SpecError(
+            where,
+            f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})",
+            "Resume from another checkpoint: copy it over checkpoints/last.pt.",
+        ) from None
 
 
 def check_resume(spec: Spec, run_dir: Path) -> None:
@@ -204,7 +245,11 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
     from tuiloop.spec.load import validate
 
     resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
-    raw = {**spec.raw, "run": {**spec.raw.get("run", {}), "device": "cpu"}, "train": {**spec.raw.get("train", {}), "precision": "32-true", "compile": False}}
+    raw = {
+        **spec.raw,
+        "run": {**spec.raw.get("run", {}), "device": "cpu"},
+        "train": {**spec.raw.get("train", {}), "precision": "32-true", "compile": False},
+    }
     _load_checkpoint(_build(validate(raw, spec.where, spec.base_dir, spec.path), lambda phase: None), run_dir)
 
 
@@ -230,7 +275,15 @@ def _tell(sinks: list[Sink]) -> Callable[[str], None]:
 
 
 # ---- training inside the run directory ------------------------------------------------------
-def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool, tensorboard: bool = False) -> tuple[int, Path]:
+def _train(
+    run_dir: Path,
+    lock: RunLock,
+    trainer: Any,
+    log: EventLog | None,
+    sinks: list[Sink],
+    handle_signals: bool,
+    tensorboard: bool = False,
+) -> tuple[int, Path]:
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
         from tuiloop.session.tensorboard import TensorBoardSink
@@ -244,7 +297,9 @@ def _train(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sin
     return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), run_dir
 
 
-def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool = True) -> Finished:
+def run_in(
+    run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool = True
+) -> Finished:
     """Train ``trainer`` inside its locked run directory; always ends with a summary and releases it all.
 
     ``log``: the run's event log, or None to open it here (a log that cannot be opened, a full
@@ -256,7 +311,11 @@ def run_in(run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sin
     server: ControlServer | None = None
     machine: SystemSampler | None = None
     logged: Sink | None = None
-    signals = Signals(trainer.request_stop, lambda: _force(run_dir, trainer, log, started), terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started))
+    signals = Signals(
+        trainer.request_stop,
+        lambda: _force(run_dir, trainer, log, started),
+        terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started),
+    )
     try:
         if log is None:
             log = EventLog(run_dir)
@@ -322,7 +381,9 @@ def summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: fl
 def _record_setup_failure(run_dir: Path, sinks: list[Sink], error: Exception, started: float | None = None) -> Finished:
     """A run that failed before it could train: say so in its log and summary."""
     frames = traceback.format_exception(error)
-    failed = Failed(str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}", "setup", "".join(frames))
+    failed = Failed(
+        str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}", "setup", "".join(frames)
+    )
     finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
     for sink in sinks:
         try:
@@ -339,7 +400,16 @@ def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
     """End the process now, without saving (a second Ctrl+C, or the force command); record that
     first. In a distributed run this node's other ranks and the launcher go with it."""
     reason = "forced to exit without saving"
-    finished = Finished("forced", reason, trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
+    finished = Finished(
+        "forced",
+        reason,
+        trainer.epoch,
+        trainer.step,
+        trainer.best.best,
+        trainer.best.best_epoch,
+        trainer.opt.monitor,
+        time.time() - started,
+    )
     try:
         log(finished)
         summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
@@ -353,7 +423,9 @@ def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
         os._exit(EXIT_FORCED)
 
 
-def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: EventLog | None = None, started: float = 0.0) -> None:
+def _terminated(
+    trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: EventLog | None = None, started: float = 0.0
+) -> None:
     """SIGTERM. Alone, or from a launcher ending the run: stop gracefully. From a launcher ending
     the other ranks because one failed: record that rank's error (rank 0) and go at once, since
     a collective with the failed rank would never return."""
@@ -372,8 +444,22 @@ def _terminated(trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: Ev
 def _tell_peer_failure(trainer: Any, peer: dict, run_dir: Path | None, log: EventLog | None, started: float) -> None:
     """Rank 0: the failed rank's error and the run's end, in the log, on the terminal and in the summary."""
     if run_dir is not None and log is not None:
-        failed = Failed(f"rank {peer['rank']}: {peer['error']}", f"rank {peer['rank']}, {peer['where']}", peer.get("traceback", ""), peer.get("user_frames", []))
-        finished = Finished("failed", f"rank {peer['rank']} failed", trainer.epoch, trainer.step, trainer.best.best, trainer.best.best_epoch, trainer.opt.monitor, time.time() - started)
+        failed = Failed(
+            f"rank {peer['rank']}: {peer['error']}",
+            f"rank {peer['rank']}, {peer['where']}",
+            peer.get("traceback", ""),
+            peer.get("user_frames", []),
+        )
+        finished = Finished(
+            "failed",
+            f"rank {peer['rank']} failed",
+            trainer.epoch,
+            trainer.step,
+            trainer.best.best,
+            trainer.best.best_epoch,
+            trainer.opt.monitor,
+            time.time() - started,
+        )
         for event in (failed, finished):
             for sink in list(trainer.sinks) or [log]:  # the log and the terminal's lines
                 try:

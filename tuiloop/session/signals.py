@@ -19,7 +19,9 @@ class Signals:
     """SIGINT: first stops gracefully (checkpoint and summary), second forces; SIGTERM stops;
     SIGHUP is ignored, so a hung-up terminal does not end the run."""
 
-    def __init__(self, stop: Callable[[str], None], force: Callable[[], None], terminate: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, stop: Callable[[str], None], force: Callable[[], None], terminate: Callable[[], None] | None = None
+    ) -> None:
         """``terminate``: what SIGTERM does (default: stop gracefully)."""
         self.stop = stop
         self.force = force

@@ -132,7 +132,15 @@ class SystemSampler:
             except Exception as e:
                 self._cpu_on = False
                 self._tell("cpu", f"CPU and memory are no longer sampled ({type(e).__name__}: {e})")
-        return SystemSample(cpu_percent=float(cpu), ram_used=ram_used, ram_total=ram_total, rss=rss, proc_cpu=proc_cpu, torch_peak_bytes=self._torch_peak(), gpus=self._gpus())
+        return SystemSample(
+            cpu_percent=float(cpu),
+            ram_used=ram_used,
+            ram_total=ram_total,
+            rss=rss,
+            proc_cpu=proc_cpu,
+            torch_peak_bytes=self._torch_peak(),
+            gpus=self._gpus(),
+        )
 
     def _prime_cpu(self) -> None:
         """psutil's CPU figures are measured since the previous call: make the first one count."""
@@ -172,7 +180,10 @@ class SystemSampler:
             count = pynvml.nvmlDeviceGetCount()
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
             uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
-            self._handles = [(i, handles[i], short_name(_text(pynvml.nvmlDeviceGetName(handles[i])))) for i in visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids)]
+            self._handles = [
+                (i, handles[i], short_name(_text(pynvml.nvmlDeviceGetName(handles[i]))))
+                for i in visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids)
+            ]
         except Exception as e:
             self._tell("gpu", f"GPUs are not sampled: NVML started but could not list them ({type(e).__name__}: {e})")
             _quietly(pynvml.nvmlShutdown)

@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 
 from tuiloop.engine.events import Event, Finished, RunStarted
-from tuiloop.rundir.export import INSTALL, TENSORBOARD_DIR, ScalarFile, TensorBoardXMissing, event_scalars, history_scalars, read_history, require_tensorboardx
+from tuiloop.rundir.export import (
+    INSTALL,
+    TENSORBOARD_DIR,
+    ScalarFile,
+    TensorBoardXMissing,
+    event_scalars,
+    history_scalars,
+    read_history,
+    require_tensorboardx,
+)
 from tuiloop.spec import Spec, SpecError
 
 LIVE_SUFFIX = ".tuiloop-live"
@@ -89,8 +98,14 @@ class TensorBoardSink:
                 if file is not None and (isinstance(event, Finished) or time.monotonic() >= next_flush):
                     file.flush()
                     next_flush = time.monotonic() + self.flush_secs
-        except Exception as e:  # a full disk must not end the training: the log keeps everything (tuiloop export rebuilds it)
-            print(f"tuiloop: warning: the TensorBoard mirror stopped: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        except (
+            Exception
+        ) as e:  # a full disk must not end the training: the log keeps everything (tuiloop export rebuilds it)
+            print(
+                f"tuiloop: warning: the TensorBoard mirror stopped: {type(e).__name__}: {e}",
+                file=sys.stderr,
+                flush=True,
+            )
             self._drain()
         finally:
             if file is not None:
@@ -101,7 +116,9 @@ class TensorBoardSink:
         if started is None or not started.resumed_from:
             return ScalarFile(self.logdir, suffix)
         file = ScalarFile(self.logdir, suffix, purge_step=1)
-        h, _ = read_history(self.run_dir)  # by now it may hold this session's first steps too: they come through the queue
+        h, _ = read_history(
+            self.run_dir
+        )  # by now it may hold this session's first steps too: they come through the queue
         file.add(s for s in history_scalars(h) if s.step <= started.start_step)
         return file
 

@@ -42,7 +42,16 @@ from typing import Any
 from tuiloop.engine import fmt
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.distributed import SINGLE
-from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, TrainSteps, Validated
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    Failed,
+    Finished,
+    Message,
+    RunStarted,
+    StateChanged,
+    TrainSteps,
+    Validated,
+)
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
 from tuiloop.rundir.control import ControlServer
@@ -99,7 +108,18 @@ class Run:
     counted from 1, as everywhere in tuiloop.
     """
 
-    def __init__(self, run_dir: Path, config: Any, name: str | None, epochs: int | None, steps_per_epoch: int | None, monitor: str, mode: str, handle_signals: bool, log_interval: float) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Any,
+        name: str | None,
+        epochs: int | None,
+        steps_per_epoch: int | None,
+        monitor: str,
+        mode: str,
+        handle_signals: bool,
+        log_interval: float,
+    ) -> None:
         self.best = MetricMonitor(monitor, mode)  # mode and config are checked before anything is written
         config_data = _config_data(config)
         self.run_dir = run_dir.resolve()
@@ -145,7 +165,9 @@ class Run:
         try:
             self._lock = RunLock.acquire(run_dir)
         except RunIsLive:
-            raise RuntimeError(f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run directory") from None
+            raise RuntimeError(
+                f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run directory"
+            ) from None
         self._started = time.time()
         self._t0 = self._last_write = _clock()
         try:
@@ -159,7 +181,9 @@ class Run:
             self.name = info["name"]
             self._info_started = info.get("started", self._started)
             self.commands.on_force = self._force
-            self._server = ControlServer(run_dir, self.commands, warn=lambda text: self._emit(Message("warning", text))).start()
+            self._server = ControlServer(
+                run_dir, self.commands, warn=lambda text: self._emit(Message("warning", text))
+            ).start()
             if handle_signals:
                 self._signals.install()
             self._announce(mode, config)
@@ -172,13 +196,22 @@ class Run:
 
     def _write_info(self, fresh: bool, name: str | None, config: dict[str, Any]) -> dict[str, Any]:
         """run.json: who runs it and the config; a continued run keeps its start and lists this one."""
-        fields: dict[str, Any] = {"tracked": True, "config": config, "pid": os.getpid(), "session": self.session, "versions": versions(), **who()}
+        fields: dict[str, Any] = {
+            "tracked": True,
+            "config": config,
+            "pid": os.getpid(),
+            "session": self.session,
+            "versions": versions(),
+            **who(),
+        }
         if fresh:
             fields.update(name=self.name, started=self._started)
         else:
             info = read_json(self.run_dir / RUN_INFO) or {}
             fields.update(name=name or info.get("name") or self.name, resumes=[*info.get("resumes", []), self._started])
-            (self.run_dir / SUMMARY).unlink(missing_ok=True)  # live again: a crash from here must not read as the old ending
+            (self.run_dir / SUMMARY).unlink(
+                missing_ok=True
+            )  # live again: a crash from here must not read as the old ending
         return update_info(self.run_dir, **fields)
 
     def _announce(self, mode: str, config: dict[str, Any]) -> None:
@@ -223,7 +256,16 @@ class Run:
         try:
             self._flush()
             status, reason = self._outcome(status, reason)
-            finished = Finished(status, reason, self.epochs_done, self.step, self.best.best, self.best.best_epoch, self.monitor, _clock() - self._t0)
+            finished = Finished(
+                status,
+                reason,
+                self.epochs_done,
+                self.step,
+                self.best.best,
+                self.best.best_epoch,
+                self.monitor,
+                _clock() - self._t0,
+            )
             self._stop_sampling()  # before Finished: it stays the log's last line
             self._emit(finished)
             summarize(self.run_dir, finished, self.last_metrics, self._info_started, self.epochs)
@@ -235,13 +277,19 @@ class Run:
     def _outcome(self, status: str | None, reason: str | None) -> tuple[str, str]:
         planned = f"{fmt.plural(self.epochs, 'epoch')} done" if self.epochs else "the loop ended"
         if status is not None:
-            default = {"stopped": self._stop_reason or "stopped by the loop", "failed": "failed in the loop", "early_stopped": "stopped early by the loop"}.get(status, planned)
+            default = {
+                "stopped": self._stop_reason or "stopped by the loop",
+                "failed": "failed in the loop",
+                "early_stopped": "stopped early by the loop",
+            }.get(status, planned)
             return status, reason or default
         if self.epochs and self.epochs_done >= self.epochs:
             return "completed", reason or planned
         if self._stopping:
             return "stopped", reason or self._stop_reason
-        return "completed", reason or (f"the loop ended after {self.epochs_done} of {self.epochs} epochs" if self.epochs else planned)
+        return "completed", reason or (
+            f"the loop ended after {self.epochs_done} of {self.epochs} epochs" if self.epochs else planned
+        )
 
     def fail(self, error: BaseException) -> Finished:
         """End the run as failed by ``error``: its message, your line and the traceback go to the log."""
@@ -249,7 +297,14 @@ class Run:
             return self.finished  # type: ignore[return-value]
         where = describe_where(error, "the loop", self.epochs_done + 1, self.step)
         self._flush()
-        self._emit(Failed(f"{type(error).__name__}: {error}", where, "".join(traceback.format_exception(type(error), error, error.__traceback__)), format_frames(user_frames(error))))
+        self._emit(
+            Failed(
+                f"{type(error).__name__}: {error}",
+                where,
+                "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                format_frames(user_frames(error)),
+            )
+        )
         return self.close("failed", f"{type(error).__name__} in the loop")
 
     def _stop_sampling(self) -> None:
@@ -267,7 +322,9 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """Leaving the block: an exception ends the run as failed (KeyboardInterrupt: stopped) and goes on up."""
         if isinstance(exc, Exception):
             self.fail(exc)
@@ -312,7 +369,10 @@ class Run:
         values.update({k: float(v) for k, v in metrics.items()})
         value = values.get(self.monitor)
         if value is None:
-            self._warn("monitor", f"validated() was not given {self.monitor}, the monitored metric: pass it, or track(..., monitor=...) one it gets ({', '.join(values) or 'none'})")
+            self._warn(
+                "monitor",
+                f"validated() was not given {self.monitor}, the monitored metric: pass it, or track(..., monitor=...) one it gets ({', '.join(values) or 'none'})",
+            )
         is_best = value is not None and self.best.update(value, epoch)
         self.epochs_done, self.last_metrics = epoch, values
         self._epoch_start = self.step
@@ -329,7 +389,9 @@ class Run:
         self._saving = False
         full = Path(path).resolve()
         shown = str(full.relative_to(self.run_dir)) if full.is_relative_to(self.run_dir) else str(full)
-        self._emit(CheckpointSaved(tag, shown, self.epochs_done, self.step, self.last_metrics.get(self.monitor), self.monitor))
+        self._emit(
+            CheckpointSaved(tag, shown, self.epochs_done, self.step, self.last_metrics.get(self.monitor), self.monitor)
+        )
 
     def message(self, text: str, level: str = "info") -> None:
         """A line for the monitor's log (``level``: info, warning or error)."""
@@ -406,7 +468,14 @@ class Run:
 
     def _force(self) -> None:
         """A second Ctrl+C or the force command: record the forced end, then exit at once (status 130)."""
-        view = SimpleNamespace(epoch=self.epochs_done, step=self.step, best=self.best, opt=SimpleNamespace(monitor=self.monitor, epochs=self.epochs), last_metrics=self.last_metrics, ranks=SINGLE)
+        view = SimpleNamespace(
+            epoch=self.epochs_done,
+            step=self.step,
+            best=self.best,
+            opt=SimpleNamespace(monitor=self.monitor, epochs=self.epochs),
+            last_metrics=self.last_metrics,
+            ranks=SINGLE,
+        )
         _force(self.run_dir, view, self._emit, self._started)
 
     # ---- writing the steps --------------------------------------------------------------------
@@ -415,7 +484,10 @@ class Run:
         if self._losses:
             self._cut()
         if self._next_step is not None and step < self._next_step:
-            self._warn("steps", f"step {step} logged after step {self._next_step - 1}: log the global step, which keeps growing across epochs, so the plot reads right")
+            self._warn(
+                "steps",
+                f"step {step} logged after step {self._next_step - 1}: log the global step, which keeps growing across epochs, so the plot reads right",
+            )
         self._first = step
 
     def _cut(self) -> None:

@@ -30,7 +30,15 @@ from tuiloop.spec.dump import dump_toml
 READY = "\x00tuiloop: ready\n"
 
 
-def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool = False, torchrun: list[str] | None = None, session: str = "", inherit_output: bool = False) -> subprocess.Popen:
+def start(
+    run_dir: Path | None,
+    lock: RunLock | None,
+    spec: Spec,
+    resume: bool = False,
+    torchrun: list[str] | None = None,
+    session: str = "",
+    inherit_output: bool = False,
+) -> subprocess.Popen:
     """Start the training process for ``run_dir`` in its own session; the caller may close its
     copy of the lock after. ``torchrun``: start the launcher of a distributed run with these
     torchrun options (on a node that does not host rank 0, without a run directory or lock).
@@ -39,7 +47,11 @@ def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool =
         assert run_dir is not None and lock is not None
         cmd = [sys.executable, "-m", "tuiloop", "_worker", str(run_dir), "--lock-fd", str(lock.fd)]
     else:
-        cmd = [sys.executable, "-m", "tuiloop", "_launch"] + ([str(run_dir)] if run_dir else []) + (["--lock-fd", str(lock.fd)] if lock else [])
+        cmd = (
+            [sys.executable, "-m", "tuiloop", "_launch"]
+            + ([str(run_dir)] if run_dir else [])
+            + (["--lock-fd", str(lock.fd)] if lock else [])
+        )
     cmd += ["--resume"] if resume else []
     cmd += ["--report-ready"] if resume and torchrun is not None and not inherit_output else []
     cmd += ["--", *torchrun] if torchrun is not None else []
@@ -51,7 +63,15 @@ def start(run_dir: Path | None, lock: RunLock | None, spec: Spec, resume: bool =
     else:
         out = open(run_dir / OUTPUT, "ab")
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT if out is not None else None, pass_fds=(lock.fd,) if lock else (), start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            pass_fds=(lock.fd,) if lock else (),
+            start_new_session=True,
+            env=env,
+        )
     finally:
         if out is not None and not isinstance(out, int):
             out.close()
@@ -86,7 +106,11 @@ def spec_payload(spec: Spec) -> dict[str, str | None]:
 def read_spec(payload: dict[str, str | None]) -> Spec:
     from tuiloop.spec.load import parse_spec
 
-    return parse_spec(payload["spec"] or "", path=Path(payload["path"]) if payload.get("path") else None, base_dir=Path(payload["base_dir"] or "."))
+    return parse_spec(
+        payload["spec"] or "",
+        path=Path(payload["path"]) if payload.get("path") else None,
+        base_dir=Path(payload["base_dir"] or "."),
+    )
 
 
 def switch_output_to_log(run_dir: Path) -> None:
@@ -145,7 +169,9 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
     session = uuid.uuid4().hex[:12]
     lock = lock_for_resume(run_dir)
     try:
-        proc = start(run_dir, lock, spec, resume=True, torchrun=torchrun_args(nproc) if nproc > 1 else None, session=session)
+        proc = start(
+            run_dir, lock, spec, resume=True, torchrun=torchrun_args(nproc) if nproc > 1 else None, session=session
+        )
     finally:
         lock.release()  # the training process holds it now
     said = io.StringIO()
@@ -164,7 +190,9 @@ def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     if not resume:
         code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)
         return code
-    code, _ = execute(spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir))
+    code, _ = execute(
+        spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir)
+    )
     return code
 
 

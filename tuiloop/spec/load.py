@@ -44,7 +44,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(str(path), "no such spec file", "Check the path; specs are TOML files such as demos/digits.toml.") from None
+        raise SpecError(
+            str(path), "no such spec file", "Check the path; specs are TOML files such as demos/digits.toml."
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), f"cannot read the spec file ({e})") from None
     return parse_spec(text, path=path, overrides=overrides)
@@ -61,7 +63,11 @@ def parse_spec(
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(where, f"not valid TOML: {e}", "Fix the syntax at that line (strings need quotes, tables look like [section]).") from None
+        raise SpecError(
+            where,
+            f"not valid TOML: {e}",
+            "Fix the syntax at that line (strings need quotes, tables look like [section]).",
+        ) from None
     for item in overrides or []:
         apply_override(raw, item)
     if base_dir is None:
@@ -88,7 +94,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             "For example: --set optimizer.lr=3e-4 or --set run.device=cpu.",
         )
     if section not in SCHEMA:
-        raise SpecError(f"--set {item}", f"there is no section [{section}]", join_fix(did_you_mean(section, SCHEMA), f"Sections: {', '.join(SCHEMA)}."))
+        raise SpecError(
+            f"--set {item}",
+            f"there is no section [{section}]",
+            join_fix(did_you_mean(section, SCHEMA), f"Sections: {', '.join(SCHEMA)}."),
+        )
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
         raise SpecError(f"--set {item}", f"[{section}] is not a table in the spec")
@@ -113,7 +123,11 @@ def _meant(value: Any, types: tuple[type, ...]) -> str | None:
     """The TOML the user probably meant: "60" -> 60, "1e-3" -> 0.001, "true" -> true, 5 -> "5"."""
     if isinstance(value, str):
         parsed = parse_value(value.strip())
-        if isinstance(parsed, types) and not isinstance(parsed, str) and not (isinstance(parsed, bool) and bool not in types):
+        if (
+            isinstance(parsed, types)
+            and not isinstance(parsed, str)
+            and not (isinstance(parsed, bool) and bool not in types)
+        ):
             return tomli_w.dumps({"v": parsed}).partition("=")[2].strip()
         return None
     if str in types and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -180,7 +194,10 @@ def _check_monitor(where: str, section: str, value: str | None) -> None:
         raise SpecError(
             f"{where}, [{section}] monitor",
             f"{value!r} is not a metric tuiloop reports",
-            join_fix(did_you_mean(value, METRICS), f"Use one of {', '.join(METRICS)} (val_acc for classification, val_mae for regression)."),
+            join_fix(
+                did_you_mean(value, METRICS),
+                f"Use one of {', '.join(METRICS)} (val_acc for classification, val_mae for regression).",
+            ),
         )
 
 
@@ -199,10 +216,18 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
                 join_fix(did_you_mean(name, SCHEMA), f"Sections: {', '.join('[' + s + ']' for s in SCHEMA)}."),
             )
         if not isinstance(table, dict):
-            raise SpecError(f"{where}, {name}", f"'{name}' must be a table ([{name}]), got {type_name(table)}", f"Write it as a section header [{name}] with keys below it.")
+            raise SpecError(
+                f"{where}, {name}",
+                f"'{name}' must be a table ([{name}]), got {type_name(table)}",
+                f"Write it as a section header [{name}] with keys below it.",
+            )
     for name in REQUIRED_SECTIONS:
         if name not in raw:
-            raise SpecError(where, f"the required section [{name}] is missing", f'Add [{name}] with target = "..."; see the spec reference in README.md.')
+            raise SpecError(
+                where,
+                f"the required section [{name}] is missing",
+                f'Add [{name}] with target = "..."; see the spec reference in README.md.',
+            )
 
     run = _section(raw, "run", where)
     if run["name"] is None:
@@ -214,14 +239,22 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             raise SpecError(f"{where}, [run] {key}", f"must be at least 1, got {run[key]}", f"Set {key} = 1 or more.")
     nproc = run["nproc_per_node"]
     if (isinstance(nproc, str) and nproc != "auto") or (isinstance(nproc, int) and nproc < 1):
-        raise SpecError(f"{where}, [run] nproc_per_node", f"must be a number of processes (1 or more) or \"auto\", got {nproc!r}", 'For example nproc_per_node = 4, or "auto" for one per visible GPU.')
+        raise SpecError(
+            f"{where}, [run] nproc_per_node",
+            f'must be a number of processes (1 or more) or "auto", got {nproc!r}',
+            'For example nproc_per_node = 4, or "auto" for one per visible GPU.',
+        )
     if run["log_interval"] <= 0:
-        raise SpecError(f"{where}, [run] log_interval", "must be a positive number of seconds", "For example log_interval = 0.25.")
+        raise SpecError(
+            f"{where}, [run] log_interval", "must be a positive number of seconds", "For example log_interval = 0.25."
+        )
 
     data = _section(raw, "data", where)
     for key in ("batch_size", "val_batch_size"):
         if data[key] is not None and data[key] < 1:
-            raise SpecError(f"{where}, [data] {key}", f"must be at least 1, got {data[key]}", f"Set {key} = 32, for example.")
+            raise SpecError(
+                f"{where}, [data] {key}", f"must be at least 1, got {data[key]}", f"Set {key} = 32, for example."
+            )
     if data["num_workers"] < 0:
         raise SpecError(f"{where}, [data] num_workers", "cannot be negative", "Use 0 to load in the training process.")
 
@@ -229,37 +262,72 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     if "early_stopping" in raw:
         e = _section(raw, "early_stopping", where)
         if e["patience"] < 1:
-            raise SpecError(f"{where}, [early_stopping] patience", f"must be at least 1, got {e['patience']}", "Remove [early_stopping] to train for all epochs.")
+            raise SpecError(
+                f"{where}, [early_stopping] patience",
+                f"must be at least 1, got {e['patience']}",
+                "Remove [early_stopping] to train for all epochs.",
+            )
         if e["min_delta"] < 0:
-            raise SpecError(f"{where}, [early_stopping] min_delta", "cannot be negative", "It is the smallest improvement that counts, e.g. 0.001.")
+            raise SpecError(
+                f"{where}, [early_stopping] min_delta",
+                "cannot be negative",
+                "It is the smallest improvement that counts, e.g. 0.001.",
+            )
         _check_monitor(where, "early_stopping", e["monitor"])
-        es = EarlyStoppingSpec(e["monitor"], e["mode"] or default_mode(e["monitor"]), e["patience"], float(e["min_delta"]))
+        es = EarlyStoppingSpec(
+            e["monitor"], e["mode"] or default_mode(e["monitor"]), e["patience"], float(e["min_delta"])
+        )
 
     c = _section(raw, "checkpoint", where)
     _check_monitor(where, "checkpoint", c["monitor"])
     monitor = c["monitor"] or (es.monitor if es else "val_loss")
     mode = c["mode"] or (es.mode if es and es.monitor == monitor else default_mode(monitor))
     if c["every_n_epochs"] < 0:
-        raise SpecError(f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off.")
-    checkpoint = CheckpointSpec(c["best"], c["last"], c["every_n_epochs"], monitor, mode, explicit_monitor=c["monitor"] is not None)
+        raise SpecError(
+            f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off."
+        )
+    checkpoint = CheckpointSpec(
+        c["best"], c["last"], c["every_n_epochs"], monitor, mode, explicit_monitor=c["monitor"] is not None
+    )
 
     t = _section(raw, "train", where)
     if t["accumulate_grad_batches"] < 1:
-        raise SpecError(f"{where}, [train] accumulate_grad_batches", f"must be at least 1, got {t['accumulate_grad_batches']}", "Use 1 to step the optimizer after every batch.")
+        raise SpecError(
+            f"{where}, [train] accumulate_grad_batches",
+            f"must be at least 1, got {t['accumulate_grad_batches']}",
+            "Use 1 to step the optimizer after every batch.",
+        )
     if t["gradient_clip_val"] < 0:
-        raise SpecError(f"{where}, [train] gradient_clip_val", "cannot be negative", "Use 0 to turn clipping off, or a positive limit such as 1.0.")
+        raise SpecError(
+            f"{where}, [train] gradient_clip_val",
+            "cannot be negative",
+            "Use 0 to turn clipping off, or a positive limit such as 1.0.",
+        )
     if isinstance(t["compile"], str) and t["compile"] not in COMPILE_MODES:
-        raise SpecError(f"{where}, [train] compile", f"{t['compile']!r} is not a torch.compile mode", join_fix(did_you_mean(t["compile"], COMPILE_MODES), f"Use true, false, or one of {', '.join(map(repr, COMPILE_MODES))}."))
+        raise SpecError(
+            f"{where}, [train] compile",
+            f"{t['compile']!r} is not a torch.compile mode",
+            join_fix(
+                did_you_mean(t["compile"], COMPILE_MODES),
+                f"Use true, false, or one of {', '.join(map(repr, COMPILE_MODES))}.",
+            ),
+        )
     train = TrainSpec(**{**t, "gradient_clip_val": float(t["gradient_clip_val"])})
     if "loss" in raw and raw["loss"].get("target") == "model" and _kwargs(raw, "loss"):
         extra = next(iter(_kwargs(raw, "loss")))
-        raise SpecError(f"{where}, [loss] {extra}", '[loss] target = "model" takes the loss from the model, so [loss] has no other keys', f"Remove {extra} from [loss] (give it to your model in [model]).")
+        raise SpecError(
+            f"{where}, [loss] {extra}",
+            '[loss] target = "model" takes the loss from the model, so [loss] has no other keys',
+            f"Remove {extra} from [loss] (give it to your model in [model]).",
+        )
 
     sched = None
     if "scheduler" in raw:
         s = _section(raw, "scheduler", where)
         _check_monitor(where, "scheduler", s["monitor"])
-        sched = SchedulerSpec("scheduler", s["target"], _kwargs(raw, "scheduler"), interval=s["interval"], monitor=s["monitor"])
+        sched = SchedulerSpec(
+            "scheduler", s["target"], _kwargs(raw, "scheduler"), interval=s["interval"], monitor=s["monitor"]
+        )
 
     return Spec(
         path=path,

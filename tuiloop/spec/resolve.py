@@ -40,13 +40,21 @@ def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
     import torch
 
     if section == "loss":
-        return torch.nn, "torch.nn", lambda o: isinstance(o, type) and issubclass(o, torch.nn.Module) and o.__name__.endswith("Loss")
+        return (
+            torch.nn,
+            "torch.nn",
+            lambda o: isinstance(o, type) and issubclass(o, torch.nn.Module) and o.__name__.endswith("Loss"),
+        )
     if section == "optimizer":
         return torch.optim, "torch.optim", lambda o: isinstance(o, type) and issubclass(o, torch.optim.Optimizer)
     if section == "scheduler":
         sch = torch.optim.lr_scheduler
         base = getattr(sch, "LRScheduler", None) or sch._LRScheduler
-        return sch, "torch.optim.lr_scheduler", lambda o: isinstance(o, type) and (issubclass(o, base) or o is sch.ReduceLROnPlateau)
+        return (
+            sch,
+            "torch.optim.lr_scheduler",
+            lambda o: isinstance(o, type) and (issubclass(o, base) or o is sch.ReduceLROnPlateau),
+        )
     return None, "", lambda o: False
 
 
@@ -54,7 +62,11 @@ def _import_file(file: Path, where: str, target: str) -> Any:
     try:
         return userfiles.import_file(file)
     except Exception as e:
-        raise SpecError(where, f"importing {file} (target = {target!r}) raised {describe_exception(e)}", "Fix that file; run it with python to see the full traceback, or pass --debug.") from e
+        raise SpecError(
+            where,
+            f"importing {file} (target = {target!r}) raised {describe_exception(e)}",
+            "Fix that file; run it with python to see the full traceback, or pass --debug.",
+        ) from e
 
 
 def describe_exception(e: BaseException) -> str:
@@ -73,7 +85,11 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
     if ":" not in target:
         namespace, ns_name, accepts = _torch_namespace(section)
         if namespace is None:
-            raise SpecError(here, f"{target!r} does not say where {target} lives", f'Write "file.py:{target}" (relative to the spec file) or "package.module:{target}".')
+            raise SpecError(
+                here,
+                f"{target!r} does not say where {target} lives",
+                f'Write "file.py:{target}" (relative to the spec file) or "package.module:{target}".',
+            )
         obj = getattr(namespace, target, None)
         if obj is not None and accepts(obj):
             return obj
@@ -85,7 +101,11 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
         )
     module_part, _, attr = target.rpartition(":")
     if not module_part or not attr:
-        raise SpecError(here, f"{target!r} is not of the form 'module:attr' or 'file.py:attr'", 'For example target = "models.py:MLP".')
+        raise SpecError(
+            here,
+            f"{target!r} is not of the form 'module:attr' or 'file.py:attr'",
+            'For example target = "models.py:MLP".',
+        )
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
         file = (base_dir / module_part).resolve()
         if not file.is_file():
@@ -101,22 +121,43 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as e:
             if e.name and module_part.startswith(e.name):
-                raise SpecError(here, f"no module named {e.name!r} (from target = {target!r})", f"Install it, or for a file next to the spec write \"{module_part.replace('.', '/')}.py:{attr}\".") from None
-            raise SpecError(here, f"importing {module_part} raised {describe_exception(e)}", "Install the missing package.") from e
+                raise SpecError(
+                    here,
+                    f"no module named {e.name!r} (from target = {target!r})",
+                    f'Install it, or for a file next to the spec write "{module_part.replace(".", "/")}.py:{attr}".',
+                ) from None
+            raise SpecError(
+                here, f"importing {module_part} raised {describe_exception(e)}", "Install the missing package."
+            ) from e
         except Exception as e:
-            raise SpecError(here, f"importing {module_part} raised {describe_exception(e)}", "Fix that module, or pass --debug for the traceback.") from e
+            raise SpecError(
+                here,
+                f"importing {module_part} raised {describe_exception(e)}",
+                "Fix that module, or pass --debug for the traceback.",
+            ) from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            raise SpecError(here, f"{module_part} has no attribute {part!r}", join_fix(did_you_mean(part, names), "Check the name after the colon."))
+            raise SpecError(
+                here,
+                f"{module_part} has no attribute {part!r}",
+                join_fix(did_you_mean(part, names), "Check the name after the colon."),
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(here, f"{target!r} is not a class or function", "Point target at something tuiloop can call.")
     return obj
 
 
-def check_kwargs(fn: Callable[..., Any], section: str, target: str, kwargs: dict[str, Any], where: str, supplied: tuple[str, ...] = ()) -> None:
+def check_kwargs(
+    fn: Callable[..., Any],
+    section: str,
+    target: str,
+    kwargs: dict[str, Any],
+    where: str,
+    supplied: tuple[str, ...] = (),
+) -> None:
     """Every key must be a parameter of ``fn`` and every required parameter must be given."""
     try:
         sig = inspect.signature(fn)
@@ -130,13 +171,20 @@ def check_kwargs(fn: Callable[..., Any], section: str, target: str, kwargs: dict
     ours = [k for k in SCHEMA.get(section, {}) if k != "target"]
     for key, value in kwargs.items():
         if key in supplied:
-            raise SpecError(f"{where}, [{section}] {key}", f"tuiloop passes {key} to {target} itself", f"Remove {key} from [{section}].")
+            raise SpecError(
+                f"{where}, [{section}] {key}",
+                f"tuiloop passes {key} to {target} itself",
+                f"Remove {key} from [{section}].",
+            )
         if key not in named and not takes_any:
             own = f" tuiloop's own keys of [{section}]: {', '.join(ours)}." if ours else ""
             raise SpecError(
                 f"{where}, [{section}] {key}",
                 f"{key!r} is not a parameter of {target}",
-                join_fix(did_you_mean(key, [*named, *ours]), f"{target} accepts: {', '.join(named) or 'no keyword arguments'}.{own}"),
+                join_fix(
+                    did_you_mean(key, [*named, *ours]),
+                    f"{target} accepts: {', '.join(named) or 'no keyword arguments'}.{own}",
+                ),
             )
         param = params.get(key)
         default = param.default if param is not None else None
@@ -148,7 +196,11 @@ def check_kwargs(fn: Callable[..., Any], section: str, target: str, kwargs: dict
             )
     for name, p in params.items():
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs:
-            raise SpecError(f"{where}, [{section}]", f"{target} needs {name!r}, which has no default", f"Add {name} = ... to [{section}].")
+            raise SpecError(
+                f"{where}, [{section}]",
+                f"{target} needs {name!r}, which has no default",
+                f"Add {name} = ... to [{section}].",
+            )
 
 
 def data_kwargs(spec: Spec, fn: Callable[..., Any]) -> dict[str, Any]:

@@ -136,7 +136,15 @@ class MonitorApp(RunKeys):
         yield KeyBar()
 
     def on_mount(self) -> None:
-        titles = {"loss-box": "Loss", "metrics": "Metrics", "early": "Early stopping", "lr-box": "Learning rate", "log": "Log", "error": "Error", "system": "System"}
+        titles = {
+            "loss-box": "Loss",
+            "metrics": "Metrics",
+            "early": "Early stopping",
+            "lr-box": "Learning rate",
+            "log": "Log",
+            "error": "Error",
+            "system": "System",
+        }
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
         self.query_one("#error").display = False
@@ -191,7 +199,9 @@ class MonitorApp(RunKeys):
         self._after_change()
 
     def _after_change(self) -> None:
-        if self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced:  # forced: leave once the process is gone
+        if (
+            self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced
+        ):  # forced: leave once the process is gone
             self.exit("left")
             return
         if self.model.over != self._was_over:
@@ -220,7 +230,9 @@ class MonitorApp(RunKeys):
             lr = self.query_one("#lr", PlotView)
             lr.show(lr_figure(m, lr.content_size.width))
         error = self.query_one("#error")
-        error.display = m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)
+        error.display = (
+            m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)
+        )
         for panel in self.screen_stack[0].query(Panel):
             panel.update(force, layout=panel.id in ("metrics", "early", "error", "health", "system"))
         if self._log_shown[1] != m.log_rev:
@@ -279,4 +291,3 @@ class MonitorApp(RunKeys):
     def action_x_axis(self) -> None:
         self.view.x_axis = X_AXES[(X_AXES.index(self.view.x_axis) + 1) % len(X_AXES)]
         self._redraw(True)
-

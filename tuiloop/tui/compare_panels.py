@@ -19,7 +19,16 @@ from tuiloop.tui.figures import Figure, Line
 # 256-colour numbers, one per run, far apart on the colour wheel; repeats after ten runs
 PALETTE = (45, 214, 141, 46, 203, 226, 33, 207, 118, 248)
 DIM = 244
-STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "", "early_stopped": "", "stopped": "yellow", "failed": "bold red", "forced": "red", "crashed": "bold red"}
+STATE_STYLES = {
+    "running": "bold green",
+    "paused": "bold yellow",
+    "finished": "",
+    "early_stopped": "",
+    "stopped": "yellow",
+    "failed": "bold red",
+    "forced": "red",
+    "crashed": "bold red",
+}
 
 
 def color(i: int) -> int:
@@ -29,7 +38,12 @@ def color(i: int) -> int:
 
 def metric_figure(cmp: Comparison, metric: str, width: int, log_y: bool = False) -> Figure:
     """``metric`` by epoch for every run, each in its colour, its best validation marked with ◆."""
-    fig = Figure(log_y=log_y, x_integer=True, key=(cmp.version, metric, log_y, width), empty_text=f"no run has validated {metric} yet")
+    fig = Figure(
+        log_y=log_y,
+        x_integer=True,
+        key=(cmp.version, metric, log_y, width),
+        empty_text=f"no run has validated {metric} yet",
+    )
     cells = max(2 * width, 2)
     for i, run in enumerate(cmp.runs):
         c = color(i)
@@ -100,7 +114,12 @@ def _rows(cmp: Comparison, metric: str) -> tuple[list[_Row], list[_Row]]:
     colors = [f"color({color(i)})" for i in range(len(runs))]
     fixed = [
         _Row("state", [r.shown_state for r in runs], [STATE_STYLES.get(r.shown_state, "") for r in runs], False),
-        _Row("epochs", [f"{r.epochs_done}/{r.epochs if r.epochs is not None else '?'}" for r in runs], [""] * len(runs), False),
+        _Row(
+            "epochs",
+            [f"{r.epochs_done}/{r.epochs if r.epochs is not None else '?'}" for r in runs],
+            [""] * len(runs),
+            False,
+        ),
         _Row(f"best {metric}", [_best_cell(cmp, r, metric) for r in runs], colors, False),
     ]
     spec = [_Row(key, values, [""] * len(runs), True) for key, values in cmp.differing()]
@@ -158,12 +177,31 @@ def table_text(cmp: Comparison, metric: str, width: int, height: int) -> Text:
             t.append(text.ljust(w), style=style)
         return t
 
-    header = line("", [_cut(n, w, middle=True) for n, w in zip(names, cols, strict=False)], [f"bold color({color(i)})" for i in range(len(names))], False)
+    header = line(
+        "",
+        [_cut(n, w, middle=True) for n, w in zip(names, cols, strict=False)],
+        [f"bold color({color(i)})" for i in range(len(names))],
+        False,
+    )
     notes: list[Text] = []
     if shown < len(names):
-        notes.append(Text(f"+{fmt.plural(len(names) - shown, 'more run')} not shown: a wider terminal shows them", style="dim", no_wrap=True))
+        notes.append(
+            Text(
+                f"+{fmt.plural(len(names) - shown, 'more run')} not shown: a wider terminal shows them",
+                style="dim",
+                no_wrap=True,
+            )
+        )
     if not spec and len(names) > 1:
-        notes.append(Text("no spec value differs between these runs" if any(r.spec for r in cmp.runs) else "no spec.toml to compare (runs started from Python)", style="dim", no_wrap=True))
+        notes.append(
+            Text(
+                "no spec value differs between these runs"
+                if any(r.spec for r in cmp.runs)
+                else "no spec.toml to compare (runs started from Python)",
+                style="dim",
+                no_wrap=True,
+            )
+        )
     elif any(r.spec is None for r in cmp.runs):
         notes.append(Text("? no spec.toml (a run started from Python)", style="dim", no_wrap=True))
     body = [line(r.label, r.cells, r.styles, r.cuttable) for r in fixed]
@@ -175,7 +213,17 @@ def table_text(cmp: Comparison, metric: str, width: int, height: int) -> Text:
         if room < len(spec_lines):
             keep = max(room - 1, 0)
             more = len(spec_lines) - keep
-            spec_lines = spec_lines[:keep] + ([Text(f"… {fmt.plural(more, 'more differing key')} (a taller terminal shows them)", style="dim", no_wrap=True)] if room > 0 else [])
+            spec_lines = spec_lines[:keep] + (
+                [
+                    Text(
+                        f"… {fmt.plural(more, 'more differing key')} (a taller terminal shows them)",
+                        style="dim",
+                        no_wrap=True,
+                    )
+                ]
+                if room > 0
+                else []
+            )
     if height < 1 + len(body):  # very short: the best of the metric first, then the state
         body = [body[2], body[0], body[1]][: max(height - 1, 1)]
     out = [header, *body, *spec_lines, *notes][: max(height, 1)]

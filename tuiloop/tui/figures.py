@@ -41,7 +41,9 @@ class Figure:
     """A plot: its lines, a one-line legend above it, and how to draw the axes."""
 
     lines: list[Line] = field(default_factory=list)
-    legend: list[tuple[str, int, int]] = field(default_factory=list)  # (text, colour, priority): low goes first when narrow
+    legend: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (text, colour, priority): low goes first when narrow
     log_y: bool = False
     x_integer: bool = False  # ticks on whole numbers (epochs, steps)
     x_time: bool = False  # ticks as durations (seconds since the start)
@@ -116,7 +118,12 @@ def loss_figure(model: MonitorModel, width: int, view: View | None = None) -> Fi
     v = view or View()
     axis = _Axis(model, v.x_axis)
     lo, hi = _window(model, v.zoom)
-    fig = Figure(log_y=v.log_y, x_integer=axis.kind != "time", x_time=axis.kind == "time", key=(model.plot_version, v.show_raw, v.log_y, v.zoom, v.x_axis, width))
+    fig = Figure(
+        log_y=v.log_y,
+        x_integer=axis.kind != "time",
+        x_time=axis.kind == "time",
+        key=(model.plot_version, v.show_raw, v.log_y, v.zoom, v.x_axis, width),
+    )
     cells = max(2 * width, 2)
     # a zoomed window the last steps cover is drawn from them, step by step, not from the buckets
     train = model.train_recent if lo > 0 and model.train_recent.covers(lo) else model.train
@@ -195,7 +202,13 @@ def lr_figure(model: MonitorModel, width: int) -> Figure:
     xs, ys = _finite([x * scale for x in xs], ys)
     positive = [y for y in ys if y > 0]
     log_y = bool(positive) and len(positive) == len(ys) and max(positive) >= 10 * min(positive)
-    fig = Figure(x_integer=spe is not None, y_ticks=2, log_y=log_y, key=(model.plot_version, width), empty_text="no learning rate yet")
+    fig = Figure(
+        x_integer=spe is not None,
+        y_ticks=2,
+        log_y=log_y,
+        key=(model.plot_version, width),
+        empty_text="no learning rate yet",
+    )
     if xs:
         fig.lines.append(Line(xs, ys, LR))
     if log_y:

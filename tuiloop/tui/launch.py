@@ -12,7 +12,14 @@ from tuiloop.rundir.state import run_state
 EXIT_FORCED = 130
 
 
-def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bool = False, read_only: bool = False, attached: bool = False, session: str | None = None) -> int:
+def monitor_run(
+    run_dir: Path,
+    proc: subprocess.Popen | None,
+    exit_on_finish: bool = False,
+    read_only: bool = False,
+    attached: bool = False,
+    session: str | None = None,
+) -> int:
     """Run the monitor on a run directory until the user leaves; return the exit status.
 
     0: the run completed, early-stopped or was stopped, or the user left it running;
@@ -57,7 +64,9 @@ def monitor_run(run_dir: Path, proc: subprocess.Popen | None, exit_on_finish: bo
     if model.over or read_only:
         print(model.summary_line())
     else:
-        print(f"{model.run_name or 'the run'}: left running in the background (epoch {model.epoch}, step {model.step}); watch it again with: tuiloop attach {run_dir}")
+        print(
+            f"{model.run_name or 'the run'}: left running in the background (epoch {model.epoch}, step {model.step}); watch it again with: tuiloop attach {run_dir}"
+        )
         if attached and how == "detached":
             print("(in a monitor opened with attach, Ctrl+C detaches and the run goes on; q stops the run)")
     print(f"run directory: {run_dir}")

@@ -31,7 +31,15 @@ from tuiloop.rundir.snapshot import SnapshotLoaded
 
 ENDED = ("completed", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
 HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
-PLOTTED = ("run_started", "train_steps", "validated", "lr_changed", "setting_changed", "finished", "snapshot")  # what the plots draw
+PLOTTED = (
+    "run_started",
+    "train_steps",
+    "validated",
+    "lr_changed",
+    "setting_changed",
+    "finished",
+    "snapshot",
+)  # what the plots draw
 LOG_LINES = 10_000  # the log pane scrolls back over the whole run
 
 
@@ -195,7 +203,9 @@ class MonitorModel:
         if ev.resumed_from:
             # steps logged after the checkpoint by the session that crashed are done again (the digest drops them from the series)
             self.epoch_rows = [row for row in self.epoch_rows if row.step <= ev.start_step]
-            self._log(ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}")
+            self._log(
+                ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}"
+            )
         else:
             size = fmt.plural(ev.epochs, "epoch") if ev.epochs else ""  # a tracked loop may not say
             size += f" x {fmt.plural(ev.steps_per_epoch, 'step')}" if size and ev.steps_per_epoch else ""
@@ -217,14 +227,20 @@ class MonitorModel:
     def _on_lr_changed(self, ev: LRChanged) -> None:
         # a plateau cut or a warm restart is news; the small steps of a smooth schedule are not
         if ev.previous > 0 and ev.lr > 0 and abs(math.log(ev.lr / ev.previous)) >= math.log(1.5):
-            self._log(ev.time, "info", f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)} (epoch {ev.epoch})", key="lr")
+            self._log(
+                ev.time, "info", f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)} (epoch {ev.epoch})", key="lr"
+            )
 
     def _on_setting_changed(self, ev: SettingChanged) -> None:
         if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
             text = f"learning rate {fmt.lr(ev.old)} -> {fmt.lr(ev.new)} ({ev.source}, step {ev.step})"
         elif ev.key == "stop_after_epoch":
             self.stop_after_epoch = bool(ev.new)
-            text = f"stops after epoch {ev.epoch} (step {ev.step})" if ev.new else f"stop after this epoch cancelled (step {ev.step})"
+            text = (
+                f"stops after epoch {ev.epoch} (step {ev.step})"
+                if ev.new
+                else f"stop after this epoch cancelled (step {ev.step})"
+            )
         else:
             text = f"{ev.key} {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})"
         self._log(ev.time, "warning", text)
@@ -232,7 +248,11 @@ class MonitorModel:
     def _on_early_stop(self, ev: EarlyStopUpdate) -> None:
         self.early = ev
         if ev.triggered:
-            self._log(ev.time, "warning", f"early stopping triggered: {ev.monitor} did not improve on {fmt.value(ev.best)} for {ev.counter}/{ev.patience} checks")
+            self._log(
+                ev.time,
+                "warning",
+                f"early stopping triggered: {ev.monitor} did not improve on {fmt.value(ev.best)} for {ev.counter}/{ev.patience} checks",
+            )
 
     def _on_checkpoint(self, ev: CheckpointSaved) -> None:
         prev = self.log[-1] if self.log else None
@@ -248,9 +268,17 @@ class MonitorModel:
 
     def _on_state(self, ev: StateChanged) -> None:
         self.state, self.state_reason = ev.state, ev.reason
-        text = {"paused": "paused: waiting at a step boundary", "running": "resumed", "stopping": "stopping: finishing the step and saving"}.get(ev.state, ev.state)
+        text = {
+            "paused": "paused: waiting at a step boundary",
+            "running": "resumed",
+            "stopping": "stopping: finishing the step and saving",
+        }.get(ev.state, ev.state)
         at = f" at step {ev.step}" if ev.step else ""
-        self._log(ev.time, "warning" if ev.state == "stopping" else "info", text + at + (f" ({ev.reason})" if ev.reason else ""))
+        self._log(
+            ev.time,
+            "warning" if ev.state == "stopping" else "info",
+            text + at + (f" ({ev.reason})" if ev.reason else ""),
+        )
 
     def _on_message(self, ev: Message) -> None:
         self._log(ev.time, ev.level if ev.level in ("warning", "error") else "info", ev.text)
@@ -271,14 +299,26 @@ class MonitorModel:
     def _on_finished(self, ev: Finished) -> None:
         if self._earlier_session() and not (self.failure is not None and self.failure.where == "setup"):
             self.state, self.state_reason = "starting", "resuming"
-            self._log(ev.time, "dim", f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}")
+            self._log(
+                ev.time,
+                "dim",
+                f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}",
+            )
             return
         self.finished = ev
         self.state, self.state_reason = ev.status, ev.reason
         self.epochs_done = ev.epochs_done
-        best = f"; best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}" if ev.best_value is not None and ev.best_epoch is not None else ""
+        best = (
+            f"; best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}"
+            if ev.best_value is not None and ev.best_epoch is not None
+            else ""
+        )
         level = "error" if ev.status in ("failed", "forced") else "success"
-        self._log(ev.time, level, f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}{best}")
+        self._log(
+            ev.time,
+            level,
+            f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}{best}",
+        )
 
     # ---- outside the event log --------------------------------------------------------------
     def process_gone(self, exit_code: int | None, now: float) -> None:
@@ -381,7 +421,9 @@ class MonitorModel:
             util = f", mean util {g.mean_util:.0f}%" if g.mean_util is not None else ""
             lines.append(f"GPU{g.index} {g.name}: peak memory {gib(g.mem_peak)}/{gib(g.mem_total)} GiB{util}")
         torch_peak = f", torch peak {gib(self.torch_peak)} GiB" if self.torch_peak is not None else ""
-        lines.append(f"peak RSS {gib(self.rss_peak)} GiB, mean CPU {self.cpu_sum / self.system_samples:.0f}%{torch_peak} ({fmt.plural(self.system_samples, 'sample')})")
+        lines.append(
+            f"peak RSS {gib(self.rss_peak)} GiB, mean CPU {self.cpu_sum / self.system_samples:.0f}%{torch_peak} ({fmt.plural(self.system_samples, 'sample')})"
+        )
         return lines
 
     def summary_line(self) -> str:
@@ -389,7 +431,11 @@ class MonitorModel:
         name = self.run_name or "the run"
         f = self.finished
         if f is not None:
-            best = f", best {f.monitor} {fmt.value(f.best_value)} at epoch {f.best_epoch}" if f.best_value is not None and f.best_epoch is not None else ""
+            best = (
+                f", best {f.monitor} {fmt.value(f.best_value)} at epoch {f.best_epoch}"
+                if f.best_value is not None and f.best_epoch is not None
+                else ""
+            )
             return f"{name}: {f.status.replace('_', ' ')} ({f.reason}) after {fmt.plural(f.epochs_done, 'epoch')}, {fmt.plural(f.step, 'step')} in {fmt.clock(f.wall_time_s)}{best}"
         if self.state == "crashed":
             return f"{name}: crashed: {self.state_reason}"

@@ -38,7 +38,15 @@ LEVEL_STYLE = {
     "warning": ("!", "bold yellow"),
     "error": ("✗", "bold red"),
 }
-ENDED_STYLE = {"completed": "bold green", "early_stopped": "bold cyan", "stopped": "bold blue", "suspended": "bold magenta", "failed": "bold red", "forced": "bold red", "crashed": "bold red"}
+ENDED_STYLE = {
+    "completed": "bold green",
+    "early_stopped": "bold cyan",
+    "stopped": "bold blue",
+    "suspended": "bold magenta",
+    "failed": "bold red",
+    "forced": "bold red",
+    "crashed": "bold red",
+}
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -94,14 +102,18 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
     s = model.started
     lines = []
     if s is None:
-        first = Text(f"starting: {model.phase}…" if model.phase else "waiting for the training process to start…", style="yellow")
+        first = Text(
+            f"starting: {model.phase}…" if model.phase else "waiting for the training process to start…", style="yellow"
+        )
         if model.over:
             first = Text(model.state_reason or model.state, style="bold red")
     else:
         epoch = (min(model.epoch, s.epochs) if s.epochs else model.epoch) if not model.over else model.epochs_done
         spe = s.steps_per_epoch
         if s.epochs:
-            frac = (model.epochs_done if model.over else model.epoch - 1 + (model.step_in_epoch / spe if spe else 0)) / s.epochs
+            frac = (
+                model.epochs_done if model.over else model.epoch - 1 + (model.step_in_epoch / spe if spe else 0)
+            ) / s.epochs
             pieces = [Text(f"epoch {epoch}/{s.epochs} ", style="bold") + _bar(frac, max(8, min(24, width // 6)))]
         else:  # a tracked loop that did not say how many epochs: no bar to fill
             pieces = [Text(f"epoch {epoch}", style="bold")]
@@ -133,7 +145,10 @@ def status_line(model: MonitorModel, width: int) -> Text:
     if model.over:
         label = STATE_STYLE.get(model.state, (model.state,))[0].lower()
         hint = Text("  (q: leave)", style="dim")
-        text = Text(f"{label}" + (f" ({model.state_reason})" if model.state_reason else ""), style=ENDED_STYLE.get(model.state, "bold"))
+        text = Text(
+            f"{label}" + (f" ({model.state_reason})" if model.state_reason else ""),
+            style=ENDED_STYLE.get(model.state, "bold"),
+        )
         text.truncate(max(width - hint.cell_len, 1), overflow="ellipsis")
         return text + hint
     where = _left_truncate(model.run_dir or "", max(width - 9, 10))
@@ -159,7 +174,13 @@ def health_text(model: MonitorModel, width: int) -> Text:
     if model.grad_norms.last is not None:
         rows.append(("grad norm", fmt.value(model.grad_norms.last[1]), model.grad_norms.points()[1]))
     if model.loss_scale is not None:
-        rows.append(("loss scale", f"{model.loss_scale:g}  {fmt.plural(model.skipped_steps, 'skipped step')}", model.loss_scales.points()[1]))
+        rows.append(
+            (
+                "loss scale",
+                f"{model.loss_scale:g}  {fmt.plural(model.skipped_steps, 'skipped step')}",
+                model.loss_scales.points()[1],
+            )
+        )
     if model.samples_per_s is not None:
         rows.append(("samples/s", f"{model.samples_per_s:,.0f}", model.throughput.points()[1]))
     lines = []
@@ -179,7 +200,10 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
     if not model.metrics:
         return Text("no validation yet", style="dim")
     name_w = max(len(n) for n in model.metrics) + 1
-    values = [(fmt.value(stat.last), fmt.value(stat.best), "" if stat.best_epoch is None else str(stat.best_epoch)) for stat in model.metrics.values()]
+    values = [
+        (fmt.value(stat.last), fmt.value(stat.best), "" if stat.best_epoch is None else str(stat.best_epoch))
+        for stat in model.metrics.values()
+    ]
     val_w = max(8, *(len(v) for row in values for v in row[:2]))
     ep_w = max(2, *(len(row[2]) for row in values))
     # numbers are never cut: the sparkline goes first, then the epoch, then the names shrink, then "best"
@@ -188,7 +212,12 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
     show_ep = show_best and width >= name_w + fixed + ep_w + 1
     spark_w = width - (name_w + fixed + (ep_w + 1 if show_ep else 0))
     name_w = min(name_w, max(width - fixed - (ep_w + 1 if show_ep else 0), 1))
-    header = Text(f"{'':<{name_w}}{'last':>{val_w}}" + (f" {'best':>{val_w}}" if show_best else "") + (f" {'ep':>{ep_w}}" if show_ep else ""), style="dim")
+    header = Text(
+        f"{'':<{name_w}}{'last':>{val_w}}"
+        + (f" {'best':>{val_w}}" if show_best else "")
+        + (f" {'ep':>{ep_w}}" if show_ep else ""),
+        style="dim",
+    )
     rows = [header]
     monitor = model.started.monitor if model.started else None
     for (name, stat), (last, best, ep) in zip(model.metrics.items(), values, strict=True):
@@ -227,7 +256,14 @@ def early_stop_text(model: MonitorModel, width: int) -> Text:
         return Text.assemble("off ", ("(no [early_stopping])", "dim"))
     patience = es.patience if es else s.patience
     counter = es.counter if es else 0
-    head = _fit([Text(f"{es.monitor if es else s.monitor} ({s.mode})", style="bold"), Text(f"best {fmt.value(es.best if es else None)}")], width, "  ")
+    head = _fit(
+        [
+            Text(f"{es.monitor if es else s.monitor} ({s.mode})", style="bold"),
+            Text(f"best {fmt.value(es.best if es else None)}"),
+        ],
+        width,
+        "  ",
+    )
     style = "red" if counter >= patience else "yellow" if counter * 2 >= patience else "green"
     count = Text(f"{counter}/{patience}", style="bold " + style)  # never cut: the bar gives way
     cells = max(min(patience, width - count.cell_len - 1), 0)
@@ -318,7 +354,13 @@ _GPU_RIGHT = {2, 3, 5, 6}  # the columns of _gpu_cells aligned right: utilisatio
 
 def _gpu_cells(g: dict, peak: int) -> list[tuple[int, Text]]:
     """One GPU's pieces as (rank, text), in the order shown; rank 0 is dropped last."""
-    util, used, total, temp, power = g.get("util"), g.get("mem_used"), g.get("mem_total"), g.get("temp"), g.get("power_w")
+    util, used, total, temp, power = (
+        g.get("util"),
+        g.get("mem_used"),
+        g.get("mem_total"),
+        g.get("temp"),
+        g.get("power_w"),
+    )
     full = used / total if used is not None and total else None
     return [
         (0, Text(f"GPU{g['index']}", style="bold")),
@@ -361,7 +403,13 @@ def system_text(model: MonitorModel, width: int) -> Text:
                 line.append("  " + sparkline(stat.util.points()[1], min(room, 32), 0.0, 100.0), style="cyan")
             lines.append(line)
     if model.torch_peak is not None:
-        lines.append(_fit_ranked([(1, Text("torch peak", style="dim")), (0, Text(f"{_gib(model.torch_peak)} GiB", style="bold"))], width, " "))
+        lines.append(
+            _fit_ranked(
+                [(1, Text("torch peak", style="dim")), (0, Text(f"{_gib(model.torch_peak)} GiB", style="bold"))],
+                width,
+                " ",
+            )
+        )
     cpu = [
         (0, Text.assemble(("CPU ", "dim"), (f"{s.cpu_percent:.0f}%", "bold"))),
         (4, Text.assemble(("proc ", "dim"), f"{s.proc_cpu:.0f}%") if s.proc_cpu is not None else Text("")),
@@ -395,7 +443,9 @@ def error_text(model: MonitorModel, width: int, max_lines: int = 8) -> Text:
     f = model.failure
     if f is None:
         text = model.state_reason if model.state == "crashed" else model.last_error or ""
-        return Text("\n").join(Text(ln, style="bold red") for ln in (textwrap.wrap(text, max(width, 10)) or [""])[: max(max_lines, 1)])
+        return Text("\n").join(
+            Text(ln, style="bold red") for ln in (textwrap.wrap(text, max(width, 10)) or [""])[: max(max_lines, 1)]
+        )
     wrapped = textwrap.wrap(f.error, max(width, 10)) or [""]
     lines = [Text(ln, style="bold red") for ln in wrapped[: max(max_lines - 1, 1)]]
     lines.append(Text.assemble(("where ", "dim"), (f.where, "yellow")))

@@ -92,7 +92,11 @@ def render_figure(fig: Figure, width: int, height: int) -> Text:
         msg = fig.empty_text if not points else "(too small to plot)"
         return Text(msg[:width], style="dim", no_wrap=True)
     try:
-        body = _plotext(fig, points, width, plot_h) if plot_h >= FRAMED_HEIGHT else _bars(fig, _main_line(points), width, plot_h)
+        body = (
+            _plotext(fig, points, width, plot_h)
+            if plot_h >= FRAMED_HEIGHT
+            else _bars(fig, _main_line(points), width, plot_h)
+        )
     except Exception as e:  # a plotting bug must never take the monitor down
         body = Text(f"(plot failed: {type(e).__name__}: {e})"[: width * plot_h], style="red")
     if legend is None:
@@ -112,9 +116,16 @@ def _bars(fig: Figure, line: Line, width: int, height: int) -> Text:
     label_w = max(map(len, labels))
     cols = max(width - label_w - 1, 1)
     n = len(line.ys)
-    values = [line.ys[min(int(i * n / cols), n - 1)] for i in range(cols)] if n < cols else [
-        sum(chunk) / len(chunk) for chunk in (line.ys[int(i * n / cols) : max(int((i + 1) * n / cols), int(i * n / cols) + 1)] for i in range(cols))
-    ]
+    values = (
+        [line.ys[min(int(i * n / cols), n - 1)] for i in range(cols)]
+        if n < cols
+        else [
+            sum(chunk) / len(chunk)
+            for chunk in (
+                line.ys[int(i * n / cols) : max(int((i + 1) * n / cols), int(i * n / cols) + 1)] for i in range(cols)
+            )
+        ]
+    )
     eighths = [max(1, round((v - lo) / (hi - lo) * height * 8)) for v in values]
     rows = []
     for r in range(height):
@@ -132,7 +143,9 @@ def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
 
     f = plotext.figure
     f.clear()
-    plotext.terminal.limit(False, False)  # the widget's size rules, not what plotext thinks the terminal is (80x24 off a tty)
+    plotext.terminal.limit(
+        False, False
+    )  # the widget's size rules, not what plotext thinks the terminal is (80x24 off a tty)
     f.theme("simple")
     f.canvas("default")
     f.legend(False)

@@ -55,7 +55,11 @@ class Confirm(ModalScreen[bool]):
 
 
 def confirm_stop() -> Confirm:
-    return Confirm("Stop the run?", "It finishes the current step, saves checkpoints/last.pt, writes summary.json and exits.", "stop the run")
+    return Confirm(
+        "Stop the run?",
+        "It finishes the current step, saves checkpoints/last.pt, writes summary.json and exits.",
+        "stop the run",
+    )
 
 
 def confirm_suspend() -> Confirm:
@@ -97,7 +101,16 @@ KEYS = [  # the ? screen; the README's table says the same
 ]
 # The keys above that change the run, by the action each runs: dimmed where they cannot act now
 # (a read-only view, a run that is over, a tracked loop that does not obey them).
-KEY_ACTIONS = {"p": ("pause",), "s": ("save",), "q": ("stop", "leave"), "d": ("detach", "leave"), "e": ("stop_after_epoch",), "- / +": ("lr",), "P": ("suspend",), "R": ("resume_run",)}
+KEY_ACTIONS = {
+    "p": ("pause",),
+    "s": ("save",),
+    "q": ("stop", "leave"),
+    "d": ("detach", "leave"),
+    "e": ("stop_after_epoch",),
+    "- / +": ("lr",),
+    "P": ("suspend",),
+    "R": ("resume_run",),
+}
 
 
 class KeysScreen(ModalScreen[None]):
@@ -115,7 +128,9 @@ class KeysScreen(ModalScreen[None]):
             dimmed |= off
             table.add_row(key, what, style="dim" if off else None)
         with Vertical(id="dialog", classes="keys"):
-            yield Static("[b]Keys[/b]" + (" [dim](dimmed: not for this run now)[/dim]" if dimmed else ""), id="dialog-title")
+            yield Static(
+                "[b]Keys[/b]" + (" [dim](dimmed: not for this run now)[/dim]" if dimmed else ""), id="dialog-title"
+            )
             yield Static(table)
 
     def action_close(self) -> None:
@@ -159,7 +174,9 @@ class OutputScreen(_Sub):
         yield KeyBar()
 
     def on_mount(self) -> None:
-        self.query_one("#output-box").border_title = "Output (stdout, stderr" + (", other ranks)" if self.model.started and self.model.started.world_size > 1 else ")")
+        self.query_one("#output-box").border_title = "Output (stdout, stderr" + (
+            ", other ranks)" if self.model.started and self.model.started.world_size > 1 else ")"
+        )
         self.query_one(ScrollLines).focus()
         self._poll()
 
@@ -177,7 +194,11 @@ class OutputScreen(_Sub):
     def _add(self, lines: list[Text], first: bool) -> None:
         view = self.query_one(ScrollLines)
         if first and not lines:
-            said = "(nothing printed yet)" if self.kept else "(not kept: this run prints to the terminal that started it; runs the monitor starts keep it in output.log)"
+            said = (
+                "(nothing printed yet)"
+                if self.kept
+                else "(not kept: this run prints to the terminal that started it; runs the monitor starts keep it in output.log)"
+            )
             view.put(0, [Text(said, style="dim")])
             self._empty = True
             return

@@ -41,7 +41,14 @@ class CommandDone(Message):
 
 
 # The keys that change the run, and the command each sends (a run may obey only some).
-STEERING = {"pause": "toggle_pause", "save": "save", "stop": "stop", "stop_after_epoch": "stop_after_epoch", "lr": "lr_down", "suspend": "suspend"}
+STEERING = {
+    "pause": "toggle_pause",
+    "save": "save",
+    "stop": "stop",
+    "stop_after_epoch": "stop_after_epoch",
+    "lr": "lr_down",
+    "suspend": "suspend",
+}
 
 
 class RunKeys(App[str]):
@@ -108,7 +115,9 @@ class RunKeys(App[str]):
     def action_suspend(self) -> None:
         def suspend() -> None:
             self.send("suspend")
-            self.model.note(time.time(), "warning", "suspending: saving the full state, then the training process exits")
+            self.model.note(
+                time.time(), "warning", "suspending: saving the full state, then the training process exits"
+            )
 
         self._ask(confirm_suspend(), suspend)
 
@@ -159,7 +168,11 @@ class RunKeys(App[str]):
             self.screen.dismiss(False)
         if not self.stop_sent:
             self._request_stop()
-            self.model.note(time.time(), "warning", "interrupt: stopping after this step and saving (Ctrl+C again forces an exit without saving)")
+            self.model.note(
+                time.time(),
+                "warning",
+                "interrupt: stopping after this step and saving (Ctrl+C again forces an exit without saving)",
+            )
             return
         self._force()
 

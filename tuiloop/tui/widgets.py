@@ -69,5 +69,9 @@ class KeyBar(Widget):
     def render(self) -> Text:
         from tuiloop.tui.panels import keys_text
 
-        keys = [(self.app.get_key_display(b), b.description) for _, b, enabled, _ in self.screen.active_bindings.values() if b.show and enabled]
+        keys = [
+            (self.app.get_key_display(b), b.description)
+            for _, b, enabled, _ in self.screen.active_bindings.values()
+            if b.show and enabled
+        ]
         return keys_text(keys, self.content_size.width)
