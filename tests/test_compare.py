@@ -23,7 +23,6 @@ from tuiloop.rundir.lock import RunLock
 from tuiloop.spec.dump import dump_toml
 from tuiloop.tui.compare import CompareApp
 from tuiloop.tui.compare_panels import metric_figure, table_text
-from tuiloop.tui.model import higher_is_better
 
 T0 = 1_700_000_000.0
 EPOCHS = 10
@@ -156,7 +155,7 @@ def test_a_resumed_log_keeps_the_latest_value_of_each_epoch_and_drops_the_abando
 def test_best_points_follow_each_runs_mode_and_the_metric_name_otherwise(tmp_path: Path) -> None:
     a, _ = fake_run(tmp_path, "loss", "aaaa", [0.9, 0.5, 0.7])  # monitor val_loss, min
     b, _ = fake_run(tmp_path, "score", "bbbb", [0.9, 0.5, 0.7], monitor="val_acc", mode="max")
-    cmp = Comparison([a, b], higher_is_better)
+    cmp = Comparison([a, b])
     ra, rb = cmp.runs
     assert cmp.best(ra, "val_loss") == (2, 0.5) and cmp.best(rb, "val_loss") == (2, 0.5)
     assert cmp.best(ra, "val_acc") == (2, 0.75)  # not ra's monitor: acc is better higher, by its name
@@ -172,7 +171,7 @@ def test_the_comparison_lists_states_and_the_differing_spec_values(tmp_path: Pat
         tmp_path, "mlp", "bbbb", [0.8], {"optimizer": {"lr": 0.001}, "model": {"hidden": 16, "dropout": 0.1}}, live=True
     )
     try:
-        cmp = Comparison([a, b], higher_is_better)
+        cmp = Comparison([a, b])
         assert cmp.names == ["mlp-aaaa", "mlp-bbbb"]
         assert [r.shown_state for r in cmp.runs] == ["finished", "running"] and cmp.any_live
         assert cmp.differing() == [("model.dropout", ["-", "0.1"]), ("optimizer.lr", ["0.01", "0.001"])]
@@ -204,7 +203,7 @@ def test_the_table_fits_narrow_terminals_by_dropping_runs_not_digits(tmp_path: P
         )[0]
         for i in range(6)
     ]
-    cmp = Comparison(runs, higher_is_better)
+    cmp = Comparison(runs)
     wide = table_text(cmp, "val_loss", 200, 30).plain
     assert "1.1235 @1" in wide and "5.1235 @1" in wide and "optimizer.lr" in wide and "model.target" in wide
     for width, height in ((80, 10), (60, 6), (40, 5)):
@@ -221,7 +220,7 @@ def test_the_table_fits_narrow_terminals_by_dropping_runs_not_digits(tmp_path: P
 def test_the_figure_has_a_line_and_a_best_marker_per_run_in_its_colour(tmp_path: Path) -> None:
     a, _ = fake_run(tmp_path, "a", "aaaa", [0.9, 0.5, 0.7])
     b, _ = fake_run(tmp_path, "b", "bbbb", [0.8, 0.6, 0.4])
-    fig = metric_figure(Comparison([a, b], higher_is_better), "val_loss", 100)
+    fig = metric_figure(Comparison([a, b]), "val_loss", 100)
     assert [p[0] for p in fig.legend] == ["━ a", "━ b", "◆ best"]
     marks = [(ln.xs, ln.ys, ln.color) for ln in fig.lines if ln.marker == "◆"]
     assert marks == [([2.0], [0.5], fig.legend[0][1]), ([3.0], [0.4], fig.legend[1][1])]
@@ -252,7 +251,7 @@ async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_
     c, lock = fake_run(tmp_path, "faster", "cccc", [0.7], {"optimizer": {"lr": 0.03}}, live=True)
     assert lock is not None
     try:
-        app = CompareApp(Comparison([a, b, c], higher_is_better), poll_s=0.1)
+        app = CompareApp(Comparison([a, b, c]), poll_s=0.1)
         async with app.run_test(size=size) as pilot:
             await wait_for(
                 pilot,

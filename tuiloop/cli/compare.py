@@ -7,16 +7,14 @@ import sys
 from pathlib import Path
 
 from tuiloop.engine import fmt
+from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
 from tuiloop.rundir.compare import Comparison
-
-EXIT_USAGE = 2
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Open the compare screen on the runs named; piped, print the table instead."""
     from tuiloop.cli.views import error
-    from tuiloop.tui.model import higher_is_better
 
     if len(args.runs) < 2:
         error(
@@ -34,7 +32,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             error(f"{seen[path]!r} and {text!r} are the same run ({path.name}); name each run once")
             return EXIT_USAGE
         seen[path] = text
-    cmp = Comparison(run_dirs, higher_is_better)
+    cmp = Comparison(run_dirs)
     metric = args.metric or cmp.default_metric()
     names = cmp.metric_names()
     if args.metric and args.metric not in names and not cmp.any_live:

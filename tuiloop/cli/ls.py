@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tuiloop.engine import fmt
+from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunRow, list_runs
 
 STATES = ("running", "paused", "finished", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
@@ -21,11 +22,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
     if not out_dir.is_dir():
         error(f"no runs directory {out_dir} (runs go to [run] out_dir, default ./runs)")
-        return 2
+        return EXIT_USAGE
     wanted = _states(args.state)
     if wanted is None:
         error(f"--state {args.state}: use one or more of {', '.join(STATES)} (comma-separated)")
-        return 2
+        return EXIT_USAGE
     rows = list_runs(out_dir)
     hidden = [] if args.all or args.state else [r for r in rows if failed_at_setup(r)]
     rows = [r for r in rows if r not in hidden and (not wanted or r.state in wanted)]

@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from tuiloop import __version__
+from tuiloop.engine.exits import EXIT_FORCED, EXIT_USAGE
 from tuiloop.spec import SpecError
 
 EXAMPLES = """\
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
-        return 2
+        return EXIT_USAGE
     debug = getattr(args, "debug", False)
     try:
         if args.command == "run":
@@ -222,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         from tuiloop.spec.errors import from_override
 
         print(f"tuiloop: error: {from_override(e, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_FORCED
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    return 2
+    return EXIT_USAGE
 
 
 def _quiet_broken_pipe() -> int:

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.session.processes import kill_tree
 from tuiloop.spec import Spec, SpecError
 
@@ -140,7 +141,7 @@ def _supervise(proc: Any, run_dir: Path | None) -> int:
         time.sleep(0.1)
     if interrupts > 1:  # whatever rank 0 managed before it went, nothing of the run stays behind
         kill_tree(proc.pid)
-    return 130 if interrupts > 1 else proc.returncode
+    return EXIT_FORCED if interrupts > 1 else proc.returncode
 
 
 def _send(run_dir: Path | None, cmd: str) -> bool:

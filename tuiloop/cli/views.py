@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 from tuiloop.engine.events import Event
+from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.state import RunState, run_state
 
-EXIT_NOT_LIVE, EXIT_USAGE = 1, 2
+EXIT_NOT_LIVE = EXIT_FAILED  # attach: the run is not live
 
 
 def error(text: str) -> None:

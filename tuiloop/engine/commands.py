@@ -13,6 +13,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from tuiloop.engine.exits import EXIT_FORCED
+
 COMMANDS = (
     "pause",
     "resume",
@@ -26,7 +28,6 @@ COMMANDS = (
     "suspend",
 )
 LR_FACTORS = {"lr_down": 0.5, "lr_up": 2.0}
-EXIT_FORCED = 130
 
 
 def _exit_now() -> None:

@@ -7,6 +7,20 @@ from typing import Any
 
 from tuiloop.engine.errors import ResumeError
 
+# Words that mark a metric that improves upwards (val_acc, val_f1, val_auroc, ...); anything else,
+# a loss or an error, improves downwards. The one answer to "is higher better?" everywhere.
+HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
+
+
+def higher_is_better(metric: str) -> bool:
+    """True for accuracy-like metrics, False for losses and errors."""
+    return any(word in metric.lower() for word in HIGHER_IS_BETTER)
+
+
+def default_mode(metric: str) -> str:
+    """``"max"`` for a metric that improves upwards, else ``"min"``."""
+    return "max" if higher_is_better(metric) else "min"
+
 
 class MetricMonitor:
     """Best value of one metric; ``counter`` counts checks without improvement.

@@ -34,7 +34,7 @@ from tuiloop.engine.events import (
     TrainSteps,
     Validated,
 )
-from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.monitor import MetricMonitor, default_mode
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import MAX_SKIPPED_IN_A_ROW, Options
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
@@ -88,7 +88,7 @@ class Trainer(Saving, Steering):
         self.ranks = ranks
         opt = options or Options()
         monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
-        self.opt = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or ("max" if "acc" in monitor else "min"))
+        self.opt = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or default_mode(monitor))
         # Module.to moves parameters in place, so an optimizer built on them stays valid.
         model = model.to(self.device)
         self.precision = Precision(self.opt.precision, self.device)

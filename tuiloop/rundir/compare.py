@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuiloop.engine.events import CheckpointSaved, Event, Finished, RunStarted, StateChanged, TrainSteps, Validated
+from tuiloop.engine.monitor import higher_is_better
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import SPEC
 from tuiloop.rundir.snapshot import SnapshotLoaded
@@ -251,18 +252,18 @@ class RunReader:
 
 # ---- several runs -------------------------------------------------------------------------
 class Comparison:
-    """The runs being compared. ``higher_is_better(metric)`` decides the best of a metric that is
-    not a run's own monitor (for its monitor, the run's mode does).
+    """The runs being compared. The best of a metric that is not a run's own monitor is its
+    highest or lowest as :func:`~tuiloop.engine.monitor.higher_is_better` says (for its monitor,
+    the run's mode decides).
 
     :meth:`poll` reads and applies in one go; a view with a reader thread calls :meth:`read`
     there and :meth:`apply` on its own thread.
     """
 
-    def __init__(self, run_dirs: Sequence[Path], higher_is_better: Callable[[str], bool]) -> None:
+    def __init__(self, run_dirs: Sequence[Path]) -> None:
         self.runs = [RunHistory(Path(p)) for p in run_dirs]
         self.names = short_names([r.name for r in self.runs])
         self._readers = [RunReader(Path(p)) for p in run_dirs]
-        self._higher = higher_is_better
         self.version = 0
         self.poll()
 
@@ -300,7 +301,7 @@ class Comparison:
         return names[0] if names else "val_loss"
 
     def higher_is_better(self, run: RunHistory, metric: str) -> bool:
-        return run.mode == "max" if metric == run.monitor else self._higher(metric)
+        return run.mode == "max" if metric == run.monitor else higher_is_better(metric)
 
     def best(self, run: RunHistory, metric: str) -> tuple[int, float] | None:
         return run.best(metric, self.higher_is_better(run, metric))

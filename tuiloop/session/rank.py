@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import IO
 
 from tuiloop.engine.distributed import ERROR_FILE, Ranks
+from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.run import EXIT_FAILED, EXIT_SPEC, execute, follow, lock_for_resume, new_run_dir
+from tuiloop.session.run import execute, follow, lock_for_resume, new_run_dir
 from tuiloop.spec import Spec, SpecError
 
 
@@ -74,7 +75,7 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
             code = follow(spec, run_dir if resume else None, ranks)
     except SpecError as e:  # a resume that cannot go on, found by rank 0
         print(f"tuiloop: error: {e}", file=sys.__stderr__, flush=True)
-        code = EXIT_SPEC
+        code = EXIT_USAGE
     except Exception as e:  # a rank's set-up failed: leave the error for rank 0, end quickly
         import traceback
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Event, Failed, Finished, Message, Starting
+from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import (
@@ -39,7 +40,6 @@ from tuiloop.session.system import SystemSampler, interval_from_env
 from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
-EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_FORCED = 0, 1, 2, 130
 SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one
 LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for a forced end
 Sink = Callable[[Event], None]
@@ -149,7 +149,7 @@ def execute(
         if log is not None:
             log.close()
         lock.release()
-        return (EXIT_SPEC if isinstance(e, SpecError) else EXIT_FAILED), run_dir
+        return (EXIT_USAGE if isinstance(e, SpecError) else EXIT_FAILED), run_dir
     return _train(run_dir, lock, trainer, log, sinks, handle_signals, spec.run.tensorboard)
 
 

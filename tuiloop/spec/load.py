@@ -10,6 +10,7 @@ from typing import Any
 
 import tomli_w
 
+from tuiloop.engine.monitor import default_mode
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.schema import (
     CHOICES,
@@ -29,7 +30,6 @@ from tuiloop.spec.schema import (
     Spec,
     TargetSpec,
     TrainSpec,
-    default_mode,
 )
 
 if sys.version_info >= (3, 11):

@@ -91,11 +91,6 @@ PRECISION_ALIASES = {
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
-def default_mode(monitor: str) -> str:
-    """Accuracy-like metrics improve upwards, losses and errors downwards."""
-    return "max" if any(k in monitor for k in ("acc", "f1", "auc", "precision", "recall", "r2")) else "min"
-
-
 @dataclass
 class TargetSpec:
     """A section that names something to build (``target``) and its keyword arguments."""

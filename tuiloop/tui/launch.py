@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.rundir.state import run_state
-
-EXIT_FORCED = 130
 
 
 def monitor_run(

@@ -25,12 +25,13 @@ from tuiloop.engine.events import (
     StateChanged,
     Validated,
 )
+from tuiloop.engine.exits import exit_status
+from tuiloop.engine.monitor import higher_is_better
 from tuiloop.rundir.digest import RunDigest
 from tuiloop.rundir.series import Downsampled
 from tuiloop.rundir.snapshot import SnapshotLoaded
 
 ENDED = ("completed", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
-HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "r2", "iou", "dice")
 PLOTTED = (
     "run_started",
     "train_steps",
@@ -41,11 +42,6 @@ PLOTTED = (
     "snapshot",
 )  # what the plots draw
 LOG_LINES = 10_000  # the log pane scrolls back over the whole run
-
-
-def higher_is_better(name: str) -> bool:
-    """Whether a larger value of metric ``name`` is better (accuracy yes, loss and MAE no)."""
-    return any(word in name.lower() for word in HIGHER_IS_BETTER)
 
 
 @dataclass
@@ -402,14 +398,10 @@ class MonitorModel:
         return self.train_time + max(live, 0.0)
 
     def exit_status(self) -> int:
-        """0 completed, early-stopped, stopped or still running; 1 failed or crashed; 2 setup failure; 130 forced."""
-        if self.state == "forced":
-            return 130
-        if self.finished is not None:
-            if self.finished.status != "failed":
-                return 0  # completed, early stopped, stopped, suspended
-            return 2 if self.failure is not None and self.failure.where == "setup" else 1
-        return 1 if self.state == "crashed" else 0
+        """The exit status of the run as it stands (:func:`tuiloop.engine.exits.exit_status`)."""
+        return exit_status(
+            self.state, self.state == "failed" and self.failure is not None and self.failure.where == "setup"
+        )
 
     def system_summary(self) -> list[str]:
         """The machine's load over the run, as ``show`` prints it: one line per GPU, then the host."""
