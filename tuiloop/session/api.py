@@ -6,8 +6,9 @@ import time
 
 from tuiloop.engine import trainer as engine
 from tuiloop.engine.events import Finished
-from tuiloop.rundir.layout import CHECKPOINTS, is_run_dir, update_info, who
-from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.rundir.layout import is_run_dir
+from tuiloop.session.life import RunLife
+from tuiloop.session.run import train_in
 
 
 class Trainer(engine.Trainer):
@@ -18,31 +19,14 @@ class Trainer(engine.Trainer):
     attach RUN_DIR`` watches and steers it live and ``tuiloop show`` opens it afterwards. The
     directory is created if needed; one that held an earlier run is continued (its event log
     appended). Ctrl+C stops gracefully, a second one forces, when run from the main thread.
+    A directory another process trains in raises :class:`~tuiloop.session.life.RunInUse`.
     """
 
     def run(self) -> Finished:
         if self.run_dir is None:
             return super().run()
-        from tuiloop.session.run import run_in
-
         run_dir = self.run_dir.resolve()
         fresh = not is_run_dir(run_dir)
-        (run_dir / CHECKPOINTS).mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            lock = RunLock.acquire(run_dir)
-        except RunIsLive:
-            raise RuntimeError(
-                f"{run_dir} is a live run (another process trains in it); watch it with tuiloop attach {run_dir}, or pass another run_dir"
-            ) from None
-        if fresh:
-            try:
-                update_info(
-                    run_dir,
-                    name=self.opt.run_name if self.opt.run_name != "run" else run_dir.name,
-                    started=time.time(),
-                    **who(),
-                )
-            except BaseException:
-                lock.release()
-                raise
-        return run_in(run_dir, lock, self, None, [], handle_signals=True)
+        life = RunLife.open(run_dir, create=True)
+        name = self.opt.run_name if self.opt.run_name != "run" else run_dir.name
+        return train_in(life, self, handle_signals=True, **({"name": name, "started": time.time()} if fresh else {}))

@@ -8,41 +8,24 @@ live monitor attaches to (:mod:`tuiloop.session.worker`), and from Python (:func
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import sys
 import time
-import traceback
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from tuiloop.engine.distributed import SINGLE, Ranks
-from tuiloop.engine.events import Event, Failed, Finished, Message, Starting
+from tuiloop.engine.events import Failed, Finished, Message, Starting
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from tuiloop.rundir.control import ControlServer
-from tuiloop.rundir.eventlog import EventLog
-from tuiloop.rundir.layout import (
-    CHECKPOINTS,
-    RUN_INFO,
-    SPEC,
-    SUMMARY,
-    create_run_dir,
-    read_json,
-    update_info,
-    who,
-    write_summary,
-)
+from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who
 from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.session.life import RunLife, Sink, Standing
 from tuiloop.session.signals import Signals
-from tuiloop.session.system import SystemSampler, interval_from_env
 from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
-SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one
 LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for a forced end
-Sink = Callable[[Event], None]
 
 
 # ---- the run directory before training ----------------------------------------------------
@@ -102,14 +85,6 @@ def _spec_origin(spec: Spec) -> dict[str, Any]:
     return {"spec_path": str(spec.path.resolve()) if spec.path else None, "spec_base_dir": str(spec.base_dir)}
 
 
-def versions() -> dict[str, str]:
-    import torch
-
-    from tuiloop import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "tuiloop": __version__}
-
-
 # ---- a run from a spec ---------------------------------------------------------------------
 def execute(
     spec: Spec,
@@ -138,19 +113,17 @@ def execute(
     if run_dir is None:
         trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
-        return _train(run_dir, lock, trainer, None, sinks, handle_signals, spec.run.tensorboard)
-    lock = lock or RunLock.acquire(run_dir)
-    log: EventLog | None = None
+        return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
+    life = RunLife.open(run_dir, lock)
+    life.sinks = sinks
     try:
-        log = EventLog(run_dir)  # first, so that a build error is in the log too
-        trainer = _build(spec, _tell([log, *sinks]), ranks)
+        life.open_log()  # first, so that a build error is in the log too
+        trainer = _build(spec, _tell([life.emit]), ranks)
     except Exception as e:
-        _record_setup_failure(run_dir, [log, *sinks] if log is not None else sinks, e)
-        if log is not None:
-            log.close()
-        lock.release()
+        life.fail_setup(e)
+        life.close()
         return (EXIT_USAGE if isinstance(e, SpecError) else EXIT_FAILED), run_dir
-    return _train(run_dir, lock, trainer, log, sinks, handle_signals, spec.run.tensorboard)
+    return _train(life, trainer, sinks, handle_signals, spec.run.tensorboard)
 
 
 def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
@@ -162,14 +135,10 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
     trainer = _build(spec, lambda phase: None, ranks)
     if resume is not None:
         trainer.resume(resume / CHECKPOINTS / "last.pt")
-    from tuiloop.engine.trainer import Trainer
-
-    signals = Signals(
-        trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, ranks)
-    )
+    signals = Signals(trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, None))
     signals.install()
     try:
-        finished = Trainer.run(trainer)
+        finished = _loop(trainer)
     finally:
         signals.restore()
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
@@ -210,10 +179,10 @@ def _resume(
 
     (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
     info = read_json(run_dir / RUN_INFO) or {}
-    update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec), **who())
+    update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec))
     (run_dir / SUMMARY).unlink(missing_ok=True)
     remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
-    return _train(run_dir, lock, trainer, None, sinks, handle_signals, spec.run.tensorboard)
+    return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
 
 
 def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
@@ -275,199 +244,107 @@ def _tell(sinks: list[Sink]) -> Callable[[str], None]:
 
 
 # ---- training inside the run directory ------------------------------------------------------
-def _train(
-    run_dir: Path,
-    lock: RunLock,
-    trainer: Any,
-    log: EventLog | None,
-    sinks: list[Sink],
-    handle_signals: bool,
-    tensorboard: bool = False,
-) -> tuple[int, Path]:
+def _train(life: RunLife, trainer: Any, sinks: list[Sink], handle_signals: bool, tensorboard: bool) -> tuple[int, Path]:
+    life.sinks = sinks
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
         from tuiloop.session.tensorboard import TensorBoardSink
 
-        mirror = TensorBoardSink(run_dir)
+        mirror = TensorBoardSink(life.run_dir)
+        life.sinks = [*sinks, mirror]
     try:
-        finished = run_in(run_dir, lock, trainer, log, [*sinks, mirror] if mirror else sinks, handle_signals)
+        finished = train_in(life, trainer, handle_signals)
     finally:
         if mirror is not None:
             mirror.close()
-    return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), run_dir
+    return (EXIT_FAILED if finished.status == "failed" else EXIT_OK), life.run_dir
 
 
-def run_in(
-    run_dir: Path, lock: RunLock, trainer: Any, log: EventLog | None, sinks: list[Sink], handle_signals: bool = True
-) -> Finished:
-    """Train ``trainer`` inside its locked run directory; always ends with a summary and releases it all.
-
-    ``log``: the run's event log, or None to open it here (a log that cannot be opened, a full
-    disk say, fails the run as any other set-up step does).
-    """
-    from tuiloop.engine.trainer import Trainer
-
-    started = time.time()
-    server: ControlServer | None = None
-    machine: SystemSampler | None = None
-    logged: Sink | None = None
-    signals = Signals(
-        trainer.request_stop,
-        lambda: _force(run_dir, trainer, log, started),
-        terminate=lambda: _terminated(trainer, trainer.ranks, run_dir, log, started),
-    )
+def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: Any) -> Finished:
+    """Train ``trainer`` inside ``life``'s run directory (``info``: more for run.json); always ends
+    with a summary and closes the life (a set-up step that fails, the event log or the socket
+    say, fails the run)."""
+    life.standing = lambda: standing(trainer)
+    if trainer.ranks.distributed:
+        life.on_forced = lambda: _end_node(trainer)
     try:
-        if log is None:
-            log = EventLog(run_dir)
-        # the machine's load (CPU, memory, each GPU) into the log every 2 s, from a thread of its own;
-        # only rank 0 gets here. Its gate starts it after RunStarted and stops it before Finished.
-        machine = SystemSampler(log, interval_from_env(), device=getattr(trainer, "device", None))
-        logged = machine.gate(log)
-        trainer.run_dir = run_dir
-        trainer.session = os.environ.get(SESSION_ENV) or uuid.uuid4().hex[:12]
-        trainer.subscribe(logged)
-        for sink in sinks:
-            trainer.subscribe(sink)
-        info = update_info(run_dir, pid=os.getpid(), session=trainer.session, versions=versions())
-        trainer.commands.on_force = signals.force
-        server = ControlServer(run_dir, trainer.commands, warn=lambda text: log(Message("warning", text))).start()
-        if handle_signals:
-            signals.install()
-        finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
-        summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
+        trainer.run_dir = life.run_dir
+        trainer.session = life.session
+        trainer.subscribe(life.emit)
+        life.start(
+            trainer.commands,
+            stop=trainer.request_stop,
+            terminate=lambda: _terminated(trainer, life),
+            handle_signals=handle_signals,
+            device=getattr(trainer, "device", None),
+            **info,
+        )
+        finished = _loop(trainer)
+        life.summarize(finished, trainer.last_metrics, trainer.opt.epochs)
         return finished
     except Exception as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
-        told: list[Sink] = []  # the log, then every sink of the trainer's (a Python caller's own too), once each
-        for sink in (log, *sinks, *trainer.sinks):
-            if sink is not None and sink is not logged and not any(sink is t for t in told):
-                told.append(sink)
-        return _record_setup_failure(run_dir, told, e, started)
+        return life.fail_setup(e, also=[s for s in trainer.sinks if s != life.emit])
     finally:
-        if machine is not None:
-            machine.stop()
-        if server is not None:
-            server.close()
-        signals.restore()
-        for sink in (logged, *sinks):  # a Trainer run again later must not write into a closed log
-            if sink in trainer.sinks:
-                trainer.sinks.remove(sink)
-        if log is not None:
-            log.close()
-        lock.release()
+        if life.emit in trainer.sinks:  # a Trainer run again later must not write into a closed log
+            trainer.sinks.remove(life.emit)
+        life.close()
 
 
-def summarize(run_dir: Path, f: Finished, metrics: dict[str, float], started: float, epochs: int | None = None) -> None:
-    """summary.json of a run that ended as ``f`` says (also written by ``tuiloop.track``)."""
-    write_summary(
-        run_dir,
-        {
-            "status": f.status,
-            "reason": f.reason,
-            "epochs": epochs,
-            "epochs_done": f.epochs_done,
-            "steps": f.step,
-            "monitor": f.monitor,
-            "best_value": f.best_value,
-            "best_epoch": f.best_epoch,
-            "final_metrics": metrics,
-            "wall_time_s": f.wall_time_s,
-            "started": started,
-            "ended": time.time(),
-            "versions": versions(),
-        },
-    )
+def _loop(trainer: Any) -> Finished:
+    """The engine's training loop itself (``tuiloop.Trainer.run`` would come back here)."""
+    from tuiloop.engine.trainer import Trainer  # torch: only the training process
+
+    return Trainer.run(trainer)
 
 
-def _record_setup_failure(run_dir: Path, sinks: list[Sink], error: Exception, started: float | None = None) -> Finished:
-    """A run that failed before it could train: say so in its log and summary."""
-    frames = traceback.format_exception(error)
-    failed = Failed(
-        str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}", "setup", "".join(frames)
-    )
-    finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
-    for sink in sinks:
-        try:
-            sink(failed)
-            sink(finished)
-        except Exception:
-            pass  # the log itself may be what failed; the summary below still says it
-    info = read_json(run_dir / RUN_INFO) or {}
-    summarize(run_dir, finished, {}, info.get("started", started or time.time()))
-    return finished
-
-
-def _force(run_dir: Path, trainer: Any, log: EventLog, started: float) -> None:
-    """End the process now, without saving (a second Ctrl+C, or the force command); record that
-    first. In a distributed run this node's other ranks and the launcher go with it."""
-    reason = "forced to exit without saving"
-    finished = Finished(
-        "forced",
-        reason,
+def standing(trainer: Any) -> Standing:
+    """Where ``trainer``'s loop stands, for an ending written from outside it."""
+    return Standing(
         trainer.epoch,
         trainer.step,
         trainer.best.best,
         trainer.best.best_epoch,
         trainer.opt.monitor,
-        time.time() - started,
+        trainer.opt.epochs,
+        trainer.last_metrics,
     )
-    try:
-        log(finished)
-        summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
-        sys.stdout.flush()
-        if trainer.ranks.distributed:
-            trainer.ranks.kill_local_peers()
-            launcher = int(os.environ.get(LAUNCHER_ENV, "0") or 0)
-            if launcher:
-                os.kill(launcher, signal.SIGKILL)
-    finally:
-        os._exit(EXIT_FORCED)
 
 
-def _terminated(
-    trainer: Any, ranks: Ranks, run_dir: Path | None = None, log: EventLog | None = None, started: float = 0.0
-) -> None:
+def _end_node(trainer: Any) -> None:
+    """A forced end of a distributed run: this node's other ranks and its launcher go too."""
+    sys.stdout.flush()
+    trainer.ranks.kill_local_peers()
+    launcher = int(os.environ.get(LAUNCHER_ENV, "0") or 0)
+    if launcher:
+        os.kill(launcher, signal.SIGKILL)
+
+
+def _terminated(trainer: Any, life: RunLife | None) -> None:
     """SIGTERM. Alone, or from a launcher ending the run: stop gracefully. From a launcher ending
     the other ranks because one failed: record that rank's error (rank 0) and go at once, since
     a collective with the failed rank would never return."""
-    peer = ranks.peer_failure() if ranks.distributed else None
+    peer = trainer.ranks.peer_failure() if trainer.ranks.distributed else None
     if peer is None:
         trainer.request_stop("terminated (SIGTERM)")
         return
     if not trainer.ending.acquire(blocking=False):  # the loop is telling that failure: let it finish
         return
     try:
-        _tell_peer_failure(trainer, peer, run_dir, log, started)
+        if life is not None:  # rank 0: the failed rank's error, in the log, on the terminal, in the summary
+            rank = f"rank {peer['rank']}"
+            failed = Failed(
+                f"{rank}: {peer['error']}",
+                f"{rank}, {peer['where']}",
+                peer.get("traceback", ""),
+                peer.get("user_frames", []),
+            )
+            s = standing(trainer)
+            wall = time.time() - life.started
+            finished = Finished("failed", f"{rank} failed", s.epoch, s.step, s.best, s.best_epoch, s.monitor, wall)
+            life.record_end(finished, s.metrics, s.epochs, list(trainer.sinks) or [life.emit], failed)
+            sys.stdout.flush()
     finally:
         os._exit(EXIT_FAILED)
-
-
-def _tell_peer_failure(trainer: Any, peer: dict, run_dir: Path | None, log: EventLog | None, started: float) -> None:
-    """Rank 0: the failed rank's error and the run's end, in the log, on the terminal and in the summary."""
-    if run_dir is not None and log is not None:
-        failed = Failed(
-            f"rank {peer['rank']}: {peer['error']}",
-            f"rank {peer['rank']}, {peer['where']}",
-            peer.get("traceback", ""),
-            peer.get("user_frames", []),
-        )
-        finished = Finished(
-            "failed",
-            f"rank {peer['rank']} failed",
-            trainer.epoch,
-            trainer.step,
-            trainer.best.best,
-            trainer.best.best_epoch,
-            trainer.opt.monitor,
-            time.time() - started,
-        )
-        for event in (failed, finished):
-            for sink in list(trainer.sinks) or [log]:  # the log and the terminal's lines
-                try:
-                    sink(event)
-                except Exception:
-                    pass
-        summarize(run_dir, finished, trainer.last_metrics, started, trainer.opt.epochs)
-        sys.stdout.flush()
 
 
 # ---- from Python ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import IO
 
 from tuiloop.rundir.layout import OUTPUT
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.run import SESSION_ENV
+from tuiloop.session.life import SESSION_ENV
 from tuiloop.spec import Spec
 from tuiloop.spec.dump import dump_toml
 

@@ -1,0 +1,263 @@
+"""A run directory's life, owned by one object: open it, announce, obey commands, sample the
+machine, close with a summary, fail cleanly.
+
+Every kind of run lives through a :class:`RunLife`: a spec run (:mod:`tuiloop.session.run`), the
+Python ``tuiloop.Trainer`` given a ``run_dir``, and ``tuiloop.track`` for your own loop. They
+differ only in the loop that feeds it events and obeys its commands::
+
+    life = RunLife.open(run_dir)                      # the lock
+    try:
+        life.start(commands, stop=..., handle_signals=True, **run_json_fields)  # the log, the socket...
+        ...                                           # the loop calls life.emit(event)
+        life.summarize(finished, metrics, epochs)
+    except Exception as e:
+        life.fail_setup(e)                            # the log and summary.json say so
+    finally:
+        life.close()                                  # sampler, socket, signals, log, lock
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tuiloop import __version__
+from tuiloop.engine.commands import Commands
+from tuiloop.engine.events import Event, Failed, Finished, Message
+from tuiloop.engine.exits import EXIT_FORCED
+from tuiloop.rundir.control import ControlServer
+from tuiloop.rundir.eventlog import EventLog
+from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, read_json, update_info, who, write_summary
+from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.session.signals import Signals
+from tuiloop.session.system import SystemSampler, interval_from_env
+from tuiloop.spec import SpecError
+
+SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one
+Sink = Callable[[Event], None]
+
+
+class RunInUse(RuntimeError):
+    """The run directory is live: another process holds its lock."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(
+            f"{run_dir} is a live run (another process trains in it); "
+            f"watch it with tuiloop attach {run_dir}, or pass another run directory"
+        )
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a run stands: what an ending written from outside its loop (a forced exit, a failed
+    rank) reports."""
+
+    epoch: int  # epochs done
+    step: int
+    best: float | None
+    best_epoch: int | None
+    monitor: str | None
+    epochs: int | None  # planned
+    metrics: dict[str, float]  # the last validation's
+
+
+def new_session() -> str:
+    """This start's id: the one the launching process chose, or a new one."""
+    return os.environ.get(SESSION_ENV) or uuid.uuid4().hex[:12]
+
+
+def versions() -> dict[str, str]:
+    """The versions a run's run.json and summary.json record."""
+    import torch  # torch: a tracked loop may not have imported it yet; the monitor never calls this
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "tuiloop": __version__}
+
+
+def _unopened(event: Event) -> None:
+    raise RuntimeError(f"the run's event log is not open yet ({event.kind})")
+
+
+class RunLife:
+    """The life of one run directory in this process, from its lock to its summary.
+
+    ``sinks`` hear every event beside the log (the terminal's lines, the TensorBoard mirror);
+    ``standing`` says where the loop is, for an ending written from outside it; ``on_forced``
+    ends what else must go with a forced exit (a distributed run's other ranks).
+    """
+
+    def __init__(self, run_dir: Path, lock: RunLock) -> None:
+        self.run_dir = run_dir
+        self.lock = lock
+        self.log: EventLog | None = None  # opened by open_log() or start()
+        self.session = new_session()
+        self.started = time.time()  # this start of the run (a resumed run started earlier: see run.json)
+        self.sinks: list[Sink] = []
+        self.standing: Callable[[], Standing] | None = None
+        self.on_forced: Callable[[], None] | None = None
+        self.info: dict[str, Any] = {}
+        self._logged: Sink = _unopened  # the log, through the sampler's gate once started
+        self._sampler: SystemSampler | None = None
+        self._server: ControlServer | None = None
+        self._signals: Signals | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, run_dir: Path, lock: RunLock | None = None, create: bool = False) -> RunLife:
+        """Take ``run_dir``'s lock (``lock``: one already held for it).
+
+        ``create``: make the directory, owner-only, with ``checkpoints/``, if it is missing.
+        Raises :class:`RunInUse` if another process holds the lock; nothing is written then.
+        """
+        if create:
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (run_dir / CHECKPOINTS).mkdir(mode=0o700, exist_ok=True)
+        if lock is None:
+            try:
+                lock = RunLock.acquire(run_dir)
+            except RunIsLive:
+                raise RunInUse(run_dir) from None
+        return cls(run_dir, lock)
+
+    def open_log(self) -> EventLog:
+        """The run's event log, opened on the first call (a full disk raises here: a set-up
+        failure that :meth:`fail_setup` records as far as it can)."""
+        if self.log is None:
+            self.log = self._logged = EventLog(self.run_dir)
+        return self.log
+
+    # ---- live ------------------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """An event of the run: into the log, then to every sink."""
+        self._logged(event)
+        for sink in self.sinks:
+            sink(event)
+
+    def start(
+        self,
+        commands: Commands,
+        stop: Callable[[str], None],
+        terminate: Callable[[], None] | None = None,
+        handle_signals: bool = True,
+        device: Any = None,
+        **info: Any,
+    ) -> dict[str, Any]:
+        """Make the run live: run.json (this process, its session and versions, and ``info``), the
+        control socket feeding ``commands``, and (``handle_signals``, on the main thread) Ctrl+C
+        and SIGTERM calling ``stop`` / ``terminate``; a second Ctrl+C or the force command ends
+        the process through :meth:`force`. The machine is sampled from RunStarted to Finished.
+        Returns run.json as written."""
+        self.info = update_info(
+            self.run_dir, pid=os.getpid(), session=self.session, versions=versions(), **who(), **info
+        )
+        log = self.open_log()
+        self._sampler = SystemSampler(log, interval_from_env(), device=device)
+        self._logged = self._sampler.gate(log)
+        commands.on_force = self.force
+        self._server = ControlServer(self.run_dir, commands, warn=lambda text: log(Message("warning", text)))
+        self._server.start()
+        self._signals = Signals(stop, self.force, terminate=terminate)
+        if handle_signals:
+            self._signals.install()
+        return self.info
+
+    @property
+    def first_started(self) -> float:
+        """When the run first started (run.json), across resumes."""
+        return self.info.get("started") or (read_json(self.run_dir / RUN_INFO) or {}).get("started") or self.started
+
+    # ---- endings ---------------------------------------------------------------------------------
+    def summarize(self, f: Finished, metrics: dict[str, float], epochs: int | None = None) -> None:
+        """summary.json of a run that ended as ``f`` says."""
+        write_summary(
+            self.run_dir,
+            {
+                "status": f.status,
+                "reason": f.reason,
+                "epochs": epochs,
+                "epochs_done": f.epochs_done,
+                "steps": f.step,
+                "monitor": f.monitor,
+                "best_value": f.best_value,
+                "best_epoch": f.best_epoch,
+                "final_metrics": metrics,
+                "wall_time_s": f.wall_time_s,
+                "started": self.first_started,
+                "ended": time.time(),
+                "versions": versions(),
+            },
+        )
+
+    def record_end(
+        self, finished: Finished, metrics: dict[str, float], epochs: int | None, sinks: Iterable[Sink], *before: Event
+    ) -> None:
+        """An ending the loop did not write itself: ``before`` and ``finished`` to ``sinks`` (each
+        once; one that fails is passed over, since the log itself may be what failed), then
+        summary.json."""
+        told: list[Sink] = []
+        for sink in sinks:
+            if not any(sink is t for t in told):
+                told.append(sink)
+        for event in (*before, finished):
+            for sink in told:
+                try:
+                    sink(event)
+                except Exception:
+                    pass
+        self.summarize(finished, metrics, epochs)
+
+    def fail_setup(self, error: Exception, also: Iterable[Sink] = ()) -> Finished:
+        """The run failed before it could train: the log, the sinks and ``also`` are told, and
+        summary.json says so."""
+        frames = traceback.format_exception(error)
+        text = str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}"
+        finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
+        told = [*([self.log] if self.log is not None else []), *self.sinks, *also]
+        self.record_end(finished, {}, None, told, Failed(text, "setup", "".join(frames)))
+        return finished
+
+    def force(self) -> None:
+        """End the process now, without saving (a second Ctrl+C, or the force command); the log
+        and summary.json say so first, and ``on_forced`` ends what must go with it."""
+        try:
+            s = self.standing() if self.standing is not None else Standing(0, 0, None, None, None, None, {})
+            wall = time.time() - self.started
+            finished = Finished(
+                "forced", "forced to exit without saving", s.epoch, s.step, s.best, s.best_epoch, s.monitor, wall
+            )
+            self.record_end(finished, s.metrics, s.epochs, [self.log] if self.log is not None else [])
+            sys.stdout.flush()
+            if self.on_forced is not None:
+                self.on_forced()
+        finally:
+            os._exit(EXIT_FORCED)
+
+    def close(self) -> None:
+        """Stop sampling, close the socket, restore the signals, close the log, release the lock.
+        Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self._server is not None:
+            self._server.close()
+        if self._signals is not None:
+            self._signals.restore()
+        if self.log is not None:
+            self.log.close()
+        self.lock.release()
+
+    def __enter__(self) -> RunLife:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
