@@ -142,13 +142,11 @@ def build_trainer(
         where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs
     )
     scheduler = None
-    interval = "epoch"
     if spec.scheduler is not None and resolved.scheduler is not None:
-        interval = spec.scheduler.interval
         scheduler = _call(
             where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs
         )
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and interval == "step":
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and spec.scheduler.interval == "step":
             raise SpecError(
                 f"{where}, [scheduler] interval",
                 "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch",
@@ -156,7 +154,7 @@ def build_trainer(
             )
 
     d = spec.data
-    batches = dict(
+    batches: dict[str, Any] = dict(
         device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers,
         multiprocessing_context=d.multiprocessing_context, rank=ranks.rank, world_size=ranks.world_size,
     )  # fmt: skip
@@ -177,19 +175,10 @@ def build_trainer(
         monitor = es.monitor if es else "train_loss"
         mode = es.mode if es else "min"
     options = Options(
-        epochs=spec.run.epochs,
-        val_every=spec.run.val_every,
-        log_interval=spec.run.log_interval,
-        run_name=spec.run.name,
-        scheduler_interval=interval,
-        scheduler_monitor=spec.scheduler.monitor if spec.scheduler else None,
+        **spec.loop_options(),  # every key declared with an Options field (tuiloop/spec/schema.py)
         monitor=monitor,
         mode=mode,
         early_stopping=MetricMonitor(es.monitor, es.mode, es.min_delta, es.patience) if es else None,
-        save_best=spec.checkpoint.best,
-        save_last=spec.checkpoint.last,
-        every_n_epochs=spec.checkpoint.every_n_epochs,
-        **vars(spec.train),
     )
     if spec.train.compile:
         progress("preparing torch.compile")
