@@ -127,6 +127,85 @@ def test_out_of_range_values(workdir: Path, capsys: pytest.CaptureFixture[str]) 
     )
 
 
+# Every range and value check of tuiloop's own keys, each message whole: they are declared with
+# their key (tuiloop/spec/schema.py) and must read as they did when each was written by hand.
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("run", "epochs", 0, "must be at least 1, got 0. Set epochs = 1 or more."),
+        ("run", "val_every", -2, "must be at least 1, got -2. Set val_every = 1 or more."),
+        ("run", "log_interval", 0, "must be a positive number of seconds. For example log_interval = 0.25."),
+        ("run", "log_interval", -0.5, "must be a positive number of seconds. For example log_interval = 0.25."),
+        (
+            "run",
+            "nproc_per_node",
+            0,
+            'must be a number of processes (1 or more) or "auto", got 0. For example nproc_per_node = 4, or "auto" for one per visible GPU.',
+        ),
+        (
+            "run",
+            "nproc_per_node",
+            "all",
+            'must be a number of processes (1 or more) or "auto", got \'all\'. For example nproc_per_node = 4, or "auto" for one per visible GPU.',
+        ),
+        ("data", "batch_size", 0, "must be at least 1, got 0. Set batch_size = 32, for example."),
+        ("data", "val_batch_size", 0, "must be at least 1, got 0. Set val_batch_size = 32, for example."),
+        ("data", "num_workers", -1, "cannot be negative. Use 0 to load in the training process."),
+        (
+            "data",
+            "multiprocessing_context",
+            "spwan",
+            "'spwan' is not one of 'fork', 'spawn', 'forkserver'. Did you mean 'spawn'?",
+        ),
+        (
+            "early_stopping",
+            "patience",
+            0,
+            "must be at least 1, got 0. Remove [early_stopping] to train for all epochs.",
+        ),
+        (
+            "early_stopping",
+            "min_delta",
+            -1,
+            "cannot be negative. It is the smallest improvement that counts, e.g. 0.001.",
+        ),
+        ("checkpoint", "every_n_epochs", -1, "cannot be negative. Use 0 to turn periodic checkpoints off."),
+        ("checkpoint", "mode", "up", "'up' is not one of 'min', 'max'"),
+        (
+            "train",
+            "accumulate_grad_batches",
+            0,
+            "must be at least 1, got 0. Use 1 to step the optimizer after every batch.",
+        ),
+        (
+            "train",
+            "gradient_clip_val",
+            -1.0,
+            "cannot be negative. Use 0 to turn clipping off, or a positive limit such as 1.0.",
+        ),
+        ("train", "gradient_clip_algorithm", "l2", "'l2' is not one of 'norm', 'value'"),
+        (
+            "train",
+            "compile",
+            "max_autotune",
+            "'max_autotune' is not a torch.compile mode. Did you mean 'max-autotune'? "
+            "Use true, false, or one of 'default', 'reduce-overhead', 'max-autotune'.",
+        ),
+        (
+            "train",
+            "precision",
+            "bf16",
+            "'bf16' is not one of '32-true', 'bf16-mixed', '16-mixed'. Did you mean \"bf16-mixed\"?",
+        ),
+    ],
+)
+def test_each_checked_key_says_what_is_wrong_and_the_fix_word_for_word(
+    workdir: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, value: object, message: str
+) -> None:
+    spec = write_spec(workdir, **{section: {key: value}})
+    assert run_error(capsys, spec) == f"tuiloop: error: {spec}, [{section}] {key}: {message}\n"
+
+
 def test_unknown_monitor_with_did_you_mean(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, early_stopping={"monitor": "val_accuracy"}))
     has_all(

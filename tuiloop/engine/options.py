@@ -1,4 +1,8 @@
-"""The loop's settings that are not objects: the spec's [run], [early_stopping], [checkpoint] and [train]."""
+"""The loop's settings that are not objects: the spec's [run], [scheduler], [early_stopping], [checkpoint], [train].
+
+The defaults here are the spec's too: a spec key names the field it feeds (``key(option=...)`` in
+tuiloop/spec/schema.py) and takes its default from it. The engine does not know the spec.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from tuiloop.engine.monitor import MetricMonitor
 
 @dataclass
 class Options:
-    """Loop settings that are not objects (the spec's [run], [early_stopping], [checkpoint])."""
+    """Loop settings that are not objects; the Python API's defaults and the spec's."""
 
     epochs: int = 10
     val_every: int = 1

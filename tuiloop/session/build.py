@@ -6,7 +6,11 @@ The glue between the spec and the engine: spec mistakes found while building are
 
 from __future__ import annotations
 
+import inspect
 import random
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +24,7 @@ from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
-from tuiloop.spec.errors import SpecError
+from tuiloop.spec.errors import SpecError, type_name
 from tuiloop.spec.resolve import Resolved, data_kwargs, describe_exception
 
 Progress = Callable[[str], None]
@@ -42,12 +46,69 @@ def _call(where: str, section: str, target: str, fn: Callable[..., Any], *args: 
     try:
         return fn(*args, **kwargs)
     except Exception as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        shown = ", ".join(f"{k}={v.tolist() if isinstance(v, torch.Tensor) else v!r}" for k, v in kwargs.items())
         raise SpecError(
             f"{where}, [{section}]",
             f"building {target}({shown}) raised {describe_exception(e)}",
             f"Fix the arguments in [{section}] or the code of {target}; pass --debug for the traceback.",
         ) from e
+
+
+def _tensor_kwargs(
+    where: str, section: str, target: str, fn: Callable[..., Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``kwargs`` with the numbers and lists given for tensor arguments of ``fn`` made float32 tensors.
+
+    A tensor argument is one annotated ``Tensor`` or ``Optional[Tensor]``, as ``pos_weight`` and
+    ``weight`` of torch's losses are: TOML has no tensors, and torch refuses a float for a buffer.
+    """
+    wanted = _tensor_parameters(fn)
+    out = dict(kwargs)
+    for key in wanted & kwargs.keys():
+        value = kwargs[key]
+        if not _numbers(value):
+            raise SpecError(
+                f"{where}, [{section}] {key}",
+                f"{target} takes a tensor as {key}, made from a number or a list of numbers, got {value!r} ({type_name(value)})",
+                f"Write it as, for example, {key} = 2.0 or {key} = [1.0, 2.0].",
+            )
+        try:
+            out[key] = torch.tensor(value, dtype=torch.float32)
+        except ValueError as e:  # a ragged list
+            raise SpecError(
+                f"{where}, [{section}] {key}",
+                f"{key} = {value!r} does not make a tensor ({e})",
+                "Give every inner list the same length.",
+            ) from None
+    return out
+
+
+def _numbers(value: Any) -> bool:
+    """A number, or a (nested) list of numbers; booleans are not numbers here."""
+    if isinstance(value, list):
+        return bool(value) and all(_numbers(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor_parameters(fn: Callable[..., Any]) -> set[str]:
+    """The parameters of ``fn`` annotated ``Tensor`` or ``Optional[Tensor]``."""
+    try:
+        params = inspect.signature(fn, eval_str=True).parameters
+    except Exception:  # an annotation that names what its module cannot evaluate: read them as written
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return set()
+    return {name for name, p in params.items() if _is_tensor_type(p.annotation)}
+
+
+def _is_tensor_type(annotation: Any) -> bool:
+    if isinstance(annotation, str):
+        return re.fullmatch(r"(Optional\[)?(torch\.)?Tensor\]?( *\| *None)?", annotation.strip()) is not None
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(rest) and all(a is torch.Tensor for a in rest)
+    return annotation is torch.Tensor
 
 
 def _check_split(where: str, value: Any, name: str, target: str) -> None:
@@ -135,20 +196,19 @@ def build_trainer(
     if resolved.loss is None:
         loss_fn: Any = "model"
     else:
-        loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **spec.loss.kwargs)
+        kwargs = _tensor_kwargs(where, "loss", spec.loss.target, resolved.loss, spec.loss.kwargs)
+        loss_fn = _call(where, "loss", spec.loss.target, resolved.loss, **kwargs)
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn = loss_fn.to(device)
     optimizer = _call(
         where, "optimizer", spec.optimizer.target, resolved.optimizer, model.parameters(), **spec.optimizer.kwargs
     )
     scheduler = None
-    interval = "epoch"
     if spec.scheduler is not None and resolved.scheduler is not None:
-        interval = spec.scheduler.interval
         scheduler = _call(
             where, "scheduler", spec.scheduler.target, resolved.scheduler, optimizer, **spec.scheduler.kwargs
         )
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and interval == "step":
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and spec.scheduler.interval == "step":
             raise SpecError(
                 f"{where}, [scheduler] interval",
                 "ReduceLROnPlateau steps on a validation metric, so it cannot step every batch",
@@ -156,7 +216,7 @@ def build_trainer(
             )
 
     d = spec.data
-    batches = dict(
+    batches: dict[str, Any] = dict(
         device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers,
         multiprocessing_context=d.multiprocessing_context, rank=ranks.rank, world_size=ranks.world_size,
     )  # fmt: skip
@@ -177,19 +237,10 @@ def build_trainer(
         monitor = es.monitor if es else "train_loss"
         mode = es.mode if es else "min"
     options = Options(
-        epochs=spec.run.epochs,
-        val_every=spec.run.val_every,
-        log_interval=spec.run.log_interval,
-        run_name=spec.run.name,
-        scheduler_interval=interval,
-        scheduler_monitor=spec.scheduler.monitor if spec.scheduler else None,
+        **spec.loop_options(),  # every key declared with an Options field (tuiloop/spec/schema.py)
         monitor=monitor,
         mode=mode,
         early_stopping=MetricMonitor(es.monitor, es.mode, es.min_delta, es.patience) if es else None,
-        save_best=spec.checkpoint.best,
-        save_last=spec.checkpoint.last,
-        every_n_epochs=spec.checkpoint.every_n_epochs,
-        **vars(spec.train),
     )
     if spec.train.compile:
         progress("preparing torch.compile")

@@ -16,32 +16,18 @@ from tuiloop.engine.events import SettingChanged
 from tuiloop.engine.lr import scale_lr
 from tuiloop.engine.trainer import Trainer
 from tuiloop.spec import SpecError
-from tuiloop.spec.schema import KWARG_SECTIONS, SCHEMA
+from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, SCHEMA, SECTIONS
 
-# (section, key) pairs that may change; None as the key: every keyword argument of the target.
+# Read from the declarations in tuiloop/spec/schema.py: (section, key) pairs that may change (a
+# key's ``resume``); None as the key: every keyword argument of the target (``kwargs_resume``).
 MUTABLE: dict[str, set[str | None]] = {
-    "run": {"name", "out_dir", "device", "epochs", "val_every", "log_interval", "tensorboard"},
-    "data": {"val_batch_size", "num_workers", "pin_memory", "persistent_workers", "multiprocessing_context"},
-    "optimizer": {None},
-    "scheduler": {None},
-    "early_stopping": {"patience", "min_delta"},
-    "checkpoint": {"best", "last", "every_n_epochs"},
-    "train": {"precision", "compile", "gradient_clip_val", "gradient_clip_algorithm", "log_grad_norm"},
+    name: {k for k, declared in SCHEMA[name].items() if declared.resume} | ({None} if s.kwargs_resume else set())
+    for name, s in SECTIONS.items()
 }
 # Optional sections that may appear or go on resume (their state starts fresh or is dropped).
-OPTIONAL = {"early_stopping"}
-
-WHY = {
-    "model": "the checkpoint holds the weights of the model it describes",
-    "data": "the run replays the data in the order these settings give",
-    "loss": "the losses and best values so far were measured with it",
-    "optimizer": "the checkpoint's optimizer state belongs to the optimizer it names",
-    "scheduler": "the checkpoint's scheduler state belongs to the scheduler it names",
-    "early_stopping": "the best value and counter so far track that metric",
-    "checkpoint": "the best value so far tracks that metric",
-    "run": "the data order and the random draws so far follow it",
-    "train": "the checkpoint counts optimizer steps of that many batches",
-}
+OPTIONAL = {name for name, s in SECTIONS.items() if s.comes_and_goes}
+# Why the other keys of a section may not change.
+WHY = {name: s.why for name, s in SECTIONS.items()}
 
 Change = tuple[str, str, Any, Any]  # section, key, old, new
 _ABSENT = object()
@@ -50,20 +36,20 @@ _ABSENT = object()
 def effective(raw: dict[str, Any]) -> dict[tuple[str, str], Any]:
     """Every key of a spec with its value, defaults filled in; optional sections only if present."""
     out: dict[tuple[str, str], Any] = {}
-    for section, schema in SCHEMA.items():
-        if section not in raw and section in ("scheduler", "early_stopping"):
+    for section, keys in SCHEMA.items():
+        if section not in raw and section in OPTIONAL_SECTIONS:
             continue
         table = raw.get(section, {})
-        for key, (_, default) in schema.items():
-            out[(section, key)] = table.get(key, default)
+        for key, declared in keys.items():
+            out[(section, key)] = table.get(key, declared.default)
         if section in KWARG_SECTIONS:
-            out.update({(section, k): v for k, v in table.items() if k not in schema})
+            out.update({(section, k): v for k, v in table.items() if k not in keys})
     return out
 
 
 def changes(old_raw: dict[str, Any], new_raw: dict[str, Any], where: str) -> list[Change]:
     """What the new spec changes; raises :class:`SpecError` naming a key that may not change."""
-    for section in ("scheduler", "early_stopping"):
+    for section in OPTIONAL_SECTIONS:
         if (section in old_raw) != (section in new_raw) and section not in OPTIONAL:
             verb = "adds" if section in new_raw else "removes"
             raise SpecError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,25 +11,8 @@ import tomli_w
 
 from tuiloop.engine.monitor import default_mode
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
-from tuiloop.spec.schema import (
-    CHOICES,
-    COMPILE_MODES,
-    KWARG_SECTIONS,
-    METRICS,
-    NUMBER,
-    PRECISION_ALIASES,
-    REQUIRED,
-    REQUIRED_SECTIONS,
-    SCHEMA,
-    CheckpointSpec,
-    DataSpec,
-    EarlyStoppingSpec,
-    RunSpec,
-    SchedulerSpec,
-    Spec,
-    TargetSpec,
-    TrainSpec,
-)
+from tuiloop.spec.keys import NUMBER, Key
+from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, REQUIRED_SECTIONS, SCHEMA, SECTIONS, Spec, TargetSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,8 +87,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     table[name.strip()] = parse_value(value.strip())
 
 
-def _check_type(where: str, section: str, key: str, value: Any, expected: Any) -> None:
-    types = expected if isinstance(expected, tuple) else (expected,)
+def _check_type(where: str, section: str, key: str, value: Any, types: tuple[type, ...]) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if ok:
         return
@@ -136,69 +117,54 @@ def _meant(value: Any, types: tuple[type, ...]) -> str | None:
 
 
 def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    """One section's keys with defaults filled in; unknown keys are errors unless they are kwargs."""
+    """One section's keys, checked as declared, with defaults filled in; unknown keys are errors unless they are kwargs."""
     table = raw.get(name, {})
-    schema = SCHEMA[name]
+    keys = SCHEMA[name]
     out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in schema:
-            _check_type(where, name, key, value, schema[key][0])
-            if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
-                choices = CHOICES[(name, key)]
-                alias = PRECISION_ALIASES.get(str(value).lower()) if key == "precision" else None
-                raise SpecError(
-                    f"{where}, [{name}] {key}",
-                    f"{value!r} is not one of {', '.join(map(repr, choices))}",
-                    f'Did you mean "{alias}"?' if alias else did_you_mean(value, choices),
-                )
-            out[key] = value
+    for k, value in table.items():
+        if k in keys:
+            _check_type(where, name, k, value, keys[k].types)
+            _check_choice(where, keys[k], value)
+            out[k] = value
         elif name not in KWARG_SECTIONS:
             raise SpecError(
-                f"{where}, [{name}] {key}",
-                f"'{key}' is not a key of [{name}]",
-                join_fix(did_you_mean(key, schema), f"Keys of [{name}]: {', '.join(schema)}."),
+                f"{where}, [{name}] {k}",
+                f"'{k}' is not a key of [{name}]",
+                join_fix(did_you_mean(k, keys), f"Keys of [{name}]: {', '.join(keys)}."),
             )
-    for key, (_, default) in schema.items():
-        if key not in out:
-            if default is REQUIRED:
+    for k, declared in keys.items():
+        if k not in out:
+            if declared.required:
                 raise SpecError(
                     f"{where}, [{name}]",
-                    f"the required key '{key}' is missing",
-                    f'Add {key} = "..." to [{name}]; see the spec reference in README.md.',
+                    f"the required key '{k}' is missing",
+                    f'Add {k} = "..." to [{name}]; see the spec reference in README.md.',
                 )
-            out[key] = default
+            out[k] = declared.default
+    for k, declared in keys.items():
+        if out[k] is not None:
+            out[k] = _check_value(f"{where}, [{name}] {k}", declared, out[k])
     return out
 
 
-def _check_name(where: str, name: str) -> None:
-    """A run's name becomes part of a folder name: no separators, no '..', nothing unprintable."""
-    bad = ""
-    if not name.strip():
-        bad = "is empty"
-    elif "/" in name or "\\" in name or os.sep in name:
-        bad = "contains a path separator"
-    elif name in (".", "..") or name.startswith(".."):
-        bad = "starts with '..'"
-    elif any(not ch.isprintable() for ch in name):
-        bad = "contains a control character"
-    if bad:
+def _check_choice(where: str, declared: Key, value: Any) -> None:
+    choices = declared.choices
+    if choices and value not in choices:
+        alias = declared.aliases.get(str(value).lower()) if declared.aliases else None
         raise SpecError(
-            f"{where}, [run] name",
-            f"{name!r} {bad}, and the name becomes the run directory's folder name",
-            "Use letters, digits, '-', '_' and '.' (for example name = \"digits-mlp\"); put runs elsewhere with out_dir.",
+            f"{where}, [{declared.section}] {declared.name}",
+            f"{value!r} is not one of {', '.join(map(repr, choices))}",
+            f'Did you mean "{alias}"?' if alias else did_you_mean(value, choices),
         )
 
 
-def _check_monitor(where: str, section: str, value: str | None) -> None:
-    if value is not None and value not in METRICS:
-        raise SpecError(
-            f"{where}, [{section}] monitor",
-            f"{value!r} is not a metric tuiloop reports",
-            join_fix(
-                did_you_mean(value, METRICS),
-                f"Use one of {', '.join(METRICS)} (val_acc for classification, val_mae for regression).",
-            ),
-        )
+def _check_value(here: str, declared: Key, value: Any) -> Any:
+    """The key's lowest value and its own check; a number key's value as a float."""
+    if declared.low and (problem := declared.low.problem(value)):
+        raise SpecError(here, problem, declared.low.fix)
+    if declared.check:
+        declared.check(here, value)
+    return float(value) if declared.is_float else value
 
 
 def _kwargs(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -206,7 +172,7 @@ def _kwargs(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None = None) -> Spec:
-    """Check sections, keys, types and choices; fill defaults. Targets are resolved later."""
+    """Check sections, keys, types, choices and ranges; fill defaults. Targets are resolved later."""
     raw = copy.deepcopy(raw)
     for name, table in raw.items():
         if name not in SCHEMA:
@@ -228,92 +194,20 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
                 f"the required section [{name}] is missing",
                 f'Add [{name}] with target = "..."; see the spec reference in README.md.',
             )
+    # the saved spec keeps the run's name
+    raw.setdefault("run", {}).setdefault("name", path.stem if path else "run")
+    values = {name: _section(raw, name, where) for name in SECTIONS if name in raw or name not in OPTIONAL_SECTIONS}
 
-    run = _section(raw, "run", where)
-    if run["name"] is None:
-        run["name"] = path.stem if path else "run"
-        raw.setdefault("run", {})["name"] = run["name"]  # the saved spec keeps the run's name
-    _check_name(where, run["name"])
-    for key in ("epochs", "val_every"):
-        if run[key] < 1:
-            raise SpecError(f"{where}, [run] {key}", f"must be at least 1, got {run[key]}", f"Set {key} = 1 or more.")
-    nproc = run["nproc_per_node"]
-    if (isinstance(nproc, str) and nproc != "auto") or (isinstance(nproc, int) and nproc < 1):
-        raise SpecError(
-            f"{where}, [run] nproc_per_node",
-            f'must be a number of processes (1 or more) or "auto", got {nproc!r}',
-            'For example nproc_per_node = 4, or "auto" for one per visible GPU.',
-        )
-    if run["log_interval"] <= 0:
-        raise SpecError(
-            f"{where}, [run] log_interval", "must be a positive number of seconds", "For example log_interval = 0.25."
-        )
+    # what follows from other keys: the modes from the monitors, the checkpoint's monitor from early stopping's
+    es = values.get("early_stopping")
+    if es is not None:
+        es["mode"] = es["mode"] or default_mode(es["monitor"])
+    c = values["checkpoint"]
+    c["explicit_monitor"] = c["monitor"] is not None
+    c["monitor"] = c["monitor"] or (es["monitor"] if es else "val_loss")
+    c["mode"] = c["mode"] or (es["mode"] if es and es["monitor"] == c["monitor"] else default_mode(c["monitor"]))
 
-    data = _section(raw, "data", where)
-    for key in ("batch_size", "val_batch_size"):
-        if data[key] is not None and data[key] < 1:
-            raise SpecError(
-                f"{where}, [data] {key}", f"must be at least 1, got {data[key]}", f"Set {key} = 32, for example."
-            )
-    if data["num_workers"] < 0:
-        raise SpecError(f"{where}, [data] num_workers", "cannot be negative", "Use 0 to load in the training process.")
-
-    es = None
-    if "early_stopping" in raw:
-        e = _section(raw, "early_stopping", where)
-        if e["patience"] < 1:
-            raise SpecError(
-                f"{where}, [early_stopping] patience",
-                f"must be at least 1, got {e['patience']}",
-                "Remove [early_stopping] to train for all epochs.",
-            )
-        if e["min_delta"] < 0:
-            raise SpecError(
-                f"{where}, [early_stopping] min_delta",
-                "cannot be negative",
-                "It is the smallest improvement that counts, e.g. 0.001.",
-            )
-        _check_monitor(where, "early_stopping", e["monitor"])
-        es = EarlyStoppingSpec(
-            e["monitor"], e["mode"] or default_mode(e["monitor"]), e["patience"], float(e["min_delta"])
-        )
-
-    c = _section(raw, "checkpoint", where)
-    _check_monitor(where, "checkpoint", c["monitor"])
-    monitor = c["monitor"] or (es.monitor if es else "val_loss")
-    mode = c["mode"] or (es.mode if es and es.monitor == monitor else default_mode(monitor))
-    if c["every_n_epochs"] < 0:
-        raise SpecError(
-            f"{where}, [checkpoint] every_n_epochs", "cannot be negative", "Use 0 to turn periodic checkpoints off."
-        )
-    checkpoint = CheckpointSpec(
-        c["best"], c["last"], c["every_n_epochs"], monitor, mode, explicit_monitor=c["monitor"] is not None
-    )
-
-    t = _section(raw, "train", where)
-    if t["accumulate_grad_batches"] < 1:
-        raise SpecError(
-            f"{where}, [train] accumulate_grad_batches",
-            f"must be at least 1, got {t['accumulate_grad_batches']}",
-            "Use 1 to step the optimizer after every batch.",
-        )
-    if t["gradient_clip_val"] < 0:
-        raise SpecError(
-            f"{where}, [train] gradient_clip_val",
-            "cannot be negative",
-            "Use 0 to turn clipping off, or a positive limit such as 1.0.",
-        )
-    if isinstance(t["compile"], str) and t["compile"] not in COMPILE_MODES:
-        raise SpecError(
-            f"{where}, [train] compile",
-            f"{t['compile']!r} is not a torch.compile mode",
-            join_fix(
-                did_you_mean(t["compile"], COMPILE_MODES),
-                f"Use true, false, or one of {', '.join(map(repr, COMPILE_MODES))}.",
-            ),
-        )
-    train = TrainSpec(**{**t, "gradient_clip_val": float(t["gradient_clip_val"])})
-    if "loss" in raw and raw["loss"].get("target") == "model" and _kwargs(raw, "loss"):
+    if raw["loss"].get("target") == "model" and _kwargs(raw, "loss"):
         extra = next(iter(_kwargs(raw, "loss")))
         raise SpecError(
             f"{where}, [loss] {extra}",
@@ -321,25 +215,8 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             f"Remove {extra} from [loss] (give it to your model in [model]).",
         )
 
-    sched = None
-    if "scheduler" in raw:
-        s = _section(raw, "scheduler", where)
-        _check_monitor(where, "scheduler", s["monitor"])
-        sched = SchedulerSpec(
-            "scheduler", s["target"], _kwargs(raw, "scheduler"), interval=s["interval"], monitor=s["monitor"]
-        )
-
-    return Spec(
-        path=path,
-        base_dir=base_dir,
-        raw=raw,
-        run=RunSpec(**{**run, "log_interval": float(run["log_interval"])}),
-        model=TargetSpec("model", _section(raw, "model", where)["target"], _kwargs(raw, "model")),
-        data=DataSpec("data", data.pop("target"), _kwargs(raw, "data"), **data),
-        loss=TargetSpec("loss", _section(raw, "loss", where)["target"], _kwargs(raw, "loss")),
-        optimizer=TargetSpec("optimizer", _section(raw, "optimizer", where)["target"], _kwargs(raw, "optimizer")),
-        scheduler=sched,
-        early_stopping=es,
-        checkpoint=checkpoint,
-        train=train,
-    )
+    sections: dict[str, Any] = dict.fromkeys(OPTIONAL_SECTIONS)
+    for name, v in values.items():
+        cls = SECTIONS[name].keys
+        sections[name] = cls(section=name, kwargs=_kwargs(raw, name), **v) if issubclass(cls, TargetSpec) else cls(**v)
+    return Spec(path=path, base_dir=base_dir, raw=raw, **sections)

@@ -1,4 +1,10 @@
-"""The spec's sections and keys: names, types, defaults, and the validated dataclasses."""
+"""The spec's sections and keys: each key declared once, as a field of its section's dataclass.
+
+A new key is one :func:`~tuiloop.spec.keys.key` line here, the code that reads it, and its line
+in the spec reference. :data:`SCHEMA` (what validation walks), the defaults, the checks, the
+``Options`` a spec builds (:meth:`Spec.loop_options`) and what ``--resume`` may change
+(``tuiloop.session.resume.MUTABLE``) are read from these declarations.
+"""
 
 from __future__ import annotations
 
@@ -6,81 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# (type(s) accepted, default). REQUIRED marks keys without a default.
-REQUIRED = object()
-NUMBER = (int, float)
-
-# Sections whose other keys are keyword arguments of their target.
-KWARG_SECTIONS = {"model", "data", "loss", "optimizer", "scheduler"}
-
-SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
-    "run": {
-        "name": (str, None),  # default: the spec file's stem
-        "out_dir": (str, "runs"),
-        "seed": (int, 0),
-        "device": (str, "auto"),
-        "epochs": (int, 10),
-        "val_every": (int, 1),
-        "log_interval": (NUMBER, 0.25),
-        "nproc_per_node": ((int, str), 1),  # processes per machine (torchrun); "auto": every visible GPU
-        "tensorboard": (bool, False),  # mirror the run's scalars live into RUN_DIR/tensorboard (needs tensorboardX)
-    },
-    "model": {"target": (str, REQUIRED)},
-    "data": {
-        "target": (str, REQUIRED),
-        "batch_size": (int, 32),
-        "val_batch_size": (int, None),
-        "num_workers": (int, 0),
-        "shuffle": (bool, True),
-        "drop_last": (bool, False),
-        "pin_memory": ((bool, str), "auto"),
-        "persistent_workers": (bool, False),
-        "multiprocessing_context": (str, None),
-    },
-    "loss": {"target": (str, REQUIRED)},
-    "optimizer": {"target": (str, REQUIRED)},
-    "scheduler": {
-        "target": (str, REQUIRED),
-        "interval": (str, "epoch"),
-        "monitor": (str, None),
-    },
-    "train": {
-        "precision": (str, "32-true"),
-        "accumulate_grad_batches": (int, 1),
-        "gradient_clip_val": (NUMBER, 0.0),
-        "gradient_clip_algorithm": (str, "norm"),
-        "compile": ((bool, str), False),
-        "log_grad_norm": (bool, None),  # also without clipping (always measured when clipping, and at 16-mixed)
-    },
-    "early_stopping": {
-        "monitor": (str, "val_loss"),
-        "mode": (str, None),
-        "patience": (int, 5),
-        "min_delta": (NUMBER, 0.0),
-    },
-    "checkpoint": {
-        "best": (bool, True),
-        "last": (bool, True),
-        "every_n_epochs": (int, 0),
-        "monitor": (str, None),
-        "mode": (str, None),
-    },
-}
-
-REQUIRED_SECTIONS = ("model", "data", "loss", "optimizer")
-
-# Every metric the engine can report (tuiloop.engine.problem.metric_names); monitors must name one.
-METRICS = ("train_loss", "val_loss", "val_acc", "val_mae")
-
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("train", "precision"): ("32-true", "bf16-mixed", "16-mixed"),
-    ("train", "gradient_clip_algorithm"): ("norm", "value"),
-    ("scheduler", "interval"): ("epoch", "step"),
-    ("data", "multiprocessing_context"): ("fork", "spawn", "forkserver"),
-    ("early_stopping", "mode"): ("min", "max"),
-    ("checkpoint", "mode"): ("min", "max"),
-}
-
+from tuiloop.spec import checks
+from tuiloop.spec.keys import REQUIRED, Key, at_least, key, keys_of, not_negative, positive
 
 # What users write for a precision, and the name tuiloop (and Lightning) uses for it.
 PRECISION_ALIASES = {
@@ -88,7 +21,42 @@ PRECISION_ALIASES = {
     "bf16": "bf16-mixed", "bfloat16": "bf16-mixed", "bf16-true": "bf16-mixed",
     "32": "32-true", "fp32": "32-true", "float32": "32-true", "full": "32-true",
 }  # fmt: skip
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+MODES = ("min", "max")
+
+
+@dataclass
+class RunSpec:
+    """[run]: the run directory, the seed, the device, and how long and how often."""
+
+    name: str = key(
+        None,
+        option="run_name",
+        resume=True,
+        check=checks.run_name,
+        help="the run directory is <out_dir>/<name>-<YYYYmmdd-HHMMSS>-<4 hex>; default: the spec file's stem",
+    )
+    out_dir: str = key("runs", resume=True, help="where run directories go, relative to the current directory")
+    seed: int = key(0, help="seeds python, numpy, torch and the data order")
+    device: str = key("auto", resume=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    epochs: int = key(option="epochs", resume=True, low=at_least(1, "Set epochs = 1 or more."), help="epochs to train")
+    val_every: int = key(
+        option="val_every",
+        resume=True,
+        low=at_least(1, "Set val_every = 1 or more."),
+        help="validate every N epochs (early-stopping patience counts these checks)",
+    )
+    log_interval: float = key(
+        option="log_interval",
+        resume=True,
+        low=positive("For example log_interval = 0.25.", unit="seconds"),
+        help="seconds between batched step-loss events (one device sync each)",
+    )
+    nproc_per_node: int | str = key(
+        1, check=checks.nproc, help='processes per machine (torchrun); "auto": one per visible GPU'
+    )
+    tensorboard: bool = key(
+        False, resume=True, help="mirror the scalars live into RUN_DIR/tensorboard (pip install 'tuiloop[tensorboard]')"
+    )
 
 
 @dataclass
@@ -96,67 +64,166 @@ class TargetSpec:
     """A section that names something to build (``target``) and its keyword arguments."""
 
     section: str
-    target: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunSpec:
-    name: str
-    out_dir: str
-    seed: int
-    device: str
-    epochs: int
-    val_every: int
-    log_interval: float
-    nproc_per_node: int | str = 1
-    tensorboard: bool = False
+    target: str = key(
+        REQUIRED,
+        help='what to build: a torch name (loss, optimizer, scheduler), "package.module:attr" or "file.py:attr"',
+    )
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the section's other keys
 
 
 @dataclass
 class DataSpec(TargetSpec):
-    batch_size: int = 32
-    val_batch_size: int | None = None
-    num_workers: int = 0
-    shuffle: bool = True
-    drop_last: bool = False
-    pin_memory: bool | str = "auto"
-    persistent_workers: bool = False
-    multiprocessing_context: str | None = None
+    """[data]: a target that returns (train, val), and how to batch them."""
+
+    batch_size: int = key(32, low=at_least(1, "Set batch_size = 32, for example."), help="samples per training batch")
+    val_batch_size: int | None = key(
+        None, resume=True, low=at_least(1, "Set val_batch_size = 32, for example."), help="default: batch_size"
+    )
+    num_workers: int = key(
+        0, resume=True, low=not_negative("Use 0 to load in the training process."), help="DataLoader worker processes"
+    )
+    shuffle: bool = key(True, help="shuffle the training split every epoch")
+    drop_last: bool = key(False, help="drop the last, shorter training batch of an epoch")
+    pin_memory: bool | str = key("auto", resume=True, help="auto = on for CUDA")
+    persistent_workers: bool = key(
+        False, resume=True, help="keep workers across epochs (faster; a resume is then not exact)"
+    )
+    multiprocessing_context: str | None = key(
+        None, resume=True, choices=("fork", "spawn", "forkserver"), help="how workers start; default: the platform's"
+    )
 
 
 @dataclass
 class SchedulerSpec(TargetSpec):
-    interval: str = "epoch"
-    monitor: str | None = None
+    """[scheduler]: a torch.optim.lr_scheduler (or your own), when it steps, and what a plateau watches."""
+
+    interval: str = key(
+        option="scheduler_interval", choices=("epoch", "step"), help="step the scheduler every epoch | step"
+    )
+    monitor: str | None = key(
+        option="scheduler_monitor",
+        check=checks.metric,
+        help="the metric ReduceLROnPlateau watches; default: the checkpoint monitor",
+    )
 
 
 @dataclass
 class TrainSpec:
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 0.0
-    gradient_clip_algorithm: str = "norm"
-    compile: bool | str = False
-    log_grad_norm: bool | None = None
+    """[train]: precision, accumulation, clipping, compilation (names as Lightning users know them)."""
+
+    precision: str = key(
+        option="precision",
+        resume=True,
+        choices=("32-true", "bf16-mixed", "16-mixed"),
+        aliases=PRECISION_ALIASES,
+        help='"32-true" | "bf16-mixed" | "16-mixed" (float16 + GradScaler: GPUs)',
+    )
+    accumulate_grad_batches: int = key(
+        option="accumulate_grad_batches",
+        low=at_least(1, "Use 1 to step the optimizer after every batch."),
+        help="an optimizer step every N batches",
+    )
+    gradient_clip_val: float = key(
+        option="gradient_clip_val",
+        resume=True,
+        low=not_negative("Use 0 to turn clipping off, or a positive limit such as 1.0."),
+        help="0 = off",
+    )
+    gradient_clip_algorithm: str = key(
+        option="gradient_clip_algorithm", resume=True, choices=("norm", "value"), help='"norm" | "value"'
+    )
+    compile: bool | str = key(
+        option="compile",
+        resume=True,
+        check=checks.compile_mode,
+        help='false | true | "default" | "reduce-overhead" | "max-autotune"',
+    )
+    log_grad_norm: bool | None = key(
+        option="log_grad_norm",
+        resume=True,
+        help="also measure the gradient norm without clipping (always measured when clipping, and at 16-mixed)",
+    )
 
 
 @dataclass
 class EarlyStoppingSpec:
-    monitor: str
-    mode: str
-    patience: int
-    min_delta: float
+    """[early_stopping]: stop when the monitored metric stops improving."""
+
+    monitor: str = key("val_loss", check=checks.metric, help="any reported metric: " + ", ".join(checks.METRICS))
+    mode: str = key(None, choices=MODES, help="min | max (default: max for accuracy-like metrics, min otherwise)")
+    patience: int = key(
+        5,
+        resume=True,
+        low=at_least(1, "Remove [early_stopping] to train for all epochs."),
+        help="validation checks without improvement",
+    )
+    min_delta: float = key(
+        0.0,
+        resume=True,
+        low=not_negative("It is the smallest improvement that counts, e.g. 0.001."),
+        help="the smallest improvement that counts",
+    )
 
 
 @dataclass
 class CheckpointSpec:
-    best: bool
-    last: bool
-    every_n_epochs: int
-    monitor: str
-    mode: str
+    """[checkpoint]: which checkpoints are written, and what "best" means."""
+
+    best: bool = key(option="save_best", resume=True, help="checkpoints/best.pt by the monitored metric")
+    last: bool = key(option="save_last", resume=True, help="checkpoints/last.pt every epoch, on stop, and on failure")
+    every_n_epochs: int = key(
+        option="every_n_epochs",
+        resume=True,
+        low=not_negative("Use 0 to turn periodic checkpoints off."),
+        help="also checkpoints/epoch-NNNN.pt",
+    )
+    monitor: str = key(
+        None,
+        check=checks.metric,
+        help="default: the early-stopping monitor, else val_loss (train_loss without a validation split)",
+    )
+    mode: str = key(None, choices=MODES, help="min | max (default: as for early stopping)")
     explicit_monitor: bool = False  # the spec names it (else it follows early stopping, or val_loss)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the spec: the dataclass that declares its keys, and how it behaves as a whole."""
+
+    keys: type
+    why: str  # why a resume may not change its other keys: the end of that error message
+    presence: str = "default"  # "required": the spec must have it; "optional": None when absent; "default": defaults
+    kwargs_resume: bool = False  # every keyword argument of its target may change on resume
+    comes_and_goes: bool = False  # an optional section that a resume may add or remove
+
+
+# In the order the spec reference and the error messages list them.
+SECTIONS: dict[str, Section] = {
+    "run": Section(RunSpec, "the data order and the random draws so far follow it"),
+    "model": Section(TargetSpec, "the checkpoint holds the weights of the model it describes", "required"),
+    "data": Section(DataSpec, "the run replays the data in the order these settings give", "required"),
+    "loss": Section(TargetSpec, "the losses and best values so far were measured with it", "required"),
+    "optimizer": Section(
+        TargetSpec, "the checkpoint's optimizer state belongs to the optimizer it names", "required", kwargs_resume=True
+    ),
+    "scheduler": Section(
+        SchedulerSpec,
+        "the checkpoint's scheduler state belongs to the scheduler it names",
+        "optional",
+        kwargs_resume=True,
+    ),
+    "train": Section(TrainSpec, "the checkpoint counts optimizer steps of that many batches"),
+    "early_stopping": Section(
+        EarlyStoppingSpec, "the best value and counter so far track that metric", "optional", comes_and_goes=True
+    ),
+    "checkpoint": Section(CheckpointSpec, "the best value so far tracks that metric"),
+}
+
+# Derived from the declarations above.
+SCHEMA: dict[str, dict[str, Key]] = {name: keys_of(name, s.keys) for name, s in SECTIONS.items()}
+KWARG_SECTIONS = {name for name, s in SECTIONS.items() if issubclass(s.keys, TargetSpec)}
+REQUIRED_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "required")
+OPTIONAL_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "optional")
 
 
 @dataclass
@@ -174,7 +241,7 @@ class Spec:
     scheduler: SchedulerSpec | None
     early_stopping: EarlyStoppingSpec | None
     checkpoint: CheckpointSpec
-    train: TrainSpec = field(default_factory=TrainSpec)
+    train: TrainSpec
 
     @property
     def monitor(self) -> str:
@@ -183,3 +250,12 @@ class Spec:
     @property
     def where(self) -> str:
         return str(self.path) if self.path else "spec"
+
+    def loop_options(self) -> dict[str, Any]:
+        """The engine ``Options`` fields this spec's keys set (each key's ``option``); absent sections set none."""
+        out: dict[str, Any] = {}
+        for name, keys in SCHEMA.items():
+            values = getattr(self, name)
+            if values is not None:
+                out.update({k.option: getattr(values, k.name) for k in keys.values() if k.option})
+        return out
