@@ -162,14 +162,12 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
     trainer = _build(spec, lambda phase: None, ranks)
     if resume is not None:
         trainer.resume(resume / CHECKPOINTS / "last.pt")
-    from tuiloop.engine.trainer import Trainer
-
     signals = Signals(
         trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, ranks)
     )
     signals.install()
     try:
-        finished = Trainer.run(trainer)
+        finished = trainer.loop()
     finally:
         signals.restore()
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
@@ -305,8 +303,6 @@ def run_in(
     ``log``: the run's event log, or None to open it here (a log that cannot be opened, a full
     disk say, fails the run as any other set-up step does).
     """
-    from tuiloop.engine.trainer import Trainer
-
     started = time.time()
     server: ControlServer | None = None
     machine: SystemSampler | None = None
@@ -333,7 +329,7 @@ def run_in(
         server = ControlServer(run_dir, trainer.commands, warn=lambda text: log(Message("warning", text))).start()
         if handle_signals:
             signals.install()
-        finished = Trainer.run(trainer)  # the engine's loop (tuiloop.Trainer.run would come back here)
+        finished = trainer.loop()  # the engine's loop (tuiloop.Trainer.run would come back here)
         summarize(run_dir, finished, trainer.last_metrics, info.get("started", started), trainer.opt.epochs)
         return finished
     except Exception as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
