@@ -135,15 +135,15 @@ class EpochLoop:
 
     def _optimizer_step(self, value: Any, step_scheduler: Any) -> None:
         """Step on the group just accumulated; its loss and gradient norm wait in the telemetry's buffers."""
-        stepper, progress, telemetry = self.stepper, self.progress, self.telemetry
+        stepper = self.stepper
         batches = stepper.micro
         group_loss, norm = stepper.step()
         if step_scheduler is not None:
             step_scheduler.step()
-        progress.step += 1
-        progress.batch_in_epoch += batches
-        telemetry.losses.append(value if group_loss is None else group_loss)
+        self.progress.step += 1
+        self.progress.batch_in_epoch += batches
+        self.telemetry.losses.append(value if group_loss is None else group_loss)
         if norm is not None:
-            telemetry.norms.append(norm)
-        if telemetry.compiling:
-            telemetry.first_compiled()
+            self.telemetry.norms.append(norm)
+        if self.telemetry.compiling:
+            self.telemetry.first_compiled()

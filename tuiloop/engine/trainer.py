@@ -259,8 +259,9 @@ class Trainer:
                 progress.end_epoch()
                 where = "saving checkpoints"
                 self.save(*ends.checkpoint_tags())
-                if ends.early_stopped:
-                    status, reason = "early_stopped", ends.early_stopped
+                early = ends.early_stopped
+                if early:
+                    status, reason = "early_stopped", early
                     break
                 if steering.stop_after_epoch and progress.epoch < self.opt.epochs:
                     status, reason = "stopped", f"stopped after epoch {progress.epoch}, as asked"
