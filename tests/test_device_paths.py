@@ -57,8 +57,8 @@ def test_the_deferred_nan_check_stops_the_run_within_one_flush_interval(workdir:
         model={"out_features": 1, "delay": DELAY},
         loss={"target": "MSELoss"},
     )
-    assert trainer._exact_nan_check, "on the CPU the check is exact"
-    trainer._exact_nan_check = False  # what __init__ sets for a CUDA or MPS device and for a distributed run
+    assert trainer.telemetry.exact_nan_check, "on the CPU the check is exact"
+    trainer.telemetry.exact_nan_check = False  # what __init__ sets for a CUDA or MPS device and for a distributed run
     assert trainer.steps_per_epoch() == 20
     events: list[Event] = []
     trainer.subscribe(events.append)

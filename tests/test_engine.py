@@ -25,8 +25,9 @@ from tuiloop.engine.events import (
     TrainSteps,
     Validated,
 )
+from tuiloop.engine.first_batch import PROBLEM_TEXT
 from tuiloop.engine.monitor import MetricMonitor
-from tuiloop.engine.trainer import PROBLEM_TEXT, Options, Trainer
+from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.rundir.layout import read_json
 from tuiloop.session.run import run_spec
 

@@ -12,20 +12,45 @@ import io
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
+
+# Every key of a checkpoint, in the order it is written: PyTorch's recipe, then what a resume needs.
+KEYS = (
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "scaler_state_dict",
+    "epoch",
+    "batch_in_epoch",
+    "step",
+    "loss",
+    "metrics",
+    "epoch_loss_sum",
+    "epoch_loss_count",
+    "best",
+    "early_stopping",
+    "problem",
+    "rng_state",
+    "rng_states",
+    "world_size",
+    "epoch_rng_state",
+    "lr_scale",
+    "tuiloop_version",
+)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP/DataParallel (``module.``) and torch.compile (``_orig_mod.``)."""
     while True:
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
-            model = model.module
-        else:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
             return model
+        model = inner
 
 
 def serialize(obj: dict[str, Any]) -> bytes:
@@ -82,19 +107,14 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype("int64")),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        }
-    except ImportError:
-        pass
+    name, keys, pos, has_gauss, cached = cast(tuple[str, Any, int, int, float], np.random.get_state(legacy=True))
+    state["numpy"] = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype("int64")),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
     return state
 
 
@@ -111,9 +131,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
-        try:
-            import numpy as np
-        except ImportError:
-            return
         s = state["numpy"]
         np.random.set_state((s["name"], s["keys"].numpy().astype("uint32"), s["pos"], s["has_gauss"], s["cached"]))

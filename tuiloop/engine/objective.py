@@ -5,6 +5,9 @@
 * :class:`ModelLoss` (``[loss] target = "model"``): the whole batch goes to ``forward`` (a tuple
   as ``model(x, y)``, nanoGPT's convention; a dict as ``model(**batch)``, Hugging Face's) and the
   loss is taken from what it returns.
+
+Each also names the problem its loss solves (:attr:`LossFunction.problem`), found at the first
+batch from the loss and the model's output (:mod:`tuiloop.engine.problem`); a checkpoint keeps it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from tuiloop.engine.errors import SetupError
+from tuiloop.engine.problem import infer_problem
 
 TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
@@ -39,6 +43,11 @@ class LossFunction:
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor]) -> None:
         self.loss_fn = loss_fn
+        self.problem: str | None = None  # multiclass, binary, ...: unknown until the first batch
+
+    def find_problem(self, output: Any) -> str:
+        """The problem the loss solves, told by the first batch's output."""
+        return infer_problem(self.loss_fn, output) if isinstance(output, torch.Tensor) else "other"
 
     def split(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         """(args, kwargs, target) for ``model(*args, **kwargs)``."""
@@ -70,6 +79,12 @@ class ModelLoss:
 
     model_computes_loss = True
     loss_fn = None
+
+    def __init__(self) -> None:
+        self.problem: str | None = None  # "model" from the first batch on
+
+    def find_problem(self, output: Any) -> str:
+        return "model"
 
     def split(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         if isinstance(batch, dict):

@@ -43,6 +43,13 @@ def metric_names(problem: str) -> list[str]:
     )
 
 
+def reported_metrics(problem: str | None, validated: bool) -> list[str]:
+    """Every metric a run reports: train_loss, and with a validation split val_loss and the problem's own."""
+    if not validated:
+        return ["train_loss"]
+    return ["train_loss", "val_loss", *metric_names(problem or "")]
+
+
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 

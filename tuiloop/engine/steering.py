@@ -1,127 +1,174 @@
 """How commands reach the loop, between optimizer steps: pause, resume, save, stop, suspend (stop
 and free the machine, to be resumed later), stop after this epoch, halve or double the learning rate.
 
-A mixin of :class:`tuiloop.engine.trainer.Trainer`. A single process looks at its mailbox after
-every step. In a distributed run every rank must act at the same step, so the ranks agree
-instead (:meth:`Steering._agree`), every few steps and while paused: rank 0 brings what its
-control socket received and whether its log is due, any rank brings a stop a signal asked for,
-and all of them apply the merged result. A long pause keeps agreeing every half second, so no
-collective waits long enough to hit the NCCL or gloo timeout.
+:class:`Steering` is the Trainer's part that obeys them; the loop asks it at step boundaries
+(:meth:`Steering.handle`, :meth:`Steering.agree`) and reads its :attr:`Steering.state`. A single
+process looks at its mailbox after every step. In a distributed run every rank must act at the
+same step, so the ranks agree instead (:meth:`Steering.agree`), every few steps and while paused:
+rank 0 brings what its control socket received and whether its log is due, any rank brings a
+stop a signal asked for, and all of them apply the merged result. A long pause keeps agreeing
+every half second, so no collective waits long enough to hit the NCCL or gloo timeout.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
-from tuiloop.engine.commands import LR_FACTORS
-from tuiloop.engine.distributed import SLOT, SLOTS, steps_between_agreements
-from tuiloop.engine.events import SettingChanged, StateChanged
+import torch
+
+from tuiloop.engine.commands import LR_FACTORS, Commands
+from tuiloop.engine.distributed import SLOT, SLOTS, Ranks, steps_between_agreements
+from tuiloop.engine.events import Event, SettingChanged, StateChanged
 from tuiloop.engine.lr import scale_lr
+from tuiloop.engine.progress import Progress
+from tuiloop.engine.telemetry import StepTelemetry
 
 PAUSED_AGREE_S = 0.5
 
 
 class Steering:
-    """Commands at step boundaries; in a distributed run, agreed by every rank (mixed into the Trainer)."""
+    """Commands at step boundaries; in a distributed run, agreed by every rank.
+
+    ``save(tag)`` writes a checkpoint (the Trainer's :meth:`~tuiloop.engine.trainer.Trainer.save`);
+    the steps' telemetry is flushed before a pause, a save or a stop, so the log shows every step
+    done before it.
+    """
+
+    def __init__(
+        self,
+        commands: Commands,
+        ranks: Ranks,
+        device: torch.device,
+        progress: Progress,
+        telemetry: StepTelemetry,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        emit: Callable[[Event], None],
+        save: Callable[[str], object],
+    ) -> None:
+        self.commands = commands
+        self.ranks = ranks
+        self.device = device
+        self.progress = progress
+        self.telemetry = telemetry
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.emit = emit
+        self.save = save
+        self.state = "running"  # running | paused | stopping
+        self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
+        self.stop_after_epoch = False
+        self.stop_reason = ""  # why the loop stops: a signal's words, or the command's
+        self.lr_scale = 1.0  # what the - and + keys did to the spec's learning rate, all together (checkpointed)
+        # the distributed agreement's schedule: steps until the next one, and the last one's time and step
+        self.until_agree = 1
+        self.agreed_at, self.agreed_at_step = time.perf_counter(), 0
 
     # ---- one process -------------------------------------------------------------------------
-    def _handle_commands(self) -> None:
+    def handle(self) -> None:
         """Obey queued commands at a step boundary; blocks here while paused."""
-        t: Any = self
-        if t.ranks.distributed:
-            self._agree()
+        if self.ranks.distributed:
+            self.agree()
             return
-        for cmd in t.commands.take():
-            self._apply(cmd)
-        while t.state == "paused":
-            for cmd in t.commands.wait(PAUSED_AGREE_S):
-                self._apply(cmd)
+        for cmd in self.commands.take():
+            self.apply(cmd)
+        while self.state == "paused":
+            for cmd in self.commands.wait(PAUSED_AGREE_S):
+                self.apply(cmd)
 
-    def _apply(self, cmd: str) -> None:
-        t: Any = self
+    def apply(self, cmd: str) -> None:
+        """Act on one command (every rank acts on the same ones, in the same order)."""
+        progress = self.progress
         if cmd == "toggle_pause":
-            cmd = "resume" if t.state == "paused" else "pause"
-        if cmd == "pause" and t.state == "running":
-            t._flush()
-            t.state = "paused"
-            t.emit(StateChanged("paused", step=t.step))
-        elif cmd == "resume" and t.state == "paused":
-            t.state = "running"
-            t._last_flush_time = time.perf_counter()
-            t._samples = 0
-            t.emit(StateChanged("running", step=t.step))
+            cmd = "resume" if self.state == "paused" else "pause"
+        if cmd == "pause" and self.state == "running":
+            self.telemetry.flush()
+            self.state = "paused"
+            self.emit(StateChanged("paused", step=progress.step))
+        elif cmd == "resume" and self.state == "paused":
+            self.state = "running"
+            self.telemetry.restart_clock()
+            self.emit(StateChanged("running", step=progress.step))
         elif cmd == "save":
-            t._flush()
-            t.save("manual")
-        elif cmd in ("stop", "suspend") and t.state != "stopping":
-            t.state = "stopping"
-            t.suspending = cmd == "suspend"
-            default = "suspended to disk" if t.suspending else "stopped by request"
-            t._stop_reason = t._stop_reason or default  # a signal set its own
-            t.emit(StateChanged("stopping", t._stop_reason, step=t.step))
+            self.telemetry.flush()
+            self.save("manual")
+        elif cmd in ("stop", "suspend") and self.state != "stopping":
+            self.state = "stopping"
+            self.suspending = cmd == "suspend"
+            default = "suspended to disk" if self.suspending else "stopped by request"
+            self.stop_reason = self.stop_reason or default  # a signal set its own
+            self.emit(StateChanged("stopping", self.stop_reason, step=progress.step))
         elif cmd == "stop_after_epoch":
-            t.stop_after_epoch = not t.stop_after_epoch
-            t.emit(
+            self.stop_after_epoch = not self.stop_after_epoch
+            self.emit(
                 SettingChanged(
-                    "stop_after_epoch", not t.stop_after_epoch, t.stop_after_epoch, t.epoch + 1, t.step, "command"
+                    "stop_after_epoch",
+                    not self.stop_after_epoch,
+                    self.stop_after_epoch,
+                    progress.epoch + 1,
+                    progress.step,
+                    "command",
                 )
             )
         elif cmd in LR_FACTORS:
-            before = t.optimizer.param_groups[0]["lr"]
-            scale_lr(t.optimizer, t.scheduler, LR_FACTORS[cmd])
-            t.lr_scale *= LR_FACTORS[cmd]
-            t.emit(
+            optimizer = self.optimizer
+            before = optimizer.param_groups[0]["lr"]
+            scale_lr(optimizer, self.scheduler, LR_FACTORS[cmd])
+            self.lr_scale *= LR_FACTORS[cmd]
+            self.emit(
                 SettingChanged(
-                    "optimizer.lr", before, t.optimizer.param_groups[0]["lr"], t.epoch + 1, t.step, f"command {cmd}"
+                    "optimizer.lr",
+                    before,
+                    optimizer.param_groups[0]["lr"],
+                    progress.epoch + 1,
+                    progress.step,
+                    f"command {cmd}",
                 )
             )
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary (used by signal handlers)."""
-        t: Any = self
-        t._stop_reason = t._stop_reason or reason
-        t.commands.send("stop")
+        self.stop_reason = self.stop_reason or reason
+        self.commands.send("stop")
 
     # ---- every rank together ---------------------------------------------------------------------
-    def _agree(self) -> None:
+    def agree(self) -> None:
         """All ranks: merge what each brings, then act on it in the same order everywhere."""
-        t: Any = self
+        ranks, telemetry = self.ranks, self.telemetry
         flags = self._flags()
-        if t.ranks.is_main:
+        if ranks.is_main:
             now = time.perf_counter()
-            flags[SLOT["flush"]] = int(now >= t._next_flush)
-            steps = t.step - t._agreed_at_step
-            per_step = (now - t._agreed_at) / steps if steps > 0 else 0.0
+            flags[SLOT["flush"]] = int(now >= telemetry.next_flush)
+            steps = self.progress.step - self.agreed_at_step
+            per_step = (now - self.agreed_at) / steps if steps > 0 else 0.0
             flags[SLOT["next"]] = steps_between_agreements(per_step)
-            t._agreed_at, t._agreed_at_step = now, t.step
-        decided = t.ranks.agree(flags, t.device)
-        t._until_agree = max(1, decided[SLOT["next"]])
+            self.agreed_at, self.agreed_at_step = now, self.progress.step
+        decided = ranks.agree(flags, self.device)
+        self.until_agree = max(1, decided[SLOT["next"]])
         if any(decided[SLOT[name]] for name in ("flush", "save", "pause", "stop", "suspend")):
-            t._flush()
-            t._next_flush = time.perf_counter() + t.opt.log_interval
+            telemetry.flush()
+            telemetry.next_flush = time.perf_counter() + telemetry.interval
         for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "pause"):
             if decided[SLOT[cmd]]:
-                self._apply(cmd)
-        while t.state == "paused":
+                self.apply(cmd)
+        while self.state == "paused":
             self._agree_paused()
 
     def _agree_paused(self) -> None:
         """One round while paused: rank 0 waits up to half a second for a command, the others wait in the collective."""
-        t: Any = self
-        flags = self._flags(wait=PAUSED_AGREE_S if t.ranks.is_main else 0.0)
-        decided = t.ranks.agree(flags, t.device)
+        flags = self._flags(wait=PAUSED_AGREE_S if self.ranks.is_main else 0.0)
+        decided = self.ranks.agree(flags, self.device)
         for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "resume"):
             if decided[SLOT[cmd]]:
-                self._apply(cmd)
+                self.apply(cmd)
 
     def _flags(self, wait: float = 0.0) -> list[int]:
         """This rank's commands as agreement flags (a stop from a signal on any rank counts)."""
-        t: Any = self
         flags = [0] * len(SLOTS)
-        for cmd in t.commands.wait(wait) if wait else t.commands.take():
+        for cmd in self.commands.wait(wait) if wait else self.commands.take():
             if cmd == "toggle_pause":
-                cmd = "resume" if t.state == "paused" else "pause"
+                cmd = "resume" if self.state == "paused" else "pause"
             if cmd in SLOT:
                 flags[SLOT[cmd]] = 1
         return flags

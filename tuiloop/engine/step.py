@@ -18,7 +18,7 @@ from tuiloop.engine.precision import Precision
 try:
     from torch.nn.utils import get_total_norm as _total_norm
 except ImportError:  # torch < 2.6
-    _total_norm = None
+    _total_norm = None  # type: ignore[assignment]  # the fallback below measures the norm by clipping at inf
 
 
 class Stepper:

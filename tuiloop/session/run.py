@@ -138,7 +138,7 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
     signals = Signals(trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, None))
     signals.install()
     try:
-        finished = _loop(trainer)
+        finished = trainer.loop()
     finally:
         signals.restore()
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
@@ -279,7 +279,7 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
             device=getattr(trainer, "device", None),
             **info,
         )
-        finished = _loop(trainer)
+        finished = trainer.loop()
         life.summarize(finished, trainer.last_metrics, trainer.opt.epochs)
         return finished
     except Exception as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
@@ -288,13 +288,6 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
         if life.emit in trainer.sinks:  # a Trainer run again later must not write into a closed log
             trainer.sinks.remove(life.emit)
         life.close()
-
-
-def _loop(trainer: Any) -> Finished:
-    """The engine's training loop itself (``tuiloop.Trainer.run`` would come back here)."""
-    from tuiloop.engine.trainer import Trainer  # torch: only the training process
-
-    return Trainer.run(trainer)
 
 
 def standing(trainer: Any) -> Standing:
