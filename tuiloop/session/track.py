@@ -40,7 +40,7 @@ from types import SimpleNamespace, TracebackType
 from typing import Any
 
 from tuiloop.engine import fmt
-from tuiloop.engine.commands import Commands
+from tuiloop.engine.commands import Commands, obeyed_by
 from tuiloop.engine.distributed import SINGLE
 from tuiloop.engine.events import (
     CheckpointSaved,
@@ -98,7 +98,7 @@ def track(
 
 
 # What a tracked loop obeys (the monitor offers only these keys); force needs no loop.
-OBEYED = ("pause", "resume", "toggle_pause", "save", "stop", "force")
+OBEYED = obeyed_by("track")
 
 
 class Run:
