@@ -15,7 +15,7 @@ from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
 from tuiloop.session.run import run_spec
 from tuiloop.tui.model import MonitorModel
-from tuiloop.tui.panels import metrics_text
+from tuiloop.tui.panels.training import metrics_text
 
 
 def test_the_best_epoch_is_the_same_number_in_every_file_event_and_view(workdir: Path) -> None:

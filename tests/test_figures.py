@@ -79,7 +79,7 @@ def test_the_best_of_a_metric_that_is_not_plotted_is_not_drawn_on_the_loss_curve
 def test_the_best_val_acc_is_marked_in_its_sparkline_over_the_whole_run(epochs: int, width: int, cell: int) -> None:
     """val_acc is best at epoch 7: its cell is green, however long the run (at 200 epochs and 40
     cells each cell holds 5 checks, and epoch 7 is in the second; at 20 cells, 10 checks, the first)."""
-    from tuiloop.tui.panels import best_sparkline
+    from tuiloop.tui.panels.training import best_sparkline
 
     stat = run(epochs=epochs, monitor="val_acc", mode="max").metrics["val_acc"]
     assert stat.best_epoch == 7

@@ -20,8 +20,8 @@ from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
 from tuiloop.session import system
 from tuiloop.session.run import run_spec
 from tuiloop.session.system import SystemSampler, short_name, visible_indices
-from tuiloop.tui import panels
 from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.panels.machine import system_text
 
 GiB = 2**30
 FAST = 0.02  # seconds between samples in these tests (2 s in a run)
@@ -284,12 +284,12 @@ def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
 @pytest.mark.parametrize("width", [30, 60, 120])
 def test_the_system_pane_shows_each_gpu_within_its_width(width: int) -> None:
     m = MonitorModel()
-    assert panels.system_text(m, width).plain == "waiting for the first sample"
+    assert system_text(m, width).plain == "waiting for the first sample"
     over = MonitorModel()
     over.apply(Finished("completed", "1 epoch done", 1, 8, None, None, None, 1.0))
-    assert panels.system_text(over, 60).plain == "no sample: the run ended before the first"
+    assert system_text(over, 60).plain == "no sample: the run ended before the first"
     m.apply_all([two_gpus(1000.0 + 2 * i, util0=97 - 10 * i) for i in range(6)])
-    lines = panels.system_text(m, width).plain.splitlines()
+    lines = system_text(m, width).plain.splitlines()
     assert all(len(line) <= width for line in lines), lines
     assert len(lines) == 4 and lines[0].startswith("GPU0 ") and lines[1].startswith("GPU1 ")
     assert (
@@ -309,16 +309,16 @@ def test_the_system_pane_shows_each_gpu_within_its_width(width: int) -> None:
         assert "H100" in lines[0] and "peak 61.2" in lines[0]
         assert lines[0].endswith("312 W  █▇▆▆▅▄") and lines[1].endswith("- W  ▁▁▁▁▁▁")
     for narrow in range(1, 30):  # never longer than the width, however narrow
-        assert all(len(line) <= narrow for line in panels.system_text(m, narrow).plain.splitlines())
+        assert all(len(line) <= narrow for line in system_text(m, narrow).plain.splitlines())
 
 
 def test_the_pane_drops_pieces_whole_and_a_cpu_only_machine_shows_the_cpu_line() -> None:
     m = MonitorModel()
     m.apply(SystemSample(cpu_percent=7.0, ram_used=3 * GiB, ram_total=16 * GiB, rss=GiB // 2, proc_cpu=99.0))
-    assert panels.system_text(m, 80).plain.startswith("CPU 7%  proc 99%  RAM 3.0/16.0 GiB  RSS 0.5 GiB  peak 0.5")
-    assert panels.system_text(m, 20).plain == "CPU 7%  RSS 0.5 GiB"  # RAM did not fit: it goes whole, no cut number
+    assert system_text(m, 80).plain.startswith("CPU 7%  proc 99%  RAM 3.0/16.0 GiB  RSS 0.5 GiB  peak 0.5")
+    assert system_text(m, 20).plain == "CPU 7%  RSS 0.5 GiB"  # RAM did not fit: it goes whole, no cut number
     m.apply(two_gpus(1002.0))
-    assert panels.system_text(m, 16).plain.splitlines() == ["GPU0  97%  █", "GPU1   3%  ▁", "12.3 GiB", "CPU 12%  ▁▂"]
+    assert system_text(m, 16).plain.splitlines() == ["GPU0  97%  █", "GPU1   3%  ▁", "12.3 GiB", "CPU 12%  ▁▂"]
 
 
 # ---- a real run --------------------------------------------------------------------------------------------

@@ -22,9 +22,12 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.rundir.series import Downsampled, ema, reduce_to
-from tuiloop.tui import panels
 from tuiloop.tui.figures import loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.panels.bars import keys_text, progress_text, title_text
+from tuiloop.tui.panels.fit import sparkline
+from tuiloop.tui.panels.log import error_text
+from tuiloop.tui.panels.training import early_stop_text, health_text, lr_text, metrics_text
 from tuiloop.tui.plot import nice_ticks, render_figure
 
 T0 = 1_000_000.0
@@ -268,14 +271,14 @@ def test_panels_never_exceed_their_width(width: int) -> None:
     )
     m.apply(Finished("failed", "RuntimeError in training", 4, 32, 0.38, 2, "val_loss", 6.0, time=T0 + 6))
     texts = [
-        panels.title_text(m, width, read_only=True),
-        panels.progress_text(m, T0 + 7, width),
-        panels.metrics_text(m, width),
-        panels.early_stop_text(m, width),
-        panels.lr_text(m, width),
-        panels.keys_text([("p", "Pause"), ("s", "Save"), ("q", "Stop")], width),
-        panels.error_text(m, width, 8),
-        panels.health_text(m, width),
+        title_text(m, width, read_only=True),
+        progress_text(m, T0 + 7, width),
+        metrics_text(m, width),
+        early_stop_text(m, width),
+        lr_text(m, width),
+        keys_text([("p", "Pause"), ("s", "Save"), ("q", "Stop")], width),
+        error_text(m, width, 8),
+        health_text(m, width),
     ]
     for text in texts:
         for line in text.plain.splitlines():
@@ -288,7 +291,7 @@ def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> 
     m = MonitorModel()
     m.apply(started())
     m.apply(TrainSteps(1, 1, [1.0, 0.9, 0.8], 3, 0.01, 500.0, time=T0 + 1))
-    assert panels.health_text(m, 60).plain.splitlines() == [f"samples/s  {500:>9} " + panels.sparkline([500.0], 38)]
+    assert health_text(m, 60).plain.splitlines() == [f"samples/s  {500:>9} " + sparkline([500.0], 38)]
     m.apply(
         TrainSteps(
             1,
@@ -305,14 +308,14 @@ def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> 
     )
     m.apply(TrainSteps(1, 7, [0.5], 7, 0.01, 600.0, grad_norms=[1.25], loss_scale=32768.0, time=T0 + 3))
     assert (m.grad_norms.last, m.loss_scale, m.skipped_steps) == ((7, 1.25), 32768.0, 1)
-    lines = panels.health_text(m, 60).plain.splitlines()
+    lines = health_text(m, 60).plain.splitlines()
     assert lines[0].startswith("grad norm     1.2500 ") and lines[1].startswith("loss scale 32768  1 skipped step")
     assert lines[0].endswith(" █▃▁"), "the finite norms' history: 2.0, 1.5, 1.25 (the skipped step's inf is not drawn)"
     assert lines[2].startswith("samples/s ") and all(len(line) <= 60 for line in lines)
     m.apply(
         TrainSteps(1, 8, [0.5], 8, 0.01, 600.0, loss_scale=16384.0, skipped_steps=1, time=T0 + 4)
     )  # halved after an overflow
-    assert panels.health_text(m, 60).plain.splitlines()[1].endswith(" 2 skipped steps ██▁"), (
+    assert health_text(m, 60).plain.splitlines()[1].endswith(" 2 skipped steps ██▁"), (
         "the loss scale's history: 32768, 32768, 16384"
     )
 
@@ -320,15 +323,15 @@ def test_training_health_shows_the_gradient_norm_loss_scale_and_throughput() -> 
 def test_early_stop_panel_marks_the_trigger() -> None:
     m = MonitorModel()
     m.apply(started(patience=3))
-    assert "0/3" in panels.early_stop_text(m, 40).plain
+    assert "0/3" in early_stop_text(m, 40).plain
     m.apply(EarlyStopUpdate(5, "val_loss", 0.5, 0.3, 2, 3, False, time=T0))
-    assert "2/3" in panels.early_stop_text(m, 40).plain
+    assert "2/3" in early_stop_text(m, 40).plain
     m.apply(EarlyStopUpdate(6, "val_loss", 0.5, 0.3, 3, 3, True, time=T0))
-    text = panels.early_stop_text(m, 40).plain
+    text = early_stop_text(m, 40).plain
     assert "3/3" in text and "TRIGGERED" in text
     m = MonitorModel()
     m.apply(started(patience=None))
-    assert panels.early_stop_text(m, 40).plain.startswith("off")
+    assert early_stop_text(m, 40).plain.startswith("off")
 
 
 def test_error_panel_shows_the_users_frames_the_engine_picked() -> None:
@@ -342,7 +345,7 @@ def test_error_panel_shows_the_users_frames_the_engine_picked() -> None:
     frames = ['File "/home/me/models.py", line 16, in forward', '  raise ValueError("bad batch")']
     m = MonitorModel()
     m.apply(Failed("ValueError: bad batch", "training, epoch 2, step 9: models.py:16 in forward", tb, frames, time=T0))
-    lines = panels.error_text(m, 100, 10).plain.splitlines()
+    lines = error_text(m, 100, 10).plain.splitlines()
     assert lines[0] == "ValueError: bad batch"
     assert "models.py:16 in forward" in lines[1]
     assert any("/home/me/models.py" in ln for ln in lines) and any(
@@ -457,4 +460,4 @@ def test_a_manual_save_keeps_its_log_line_when_best_and_last_follow_at_the_same_
 def test_the_title_says_how_many_processes_train() -> None:
     m = MonitorModel()
     m.apply(started(world_size=4, backend="nccl", device_name="cuda:0 (NVIDIA H100)", nodes=["gpu1"]))
-    assert "cuda:0 (NVIDIA H100) x4 (nccl)" in panels.title_text(m, 120).plain
+    assert "cuda:0 (NVIDIA H100) x4 (nccl)" in title_text(m, 120).plain

@@ -1,4 +1,10 @@
-"""The one small interface through which commands reach the engine.
+"""Every command a run obeys, in one table, and the one small interface through which they reach the engine.
+
+The table (:data:`COMMANDS`) says, for each command, its name on the control socket, its key in
+the monitor, the footer's label, the ``?`` screen's line, which loops obey it and whether the
+monitor asks before sending it. The monitor's keys, its ``?`` screen, the control server, the
+agreement slots of a distributed run and ``tuiloop.track`` are all derived from it. It stays
+free of torch and textual: the monitor imports it.
 
 Key presses, ``attach`` clients, signals: all of them call :meth:`Commands.send`. The training
 loop looks at :attr:`Commands.pending` once per step (a plain attribute read) and only takes the
@@ -12,22 +18,76 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from tuiloop.engine.exits import EXIT_FORCED
 
+# The loops that obey commands: a spec run (or the Python Trainer) in one process, a spec run
+# over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track.
+Loop = Literal["spec", "distributed", "track"]
+EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track"})
+SPEC_LOOPS: frozenset[Loop] = frozenset({"spec", "distributed"})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: how it is sent, the key that sends it, and who obeys it."""
+
+    name: str  # as sent over the control socket
+    help: str  # the ``?`` screen's line for its key (commands with the same line share a row there)
+    key: str = ""  # the monitor's key, as Textual names it ("": no key of its own)
+    shown: str = ""  # how the footer and ``?`` write the key, where Textual would write it otherwise
+    label: str = ""  # the footer's word for it
+    obeyed_by: frozenset[Loop] = EVERY_LOOP
+    asks: bool = False  # the monitor asks before sending it
+    at_once: bool = False  # it ends the process from the sender's thread, without waiting for the loop
+    # The ranks of a distributed run agree on it in a slot of its own; False: it becomes another
+    # command before they agree (toggle_pause), or it never reaches the loop (force).
+    agreed: bool = True
+
+
+LR_HELP = "halve / double the learning rate of every parameter group from the next step (asks first)"
 COMMANDS = (
-    "pause",
-    "resume",
-    "toggle_pause",
-    "stop",
-    "save",
-    "force",
-    "stop_after_epoch",
-    "lr_down",
-    "lr_up",
-    "suspend",
+    Command("pause", "pause at the next step boundary"),
+    Command("resume", "resume a paused run"),
+    Command("toggle_pause", "pause at the next step boundary; again resumes", key="p", label="Pause", agreed=False),
+    Command("save", "save a checkpoint now", key="s", label="Save"),
+    Command(
+        "stop",
+        "stop: finish the step, save checkpoints/last.pt, exit (asks first)",
+        key="q",
+        label="Stop",
+        asks=True,
+    ),
+    Command("force", "exit at once, without saving (a second Ctrl+C)", at_once=True, agreed=False),
+    Command(
+        "stop_after_epoch",
+        "stop after this epoch: validation, checkpoints and early stopping run first; again cancels",
+        key="e",
+        label="Stop@epoch",
+        obeyed_by=SPEC_LOOPS,
+    ),
+    Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=SPEC_LOOPS, asks=True),
+    Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=SPEC_LOOPS, asks=True),
+    Command(
+        "suspend",
+        "suspend to disk: save the full state and end the training process, freeing the GPU",
+        key="P",
+        shown="P",
+        label="Suspend",
+        obeyed_by=SPEC_LOOPS,
+        asks=True,
+    ),
 )
+COMMAND = {c.name: c for c in COMMANDS}
+AGREED = tuple(c.name for c in COMMANDS if c.agreed and "distributed" in c.obeyed_by)
 LR_FACTORS = {"lr_down": 0.5, "lr_up": 2.0}
+
+
+def obeyed_by(loop: Loop) -> tuple[str, ...]:
+    """The names of the commands a loop of this kind obeys, in the table's order."""
+    return tuple(c.name for c in COMMANDS if loop in c.obeyed_by)
 
 
 def _exit_now() -> None:
@@ -47,9 +107,9 @@ class Commands:
 
     def send(self, command: str) -> None:
         """Queue a command; safe from any thread and from signal handlers' threads."""
-        if command not in COMMANDS:
-            raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
-        if command == "force":
+        if command not in COMMAND:
+            raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMAND)}")
+        if COMMAND[command].at_once:
             self.on_force()
             return
         with self._cond:

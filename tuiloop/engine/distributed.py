@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuiloop.engine.commands import AGREED
+
 if TYPE_CHECKING:
     import torch
 
 # torch is imported where it is used: a session imports this module before it says "importing torch".
 
-# The slots of the agreement vector: each holds 0/1 (or a small count), merged by MAX.
-SLOTS = ("pause", "resume", "save", "stop", "suspend", "stop_after_epoch", "lr_down", "lr_up", "flush", "next")
+# The slots of the agreement vector: each holds 0/1 (or a small count), merged by MAX. One per
+# command the ranks agree on, then whether rank 0's log is due and the steps to the next agreement.
+SLOTS = (*AGREED, "flush", "next")
 SLOT = {name: i for i, name in enumerate(SLOTS)}
 AGREE_EVERY_S = 0.25  # aim: an agreement about this often, so a command acts within a second
 MAX_AGREE_STEPS = 10_000

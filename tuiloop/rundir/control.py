@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tuiloop.engine.commands import COMMANDS, Commands
+from tuiloop.engine.commands import COMMAND, Commands
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.lock import is_locked
 
@@ -59,7 +59,8 @@ def peer_allowed(uid: int | None, owner: int) -> bool:
 
 
 class ControlServer:
-    """Accepts commands on the run's socket and forwards them to :class:`Commands`.
+    """Accepts the commands of the table (:data:`~tuiloop.engine.commands.COMMANDS`) and ``ping``
+    on the run's socket, and forwards the commands to :class:`Commands`.
 
     A request it cannot use (not JSON, not an object, no command) is answered with an error and
     reported through ``warn``; it never stops the server.
@@ -113,8 +114,8 @@ class ControlServer:
             reply = {"ok": False, "error": f"bad request: it {problem}"}
         elif cmd == "ping":
             reply = {"ok": True, "pid": os.getpid()}
-        elif cmd in COMMANDS:
-            if cmd == "force":  # answer first: the process ends as soon as it is told
+        elif cmd in COMMAND:
+            if COMMAND[cmd].at_once:  # answer first: the process ends as soon as it is told
                 conn.sendall(b'{"ok": true}\n')
                 self.commands.send(cmd)
                 return

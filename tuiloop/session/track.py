@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from tuiloop.engine import fmt
+from tuiloop.engine.commands import obeyed_by
 from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, Validated
 from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
@@ -81,7 +82,7 @@ def track(
 
 
 # What a tracked loop obeys (the monitor offers only these keys); force needs no loop.
-OBEYED = ("pause", "resume", "toggle_pause", "save", "stop", "force")
+OBEYED = obeyed_by("track")
 
 
 class Run:

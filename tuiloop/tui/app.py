@@ -15,14 +15,17 @@ from pathlib import Path
 
 from textual import events, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 
 from tuiloop.engine.events import Event
-from tuiloop.tui import panels
+from tuiloop.tui import keys
 from tuiloop.tui.figures import X_AXES, ZOOMS, View, loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
+from tuiloop.tui.panels.bars import progress_text, title_text
+from tuiloop.tui.panels.log import error_text, log_since
+from tuiloop.tui.panels.machine import system_text
+from tuiloop.tui.panels.training import early_stop_text, health_text, lr_text, metrics_text
 from tuiloop.tui.plot import PlotView
 from tuiloop.tui.screens import Confirm, EpochsScreen, KeysScreen, OutputScreen
 from tuiloop.tui.scroll import ScrollLines
@@ -61,29 +64,7 @@ class MonitorApp(RunKeys):
 
     CSS_PATH = "monitor.tcss"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [  # the key bar shows them in this order, as many as fit
-        Binding("p", "pause", "Pause"),
-        Binding("s", "save", "Save"),
-        Binding("q", "stop", "Stop"),
-        Binding("q", "leave", "Leave"),
-        Binding("d", "detach", "Detach"),
-        Binding("d", "leave", "Leave", show=False),
-        Binding("enter", "leave", "Leave", show=False),
-        Binding("R", "resume_run", "Resume", key_display="R"),
-        Binding("question_mark", "keys", "Keys", key_display="?"),
-        Binding("e", "stop_after_epoch", "Stop@epoch"),
-        Binding("minus", "lr(0.5)", "LR½", key_display="-"),
-        Binding("plus", "lr(2.0)", "LR×2", key_display="+"),
-        Binding("P", "suspend", "Suspend", key_display="P"),
-        Binding("o", "output", "Output"),
-        Binding("t", "epochs", "Epochs"),
-        Binding("r", "toggle_raw", "Raw"),
-        Binding("l", "toggle_log", "Log y"),
-        Binding("z", "zoom", "Zoom"),
-        Binding("x", "x_axis", "X axis"),
-        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
-        Binding("ctrl+q", "detach", show=False, priority=True),
-    ]
+    BINDINGS = keys.bindings()  # the key bar shows them in this order, as many as fit
 
     def __init__(
         self,
@@ -118,20 +99,20 @@ class MonitorApp(RunKeys):
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         m = self.model
-        yield Panel(lambda w, h: panels.title_text(m, w, self.read_only), id="title")
-        yield Panel(lambda w, h: panels.progress_text(m, time.time(), w), id="progress")
+        yield Panel(lambda w, h: title_text(m, w, self.read_only), id="title")
+        yield Panel(lambda w, h: progress_text(m, time.time(), w), id="progress")
         with Horizontal(id="main"):
             with Vertical(id="loss-box", classes="box"):
                 yield PlotView(id="loss")
-                yield Panel(lambda w, h: panels.health_text(m, w), id="health")
+                yield Panel(lambda w, h: health_text(m, w), id="health")
             with Vertical(id="side"):
-                yield Panel(lambda w, h: panels.metrics_text(m, w), id="metrics", classes="box")
-                yield Panel(lambda w, h: panels.early_stop_text(m, w), id="early", classes="box")
-                yield Panel(lambda w, h: panels.system_text(m, w), id="system", classes="box")
+                yield Panel(lambda w, h: metrics_text(m, w), id="metrics", classes="box")
+                yield Panel(lambda w, h: early_stop_text(m, w), id="early", classes="box")
+                yield Panel(lambda w, h: system_text(m, w), id="system", classes="box")
                 with Vertical(id="lr-box", classes="box"):
-                    yield Panel(lambda w, h: panels.lr_text(m, w), id="lr-value")
+                    yield Panel(lambda w, h: lr_text(m, w), id="lr-value")
                     yield PlotView(id="lr")
-        yield Panel(lambda w, h: panels.error_text(m, w, max(h, 3)), id="error", classes="box")
+        yield Panel(lambda w, h: error_text(m, w, max(h, 3)), id="error", classes="box")
         yield ScrollLines(id="log", classes="box")
         yield KeyBar()
 
@@ -237,7 +218,7 @@ class MonitorApp(RunKeys):
             panel.update(force, layout=panel.id in ("metrics", "early", "error", "health", "system"))
         if self._log_shown[1] != m.log_rev:
             log = self.query_one("#log", ScrollLines)
-            first, lines = panels.log_since(m, max(self._log_shown[0] - 1, 0))  # the last entry may have changed
+            first, lines = log_since(m, max(self._log_shown[0] - 1, 0))  # the last entry may have changed
             log.put(first, lines)
             self._log_shown = (log.end, m.log_rev)
 
@@ -273,7 +254,7 @@ class MonitorApp(RunKeys):
     def action_leave(self) -> None:
         self.exit("left")
 
-    def action_quit(self) -> None:  # Textual's own ctrl+q: leave, never kill the run
+    async def action_quit(self) -> None:  # Textual's own ctrl+q: leave, never kill the run
         self.exit("detached" if not self.model.over else "left")
 
     def action_toggle_raw(self) -> None:

@@ -1,5 +1,6 @@
-"""The monitor's other screens: a yes/no question, the run's own output (``o``), the table of
-every validation (``t``). They read the app's model; the app tells the open one to refresh."""
+"""The monitor's other screens: a yes/no question, the list of keys (``?``), the run's own output
+(``o``), the table of every validation (``t``). They read the app's model; the app tells the open
+one to refresh."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
+from tuiloop.engine.commands import LR_FACTORS
 from tuiloop.rundir.layout import OUTPUT
-from tuiloop.tui import panels
+from tuiloop.tui.keys import KEYS
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.output import OutputTail
+from tuiloop.tui.panels.bars import title_text
+from tuiloop.tui.panels.training import epoch_table
 from tuiloop.tui.scroll import ScrollLines
 from tuiloop.tui.widgets import KeyBar, Panel
 
@@ -81,36 +85,11 @@ def confirm_lr(factor: float, lr: float | None) -> Confirm:
     )
 
 
-KEYS = [  # the ? screen; the README's table says the same
-    ("p", "pause at the next step boundary; again resumes"),
-    ("s", "save a checkpoint now"),
-    ("q", "stop: finish the step, save checkpoints/last.pt, exit (asks first)"),
-    ("d", "detach: close the monitor, the run goes on (tuiloop attach brings it back)"),
-    ("e", "stop after this epoch: validation, checkpoints and early stopping run first; again cancels"),
-    ("- / +", "halve / double the learning rate of every parameter group from the next step (asks first)"),
-    ("P", "suspend to disk: save the full state and end the training process, freeing the GPU"),
-    ("R", "resume a suspended run, exactly where it stopped"),
-    ("o", "the run's own output: what your code prints and warns, and the other ranks' logs"),
-    ("t", "every validation as a table"),
-    ("r / l", "loss plot: the raw min-max band on or off / a log y axis"),
-    ("z", "loss plot: the whole run, the last 10%, the current epoch"),
-    ("x", "loss plot x axis: epochs, steps, wall time"),
-    ("PgUp PgDn ↑ ↓", "scroll the log, the output, the table (Home/End: first/last)"),
-    ("Ctrl+C", "stop; a second one forces an exit without saving (in attach: detach)"),
-    ("?", "this list; escape closes it"),
-]
-# The keys above that change the run, by the action each runs: dimmed where they cannot act now
-# (a read-only view, a run that is over, a tracked loop that does not obey them).
-KEY_ACTIONS = {
-    "p": ("pause",),
-    "s": ("save",),
-    "q": ("stop", "leave"),
-    "d": ("detach", "leave"),
-    "e": ("stop_after_epoch",),
-    "- / +": ("lr",),
-    "P": ("suspend",),
-    "R": ("resume_run",),
-}
+def confirmation(command: str, lr: float | None) -> Confirm:
+    """The question asked before ``command`` is sent (the commands the table marks ``asks``)."""
+    if command in LR_FACTORS:
+        return confirm_lr(LR_FACTORS[command], lr)
+    return {"stop": confirm_stop, "suspend": confirm_suspend}[command]()
 
 
 class KeysScreen(ModalScreen[None]):
@@ -123,10 +102,14 @@ class KeysScreen(ModalScreen[None]):
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         dimmed = False
-        for key, what in KEYS:
-            off = key in KEY_ACTIONS and not any(self.app.check_action(action, ()) for action in KEY_ACTIONS[key])
+        for row in KEYS:
+            if not row.keys:
+                continue
+            # dimmed where none of its actions can act now (a read-only view, a run that is over,
+            # a tracked loop that does not obey the command)
+            off = bool(row.bindings) and not any(self.app.check_action(b.action, ()) for b in row.bindings)
             dimmed |= off
-            table.add_row(key, what, style="dim" if off else None)
+            table.add_row(row.keys, row.help, style="dim" if off else None)
         with Vertical(id="dialog", classes="keys"):
             yield Static(
                 "[b]Keys[/b]" + (" [dim](dimmed: not for this run now)[/dim]" if dimmed else ""), id="dialog-title"
@@ -147,7 +130,7 @@ class _Sub(Screen[None]):
         self.model, self.read_only = model, read_only
 
     def title_line(self) -> Panel:
-        return Panel(lambda w, h: panels.title_text(self.model, w, self.read_only), id="title")
+        return Panel(lambda w, h: title_text(self.model, w, self.read_only), id="title")
 
     def action_back(self) -> None:
         self.dismiss()
@@ -227,7 +210,7 @@ class EpochsScreen(_Sub):
 
     def refresh_from_model(self) -> None:
         super().refresh_from_model()
-        columns, rows = panels.epoch_table(self.model)
+        columns, rows = epoch_table(self.model)
         table = self.query_one(DataTable)
         if tuple(columns) != self._shown:
             table.clear(columns=True)

@@ -1,12 +1,14 @@
 """The monitor's keys that change the run: pause, save, stop, stop after this epoch, the learning
 rate, suspend to disk and resume, Ctrl+C and force. A mixin of :class:`~tuiloop.tui.app.MonitorApp`.
 
-Commands go out from worker threads, so a stuck run cannot freeze the screen; the keys that
-cannot be undone ask first.
+Each key's action is named for the command it sends, and the table of commands
+(:mod:`tuiloop.engine.commands`) says whether it asks first: the keys that cannot be undone do.
+Commands go out from worker threads, so a stuck run cannot freeze the screen.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ from textual import work
 from textual.app import App
 from textual.message import Message
 
-from tuiloop.tui.screens import Confirm, confirm_lr, confirm_stop, confirm_suspend
+from tuiloop.engine.commands import COMMAND
+from tuiloop.tui.screens import Confirm, confirmation
 
 Commander = Callable[[str], Any]
 Resumer = Callable[[], tuple[Any, str]]  # starts a resumed training process: (process, session)
@@ -40,17 +43,6 @@ class CommandDone(Message):
     error: str | None
 
 
-# The keys that change the run, and the command each sends (a run may obey only some).
-STEERING = {
-    "pause": "toggle_pause",
-    "save": "save",
-    "stop": "stop",
-    "stop_after_epoch": "stop_after_epoch",
-    "lr": "lr_down",
-    "suspend": "suspend",
-}
-
-
 class RunKeys(App[str]):
     """The keys that steer the run (the app provides model, source, commander and resumer)."""
 
@@ -60,6 +52,9 @@ class RunKeys(App[str]):
     resumer: Resumer | None
     read_only: bool
     attached: bool
+    _quit_reader: threading.Event  # set: the app is closing
+    _watch_again: threading.Event  # set: the app's reader watches the new process
+    _after_change: Callable[[], None]  # the app redraws (or leaves) after the model changed
 
     def init_keys(self) -> None:
         self.resuming = False
@@ -70,9 +65,9 @@ class RunKeys(App[str]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide the keys that cannot act now (read-only view, run over) from the key bar."""
         over = self.model.over
-        if action in STEERING:
+        if action in COMMAND:  # a key of the table of commands: its action is named for the command it sends
             obeyed = self.model.started.commands if self.model.started is not None else None
-            return not self.read_only and not over and (obeyed is None or STEERING[action] in obeyed)
+            return not self.read_only and not over and (obeyed is None or action in obeyed)
         if action == "resume_run":
             return self.resumer is not None and self.model.state == "suspended" and not self.resuming
         if action == "leave":
@@ -81,20 +76,15 @@ class RunKeys(App[str]):
             return not self.read_only and not over
         return True
 
-    def action_pause(self) -> None:
-        self.send("toggle_pause")
+    def steer(self, command: str, then: Callable[[], object] | None = None) -> None:
+        """Send ``command`` (or do ``then``, which sends it), asking first where the table says so."""
+        go = then or (lambda: self.send(command))
+        if COMMAND[command].asks:
+            self._ask(confirmation(command, self.model.lr), go)
+        else:
+            go()
 
-    def action_save(self) -> None:
-        self.send("save")
-        self.model.note(time.time(), "info", "save requested: the checkpoint is written at the next step boundary")
-
-    def action_stop(self) -> None:
-        if self.stop_sent:
-            self.model.note(time.time(), "warning", "already stopping; Ctrl+C forces an exit without saving")
-            return
-        self._ask(confirm_stop(), self._request_stop)
-
-    def _ask(self, dialog: Confirm, then: Callable[[], None]) -> None:
+    def _ask(self, dialog: Confirm, then: Callable[[], object]) -> None:
         """Ask, and ``then`` on yes while the run is still on."""
         if isinstance(self.screen, Confirm):
             return
@@ -105,12 +95,27 @@ class RunKeys(App[str]):
 
         self.push_screen(dialog, answered)
 
-    def action_stop_after_epoch(self) -> None:
-        self.send("stop_after_epoch")  # the run logs it (and a second press cancels it)
+    def action_toggle_pause(self) -> None:
+        self.steer("toggle_pause")
 
-    def action_lr(self, factor: float) -> None:
-        command = "lr_down" if factor < 1 else "lr_up"
-        self._ask(confirm_lr(factor, self.model.lr), lambda: self.send(command))
+    def action_save(self) -> None:
+        self.steer("save")
+        self.model.note(time.time(), "info", "save requested: the checkpoint is written at the next step boundary")
+
+    def action_stop(self) -> None:
+        if self.stop_sent:
+            self.model.note(time.time(), "warning", "already stopping; Ctrl+C forces an exit without saving")
+            return
+        self.steer("stop", self._request_stop)
+
+    def action_stop_after_epoch(self) -> None:
+        self.steer("stop_after_epoch")  # the run logs it (and a second press cancels it)
+
+    def action_lr_down(self) -> None:
+        self.steer("lr_down")
+
+    def action_lr_up(self) -> None:
+        self.steer("lr_up")
 
     def action_suspend(self) -> None:
         def suspend() -> None:
@@ -119,7 +124,7 @@ class RunKeys(App[str]):
                 time.time(), "warning", "suspending: saving the full state, then the training process exits"
             )
 
-        self._ask(confirm_suspend(), suspend)
+        self.steer("suspend", suspend)
 
     def action_resume_run(self) -> None:
         if self.resumer is None or self.resuming or self.model.state != "suspended":

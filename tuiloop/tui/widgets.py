@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.geometry import Size
 from textual.widget import Widget
 
+from tuiloop.tui.panels.bars import keys_text
+
 Builder = Callable[[int, int], Text]
 
 
@@ -67,8 +69,6 @@ class KeyBar(Widget):
         self.screen.bindings_updated_signal.unsubscribe(self)
 
     def render(self) -> Text:
-        from tuiloop.tui.panels import keys_text
-
         keys = [
             (self.app.get_key_display(b), b.description)
             for _, b, enabled, _ in self.screen.active_bindings.values()
