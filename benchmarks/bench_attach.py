@@ -180,8 +180,8 @@ def same_picture(a, b) -> bool:  # type: ignore[no-untyped-def]
 
 def writer_costs(run_dir: Path) -> tuple[float, float]:
     """(us per TrainSteps taken into the digest, ms per save of the day-long run's snapshot)."""
-    from tuiloop.rundir.digest import RunDigest
-    from tuiloop.rundir.snapshot import load_snapshot, save_snapshot
+    from tuiloop.rundir.digest import RunDigest, load_snapshot
+    from tuiloop.rundir.snapshot import save_snapshot
 
     events = [e for e in day_events(4000, sample_every=0)]
     steps = [e for e in events if isinstance(e, TrainSteps)]

@@ -13,8 +13,10 @@ import pytest
 from conftest import FIXTURES, only_run, run_cli, write_spec
 from runs_support import kill_run, start_detached, wait_live, wait_until
 
+from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.lock import is_locked
+from tuiloop.tui.model import MonitorModel
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,20 @@ def test_show_without_a_terminal_prints_the_log(finished: Path, crashed: Path, w
     assert shown.returncode == 0, shown.stderr
     assert "epoch 1/500" in shown.stdout
     assert shown.stdout.rstrip().splitlines()[-1].startswith("crashed: its process")
+
+
+def test_show_through_a_pipe_prints_every_save_the_monitors_log_shows(finished: Path, workdir: Path) -> None:
+    """``tuiloop show RUN | cat``: the saves, last.pt among them, as the monitor's log words them."""
+    shown = run_cli("show", finished, cwd=workdir)  # stdout is a pipe: the plain lines
+    assert shown.returncode == 0, shown.stderr
+    events, _ = read_events(finished)
+    model = MonitorModel(str(finished))
+    model.apply_all(events)
+    logged = [entry.text for entry in model.log if entry.text.startswith("saved ")]
+    printed = [line for line in shown.stdout.splitlines() if line.startswith("saved ")]
+    assert len(printed) == 2 and printed == logged, (printed, logged)  # one line per epoch of the 2
+    assert all("last.pt" in line for line in printed), printed
+    assert any(line.startswith("saved last checkpoints/last.pt") or line.endswith("+ last.pt") for line in printed)
 
 
 def test_show_piped_into_a_reader_that_stops_early_exits_quietly(finished: Path, workdir: Path) -> None:

@@ -267,6 +267,6 @@ def test_one_epoch_of_one_batch_reads_in_the_singular(workdir: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].endswith("1 epoch of 1 step"), lines[0]
-    assert re.match(r"finished: completed \(1 epoch done\) after 1 epoch, 1 step, \d+\.\ds", lines[-1]), lines[-1]
+    assert re.match(r"finished: completed \(1 epoch done\) after 1 epoch, 1 step in \d+\.\ds", lines[-1]), lines[-1]
     assert " 1 steps" not in r.stdout and " 1 epochs" not in r.stdout
     assert read_json(only_run(workdir / "runs") / "summary.json")["reason"] == "1 epoch done"  # type: ignore[index]

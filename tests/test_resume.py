@@ -171,7 +171,7 @@ def test_resume_with_new_settings_applies_and_records_them(finished: Path, workd
     )
     assert done.returncode == 0, done.stderr
     assert re.search(
-        r"optimizer\.lr: 0\.01 -> 0\.5 \(resume with new settings, step 16, \d\d:\d\d:\d\d\)", done.stdout
+        r"learning rate 0\.01 -> 0\.5 \(resume with new settings, step 16, \d\d:\d\d:\d\d\)", done.stdout
     ), done.stdout
     assert "run.epochs: 3 -> 3" not in done.stdout and "run.epochs: 2 -> 3" in done.stdout
     log = events(finished)

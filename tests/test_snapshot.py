@@ -35,9 +35,11 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.rundir import eventlog
-from tuiloop.rundir.eventlog import EventLog, EventTail, read_events, scan
+from tuiloop.rundir.digest import SnapshotLoaded, load_snapshot
+from tuiloop.rundir.eventlog import EventLog, EventTail, read_events
 from tuiloop.rundir.layout import EVENTS, SNAPSHOT
-from tuiloop.rundir.snapshot import SnapshotLoaded, load_snapshot, read_snapshot
+from tuiloop.rundir.progress import scan
+from tuiloop.rundir.snapshot import read_snapshot
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.source import RunSource
 

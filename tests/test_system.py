@@ -15,8 +15,8 @@ import pynvml
 import pytest
 from conftest import only_run, run_cli, write_spec
 
-from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
-from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
+from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict, line_prefix
+from tuiloop.rundir.eventlog import decode, encode, read_events
 from tuiloop.session import system
 from tuiloop.session.run import run_spec
 from tuiloop.session.system import SystemSampler, short_name, visible_indices

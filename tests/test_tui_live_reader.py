@@ -66,7 +66,7 @@ def test_a_slow_first_batch_shows_as_waiting_for_the_first_batch(workdir: Path) 
         )
         assert "epoch 1/2000 " in screen_text(
             app
-        ) and "started: on cpu, 131 parameters, 2,000 epochs x 8 steps" in screen_text(app)
+        ) and "started: on cpu, 131 parameters, 2,000 epochs of 8 steps" in screen_text(app)
         go.touch()  # the first forward returns
         await wait_for(pilot, lambda: app.model.step > 0, 30, "the first steps")
         assert app.model.phase is None

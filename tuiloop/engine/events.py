@@ -3,6 +3,10 @@
 The hot path never builds one event per step: per-step training losses are buffered and
 emitted together as one :class:`TrainSteps` a few times a second.
 
+Each event class registers itself under its ``kind`` (:data:`EVENT_TYPES`, which the log's
+decoder reads). Every reader of events subclasses :class:`EventReader` and marks its handlers
+with :func:`on`; the sentences a person reads about them are in :mod:`tuiloop.engine.sentences`.
+
 Epochs are counted from 1 everywhere, as the screen shows them: ``epoch`` of a step is the epoch
 it belongs to, ``epoch`` of a validation is the epoch just completed, and ``epochs_done`` /
 ``best_epoch`` count completed epochs. Steps are optimizer steps, also from 1.
@@ -13,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-# Compact JSON (item, key): an event's line in events.jsonl, whose readers
-# (tuiloop.rundir.eventlog.line_prefix) tell a line's kind by its first bytes.
+# Compact JSON (item, key): an event's line in events.jsonl, whose readers tell a line's kind
+# by its first bytes (line_prefix).
 JSON_SEPARATORS = (",", ":")
 
 
@@ -26,12 +31,29 @@ def now() -> float:
     return time.time()
 
 
+# kind -> class of every event written to the log, filled by the classes as they are defined
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
 @dataclass(frozen=True)
 class Event:
-    """Base class: every event has a wall-clock time and a stable ``kind`` name."""
+    """Base class: every event has a wall-clock time and a stable ``kind`` name.
+
+    A subclass registers itself in :data:`EVENT_TYPES` under its own ``kind``; one that never
+    goes into the log (a reader's stand-in) says ``logged=False``.
+    """
 
     kind: ClassVar[str] = "event"
     time: float = field(default_factory=now, kw_only=True)
+
+    def __init_subclass__(cls, logged: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} names no kind")
+        if logged:
+            if cls.kind in EVENT_TYPES:
+                raise TypeError(f"{cls.__name__}: kind {cls.kind!r} is {EVENT_TYPES[cls.kind].__name__}'s")
+            EVENT_TYPES[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
         """``{"event": kind, **fields}``: the kind first, so a reader can tell a line by its start."""
@@ -231,24 +253,10 @@ class SystemSample(Event):
     gpus: list[dict[str, Any]] = field(default_factory=list)
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls
-    for cls in (
-        Starting,
-        RunStarted,
-        TrainSteps,
-        Validated,
-        LRChanged,
-        EarlyStopUpdate,
-        CheckpointSaved,
-        SettingChanged,
-        StateChanged,
-        Message,
-        Failed,
-        Finished,
-        SystemSample,
-    )
-}
+def line_prefix(kind: str) -> bytes:
+    """How the line (:meth:`Event.to_json`) of every event of ``kind`` starts, to skip them unparsed."""
+    item, key = JSON_SEPARATORS
+    return ("{" + json.dumps("event") + key + json.dumps(kind) + item).encode()
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:
@@ -269,3 +277,46 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if missing:
         raise ValueError(f"{kind!r} event without {', '.join(missing)}")
     return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+# ---- reading events ------------------------------------------------------------------------------
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+_TAKES = "_tuiloop_takes"  # the attribute that on() sets on a handler: the event types it takes
+
+
+def on(*types: type[Event]) -> Callable[[Handler], Handler]:
+    """Mark a method of an :class:`EventReader` as the one that takes events of ``types``."""
+
+    def mark(method: Handler) -> Handler:
+        setattr(method, _TAKES, (*getattr(method, _TAKES, ()), *types))
+        return method
+
+    return mark
+
+
+class EventReader:
+    """Base of every class that reads events: its methods marked :func:`on` take their types.
+
+    The table (type -> handler) is built once per class, from the marks of the class and its
+    bases (a subclass may override a handler by its name), so :meth:`dispatch` costs one dict
+    lookup by the event's exact type: views read day-long logs with millions of steps.
+    """
+
+    handlers: ClassVar[dict[type[Event], Callable[[Any, Any], Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names: dict[type[Event], str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, member in vars(klass).items():
+                for t in getattr(member, _TAKES, ()):
+                    names[t] = name
+        cls.handlers = {t: getattr(cls, name) for t, name in names.items()}
+
+    def dispatch(self, ev: Event) -> bool:
+        """Hand ``ev`` to its handler; False if this reader has none for its type."""
+        handler = self.handlers.get(type(ev))
+        if handler is None:
+            return False
+        handler(self, ev)
+        return True

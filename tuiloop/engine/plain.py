@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import IO
 
-from tuiloop.engine import fmt
+from tuiloop.engine import fmt, sentences
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
     Event,
+    EventReader,
     Failed,
     Finished,
     LRChanged,
@@ -19,16 +20,19 @@ from tuiloop.engine.events import (
     StateChanged,
     TrainSteps,
     Validated,
+    on,
 )
 
 
-class PlainSink:
+class PlainSink(EventReader):
     """Plain lines for logs and pipes: no carriage returns, no colours, no cursor moves.
 
     One line per validation (with the early-stopping counter) and per notable event, and a
-    progress line at most every ``progress_every`` seconds inside long epochs. If the stream
-    dies (a closed pipe, a hung-up terminal) it goes quiet instead of failing the run, unless
-    ``strict`` (then the error propagates: ``show | head`` ends when ``head`` does).
+    progress line at most every ``progress_every`` seconds inside long epochs. The sentences are
+    the monitor's log's (:mod:`tuiloop.engine.sentences`); a line about something a person did
+    ends with the time it happened. If the stream dies (a closed pipe, a hung-up terminal) it
+    goes quiet instead of failing the run, unless ``strict`` (then the error propagates:
+    ``show | head`` ends when ``head`` does).
     """
 
     def __init__(self, stream: IO[str], progress_every: float = 30.0, strict: bool = False) -> None:
@@ -38,7 +42,10 @@ class PlainSink:
         self._last_progress = time.monotonic()
         self._epochs = 0
         self._steps: int | None = None
-        self._epoch_line: str | None = None  # waits for the early-stopping update of the same check
+        # a line that waits for the event that may complete it: an epoch's for its early-stopping
+        # update, a best or periodic save's for the last.pt written at the same step
+        self._held: str | None = None
+        self._held_for: tuple[type[Event], int] | None = None  # (the type that completes it, its step)
         self._dead = False
 
     def _print(self, text: str) -> None:
@@ -52,78 +59,91 @@ class PlainSink:
                 raise
             self._dead = True
 
-    def _flush_epoch(self, suffix: str = "") -> None:
-        if self._epoch_line is not None:
-            line, self._epoch_line = self._epoch_line, None
+    def _hold(self, line: str, completed_by: type[Event], step: int = 0) -> None:
+        self._held, self._held_for = line, (completed_by, step)
+
+    def _release(self, suffix: str = "") -> None:
+        if self._held is not None:
+            line, self._held, self._held_for = self._held, None, None
             self._print(line + suffix)
 
     def close(self) -> None:
         """Print what is still held back (the last epoch line waits for its early-stopping update)."""
-        self._flush_epoch()
+        self._release()
 
     def __call__(self, ev: Event) -> None:
-        if isinstance(ev, EarlyStopUpdate):
-            counter = f"  patience {ev.counter}/{ev.patience}" + ("  -> early stop" if ev.triggered else "")
-            self._flush_epoch(counter)
+        if self._held_for is not None and type(ev) is not self._held_for[0]:
+            self._release()
+        self.dispatch(ev)
+
+    @on(EarlyStopUpdate)
+    def _early_stop(self, ev: EarlyStopUpdate) -> None:
+        self._release(f"  {sentences.patience(ev)}" + ("  -> early stop" if ev.triggered else ""))
+
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
+        self._last_progress = time.monotonic()
+        metrics = "  ".join(f"{k} {fmt.value(v)}" for k, v in ev.metrics.items())
+        self._hold(f"epoch {ev.epoch}/{self._epochs}  {metrics}{'  *best' if ev.is_best else ''}", EarlyStopUpdate)
+
+    @on(TrainSteps)
+    def _train_steps(self, ev: TrainSteps) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= self.progress_every and ev.losses:
+            self._last_progress = now
+            self._print(
+                f"epoch {ev.epoch}/{self._epochs} step {ev.step_in_epoch}/{self._steps or '?'} loss {fmt.value(ev.losses[-1])} lr {fmt.lr(ev.lr)} {ev.samples_per_s:,.0f} samples/s"
+            )
+
+    @on(RunStarted)
+    def _run_started(self, ev: RunStarted) -> None:
+        self._epochs, self._steps = ev.epochs, ev.steps_per_epoch
+        self._print(f"run {ev.run_name} {sentences.started(ev)}")
+        if ev.world_size > 1:
+            per = ev.batch_size or 0
+            total = per * ev.world_size * ev.accumulate_grad_batches
+            self._print(
+                f"distributed: {ev.world_size} processes ({ev.backend}) on {', '.join(ev.nodes)}; batch {per} per process, {total} per optimizer step in all"
+            )
+        self._print(f"run directory: {ev.run_dir}")
+
+    @on(LRChanged)
+    def _lr_changed(self, ev: LRChanged) -> None:
+        self._print(sentences.lr_changed(ev))
+
+    @on(SettingChanged)
+    def _setting_changed(self, ev: SettingChanged) -> None:  # a key press or an edit at resume
+        self._print(sentences.setting_changed(ev, _clock(ev.time)))
+
+    @on(CheckpointSaved)
+    def _checkpoint(self, ev: CheckpointSaved) -> None:
+        if ev.tag == "last" and self._held_for == (CheckpointSaved, ev.step):
+            self._release(sentences.ALSO_LAST)  # the same moment's best or periodic save: one line for both
             return
-        self._flush_epoch()
-        if isinstance(ev, Validated):
-            self._last_progress = time.monotonic()
-            metrics = "  ".join(f"{k} {fmt.value(v)}" for k, v in ev.metrics.items())
-            self._epoch_line = f"epoch {ev.epoch}/{self._epochs}  {metrics}{'  *best' if ev.is_best else ''}"
-        elif isinstance(ev, TrainSteps):
-            now = time.monotonic()
-            if now - self._last_progress >= self.progress_every and ev.losses:
-                self._last_progress = now
-                self._print(
-                    f"epoch {ev.epoch}/{self._epochs} step {ev.step_in_epoch}/{self._steps or '?'} loss {fmt.value(ev.losses[-1])} lr {fmt.lr(ev.lr)} {ev.samples_per_s:,.0f} samples/s"
-                )
-        elif isinstance(ev, RunStarted):
-            self._epochs, self._steps = ev.epochs, ev.steps_per_epoch
-            what = f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step}" if ev.resumed_from else "started"
-            steps = fmt.plural(ev.steps_per_epoch, "step") if ev.steps_per_epoch else "? steps"
-            self._print(
-                f"run {ev.run_name} {what} on {ev.device_name}, {ev.num_params:,} parameters, {fmt.plural(ev.epochs, 'epoch')} of {steps}"
-            )
-            if ev.world_size > 1:
-                per = ev.batch_size or 0
-                total = per * ev.world_size * ev.accumulate_grad_batches
-                self._print(
-                    f"distributed: {ev.world_size} processes ({ev.backend}) on {', '.join(ev.nodes)}; batch {per} per process, {total} per optimizer step in all"
-                )
-            self._print(f"run directory: {ev.run_dir}")
-        elif isinstance(ev, LRChanged):
-            self._print(f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)}")
-        elif isinstance(ev, SettingChanged):  # a key press or an edit at resume: when, and at which step
-            if ev.key == "stop_after_epoch":
-                what = f"stop after epoch {ev.epoch}: {'asked' if ev.new else 'cancelled'}"
-            elif ev.key == "optimizer.lr":
-                what = f"optimizer.lr: {fmt.lr(ev.old)} -> {fmt.lr(ev.new)}"
-            else:
-                what = f"{ev.key}: {ev.old!r} -> {ev.new!r}"
-            self._print(f"{what} ({ev.source}, step {ev.step}, {_clock(ev.time)})")
-        elif isinstance(ev, CheckpointSaved):
-            if ev.tag == "manual":  # the s key: when, and at which step
-                self._print(f"saved manual checkpoint {ev.path} (step {ev.step}, {_clock(ev.time)})")
-            elif ev.tag != "last":
-                metric = f" ({ev.monitor} {fmt.value(ev.metric)})" if ev.metric is not None else ""
-                self._print(f"saved {ev.tag} checkpoint {ev.path}{metric}")
-        elif isinstance(ev, StateChanged):
-            at = f" at step {ev.step}" if ev.step else ""
-            self._print(f"state: {ev.state}{at}" + (f" ({ev.reason})" if ev.reason else "") + f", {_clock(ev.time)}")
-        elif isinstance(ev, Message):
-            self._print(f"{ev.level}: {ev.text}")
-        elif isinstance(ev, Failed):
-            self._print(f"error: {ev.error}\n  where: {ev.where}")
-        elif isinstance(ev, Finished):
-            best = (
-                f", best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}"
-                if ev.best_value is not None and ev.best_epoch is not None
-                else ""
-            )
-            self._print(
-                f"finished: {ev.status} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}, {ev.wall_time_s:.1f}s{best}"
-            )
+        self._release()
+        line = sentences.checkpoint_saved(ev)
+        if ev.tag == "manual":  # the s key: when
+            self._print(f"{line}, {_clock(ev.time)}")
+        elif ev.tag == "last":
+            self._print(line)
+        else:
+            self._hold(line, CheckpointSaved, ev.step)
+
+    @on(StateChanged)
+    def _state(self, ev: StateChanged) -> None:
+        self._print(f"state: {sentences.state_changed(ev)}, {_clock(ev.time)}")
+
+    @on(Message)
+    def _message(self, ev: Message) -> None:
+        self._print(f"{ev.level}: {ev.text}")
+
+    @on(Failed)
+    def _failed(self, ev: Failed) -> None:
+        self._print(f"error: {sentences.failed(ev)}")
+
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
+        self._print(f"finished: {sentences.finished(ev)}")
 
 
 def _clock(t: float) -> str:

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuiloop.rundir.eventlog import scan
 from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
+from tuiloop.rundir.progress import scan
 from tuiloop.rundir.state import run_state
 
 

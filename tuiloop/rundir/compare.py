@@ -15,11 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuiloop.engine.events import CheckpointSaved, Event, Finished, RunStarted, StateChanged, TrainSteps, Validated
+from tuiloop.engine.events import (
+    CheckpointSaved,
+    Event,
+    EventReader,
+    Finished,
+    RunStarted,
+    StateChanged,
+    TrainSteps,
+    Validated,
+    on,
+)
 from tuiloop.engine.monitor import higher_is_better
+from tuiloop.rundir.digest import SnapshotLoaded
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import SPEC
-from tuiloop.rundir.snapshot import SnapshotLoaded
 from tuiloop.rundir.state import run_state
 
 MISSING = "-"  # a spec key one run does not have
@@ -95,7 +105,7 @@ def short_names(names: Sequence[str]) -> list[str]:
 
 # ---- one run ------------------------------------------------------------------------------
 @dataclass
-class RunHistory:
+class RunHistory(EventReader):
     """What compare shows of one run: its validations by epoch (the latest timeline of a resumed
     run), its progress and state, and its spec. Fed by :meth:`apply` and :meth:`set_state`."""
 
@@ -129,32 +139,25 @@ class RunHistory:
         """Take the run's next events; True if anything compare shows changed."""
         before = self.version
         for ev in events:
-            if isinstance(ev, Validated):
-                for name, value in ev.metrics.items():
-                    if isinstance(value, (int, float)):
-                        self.values.setdefault(name, {})[ev.epoch] = float(value)  # a resumed session's wins
-                self.best_flags[ev.epoch] = ev.is_best
-                self.epochs_done = max(self.epochs_done, ev.epoch)
-            elif isinstance(ev, TrainSteps):
-                if ev.epoch - 1 <= self.epochs_done:
-                    continue  # the usual case: nothing new to show
-                self.epochs_done = ev.epoch - 1
-            elif isinstance(ev, RunStarted):
-                self._start(ev)
-            elif isinstance(ev, CheckpointSaved):
-                self.epochs_done = max(self.epochs_done, ev.epoch)
-            elif isinstance(ev, Finished):
-                self.epochs_done = max(self.epochs_done, ev.epochs_done)
-                self.paused = False
-            elif isinstance(ev, StateChanged):
-                self.paused = ev.state == "paused"
-            elif isinstance(ev, SnapshotLoaded):  # the step lines before it were not read: where they got to
-                self.epochs_done = max(self.epochs_done, ev.digest.epoch - 1)
-            else:
-                continue
-            self.version += 1
+            self.dispatch(ev)  # each handler bumps the version if it changed what compare shows
         return self.version != before
 
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
+        for name, value in ev.metrics.items():
+            if isinstance(value, (int, float)):
+                self.values.setdefault(name, {})[ev.epoch] = float(value)  # a resumed session's wins
+        self.best_flags[ev.epoch] = ev.is_best
+        self.epochs_done = max(self.epochs_done, ev.epoch)
+        self.version += 1
+
+    @on(TrainSteps)
+    def _train_steps(self, ev: TrainSteps) -> None:
+        if ev.epoch - 1 > self.epochs_done:  # usually not: nothing new to show
+            self.epochs_done = ev.epoch - 1
+            self.version += 1
+
+    @on(RunStarted)
     def _start(self, ev: RunStarted) -> None:
         """A (re)start: a resumed session trains again from its checkpoint, so what the earlier
         session logged after that point belongs to a timeline that no longer exists."""
@@ -165,6 +168,28 @@ class RunHistory:
             for epoch in [e for e in series if e > ev.start_epoch]:
                 del series[epoch]
         self.best_flags = {e: b for e, b in self.best_flags.items() if e <= ev.start_epoch}
+        self.version += 1
+
+    @on(CheckpointSaved)
+    def _checkpoint(self, ev: CheckpointSaved) -> None:
+        self.epochs_done = max(self.epochs_done, ev.epoch)
+        self.version += 1
+
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
+        self.epochs_done = max(self.epochs_done, ev.epochs_done)
+        self.paused = False
+        self.version += 1
+
+    @on(StateChanged)
+    def _state(self, ev: StateChanged) -> None:
+        self.paused = ev.state == "paused"
+        self.version += 1
+
+    @on(SnapshotLoaded)
+    def _snapshot(self, ev: SnapshotLoaded) -> None:  # the step lines before it were not read: where they got to
+        self.epochs_done = max(self.epochs_done, ev.digest.epoch - 1)
+        self.version += 1
 
     def set_state(self, state: str, detail: str = "") -> bool:
         if (state, detail) == (self.state, self.detail):

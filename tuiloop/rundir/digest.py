@@ -9,7 +9,8 @@ the same class with the same events, so they cannot disagree:
 * the monitor's :class:`~tuiloop.tui.model.MonitorModel`, which keeps these fields in a digest;
 * the training process's event writer (:class:`~tuiloop.rundir.eventlog.EventLog`), which saves
   its digest beside the log every 30 s (:mod:`tuiloop.rundir.snapshot`), so a view of a long run
-  loads that and reads only the other events before it.
+  loads that (:func:`load_snapshot`) and reads only the other events before it, then the
+  digest in their place (:class:`SnapshotLoaded`).
 
 Rule: everything a view derives from the kinds in :data:`RunDigest.KINDS` lives here, because
 readers skip those lines before a snapshot. Other events may update a digest too (a validation
@@ -19,10 +20,14 @@ adds a point to ``val``; a resume drops the steps done again); they are read eit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from tuiloop.engine.events import (
+    Event,
+    EventReader,
     Finished,
     LRChanged,
     RunStarted,
@@ -33,9 +38,10 @@ from tuiloop.engine.events import (
     TrainSteps,
     Validated,
     event_from_dict,
+    on,
 )
 from tuiloop.rundir.series import Downsampled, Recent
-from tuiloop.rundir.snapshot import DIGESTED_KINDS
+from tuiloop.rundir.snapshot import DIGESTED_KINDS, Snapshot, read_snapshot
 
 
 @dataclass
@@ -58,13 +64,13 @@ class GpuStat:
 # the digest's series and their resolutions; train and val take the view's resolution
 _SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughput", "step_times", "cpu_history")
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
-_SCALARS = {
+_SCALARS: dict[str, Callable[[Any], Any]] = {
     "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float),
     "skipped_steps": int, "active_steps": int, "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
 }  # fmt: skip
 
 
-class RunDigest:
+class RunDigest(EventReader):
     """The series and progress of a run, fed with its events in order (see the module's rule)."""
 
     KINDS = DIGESTED_KINDS  # ("train_steps", "system_sample"): lines a reader may skip before a snapshot's offset
@@ -97,16 +103,14 @@ class RunDigest:
         self.rss_peak = 0
         self.torch_peak: int | None = None
 
-    def apply(self, ev: Any) -> None:
-        """Take one event (of any kind) into the digest."""
-        handler = getattr(self, f"_on_{ev.kind}", None)
-        if handler is not None:
-            handler(ev)
+    apply = EventReader.dispatch  # take one event (of any kind) into the digest
 
-    def _on_starting(self, ev: Starting) -> None:
+    @on(Starting)
+    def _starting(self, ev: Starting) -> None:
         self.phase = ev.phase
 
-    def _on_run_started(self, ev: RunStarted) -> None:
+    @on(RunStarted)
+    def _run_started(self, ev: RunStarted) -> None:
         self.phase = "waiting for the first batch"
         self.running = True
         self.epoch = min(ev.start_epoch + 1, ev.epochs)
@@ -126,7 +130,8 @@ class RunDigest:
             ):
                 series.drop_after(ev.start_step)
 
-    def _on_train_steps(self, ev: TrainSteps) -> None:
+    @on(TrainSteps)
+    def _train_steps(self, ev: TrainSteps) -> None:
         n = len(ev.losses)
         self.phase = None
         self.train.extend(ev.first_step, ev.losses)
@@ -151,29 +156,35 @@ class RunDigest:
             prev = self.samples_per_s
             self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
 
-    def _on_validated(self, ev: Validated) -> None:
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
         self.epoch = ev.epoch
         val = ev.metrics.get("val_loss")
         if val is not None:
             self.val.append(ev.step, val)
 
-    def _on_lr_changed(self, ev: LRChanged) -> None:
+    @on(LRChanged)
+    def _lr_changed(self, ev: LRChanged) -> None:
         self.lr = ev.lr
         self.lr_history.append(ev.step, ev.lr)
 
-    def _on_setting_changed(self, ev: SettingChanged) -> None:
+    @on(SettingChanged)
+    def _setting_changed(self, ev: SettingChanged) -> None:
         if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
             self.lr = float(ev.new)
             self.lr_history.append(ev.step, float(ev.new))
 
-    def _on_state(self, ev: StateChanged) -> None:
+    @on(StateChanged)
+    def _state(self, ev: StateChanged) -> None:
         self.running = ev.state == "running"
 
-    def _on_finished(self, ev: Finished) -> None:
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
         self.running = False
         self.step = ev.step
 
-    def _on_system_sample(self, ev: SystemSample) -> None:
+    @on(SystemSample)
+    def _system_sample(self, ev: SystemSample) -> None:
         self.system = ev
         self.system_samples += 1
         self.cpu_history.append(ev.time, ev.cpu_percent)
@@ -239,6 +250,34 @@ class RunDigest:
             )
             digest.gpus[stat.index] = stat
         return digest
+
+
+@dataclass(frozen=True)
+class SnapshotLoaded(Event, logged=False):
+    """Not in the log: a reader's stand-in for the lines a snapshot covers. ``digest`` replaces
+    what the events before it added up to; ``skipped`` lines were not read."""
+
+    kind: ClassVar[str] = "snapshot"
+    digest: RunDigest
+    skipped: int = 0
+
+
+def load_snapshot(run_dir: Path) -> Snapshot[RunDigest] | None:
+    """The run's snapshot if it is sound and fits its log as it is now; else None (read the whole log)."""
+    try:
+        data = read_snapshot(run_dir)
+        if data is None:
+            return None
+        return Snapshot(
+            RunDigest.from_dict(data["digest"]),
+            data["offset"],
+            data["lines"],
+            float(data["time"]),
+            data["ranges"],
+            tuple(data["kinds"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _series(d: dict[str, Any]) -> Downsampled:

@@ -8,7 +8,7 @@ newer tuiloop, an event with a field missing.
 The writer also keeps what the per-step and per-sample lines add up to and saves it beside the
 log with where the other lines are (:mod:`tuiloop.rundir.snapshot`); a reader asked to
 (``snapshot=True``) starts from that, so opening a day-long run reads a few thousand lines, not
-a third of a million.
+a third of a million. ``ls`` reads the log its own quicker way (:mod:`tuiloop.rundir.progress`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from tuiloop.engine.events import JSON_SEPARATORS, Event, event_from_dict
+from tuiloop.engine.events import Event, Finished, event_from_dict, line_prefix
+from tuiloop.rundir.digest import RunDigest, SnapshotLoaded, load_snapshot
 from tuiloop.rundir.layout import EVENTS
-from tuiloop.rundir.snapshot import Snapshot, SnapshotLoaded, load_snapshot, read_snapshot, save_snapshot
+from tuiloop.rundir.snapshot import Snapshot, save_snapshot
 
 
 def encode(event: Event) -> bytes:
@@ -29,16 +29,6 @@ def encode(event: Event) -> bytes:
     return (event.to_json() + "\n").encode()
 
 
-def line_prefix(kind: str) -> bytes:
-    """How every line :func:`encode` writes for events of ``kind`` starts, to skip them unparsed."""
-    item, key = JSON_SEPARATORS
-    return ("{" + json.dumps("event") + key + json.dumps(kind) + item).encode()
-
-
-# Per-step loss lines and machine samples are most of a long log; readers that only need the
-# last of them (ls) skip the rest by these prefixes.
-_STEPS_PREFIX = line_prefix("train_steps")
-_SAMPLE_PREFIX = line_prefix("system_sample")
 SNAPSHOT_EVERY_S = 30.0  # the writer saves series.json this often (the run's own clock)
 
 
@@ -61,14 +51,12 @@ class EventLog:
             self._file.flush()
         self._offset = self._file.tell()  # bytes in the log: where the next line goes
         self._every = snapshot_every
-        self._snap = self._restore() if snapshot_every is not None else None
+        self._snap: Snapshot[RunDigest] | None = self._restore() if snapshot_every is not None else None
         self._saved_at: float | None = None  # event time of the last save (at first: of the first event)
         self._unsaved: bytes | None = None  # the last line written, if written since that save
 
-    def _restore(self) -> Snapshot | None:
+    def _restore(self) -> Snapshot[RunDigest] | None:
         """The snapshot of the log as it is: the one saved there, moved on by the lines after it."""
-        from tuiloop.rundir.digest import RunDigest
-
         try:
             snap = load_snapshot(self.run_dir)
             if snap is None or snap.kinds != RunDigest.KINDS:  # none, or an older tuiloop's
@@ -95,7 +83,7 @@ class EventLog:
             self._file.write(line)
             self._file.flush()
             self._offset += len(line)
-            if event.kind == "finished":  # flushed lines survive a killed process; this, a lost machine
+            if type(event) is Finished:  # flushed lines survive a killed process; this, a lost machine
                 os.fsync(self._file.fileno())
             if self._snap is not None:
                 self._keep(event, line)
@@ -110,7 +98,7 @@ class EventLog:
         self._unsaved = line
         if self._saved_at is None:
             self._saved_at = event.time
-        if event.kind == "finished" or abs(event.time - self._saved_at) >= self._every:  # abs: a clock set back
+        if type(event) is Finished or abs(event.time - self._saved_at) >= self._every:  # abs: a clock set back
             self._save()
 
     def _save(self) -> None:
@@ -195,7 +183,7 @@ class EventTail:
         self.lines += len(lines)
         return events
 
-    def _catch_up(self, snap: Snapshot) -> list[Event]:
+    def _catch_up(self, snap: Snapshot[RunDigest]) -> list[Event]:
         """The lines the snapshot's ranges point to, then the snapshot; on from its offset."""
         events: list[Event] = []
         read = 0
@@ -230,90 +218,3 @@ def read_events(run_dir: Path, snapshot: bool = False, skip: tuple[str, ...] = (
     while batch := tail.poll():
         out.extend(batch)
     return out, tail
-
-
-@dataclass
-class Progress:
-    """How far a run without a summary got, as ``ls`` shows it."""
-
-    epochs: int | None = None
-    done: int = 0  # completed epochs
-    monitor: str | None = None
-    best: float | None = None
-    best_epoch: int | None = None  # counted from 1
-    paused: bool = False
-    last_time: float | None = None
-
-
-def scan(run_dir: Path) -> Progress:
-    """Epochs done, best so far and pause state, from the log; of the step lines and the machine
-    samples only the last is parsed. A snapshot that fits the log says where the other lines are
-    before its offset, and what the rest there added up to."""
-    p = Progress()
-    last_steps: bytes | None = None
-    last_sample: bytes | None = None
-    try:
-        f = open(run_dir / EVENTS, "rb")
-    except OSError:
-        return p
-    with f:
-        snap = read_snapshot(run_dir)
-        if snap is not None:
-            for start, end, _ in snap["ranges"]:
-                f.seek(start)
-                for line in f.read(end - start).splitlines():
-                    _scan_line(p, line)
-            digest = snap.get("digest")
-            _scan_steps(
-                p, digest.get("epoch") if isinstance(digest, dict) else None, snap.get("time")
-            )  # the epoch of the last step, or later
-            f.seek(snap["offset"])
-        for line in f:
-            if line.startswith(_STEPS_PREFIX):
-                last_steps = line
-            elif line.startswith(_SAMPLE_PREFIX):
-                last_sample = line
-            else:
-                _scan_line(p, line)
-    for line in (last_steps, last_sample):
-        try:
-            ev = json.loads(line) if line is not None else None
-        except ValueError:
-            continue
-        if isinstance(ev, dict):
-            _scan_steps(p, ev.get("epoch") if ev.get("event") == "train_steps" else None, ev.get("time"))
-    return p
-
-
-def _scan_line(p: Progress, line: bytes) -> None:
-    try:
-        ev = json.loads(line)
-    except ValueError:
-        return  # a line still being written
-    if not isinstance(ev, dict):
-        return
-    kind = ev.get("event")
-    p.last_time = ev.get("time", p.last_time)
-    try:
-        if kind == "run_started":
-            p.epochs, p.monitor = ev.get("epochs"), ev.get("monitor")
-            p.done = max(p.done, int(ev.get("start_epoch") or 0))
-        elif kind == "validated":
-            p.done = max(p.done, int(ev["epoch"]))
-            value = (ev.get("metrics") or {}).get(p.monitor or "")
-            if ev.get("is_best") and value is not None:
-                p.best, p.best_epoch = value, int(ev["epoch"])
-        elif kind == "checkpoint":
-            p.done = max(p.done, int(ev.get("epoch") or 0))
-        elif kind == "state":
-            p.paused = ev.get("state") == "paused"
-    except (KeyError, TypeError, ValueError):
-        pass  # a line this version does not understand
-
-
-def _scan_steps(p: Progress, epoch: object, time: object) -> None:
-    """Steps of epoch k were logged at ``time``: the epochs before k are done."""
-    if isinstance(epoch, int):
-        p.done = max(p.done, epoch - 1)
-    if isinstance(time, (int, float)):
-        p.last_time = max(p.last_time or 0.0, time)

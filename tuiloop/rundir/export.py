@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tuiloop.engine.events import Event, RunStarted, TrainSteps, Validated
+from tuiloop.engine.events import Event, EventReader, RunStarted, TrainSteps, Validated, on
 from tuiloop.rundir.eventlog import EventTail, read_events
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard: the live mirror's folder, and export's default
@@ -50,25 +50,31 @@ class ValidationRow:
 
 
 @dataclass
-class History:
+class History(EventReader):
     """A run's steps and validations, each once: the last time it was logged."""
 
     steps: dict[int, StepRow] = field(default_factory=dict)
     validations: dict[tuple[int, int], ValidationRow] = field(default_factory=dict)  # by (epoch, step)
     metrics: list[str] = field(default_factory=list)  # validation metric names, in the order first seen
 
-    def add(self, event: Event) -> None:
-        """Take one event; a resumed start forgets what the crashed session logged after its checkpoint."""
-        if isinstance(event, RunStarted) and event.resumed_from:
-            self.steps = {s: row for s, row in self.steps.items() if s <= event.start_step}
-            self.validations = {k: row for k, row in self.validations.items() if row.step <= event.start_step}
-        elif isinstance(event, TrainSteps):
-            for row in step_rows(event):
-                self.steps[row.step] = row
-        elif isinstance(event, Validated):
-            row = validation_row(event)
-            self.validations[(row.epoch, row.step)] = row
-            self.metrics.extend(name for name in row.metrics if name not in self.metrics)
+    add = EventReader.dispatch  # take one event (of any kind)
+
+    @on(RunStarted)
+    def _started(self, ev: RunStarted) -> None:
+        if ev.resumed_from:  # forget what the crashed session logged after its checkpoint
+            self.steps = {s: row for s, row in self.steps.items() if s <= ev.start_step}
+            self.validations = {k: row for k, row in self.validations.items() if row.step <= ev.start_step}
+
+    @on(TrainSteps)
+    def _train_steps(self, ev: TrainSteps) -> None:
+        for row in step_rows(ev):
+            self.steps[row.step] = row
+
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
+        row = validation_row(ev)
+        self.validations[(row.epoch, row.step)] = row
+        self.metrics.extend(name for name in row.metrics if name not in self.metrics)
 
     def rows(self) -> list[StepRow | ValidationRow]:
         """Steps and validations in step order; a validation follows the step it ran after."""
@@ -172,15 +178,6 @@ def row_scalars(row: StepRow | ValidationRow) -> list[Scalar]:
         out.append(Scalar("train/grad_norm", row.grad_norm, row.step, row.time))
     out.append(Scalar("train/samples_per_s", row.samples_per_s, row.step, row.time))
     return out
-
-
-def event_scalars(event: Event) -> list[Scalar]:
-    """The scalars of one event (the live mirror): its steps' or its validation's; none for other events."""
-    if isinstance(event, TrainSteps):
-        return [s for row in step_rows(event) for s in row_scalars(row)]
-    if isinstance(event, Validated):
-        return row_scalars(validation_row(event))
-    return []
 
 
 def history_scalars(h: History) -> Iterator[Scalar]:

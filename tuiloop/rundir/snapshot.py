@@ -5,14 +5,18 @@ The event log stays the truth; this file is a cache of what its first ``offset``
 to, with the byte ranges of the lines there that are not of the digested kinds (a few thousand
 a day: validations, checkpoints, states, messages). The writer
 (:class:`~tuiloop.rundir.eventlog.EventLog`) saves it atomically every 30 s of the run's clock
-and when a session ends. A reader loads it, reads those ranges, takes the digest in place of
-the rest (:class:`SnapshotLoaded`), then reads on from the offset as usual: opening a run costs
-the same after a day as after a minute, plus its validations.
+and when a session ends. A reader loads it (:func:`tuiloop.rundir.digest.load_snapshot`), reads
+those ranges, takes the digest in place of the rest (:class:`~tuiloop.rundir.digest.SnapshotLoaded`),
+then reads on from the offset as usual: opening a run costs the same after a day as after a
+minute, plus its validations.
 
 A snapshot is used only if the log still holds, at its offset, the very line it was saved
 after (length and hash); a log that was cut, replaced or belongs to another run fails that
 check, and so does a damaged or unknown file. Then the reader reads the whole log: slower, the
 same result. So do runs from before this file existed.
+
+This module does not import the digest (which imports numpy): ``ls`` reads the file raw
+(:func:`read_snapshot`) without it.
 """
 
 from __future__ import annotations
@@ -22,33 +26,38 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from tuiloop.engine.events import Event
+from tuiloop.engine.events import Event, SystemSample, TrainSteps
 from tuiloop.rundir.layout import EVENTS, SNAPSHOT
-
-if TYPE_CHECKING:  # the digest imports numpy, which ls (scan) does without
-    from tuiloop.rundir.digest import RunDigest
 
 FORMAT = 2  # 2: the digest keeps the last steps one by one (train_recent)
 # The kinds a RunDigest takes whole (RunDigest.KINDS): named here, where ls reads them without numpy.
-DIGESTED_KINDS = ("train_steps", "system_sample")
+DIGESTED_KINDS = (TrainSteps.kind, SystemSample.kind)
+
+
+class Digest(Protocol):
+    """What a snapshot keeps: a :class:`~tuiloop.rundir.digest.RunDigest`."""
+
+    def apply(self, ev: Event) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+D = TypeVar("D", bound=Digest)
 
 
 @dataclass
-class Snapshot:
+class Snapshot(Generic[D]):
     """A digest and the part of the log it covers; :meth:`add` moves it on by one line."""
 
-    digest: RunDigest
+    digest: D
     offset: int = 0  # bytes of the log covered
     lines: int = 0  # lines in them
     time: float = 0.0  # of the last event covered
     # [start, end, number of the first line] of each run of lines not of the digested kinds
     ranges: list[list[int]] = field(default_factory=list)
-    kinds: tuple[str, ...] = ()  # the digested kinds
-
-    def __post_init__(self) -> None:
-        self.kinds = self.kinds or type(self.digest).KINDS
+    kinds: tuple[str, ...] = DIGESTED_KINDS
 
     def add(self, event: Event | None, line: bytes) -> None:
         """``line`` (with its newline) follows in the log; ``event`` is what it says (None: unreadable)."""
@@ -66,21 +75,11 @@ class Snapshot:
                 self.ranges.append([start, self.offset, self.lines])
 
 
-@dataclass(frozen=True)
-class SnapshotLoaded(Event):
-    """Not in the log: a reader's stand-in for the lines a snapshot covers. ``digest`` replaces
-    what the events before it added up to; ``skipped`` lines were not read."""
-
-    kind: ClassVar[str] = "snapshot"
-    digest: RunDigest
-    skipped: int = 0
-
-
 def _fingerprint(line: bytes) -> str:
     return hashlib.sha1(line).hexdigest()
 
 
-def save_snapshot(run_dir: Path, snap: Snapshot, last_line: bytes) -> None:
+def save_snapshot(run_dir: Path, snap: Snapshot[Any], last_line: bytes) -> None:
     """Write ``series.json`` for ``snap``, whose covered bytes end with ``last_line`` (a temp
     file, then ``os.replace``: readers see the old file or the new one, never half of one)."""
     data = {
@@ -98,26 +97,6 @@ def save_snapshot(run_dir: Path, snap: Snapshot, last_line: bytes) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, allow_nan=True, separators=(",", ":"))
     os.replace(tmp, path)  # no fsync: a snapshot lost with the machine only makes the next read slower
-
-
-def load_snapshot(run_dir: Path) -> Snapshot | None:
-    """The run's snapshot if it is sound and fits its log as it is now; else None (read the whole log)."""
-    from tuiloop.rundir.digest import RunDigest
-
-    try:
-        data = read_snapshot(run_dir)
-        if data is None:
-            return None
-        return Snapshot(
-            RunDigest.from_dict(data["digest"]),
-            data["offset"],
-            data["lines"],
-            float(data["time"]),
-            data["ranges"],
-            tuple(data["kinds"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def read_snapshot(run_dir: Path) -> dict[str, Any] | None:

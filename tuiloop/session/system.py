@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from tuiloop.engine.events import Event, Message, SystemSample
+from tuiloop.engine.events import Event, EventReader, Finished, Message, RunStarted, SystemSample, on
 
 INTERVAL_S = 2.0
 INTERVAL_ENV = "TUILOOP_SYSTEM_INTERVAL"  # seconds between samples; 0 turns sampling off (tests set it short)
@@ -87,15 +87,7 @@ class SystemSampler:
     def gate(self, log: Emit) -> Emit:
         """``log`` as an engine sink that also drives the sampler: sampling starts once RunStarted
         is written and stops before Finished is, so the log starts and ends as before."""
-
-        def sink(event: Event) -> None:
-            if event.kind == "finished":
-                self.stop()
-            log(event)
-            if event.kind == "run_started":
-                self.start()
-
-        return sink
+        return _Gate(self, log)
 
     def _loop(self) -> None:
         try:
@@ -306,3 +298,24 @@ def sample_cost(samples: int = 200) -> float:
     sampler.stop()
     times.sort()
     return times[len(times) // 2]
+
+
+class _Gate(EventReader):
+    """:meth:`SystemSampler.gate`'s sink: ``log``, with the sampler started and stopped around it."""
+
+    def __init__(self, sampler: SystemSampler, log: Emit) -> None:
+        self.sampler, self.log = sampler, log
+
+    def __call__(self, event: Event) -> None:
+        if not self.dispatch(event):
+            self.log(event)
+
+    @on(RunStarted)
+    def _started(self, ev: RunStarted) -> None:
+        self.log(ev)
+        self.sampler.start()
+
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
+        self.sampler.stop()
+        self.log(ev)

@@ -13,21 +13,23 @@ import threading
 import time
 from pathlib import Path
 
-from tuiloop.engine.events import Event, Finished, RunStarted
+from tuiloop.engine.events import Event, EventReader, Finished, RunStarted, TrainSteps, Validated, on
 from tuiloop.rundir.export import (
     INSTALL,
     TENSORBOARD_DIR,
+    Scalar,
     ScalarFile,
     TensorBoardXMissing,
-    event_scalars,
     history_scalars,
     read_history,
     require_tensorboardx,
+    row_scalars,
+    step_rows,
+    validation_row,
 )
 from tuiloop.spec import Spec, SpecError
 
 LIVE_SUFFIX = ".tuiloop-live"
-_KINDS = {"run_started", "train_steps", "validated", "finished"}
 
 
 def check_spec(spec: Spec) -> None:
@@ -44,12 +46,13 @@ def check_spec(spec: Spec) -> None:
         ) from None
 
 
-class TensorBoardSink:
+class TensorBoardSink(EventReader):
     """An engine sink writing the run's scalars into ``RUN_DIR/tensorboard`` as it trains.
 
     Each start of the run writes a file of its own. A resumed one is complete by itself: it tells
     TensorBoard to hide the earlier files' points (a killed session's file lacks its last seconds,
     and holds steps the resume redoes), then writes the log's steps up to the checkpoint again.
+    The training thread queues the events this sink has handlers for; its own thread runs them.
     """
 
     def __init__(self, run_dir: Path, flush_secs: float = 5.0) -> None:
@@ -58,12 +61,13 @@ class TensorBoardSink:
         self.logdir = run_dir / TENSORBOARD_DIR
         self.flush_secs = flush_secs
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._file: ScalarFile | None = None  # the writer thread's
         self._thread = threading.Thread(target=self._work, name="tuiloop-tensorboard", daemon=True)
         self._thread.start()
         self._closed = False
 
     def __call__(self, event: Event) -> None:
-        if event.kind in _KINDS:
+        if type(event) in self.handlers:
             self._queue.put(event)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -75,28 +79,20 @@ class TensorBoardSink:
         self._thread.join(timeout)
 
     def _work(self) -> None:
-        file: ScalarFile | None = None
         next_flush = time.monotonic() + self.flush_secs
         try:
             while True:
                 try:
                     event = self._queue.get(timeout=max(next_flush - time.monotonic(), 0.01))
                 except queue.Empty:  # quiet for a while (validating, paused): flush what was written
-                    if file is not None:
-                        file.flush()
+                    self._flush()
                     next_flush = time.monotonic() + self.flush_secs
                     continue
                 if event is None:
                     break
-                if isinstance(event, RunStarted):
-                    if file is not None:
-                        file.close()
-                    file = self._open(event)
-                elif scalars := event_scalars(event):
-                    file = file or self._open(None)
-                    file.add(scalars)
-                if file is not None and (isinstance(event, Finished) or time.monotonic() >= next_flush):
-                    file.flush()
+                self.dispatch(event)
+                if time.monotonic() >= next_flush:
+                    self._flush()
                     next_flush = time.monotonic() + self.flush_secs
         except (
             Exception
@@ -108,8 +104,37 @@ class TensorBoardSink:
             )
             self._drain()
         finally:
-            if file is not None:
-                file.close()
+            if self._file is not None:
+                self._file.close()
+
+    # ---- the writer thread's handlers ----------------------------------------------------------
+    @on(RunStarted)
+    def _started(self, ev: RunStarted) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._file = self._open(ev)
+
+    @on(TrainSteps)
+    def _train_steps(self, ev: TrainSteps) -> None:
+        self._add([s for row in step_rows(ev) for s in row_scalars(row)])
+
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
+        self._add(row_scalars(validation_row(ev)))
+
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
+        self._flush()
+
+    def _add(self, scalars: list[Scalar]) -> None:
+        if scalars:
+            self._file = self._file or self._open(None)
+            self._file.add(scalars)
+
+    def _flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def _open(self, started: RunStarted | None) -> ScalarFile:
         suffix = f".{(started.session if started is not None else '') or 'run'}{LIVE_SUFFIX}"

@@ -11,11 +11,12 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
-from tuiloop.engine import fmt
+from tuiloop.engine import fmt, sentences
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
     Event,
+    EventReader,
     Failed,
     Finished,
     LRChanged,
@@ -23,23 +24,18 @@ from tuiloop.engine.events import (
     RunStarted,
     SettingChanged,
     StateChanged,
+    TrainSteps,
     Validated,
+    on,
 )
 from tuiloop.engine.exits import exit_status
 from tuiloop.engine.monitor import higher_is_better
-from tuiloop.rundir.digest import RunDigest
+from tuiloop.rundir.digest import RunDigest, SnapshotLoaded
 from tuiloop.rundir.series import Downsampled
-from tuiloop.rundir.snapshot import SnapshotLoaded
 
 ENDED = ("completed", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
-PLOTTED = (
-    "run_started",
-    "train_steps",
-    "validated",
-    "lr_changed",
-    "setting_changed",
-    "finished",
-    "snapshot",
+PLOTTED = frozenset(
+    {RunStarted, TrainSteps, Validated, LRChanged, SettingChanged, Finished, SnapshotLoaded}
 )  # what the plots draw
 LOG_LINES = 10_000  # the log pane scrolls back over the whole run
 
@@ -80,7 +76,7 @@ def _digested(name: str) -> property:
     return property(lambda self: getattr(self.digest, name), lambda self, value: setattr(self.digest, name, value))
 
 
-class MonitorModel:
+class MonitorModel(EventReader):
     """What the monitor shows about one run, rebuilt from its events.
 
     Its series and progress live in ``self.digest`` (:class:`RunDigest`), which the training
@@ -156,14 +152,12 @@ class MonitorModel:
     def apply(self, ev: Event) -> None:
         """Take one event into the model."""
         self.version += 1
-        if ev.kind in PLOTTED:
+        if type(ev) in PLOTTED:
             self.plot_version += 1
         self.events_seen += 1
         self._clock(ev)
         self.digest.apply(ev)
-        handler = getattr(self, f"_on_{ev.kind}", None)
-        if handler is not None:
-            handler(ev)
+        self.dispatch(ev)
         self.last_event_time = ev.time
 
     def _clock(self, ev: Event) -> None:
@@ -175,7 +169,8 @@ class MonitorModel:
         if self.first_event_time is None:
             self.first_event_time = ev.time
 
-    def _on_snapshot(self, ev: SnapshotLoaded) -> None:
+    @on(SnapshotLoaded)
+    def _snapshot(self, ev: SnapshotLoaded) -> None:
         # the digest the training process saved at this point of the log: it holds the lines
         # that were not read, and replaces what the events read before it made of the digest.
         # Its time is the last covered line's and no state changes in the lines skipped, so the
@@ -183,7 +178,8 @@ class MonitorModel:
         self.digest = ev.digest
         self.events_seen += ev.skipped - 1  # the lines it stands for, not itself
 
-    def _on_run_started(self, ev: RunStarted) -> None:
+    @on(RunStarted)
+    def _run_started(self, ev: RunStarted) -> None:
         self.started = ev
         self.run_dir = ev.run_dir or self.run_dir
         self.state, self.state_reason = "running", ""
@@ -199,17 +195,10 @@ class MonitorModel:
         if ev.resumed_from:
             # steps logged after the checkpoint by the session that crashed are done again (the digest drops them from the series)
             self.epoch_rows = [row for row in self.epoch_rows if row.step <= ev.start_step]
-            self._log(
-                ev.time, "info", f"resumed at epoch {ev.start_epoch + 1}, step {ev.start_step} from {ev.resumed_from}"
-            )
-        else:
-            size = fmt.plural(ev.epochs, "epoch") if ev.epochs else ""  # a tracked loop may not say
-            size += f" x {fmt.plural(ev.steps_per_epoch, 'step')}" if size and ev.steps_per_epoch else ""
-            problem = f"{ev.problem} " if ev.problem not in ("unknown", "other") else ""  # known after the first batch
-            params = f", {ev.num_params:,} parameters" if ev.num_params else ""
-            self._log(ev.time, "info", f"started: {problem}on {ev.device_name}{params}" + (f", {size}" if size else ""))
+        self._log(ev.time, "info", sentences.started(ev))
 
-    def _on_validated(self, ev: Validated) -> None:
+    @on(Validated)
+    def _validated(self, ev: Validated) -> None:
         self.epochs_done = ev.epoch
         self.epoch_rows.append(ev)
         for name, value in ev.metrics.items():
@@ -220,63 +209,43 @@ class MonitorModel:
             if math.isfinite(self.best_value):
                 self.best_point = (ev.step, self.best_value)
 
-    def _on_lr_changed(self, ev: LRChanged) -> None:
+    @on(LRChanged)
+    def _lr_changed(self, ev: LRChanged) -> None:
         # a plateau cut or a warm restart is news; the small steps of a smooth schedule are not
         if ev.previous > 0 and ev.lr > 0 and abs(math.log(ev.lr / ev.previous)) >= math.log(1.5):
-            self._log(
-                ev.time, "info", f"learning rate {fmt.lr(ev.previous)} -> {fmt.lr(ev.lr)} (epoch {ev.epoch})", key="lr"
-            )
+            self._log(ev.time, "info", sentences.lr_changed(ev), key="lr")
 
-    def _on_setting_changed(self, ev: SettingChanged) -> None:
-        if ev.key == "optimizer.lr" and isinstance(ev.new, (int, float)):
-            text = f"learning rate {fmt.lr(ev.old)} -> {fmt.lr(ev.new)} ({ev.source}, step {ev.step})"
-        elif ev.key == "stop_after_epoch":
+    @on(SettingChanged)
+    def _setting_changed(self, ev: SettingChanged) -> None:
+        if ev.key == "stop_after_epoch":
             self.stop_after_epoch = bool(ev.new)
-            text = (
-                f"stops after epoch {ev.epoch} (step {ev.step})"
-                if ev.new
-                else f"stop after this epoch cancelled (step {ev.step})"
-            )
-        else:
-            text = f"{ev.key} {ev.old!r} -> {ev.new!r} ({ev.source}, step {ev.step})"
-        self._log(ev.time, "warning", text)
+        self._log(ev.time, "warning", sentences.setting_changed(ev))
 
-    def _on_early_stop(self, ev: EarlyStopUpdate) -> None:
+    @on(EarlyStopUpdate)
+    def _early_stop(self, ev: EarlyStopUpdate) -> None:
         self.early = ev
         if ev.triggered:
-            self._log(
-                ev.time,
-                "warning",
-                f"early stopping triggered: {ev.monitor} did not improve on {fmt.value(ev.best)} for {ev.counter}/{ev.patience} checks",
-            )
+            self._log(ev.time, "warning", sentences.early_stop_triggered(ev))
 
-    def _on_checkpoint(self, ev: CheckpointSaved) -> None:
+    @on(CheckpointSaved)
+    def _checkpoint(self, ev: CheckpointSaved) -> None:
         prev = self.log[-1] if self.log else None
         if ev.tag == "last" and prev is not None and prev.key.startswith(f"ckpt@{ev.step}:"):
-            prev.text += " + last.pt"  # the same moment's best/periodic save: one line for both
+            prev.text += sentences.ALSO_LAST  # the same moment's best/periodic save: one line for both
             self.log_rev += 1
             return
-        metric = f"  {ev.monitor} {fmt.value(ev.metric)}" if ev.metric is not None and ev.monitor else ""
         level = {"best": "best", "last": "dim"}.get(ev.tag, "save")
         # repeated last.pt saves collapse into one line; other saves each keep their own
         key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}:{ev.tag}"
-        self._log(ev.time, level, f"saved {ev.tag} {ev.path}  epoch {ev.epoch}{metric}", key=key)
+        self._log(ev.time, level, sentences.checkpoint_saved(ev), key=key)
 
-    def _on_state(self, ev: StateChanged) -> None:
+    @on(StateChanged)
+    def _state(self, ev: StateChanged) -> None:
         self.state, self.state_reason = ev.state, ev.reason
-        text = {
-            "paused": "paused: waiting at a step boundary",
-            "running": "resumed",
-            "stopping": "stopping: finishing the step and saving",
-        }.get(ev.state, ev.state)
-        at = f" at step {ev.step}" if ev.step else ""
-        self._log(
-            ev.time,
-            "warning" if ev.state == "stopping" else "info",
-            text + at + (f" ({ev.reason})" if ev.reason else ""),
-        )
+        self._log(ev.time, "warning" if ev.state == "stopping" else "info", sentences.state_changed(ev))
 
-    def _on_message(self, ev: Message) -> None:
+    @on(Message)
+    def _message(self, ev: Message) -> None:
         self._log(ev.time, ev.level if ev.level in ("warning", "error") else "info", ev.text)
         if ev.level == "error":
             self.last_error = ev.text  # e.g. a NaN loss, which ends the run without a Failed event
@@ -285,36 +254,25 @@ class MonitorModel:
         """True while the events read are those of a session before the process we follow."""
         return bool(self.expect_session) and self.started is not None and self.started.session != self.expect_session
 
-    def _on_failed(self, ev: Failed) -> None:
+    @on(Failed)
+    def _failed(self, ev: Failed) -> None:
         if self._earlier_session() and ev.where != "setup":  # a setup failure is always the new process's
-            self._log(ev.time, "error", f"an earlier session failed: {ev.error}  [{ev.where}]")
+            self._log(ev.time, "error", f"an earlier session failed: {sentences.failed(ev)}")
             return
         self.failure = ev
-        self._log(ev.time, "error", f"{ev.error}  [{ev.where}]")
+        self._log(ev.time, "error", sentences.failed(ev))
 
-    def _on_finished(self, ev: Finished) -> None:
+    @on(Finished)
+    def _finished(self, ev: Finished) -> None:
         if self._earlier_session() and not (self.failure is not None and self.failure.where == "setup"):
             self.state, self.state_reason = "starting", "resuming"
-            self._log(
-                ev.time,
-                "dim",
-                f"an earlier session ended: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}",
-            )
+            self._log(ev.time, "dim", f"an earlier session ended: {sentences.ended(ev)}")
             return
         self.finished = ev
         self.state, self.state_reason = ev.status, ev.reason
         self.epochs_done = ev.epochs_done
-        best = (
-            f"; best {ev.monitor} {fmt.value(ev.best_value)} at epoch {ev.best_epoch}"
-            if ev.best_value is not None and ev.best_epoch is not None
-            else ""
-        )
         level = "error" if ev.status in ("failed", "forced") else "success"
-        self._log(
-            ev.time,
-            level,
-            f"finished: {ev.status.replace('_', ' ')} ({ev.reason}) after {fmt.plural(ev.epochs_done, 'epoch')}, {fmt.plural(ev.step, 'step')}{best}",
-        )
+        self._log(ev.time, level, f"finished: {sentences.finished(ev)}")
 
     # ---- outside the event log --------------------------------------------------------------
     def process_gone(self, exit_code: int | None, now: float) -> None:
@@ -421,14 +379,8 @@ class MonitorModel:
     def summary_line(self) -> str:
         """One line on how the run stands, printed after the monitor closes."""
         name = self.run_name or "the run"
-        f = self.finished
-        if f is not None:
-            best = (
-                f", best {f.monitor} {fmt.value(f.best_value)} at epoch {f.best_epoch}"
-                if f.best_value is not None and f.best_epoch is not None
-                else ""
-            )
-            return f"{name}: {f.status.replace('_', ' ')} ({f.reason}) after {fmt.plural(f.epochs_done, 'epoch')}, {fmt.plural(f.step, 'step')} in {fmt.clock(f.wall_time_s)}{best}"
+        if self.finished is not None:
+            return f"{name}: {sentences.finished(self.finished)}"
         if self.state == "crashed":
             return f"{name}: crashed: {self.state_reason}"
         return f"{name}: still {self.state} at epoch {self.epoch}, step {self.step}"
