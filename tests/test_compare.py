@@ -191,6 +191,41 @@ def test_the_comparison_lists_states_and_the_differing_spec_values(tmp_path: Pat
     assert cmp.poll() and cmp.runs[1].state == "crashed"  # the lock went without a summary
 
 
+def test_a_keys_numbers_read_alike_whether_toml_holds_an_integer_or_a_float(tmp_path: Path) -> None:
+    """lr = 20.0 beside lr = 5 reads 20 beside 5, in the plain table and on the screen; small
+    rates read as log lines write them, and floats keep every digit that tells them apart."""
+    a, _ = fake_run(
+        tmp_path,
+        "a",
+        "aaaa",
+        [0.5],
+        {"optimizer": {"lr": 20.0, "weight_decay": 2e-05, "betas": [0.9, 1.0]}, "model": {"dropout": 0.1}},
+    )
+    b, _ = fake_run(
+        tmp_path,
+        "b",
+        "bbbb",
+        [0.5],
+        {"optimizer": {"lr": 5, "weight_decay": 0.001, "betas": [0.9, 2]}, "model": {"dropout": 0.10000000000000002}},
+    )
+    assert "lr = 20.0" in (a / SPEC).read_text() and "lr = 5\n" in (b / SPEC).read_text()  # as TOML holds them
+    cmp = Comparison([a, b])
+    assert cmp.differing() == [
+        ("model.dropout", ["0.1", "0.10000000000000002"]),
+        ("optimizer.lr", ["20", "5"]),
+        ("optimizer.weight_decay", ["2e-05", "0.001"]),
+        ("optimizer.betas", ["[0.9, 1]", "[0.9, 2]"]),
+    ]
+    plain = format_plain(cmp, "val_loss").splitlines()
+    assert "optimizer.lr            20        5" in plain
+    assert "optimizer.weight_decay  2e-05     0.001" in plain
+    screen = table_text(cmp, "val_loss", 120, 20).plain.splitlines()
+    lr_line = next(line for line in screen if line.startswith("optimizer.lr"))
+    assert lr_line.split() == ["optimizer.lr", "20", "5"], screen
+    assert next(line for line in screen if line.startswith("optimizer.weight_decay")).split()[1:] == ["2e-05", "0.001"]
+    assert "20.0" not in "\n".join(plain + screen)
+
+
 def test_the_table_fits_narrow_terminals_by_dropping_runs_not_digits(tmp_path: Path) -> None:
     long_target = {"model": {"target": "a_rather_long_module_name.py:SomeVeryLongModelFactoryName"}}
     runs = [
