@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import DEMOS, assert_same_weights, load_ckpt, only_run, run_cli, start_cli, write_spec
+from runs_support import read_stderr_until
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.eventlog import EventTail, read_events
@@ -206,9 +207,10 @@ def test_second_sigint_forces_exit_130(workdir: Path) -> None:
     proc, run_dir = slow_run(workdir, delay=1.0)  # one step lasts a second: the second ^C comes first
     try:
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        heard = read_stderr_until(proc, "interrupt: stopping after this step", 10, "the first interrupt to be heard")
         proc.send_signal(signal.SIGINT)
         code, out, err = finish(proc, timeout=10)
+        err = heard + err
     finally:
         proc.kill()
     assert code == 130

@@ -241,7 +241,7 @@ def test_ls_gives_a_run_the_duration_its_summary_records(runs: dict[str, Path], 
     assert round(before - session) <= live <= round(after - session)
 
 
-def test_ls_without_runs(tmp_path: Path) -> None:
+def test_ls_of_an_empty_or_missing_runs_directory_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "runs"
     empty.mkdir()
     done = run_cli("ls", empty, cwd=tmp_path)
