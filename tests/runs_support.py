@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -34,6 +35,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
+
+
+def read_stderr_until(proc: subprocess.Popen, text: str, timeout: float, what: str) -> str:
+    """What ``proc`` wrote to its piped stderr up to and including ``text``; fail the test if it
+    does not come within ``timeout``. The rest is left in the pipe for ``proc.communicate()``."""
+    assert proc.stderr is not None
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; stderr so far: {seen!r}")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stderr closed before {what}; it said: {seen!r}")
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:

@@ -85,7 +85,9 @@ def test_attach_without_a_live_run(crashed: Path, finished: Path, workdir: Path)
     assert states == ["crashed", "finished"]
 
 
-def test_unknown_or_ambiguous_runs(workdir: Path, finished: Path, crashed: Path) -> None:
+def test_an_unknown_ambiguous_or_non_run_name_exits_2_saying_which(
+    workdir: Path, finished: Path, crashed: Path
+) -> None:
     runs = workdir / "runs"
     runs.mkdir(exist_ok=True)
     for run_dir in (crashed, finished):

@@ -15,6 +15,7 @@ import pytest
 import tiny
 import torch
 from conftest import FIXTURES, assert_same_weights, cli_env, load_ckpt, write_spec
+from runs_support import wait_until
 from torch import nn
 
 from tuiloop.engine.batches import Batches
@@ -30,7 +31,7 @@ RECIPE_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch", "loss"}
 RESUME_KEYS = {"scheduler_state_dict", "step", "batch_in_epoch", "best", "early_stopping", "rng_state"}
 
 
-def test_run_directory_layout(workdir: Path) -> None:
+def test_a_finished_run_directory_holds_its_spec_info_log_summary_and_checkpoints(workdir: Path) -> None:
     spec = write_spec(
         workdir,
         run={"name": "layout", "epochs": 3},
@@ -191,15 +192,10 @@ def test_checkpoint_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
             server.stdin.write(f"{start}\n")
             server.stdin.flush()
             pid = int(server.stdout.readline())
-            if round_ == 0:  # wait for the first complete file
-                deadline = time.monotonic() + 30
-                while not path.exists():
-                    assert time.monotonic() < deadline, "the writer never saved"
-                    time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.25))
+            wait_until(path.exists, 30, "the writer's first complete file", every=0.005)  # at once after the first
+            time.sleep(rng.uniform(0.0, 0.25))  # a random moment of the writing to kill it at
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.002)
+            wait_until(lambda pid=pid: not _alive(pid), 10, "the killed writer to be gone", every=0.002)
             ck = torch.load(path, map_location="cpu", weights_only=True)  # must never raise
             v = ck["version"]
             assert v >= start or (seen and v == seen[-1]), "an older version came back"

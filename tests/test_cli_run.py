@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import DEMOS, assert_same_weights, load_ckpt, only_run, run_cli, start_cli, write_spec
+from runs_support import read_stderr_until
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.eventlog import EventTail, read_events
@@ -206,9 +207,10 @@ def test_second_sigint_forces_exit_130(workdir: Path) -> None:
     proc, run_dir = slow_run(workdir, delay=1.0)  # one step lasts a second: the second ^C comes first
     try:
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        heard = read_stderr_until(proc, "interrupt: stopping after this step", 10, "the first interrupt to be heard")
         proc.send_signal(signal.SIGINT)
         code, out, err = finish(proc, timeout=10)
+        err = heard + err
     finally:
         proc.kill()
     assert code == 130
@@ -270,3 +272,24 @@ def test_one_epoch_of_one_batch_reads_in_the_singular(workdir: Path) -> None:
     assert re.match(r"finished: completed \(1 epoch done\) after 1 epoch, 1 step in \d+\.\ds", lines[-1]), lines[-1]
     assert " 1 steps" not in r.stdout and " 1 epochs" not in r.stdout
     assert read_json(only_run(workdir / "runs") / "summary.json")["reason"] == "1 epoch done"  # type: ignore[index]
+
+
+# ---- the command's own help ---------------------------------------------------------------------------
+def test_help_and_usage_errors_name_only_the_public_commands(tmp_path: Path) -> None:
+    """The subcommands tuiloop starts in its own processes (_worker, _launch, _rank) are not offered
+    to a person, in --help or in the error for an unknown command, and they still parse."""
+    public = ["run", "attach", "show", "export", "compare", "ls"]
+    helped = run_cli("--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    listed = re.findall(r"^    (\S+) ", helped.stdout, flags=re.MULTILINE)
+    assert listed == public, helped.stdout
+    assert "_worker" not in helped.stdout and "SUPPRESS" not in helped.stdout and "_rank" not in helped.stdout
+    unknown = run_cli("trian", cwd=tmp_path)
+    assert unknown.returncode == 2 and not unknown.stdout
+    assert "invalid choice: 'trian' (choose from 'run', 'attach', 'show', 'export', 'compare', 'ls')" in unknown.stderr
+    assert "_launch" not in unknown.stderr
+    for internal, option in (("_worker", "--lock-fd"), ("_launch", "--report-ready"), ("_rank", "--resume")):
+        own = run_cli(internal, "--help", cwd=tmp_path)
+        assert own.returncode == 0 and own.stdout.startswith(f"usage: tuiloop {internal} ") and option in own.stdout
+    missing = run_cli("_worker", tmp_path, cwd=tmp_path)  # parsed by its own parser: its own required option
+    assert missing.returncode == 2 and "the following arguments are required: --lock-fd" in missing.stderr

@@ -23,7 +23,7 @@ def run_demo(name: str, tmp_path: Path) -> tuple[list[Event], Finished, dict[str
 
 
 @pytest.mark.parametrize("demo", ["digits.toml", "breast_cancer.toml"])
-def test_classifiers_reach_095(tmp_path: Path, demo: str) -> None:
+def test_the_classifier_demos_reach_95_percent_validation_accuracy(tmp_path: Path, demo: str) -> None:
     _, f, best = run_demo(demo, tmp_path)
     assert f.monitor in ("val_loss", "val_acc")
     assert best["val_acc"] >= 0.95, best

@@ -22,7 +22,16 @@ import pytest
 import tiny
 import torch
 from conftest import assert_same_weights, cli_env, load_ckpt, only_run, run_cli, write_spec
-from runs_support import answers, events, last_step, run_processes, start_detached, summary, wait_until
+from runs_support import (
+    answers,
+    events,
+    last_step,
+    read_stderr_until,
+    run_processes,
+    start_detached,
+    summary,
+    wait_until,
+)
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.state import run_state
@@ -240,9 +249,9 @@ def test_sighup_to_the_launcher_ends_nothing(workdir: Path, cleanup: list[Path])
     assert summary(run_dir)["status"] == "completed"
 
 
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_in_the_foreground_stops_every_rank_and_a_second_forces(workdir: Path, presses: int) -> None:
-    """The second press comes within a step of 0.5 s: before the graceful stop can finish."""
+def ctrl_c_in_the_foreground(workdir: Path, presses: int) -> tuple[int, str, str, Path]:
+    """A two-rank run in the foreground of a terminal, and the terminal's Ctrl+C ``presses`` times,
+    each after the one before was heard; (exit status, stdout, stderr, run directory)."""
     spec = write_spec(
         workdir, run={"epochs": 500, "log_interval": 0.05}, model={"delay": 0.5 if presses == 2 else 0.02}
     )
@@ -255,6 +264,7 @@ def test_ctrl_c_in_the_foreground_stops_every_rank_and_a_second_forces(workdir: 
         env=cli_env(),
         start_new_session=True,
     )
+    heard = ""
     try:
         run_dir = wait_until(
             lambda: next(iter((workdir / "runs").glob("*")), None) if (workdir / "runs").is_dir() else None,
@@ -262,18 +272,28 @@ def test_ctrl_c_in_the_foreground_stops_every_rank_and_a_second_forces(workdir: 
             "the run directory",
         )
         wait_until(lambda: last_step(run_dir) >= 2, 60, "some steps")
-        for _ in range(presses):
-            os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl+C reaches the foreground group
-            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl+C reaches the foreground group
+        for _ in range(presses - 1):  # the next press once the first was heard, within the step
+            heard += read_stderr_until(proc, "interrupt: stopping every rank", 10, "the first Ctrl+C to be heard")
+            os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     wait_until(lambda: not run_processes(run_dir), 10, "no process of the run left")
+    return proc.returncode, out, heard + err, run_dir
+
+
+def test_ctrl_c_in_the_foreground_stops_every_rank(workdir: Path) -> None:
+    code, out, err, run_dir = ctrl_c_in_the_foreground(workdir, 1)
     s = summary(run_dir)
-    if presses == 1:
-        assert proc.returncode == 0 and s["status"] == "stopped", (out, err)
-        assert load_ckpt(run_dir / "checkpoints" / "last.pt")["step"] == s["steps"]
-    else:
-        assert proc.returncode == 130 and s["status"] == "forced", (out, err)
+    assert code == 0 and s["status"] == "stopped", (out, err)
+    assert load_ckpt(run_dir / "checkpoints" / "last.pt")["step"] == s["steps"]
+    assert "interrupt: stopping every rank" in err
+
+
+def test_a_second_ctrl_c_in_the_foreground_forces_every_rank(workdir: Path) -> None:
+    """The second press comes within a step of 0.5 s: before the graceful stop can finish."""
+    code, out, err, run_dir = ctrl_c_in_the_foreground(workdir, 2)
+    assert code == 130 and summary(run_dir)["status"] == "forced", (out, err)
     assert "interrupt: stopping every rank" in err

@@ -337,8 +337,11 @@ def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(
         extra=TWO,
     )
     cleanup.append(run_dir)
-    wait_until(marker.exists, 60, "the ranks to block in a data read")
-    time.sleep(0.3)  # the other rank reaches its own hung read
+    wait_until(
+        lambda: marker.exists() and sorted(marker.read_text().split()) == ["0", "1"],
+        60,
+        "both ranks to block in a data read",
+    )
     assert len([p for p in run_processes(run_dir) if "_rank" in p.cmdline()]) == 2
     t0 = time.monotonic()
     assert send_command(run_dir, "force") == {"ok": True}

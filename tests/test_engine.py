@@ -72,7 +72,7 @@ GOLDEN_VAL = [0.9258130788803101, 0.675, 0.7280835986137391, 0.875]  # (val_loss
     not torch.__version__.startswith("2.13."),
     reason=f"golden losses were computed with torch 2.13; torch {torch.__version__} may initialise or draw differently",
 )
-def test_golden_losses(workdir: Path) -> None:
+def test_step_losses_and_validations_equal_the_recorded_golden_values(workdir: Path) -> None:
     code, events, _ = train(workdir, "run.epochs=2", model={"dropout": 0.2})
     assert code == 0
     assert step_losses(events) == pytest.approx(GOLDEN_LOSSES, rel=1e-6, abs=1e-7)
@@ -82,7 +82,7 @@ def test_golden_losses(workdir: Path) -> None:
     assert steps == sorted(steps) and steps[0] == 1
 
 
-def test_same_as_a_plain_loop(workdir: Path) -> None:
+def test_unshuffled_steps_equal_a_plain_pytorch_loop_loss_for_loss(workdir: Path) -> None:
     """Without shuffling, the engine's steps are the seed's plain loop, loss for loss."""
     code, events, run_dir = train(workdir, "run.epochs=2", "data.shuffle=false", "run.seed=3")
     assert code == 0

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, load_ckpt, write_spec
-from runs_support import TUILOOP, Tmux, new_run_dir, process_gone, start_worker, wait_live, wait_until
+from runs_support import (
+    TUILOOP,
+    Tmux,
+    new_run_dir,
+    process_gone,
+    read_stderr_until,
+    start_worker,
+    wait_live,
+    wait_until,
+)
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.layout import read_json
@@ -50,12 +59,13 @@ def test_a_second_ctrl_c_ends_a_blocked_run_within_2s(workdir: Path, blocked: st
     try:
         wait_until(marker.exists, 60, f"the run to block in {blocked}")
         os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.3)
+        heard = read_stderr_until(proc, "interrupt: stopping after this step", 10, "the first Ctrl+C to be heard")
         assert proc.poll() is None, "one Ctrl+C only asks to stop at the next step"
         os.killpg(proc.pid, signal.SIGINT)
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=10)
         assert time.monotonic() - t0 < 2.0
+        err = heard + err
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -208,7 +208,40 @@ def test_ls_shows_a_paused_run_as_paused(runs: dict[str, Path], workdir: Path) -
     assert row_of(ls_lines(workdir / "runs", workdir), running).split()[1] == "running"
 
 
-def test_ls_without_runs(tmp_path: Path) -> None:
+def _seconds(cell: str) -> int:
+    """An ls TIME cell (42s, 4m05s) back in seconds."""
+    m = re.fullmatch(r"(?:(\d+)m)?(\d+)s", cell)
+    assert m, cell
+    return int(m[1] or 0) * 60 + int(m[2])
+
+
+def test_ls_gives_a_run_the_duration_its_summary_records(runs: dict[str, Path], workdir: Path) -> None:
+    """One definition of a run's duration: its last session's training, from run_started to
+    finished. summary.json records it (wall_time_s) and ls shows it; a run without a summary is
+    measured the same way in its log. (ls used to count from run.json's start, written before a
+    background run's process had even imported torch, to the moment the summary was written.)"""
+    before = time.time()
+    lines = ls_lines(workdir / "runs", workdir)
+    after = time.time()
+    for key in ("finished", "early_stopped", "failed", "stopped"):
+        s = read_json(runs[key] / "summary.json")
+        assert row_of(lines, runs[key]).split()[-3] == fmt.duration(s["wall_time_s"]), key
+        log = events(runs[key])
+        (finished,) = [e for e in log if e["event"] == "finished"]
+        session = [e["time"] for e in log if e["event"] == "run_started"][-1]
+        assert finished["time"] - session == pytest.approx(s["wall_time_s"], abs=0.05), key
+    stopped = read_json(runs["stopped"] / "summary.json")
+    assert stopped["ended"] - read_json(runs["stopped"] / "run.json")["started"] > stopped["wall_time_s"]
+    crashed = events(runs["crashed"])
+    session = [e["time"] for e in crashed if e["event"] == "run_started"][-1]
+    last = max(e["time"] for e in crashed)
+    assert row_of(lines, runs["crashed"]).split()[-3] == fmt.duration(last - session)
+    session = [e["time"] for e in events(runs["running"]) if e["event"] == "run_started"][-1]
+    live = _seconds(row_of(lines, runs["running"]).split()[-3])
+    assert round(before - session) <= live <= round(after - session)
+
+
+def test_ls_of_an_empty_or_missing_runs_directory_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "runs"
     empty.mkdir()
     done = run_cli("ls", empty, cwd=tmp_path)

@@ -96,18 +96,22 @@ def test_bool_is_not_an_integer(workdir: Path, capsys: pytest.CaptureFixture[str
     has_all(err, "[run] epochs", "expected an integer, got True (a boolean)")
 
 
-def test_bad_choice_interval(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_scheduler_interval_names_the_choices_and_the_closest(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(workdir, scheduler={"target": "StepLR", "step_size": 1, "interval": "epochs"})
     err = run_error(capsys, spec)
     has_all(err, "spec.toml, [scheduler] interval", "'epochs' is not one of 'epoch', 'step'", "Did you mean 'epoch'?")
 
 
-def test_bad_choice_mode(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_early_stopping_mode_names_the_choices_and_the_closest(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     err = run_error(capsys, write_spec(workdir, early_stopping={"mode": "maximum"}))
     has_all(err, "[early_stopping] mode", "'maximum' is not one of 'min', 'max'", "Did you mean 'max'?")
 
 
-def test_out_of_range_values(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_of_range_values_say_the_bound_and_the_fix(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     has_all(
         run_error(capsys, write_spec(workdir, run={"epochs": 0})),
         "[run] epochs",
@@ -233,7 +237,7 @@ def test_invalid_toml_names_line(workdir: Path, capsys: pytest.CaptureFixture[st
     has_all(err, "spec.toml", "not valid TOML", "line 3", "strings need quotes")
 
 
-def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_spec_file_that_does_not_exist_is_named(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, workdir / "nope.toml")
     has_all(err, "nope.toml", "no such spec file")
 
@@ -258,7 +262,7 @@ def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
         ("model", "MLP", ["[model] target", "does not say where MLP lives", '"file.py:MLP"']),
     ],
 )
-def test_unknown_torch_names(
+def test_a_target_torch_does_not_have_suggests_the_closest_name(
     workdir: Path, capsys: pytest.CaptureFixture[str], section: str, target: str, expected: list[str]
 ) -> None:
     spec = write_spec(workdir, **{section: {"target": target}})
@@ -285,7 +289,7 @@ def test_supplied_argument_cannot_be_set(workdir: Path, capsys: pytest.CaptureFi
     has_all(err, "[optimizer] params", "tuiloop passes params to Adam itself", "Remove params")
 
 
-def test_missing_required_kwarg(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_required_argument_left_out_says_how_to_add_it(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, write_spec(workdir, scheduler={"target": "StepLR"}))
     has_all(
         err,
@@ -409,7 +413,9 @@ def test_set_values_are_toml_and_bare_words_are_strings(workdir: Path) -> None:
         ("model.target=tiny.py:MPL", ["[model] target (from --set model.target=tiny.py:MPL)", "Did you mean 'MLP'?"]),
     ],
 )
-def test_bad_set(workdir: Path, capsys: pytest.CaptureFixture[str], item: str, expected: list[str]) -> None:
+def test_a_malformed_or_misspelt_set_names_the_set_and_the_fix(
+    workdir: Path, capsys: pytest.CaptureFixture[str], item: str, expected: list[str]
+) -> None:
     has_all(run_error(capsys, write_spec(workdir), item), *expected)
 
 
@@ -474,7 +480,7 @@ def test_real_cli_spec_error_exit_2_no_traceback(workdir: Path) -> None:
     assert not (workdir / "runs").exists(), "a spec error must not leave a run directory"
 
 
-def test_real_cli_structural_error_and_bad_set(workdir: Path) -> None:
+def test_real_cli_unknown_key_and_set_without_a_value_exit_2_without_traceback(workdir: Path) -> None:
     spec = write_spec(workdir, run={"epoch": 3})
     r = run_cli("run", spec, "--headless", cwd=workdir)
     assert r.returncode == 2 and "Did you mean 'epochs'?" in r.stderr and "Traceback" not in r.stderr

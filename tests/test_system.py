@@ -15,8 +15,8 @@ import pynvml
 import pytest
 from conftest import only_run, run_cli, write_spec
 
-from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict, line_prefix
-from tuiloop.rundir.eventlog import decode, encode, read_events
+from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
+from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
 from tuiloop.session import system
 from tuiloop.session.run import run_spec
 from tuiloop.session.system import SystemSampler, short_name, visible_indices
@@ -281,35 +281,47 @@ def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
     ]
 
 
+def two_gpu_lines(width: int) -> tuple[MonitorModel, list[str]]:
+    """A model that took six samples of two GPUs, and its system pane at ``width``."""
+    m = MonitorModel()
+    m.apply_all([two_gpus(1000.0 + 2 * i, util0=97 - 10 * i) for i in range(6)])
+    return m, system_text(m, width).plain.splitlines()
+
+
 @pytest.mark.parametrize("width", [30, 60, 120])
 def test_the_system_pane_shows_each_gpu_within_its_width(width: int) -> None:
-    m = MonitorModel()
-    assert system_text(m, width).plain == "waiting for the first sample"
+    assert system_text(MonitorModel(), width).plain == "waiting for the first sample"
     over = MonitorModel()
     over.apply(Finished("completed", "1 epoch done", 1, 8, None, None, None, 1.0))
     assert system_text(over, 60).plain == "no sample: the run ended before the first"
-    m.apply_all([two_gpus(1000.0 + 2 * i, util0=97 - 10 * i) for i in range(6)])
-    lines = system_text(m, width).plain.splitlines()
+    m, lines = two_gpu_lines(width)
     assert all(len(line) <= width for line in lines), lines
     assert len(lines) == 4 and lines[0].startswith("GPU0 ") and lines[1].startswith("GPU1 ")
     assert (
         "47%" in lines[0] and "3%" in lines[1] and lines[2] == "torch peak 12.3 GiB" and lines[3].startswith("CPU 12%")
     )
-    if width >= 60:  # memory, temperature and power, in columns that line up
-        assert (
-            "61.2/79.6 GiB" in lines[0]
-            and " 1.0/79.6 GiB" in lines[1]
-            and "64°C" in lines[0]
-            and "312 W" in lines[0]
-            and "- W" in lines[1]
-        )
-        assert lines[0].index("GiB") == lines[1].index("GiB") and lines[0].index(" W") == lines[1].index(" W")
-        assert "RAM 10.1/24.0 GiB" in lines[3] and "RSS 2.1 GiB" in lines[3]
-    if width >= 120:  # and the utilisation over time, on a fixed 0-100% scale
-        assert "H100" in lines[0] and "peak 61.2" in lines[0]
-        assert lines[0].endswith("312 W  █▇▆▆▅▄") and lines[1].endswith("- W  ▁▁▁▁▁▁")
     for narrow in range(1, 30):  # never longer than the width, however narrow
         assert all(len(line) <= narrow for line in system_text(m, narrow).plain.splitlines())
+
+
+@pytest.mark.parametrize("width", [60, 120])
+def test_from_60_columns_the_system_pane_adds_memory_temperature_and_power_in_columns(width: int) -> None:
+    _, lines = two_gpu_lines(width)
+    assert (
+        "61.2/79.6 GiB" in lines[0]
+        and " 1.0/79.6 GiB" in lines[1]
+        and "64°C" in lines[0]
+        and "312 W" in lines[0]
+        and "- W" in lines[1]
+    )
+    assert lines[0].index("GiB") == lines[1].index("GiB") and lines[0].index(" W") == lines[1].index(" W")
+    assert "RAM 10.1/24.0 GiB" in lines[3] and "RSS 2.1 GiB" in lines[3]
+
+
+def test_at_120_columns_the_system_pane_adds_the_utilisation_over_time_on_a_fixed_scale() -> None:
+    _, lines = two_gpu_lines(120)
+    assert "H100" in lines[0] and "peak 61.2" in lines[0]
+    assert lines[0].endswith("312 W  █▇▆▆▅▄") and lines[1].endswith("- W  ▁▁▁▁▁▁")
 
 
 def test_the_pane_drops_pieces_whole_and_a_cpu_only_machine_shows_the_cpu_line() -> None:

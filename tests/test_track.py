@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,13 +273,14 @@ print("closed", run.finished.status, flush=True)
 """
 
 
-@pytest.mark.parametrize("how", ["interrupt", "force"])
-def test_ctrl_c_stops_a_tracked_loop_and_force_ends_its_process(how: str, tmp_path: Path) -> None:
-    """With handle_signals, Ctrl+C is a stop the loop sees; the force command (a monitor's second
-    Ctrl+C) ends the process at once, with the run recorded as forced."""
+def end_a_tracked_loop(
+    tmp_path: Path, end: Callable[[subprocess.Popen, Path], None]
+) -> tuple[int, str, str, dict[str, Any], Path]:
+    """A tracked loop with handle_signals, ended by ``end(process, run_dir)`` once it runs;
+    (exit status, stdout, stderr, summary, run directory)."""
     script = tmp_path / "loop.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    run_dir = tmp_path / "runs" / how
+    run_dir = tmp_path / "runs" / "mine"
     proc = subprocess.Popen(
         [sys.executable, script, run_dir],
         cwd=tmp_path,
@@ -289,19 +291,29 @@ def test_ctrl_c_stops_a_tracked_loop_and_force_ends_its_process(how: str, tmp_pa
     )
     try:
         wait_until(lambda: answers(run_dir) and last_step(run_dir) > 0, 60, "the loop to run")
-        if how == "interrupt":
-            proc.send_signal(signal.SIGINT)
-        else:
-            assert send_command(run_dir, "force") == {"ok": True}
+        end(proc, run_dir)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     s = summary(run_dir)
     assert s is not None and not is_locked(run_dir)
-    if how == "interrupt":
-        assert proc.returncode == 0 and "closed stopped" in out, err
-        assert (s["status"], s["reason"]) == ("stopped", "interrupted (SIGINT)")
-    else:
-        assert proc.returncode == 130 and "closed" not in out, err
-        assert s["status"] == "forced" and events(run_dir)[-1]["status"] == "forced"
+    return proc.returncode, out, err, s, run_dir
+
+
+def test_ctrl_c_stops_a_tracked_loop(tmp_path: Path) -> None:
+    """With handle_signals, Ctrl+C is a stop the loop sees."""
+    code, out, err, s, _ = end_a_tracked_loop(tmp_path, lambda proc, _: proc.send_signal(signal.SIGINT))
+    assert code == 0 and "closed stopped" in out, err
+    assert (s["status"], s["reason"]) == ("stopped", "interrupted (SIGINT)")
+
+
+def test_the_force_command_ends_a_tracked_loops_process(tmp_path: Path) -> None:
+    """The force command (a monitor's second Ctrl+C) ends the process at once, with the run recorded as forced."""
+
+    def force(_: subprocess.Popen, run_dir: Path) -> None:
+        assert send_command(run_dir, "force") == {"ok": True}
+
+    code, out, err, s, run_dir = end_a_tracked_loop(tmp_path, force)
+    assert code == 130 and "closed" not in out, err
+    assert s["status"] == "forced" and events(run_dir)[-1]["status"] == "forced"

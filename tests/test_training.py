@@ -233,6 +233,13 @@ def test_bad_precisions_say_what_to_use(
 
 
 # ---- models that compute their own loss --------------------------------------------------------------------
+def test_the_own_loss_list_fixture_returns_a_list_not_a_tuple() -> None:
+    """What the "list" case below relies on: its model's output is a list (logits, the scalar loss)."""
+    with torch.no_grad():
+        out = tiny.OwnLossList()(*tiny.classes()[1].tensors)
+    assert isinstance(out, list) and [t.ndim for t in out] == [2, 0]
+
+
 @pytest.mark.parametrize(
     ("model", "style"),
     [("OwnLoss", "tuple"), ("OwnLossList", "tuple"), ("OwnLoss", "scalar"), ("OwnLoss", "attr"), ("OwnLoss", "dict")],
@@ -241,10 +248,6 @@ def test_bad_precisions_say_what_to_use(
 def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, model: str, style: str) -> None:
     """nanoGPT's convention: the batch (x, y) goes to forward as model(x, y); the loss is the
     output, output.loss, output["loss"], or the one scalar tensor of a tuple or a list."""
-    if model == "OwnLossList":  # the fixture itself returns a list, not a tuple
-        with torch.no_grad():
-            out = tiny.OwnLossList()(*tiny.classes()[1].tensors)
-        assert isinstance(out, list) and [t.ndim for t in out] == [2, 0]
     code, events, run_dir = train(
         workdir,
         "run.epochs=4",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from test_tui_screen import FakeRun, monitor, run_async, screen_text, settled, wait_for
+from test_tui_screen import FakeRun, keys_handled, monitor, run_async, screen_text, settled, wait_for
 
 from tuiloop.engine.events import (
     EarlyStopUpdate,
@@ -54,7 +54,8 @@ async def test_minus_and_plus_ask_then_change_the_learning_rate() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, Confirm), what="the question")
         assert "Double the learning rate?" in screen_text(app)
         await pilot.press("n")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: not isinstance(app.screen, Confirm), what="the question to close")
+        await keys_handled(pilot, app)
         assert run.sent == ["lr_down"], "n sends nothing"
         run.push(SettingChanged("optimizer.lr", 0.001, 0.0005, 4, 24, "command lr_down", time=T0 + 9))
         await wait_for(pilot, lambda: "lr 0.0005" in screen_text(app), what="the new learning rate")
@@ -183,15 +184,17 @@ async def test_the_log_pane_scrolls_back_wraps_long_lines_and_follows_at_the_bot
         assert "line number 10 " not in text + " "
         for _ in range(40):
             await pilot.press("pageup")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: "started: multiclass" in screen_text(app), what="the run's first line")
         assert "started: multiclass" in screen_text(app) and not log.follow, "back to the run's first line"
         await pilot.press("down")
         await pilot.press("down")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: "started: multiclass" not in screen_text(app), what="two lines down")
         assert "started: multiclass" not in screen_text(app)
         await pilot.press("home")
+        await wait_for(pilot, lambda: "started: multiclass" in screen_text(app), what="home")
+        seen = app.model.events_seen
         run.push(Message("info", "news while scrolled up", time=T0 + 7))
-        await pilot.pause(0.5)
+        await settled(pilot, run, app, seen + 1)
         assert "started: multiclass" in screen_text(app), "new lines do not yank the view"
         await pilot.press("end")
         await wait_for(pilot, lambda: "news while scrolled up" in screen_text(app))
@@ -248,7 +251,7 @@ async def test_a_read_only_view_offers_none_of_the_keys_that_change_the_run() ->
     ) as (run, app, pilot, _):
         for key in ("e", "minus", "plus", "P", "R"):
             await pilot.press(key)
-        await pilot.pause(0.2)
+        await keys_handled(pilot, app)
         assert run.sent == [] and not isinstance(app.screen, Confirm)
         bar = screen_text(app).splitlines()[-1]
         assert "Stop@epoch" not in bar and "Suspend" not in bar and "Resume" not in bar and "Leave" in bar
@@ -265,7 +268,7 @@ async def test_a_tracked_loop_is_offered_only_the_keys_it_obeys() -> None:
     async with monitor(epochs(2, commands=list(OBEYED)), (120, 40)) as (run, app, pilot, _):
         for key in ("e", "minus", "plus", "P"):
             await pilot.press(key)
-        await pilot.pause(0.2)
+        await keys_handled(pilot, app)
         assert run.sent == [] and not isinstance(app.screen, Confirm)
         bar = screen_text(app).splitlines()[-1]
         assert "Stop@epoch" not in bar and "LR" not in bar and "Suspend" not in bar

@@ -145,7 +145,12 @@ def test_a_run_that_crashes_shows_its_error_and_exits_1(workdir: Path) -> None:
         app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir))
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: "FAILED" in screen_text(app), 90, "FAILED on screen")
-            await pilot.pause(0.5)
+            await wait_for(
+                pilot,
+                lambda: "raise ValueError('a bad batch on purpose')" in screen_text(app),
+                10,
+                "the error panel down to the line that raised",
+            )
             screen = screen_text(app)
             await pilot.press("q")
             await wait_for(pilot, lambda: not app.is_running, 10, "q to leave")

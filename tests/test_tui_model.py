@@ -121,7 +121,7 @@ def test_downsampled_skips_non_finite_values_but_counts_them() -> None:
     assert ys == [1.0, 3.0] and xs == [1, 3]
 
 
-def test_reduce_and_ema() -> None:
+def test_reduce_to_averages_equal_buckets_and_ema_is_bias_corrected() -> None:
     xs, ys = reduce_to(list(range(10)), [float(i) for i in range(10)], 5)
     assert xs == [0.5, 2.5, 4.5, 6.5, 8.5] and ys == xs
     assert ema([2.0, 2.0, 2.0], 5) == [2.0, 2.0, 2.0]  # bias-corrected: no pull towards zero
@@ -375,7 +375,7 @@ def test_loss_figure_is_at_plot_resolution_whatever_the_run_length() -> None:
     assert len(small.plain.splitlines()) == 3
 
 
-def test_helpers() -> None:
+def test_numbers_durations_and_counts_read_the_same_everywhere_and_axis_ticks_are_round() -> None:
     assert (
         fmt.value(None) == "-"
         and fmt.value(0.12345) == "0.1235"
@@ -431,7 +431,7 @@ def test_a_resume_after_a_crash_redraws_the_steps_it_redoes() -> None:
     assert xs == sorted(xs) and len(xs) == len(set(xs)) and max(xs) == 30 and ys[-1] == 0.5
 
 
-def test_downsampled_drop_after() -> None:
+def test_downsampled_drop_after_forgets_the_later_points_and_takes_new_ones() -> None:
     d = Downsampled(4)
     d.extend(1, [float(i) for i in range(1, 101)])
     d.drop_after(50)

@@ -58,6 +58,8 @@ class FakeRun:
         self.refuse: str | None = None
         self.killed = False
         self.skipped: list[str] = []
+        self.asked_exit_code = False
+        self.alive_checks = 0
 
     def push(self, *events: Event) -> None:
         with self._lock:
@@ -74,9 +76,11 @@ class FakeRun:
         return out
 
     def alive(self) -> bool:
+        self.alive_checks += 1
         return self.is_alive
 
     def exit_code(self) -> int | None:
+        self.asked_exit_code = True  # the monitor asks once it saw the process gone
         return self.code
 
     def follow(self, proc: object) -> None:  # a resumed run's new process
@@ -159,8 +163,38 @@ async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 10.0
 
 async def settled(pilot, run: FakeRun, app: MonitorApp, n_events: int) -> str:  # type: ignore[no-untyped-def]
     """Until the app took ``n_events`` and drew a frame after that; returns the screen."""
-    await wait_for(pilot, lambda: app.model.events_seen >= n_events, what=f"{n_events} events")
-    await pilot.pause(0.35)  # one redraw tick
+    await wait_for(
+        pilot,
+        lambda: app.model.events_seen >= n_events and app._drawn_version == app.model.version,
+        what=f"a frame of {n_events} events",
+    )
+    await pilot.pause()  # until idle: what the frame changed is laid out
+    return screen_text(app)
+
+
+async def keys_handled(pilot, app: MonitorApp) -> None:  # type: ignore[no-untyped-def]
+    """Until the keys pressed so far have acted, and every command they started was delivered or
+    refused: after this, a key that sent nothing will not send later."""
+    await pilot.pause()  # until idle: the key events and their actions ran
+    commands = [w for w in app.workers if w.group == "commands"]
+    if commands:  # (an empty list would wait for every worker, the reader that never ends among them)
+        await app.workers.wait_for_complete(commands)
+
+
+async def resized(pilot, app: MonitorApp, width: int, height: int) -> str:  # type: ignore[no-untyped-def]
+    """Resize the terminal, until the screen is laid out at the new size, the loss plot at its new
+    size too (where it is shown); returns the screen."""
+    loss = app.query_one("#loss", PlotView)
+    before = loss.content_size
+    await pilot.resize_terminal(width, height)
+    await wait_for(
+        pilot,
+        lambda: (
+            len(screen_text(app).splitlines()) == height and (not loss.region.height or loss.content_size != before)
+        ),
+        what=f"the screen at {width}x{height}",
+    )
+    await pilot.pause()  # until idle: the plot drawn at its new size is on the screen
     return screen_text(app)
 
 
@@ -220,16 +254,10 @@ async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
     async with monitor(epochs(5), (160, 48)) as (run, app, pilot, screen):
         loss = app.query_one("#loss", PlotView)
         wide = loss.content_size.width
-        await pilot.resize_terminal(80, 24)
-        await pilot.pause(0.4)
-        narrow = screen_text(app)
+        narrow = await resized(pilot, app, 80, 24)
         assert loss.content_size.width < wide
-        await pilot.resize_terminal(200, 60)
-        await pilot.pause(0.4)
-        large = screen_text(app)
-        await pilot.resize_terminal(44, 12)  # tiny: squeezed, never broken
-        await pilot.pause(0.4)
-        tiny = screen_text(app).splitlines()
+        large = await resized(pilot, app, 200, 60)
+        tiny = (await resized(pilot, app, 44, 12)).splitlines()  # tiny: squeezed, never broken
         assert app.is_running and len(tiny) == 12 and tiny[-1].startswith("p Pause")
     assert all(len(ln) <= 80 for ln in narrow.splitlines()) and len(narrow.splitlines()) == 24
     assert len(large.splitlines()) == 60
@@ -282,7 +310,9 @@ async def test_ctrl_c_stops_without_asking_and_a_second_one_forces() -> None:
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: run.sent == ["stop", "force"], what="force")
         await wait_for(pilot, lambda: "forcing the training process" in screen_text(app), what="the forcing note")
-        await pilot.pause(0.5)
+        checks = run.alive_checks
+        await wait_for(pilot, lambda: run.alive_checks > checks, what="a look at the process after the force")
+        await pilot.pause()  # until idle: what that look found is handled
         assert app.is_running, "it says forced only once the process is gone"
         run.push(Finished("forced", "forced to exit without saving", 1, 8, 0.9, 1, "val_loss", 2.0, time=T0 + 3))
         run.is_alive = False
@@ -301,8 +331,10 @@ async def test_ctrl_c_in_an_attached_monitor_detaches() -> None:
 @run_async
 async def test_a_second_ctrl_c_kills_a_run_that_is_not_listening_yet() -> None:
     run = FakeRun()
+    tried: list[str] = []
 
     def not_listening(cmd: str) -> dict:
+        tried.append(cmd)
         try:
             raise FileNotFoundError("control.sock")
         except FileNotFoundError as e:
@@ -311,7 +343,8 @@ async def test_a_second_ctrl_c_kills_a_run_that_is_not_listening_yet() -> None:
     app = MonitorApp(run, not_listening, run_dir="/home/me/runs/x")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+c")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: "stop" in tried, what="the stop tried on the run that does not listen")
+        await pilot.pause()  # until idle: what the refusal brings is handled
         assert app.is_running and not run.killed
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: not app.is_running, 10, what="the monitor to close")
@@ -331,12 +364,13 @@ async def test_a_finished_run_stays_on_screen_until_the_user_leaves() -> None:
     events = [*epochs(3), Finished("completed", "10 epochs done", 10, 80, 0.6, 1, "val_loss", 42.0, time=T0 + 50)]
     async with monitor(events, (80, 24)) as (run, app, pilot, screen):
         run.is_alive = False
-        await pilot.pause(1.5)  # the process is gone too: still on screen
+        await wait_for(pilot, lambda: run.asked_exit_code, what="the monitor to see the process gone")
+        await pilot.pause()  # until idle: it took the news; the process is gone too, and it is still on screen
         assert app.is_running and "COMPLETED" in screen and "completed (10 epochs done)" in screen
         footer = screen.splitlines()[-1]
         assert "Leave" in footer and "Pause" not in footer and "Detach" not in footer
         await pilot.press("p", "s")  # nothing to command any more: the keys do not act
-        await pilot.pause(0.2)
+        await keys_handled(pilot, app)
         assert run.sent == [] and not any("save requested" in e.text for e in app.model.log)
         await pilot.press("enter")
         await wait_for(pilot, lambda: not app.is_running, what="enter to leave")
@@ -349,7 +383,7 @@ async def test_exit_on_finish_closes_by_itself() -> None:
     app = make_app(run, exit_on_finish=True)
     async with app.run_test(size=(80, 24)) as pilot:
         run.push(*epochs(2))
-        await pilot.pause(0.5)
+        await settled(pilot, run, app, len(epochs(2)))
         assert app.is_running
         run.push(
             Finished(
@@ -368,7 +402,7 @@ async def test_read_only_view_sends_nothing_and_q_leaves_at_once() -> None:
         footer = screen.splitlines()[-1]
         assert "Pause" not in footer and "Save" not in footer and "Leave" in footer
         await pilot.press("p", "s")
-        await pilot.pause(0.2)
+        await keys_handled(pilot, app)
         assert not any("save requested" in e.text for e in app.model.log), "s did not act"
         assert not isinstance(app.screen, Confirm)
         await pilot.press("q")
@@ -443,8 +477,10 @@ async def test_a_refused_command_is_shown_in_the_log() -> None:
 async def test_keys_pressed_while_the_run_starts_are_delivered_once_it_listens() -> None:
     run = FakeRun()
     listening = threading.Event()
+    tried: list[str] = []
 
     def command(cmd: str) -> dict:
+        tried.append(cmd)
         if not listening.is_set():
             try:
                 raise FileNotFoundError("control.sock")
@@ -454,12 +490,12 @@ async def test_keys_pressed_while_the_run_starts_are_delivered_once_it_listens()
 
     app = MonitorApp(run, command, run_dir="/home/me/runs/x")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "STARTING" in screen_text(app), what="the first frame")
         assert "STARTING" in screen_text(app) and "waiting for the training process" in screen_text(app)
         run.push(Starting("importing torch", time=T0 - 2), Starting("loading the data", time=T0 - 1))
         await wait_for(pilot, lambda: "starting: loading the data" in screen_text(app), what="the start-up phase")
         await pilot.press("p")
-        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: "toggle_pause" in tried, what="the pause tried before the run listens")
         assert run.sent == []
         run.push(started())
         listening.set()

@@ -153,29 +153,42 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="also list runs that failed before their first step (hidden by default)"
     )
 
-    w = sub.add_parser("_worker", help=argparse.SUPPRESS)
+    return p
+
+
+# Started by tuiloop itself in its child processes, never by a person: a parser of their own, so
+# that --help, the usage line and the "invalid choice" error of the public one never name them.
+INTERNAL = ("_worker", "_launch", "_rank")
+
+
+def _internal_parser() -> argparse.ArgumentParser:
+    """The subcommands of tuiloop's own processes: the training process, the torchrun launcher, a rank."""
+    p = argparse.ArgumentParser(prog="tuiloop")
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("_worker")
     w.add_argument("run_dir", type=Path)
     w.add_argument("--lock-fd", type=int, required=True)
     w.add_argument("--resume", action="store_true")
 
-    la = sub.add_parser("_launch", help=argparse.SUPPRESS)
+    la = sub.add_parser("_launch")
     la.add_argument("run_dir", nargs="?", type=Path)
     la.add_argument("--lock-fd", type=int)
     la.add_argument("--resume", action="store_true")
     la.add_argument("--report-ready", action="store_true")  # torchrun's options follow "--"
 
-    rk = sub.add_parser("_rank", help=argparse.SUPPRESS)
+    rk = sub.add_parser("_rank")
     rk.add_argument("--resume", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``tuiloop`` command line ``argv`` (default: this process's); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if argv[:1] == ["_launch"] and "--" in argv:  # the launcher's own options, then torchrun's
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    args = _parser().parse_args(argv)
+    args = (_internal_parser() if argv[:1] and argv[0] in INTERNAL else _parser()).parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE

@@ -128,12 +128,14 @@ def _supervise(proc: Any, run_dir: Path | None) -> int:
         interrupts += 1 if signum == signal.SIGINT else 0
         if interrupts > 1:
             os.write(2, b"\ntuiloop: second interrupt: forcing every rank to exit now, without saving\n")
-            _send(run_dir, "force") or kill_tree(proc.pid)
+            if not _send(run_dir, "force"):
+                kill_tree(proc.pid)
             return
         os.write(
             2, b"\ntuiloop: interrupt: stopping every rank after this step and saving (press Ctrl+C again to force)\n"
         )
-        _send(run_dir, "stop") or os.kill(proc.pid, signal.SIGTERM)
+        if not _send(run_dir, "stop"):
+            os.kill(proc.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
-from tuiloop.rundir.progress import scan
+from tuiloop.rundir.progress import Progress, scan
 from tuiloop.rundir.state import run_state
 
 
@@ -48,35 +49,55 @@ def _started(run_dir: Path, info: dict, summary: dict | None) -> float:
         return run_dir.stat().st_mtime
 
 
+def duration(
+    summary: dict[str, Any] | None, progress: Progress | None = None, now: float | None = None
+) -> float | None:
+    """How long a run took, the one definition that ``ls`` and summary.json share: its last
+    session's training, from that session's run_started event to its finished one (the time
+    before it, building the data and the model, is not counted, nor earlier sessions of a
+    resumed run). summary.json records it as ``wall_time_s``, the time the finish line prints; a
+    run without a summary is measured the same way from its log (``progress``): to ``now`` while
+    it is live, to its last event once it crashed."""
+    if summary is not None:
+        wall = summary.get("wall_time_s")
+        return float(wall) if isinstance(wall, (int, float)) else None
+    if progress is None or not isinstance(progress.session_started, (int, float)):
+        return None  # not started training yet (or a log from before the session time was kept)
+    end = now if now is not None else progress.last_time
+    return None if end is None else max(end - progress.session_started, 0.0)
+
+
 def describe(run_dir: Path, now: float | None = None) -> RunRow:
     """Everything ``ls`` shows about one run."""
     st = run_state(run_dir)
     started = _started(run_dir, st.info, st.summary)
     s = st.summary
     if s is not None:
-        spec_epochs = s.get("epochs") or _spec_epochs(run_dir)
-        ended = s.get("ended")
-        duration = ended - started if isinstance(ended, (int, float)) else s.get("wall_time_s")
         return RunRow(
             run_dir,
             st.state,
             s.get("epochs_done"),
-            spec_epochs,
+            s.get("epochs") or _spec_epochs(run_dir),
             s.get("monitor"),
             s.get("best_value"),
             s.get("best_epoch"),
             started,
-            duration,
+            duration(s),
             s.get("steps"),
         )
     p = scan(run_dir)
     state = "paused" if st.state == "running" and p.paused else st.state
-    if st.state == "running":
-        duration: float | None = (now or time.time()) - started
-    else:  # crashed: it ran until its last word
-        duration = (p.last_time - started) if p.last_time else None
+    live_until = (now or time.time()) if st.state == "running" else None  # crashed: it ran until its last word
     return RunRow(
-        run_dir, state, p.done, p.epochs or _spec_epochs(run_dir), p.monitor, p.best, p.best_epoch, started, duration
+        run_dir,
+        state,
+        p.done,
+        p.epochs or _spec_epochs(run_dir),
+        p.monitor,
+        p.best,
+        p.best_epoch,
+        started,
+        duration(None, p, live_until),
     )
 
 

@@ -72,16 +72,26 @@ def differing_keys(specs: Sequence[dict[str, Any] | None]) -> list[str]:
 
 
 def format_value(value: Any) -> str:
-    """A spec value as TOML writes it (floats exactly, so two different ones never read the same)."""
+    """A spec value as TOML writes it, except that a number reads the same whether TOML holds it
+    as an integer or a float (``20`` beside ``5``, ``2e-05`` beside ``0.001``, as log lines write a
+    learning rate); floats keep every digit, so two different values never read the same."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, (int, float)):
+        return _number(value)
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as the same number, without a float's ``.0``: 20, 5, 2e-05, 1e+16."""
+    if isinstance(value, int) and float(value) != value:
+        return str(value)  # an integer too big for a float's 53 bits: every digit counts
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def read_spec(run_dir: Path) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ class Progress:
     best_epoch: int | None = None  # counted from 1
     paused: bool = False
     last_time: float | None = None
+    session_started: float | None = None  # the time of the latest run_started: the session that ran last
 
 
 def scan(run_dir: Path) -> Progress:
@@ -93,7 +94,7 @@ def _scan_line(p: Progress, line: bytes) -> None:
     p.last_time = ev.get("time", p.last_time)
     try:
         if kind == RunStarted.kind:
-            p.epochs, p.monitor = ev.get("epochs"), ev.get("monitor")
+            p.epochs, p.monitor, p.session_started = ev.get("epochs"), ev.get("monitor"), ev.get("time")
             p.done = max(p.done, int(ev.get("start_epoch") or 0))
         elif kind == Validated.kind:
             p.done = max(p.done, int(ev["epoch"]))
