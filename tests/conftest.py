@@ -23,6 +23,13 @@ sys.path.insert(0, str(FIXTURES))  # tests import tiny directly for the Python A
 # test turns it on: tests/test_system.py does.
 os.environ.setdefault("TUILOOP_SYSTEM_INTERVAL", "0")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In CI a missing tmux is an error: the real-terminal tests would be skipped silently."""
+    if os.environ.get("CI") and shutil.which("tmux") is None:
+        raise pytest.UsageError("CI needs tmux: the tests that drive tuiloop in a real terminal would be skipped")
+
+
 # A small multi-class run: 120 training samples, batch 16 -> 8 steps per epoch.
 BASE_SPEC: dict[str, dict[str, Any]] = {
     "run": {"name": "tiny", "seed": 0, "device": "cpu", "epochs": 3, "log_interval": 0.05},

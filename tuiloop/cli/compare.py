@@ -14,7 +14,7 @@ from tuiloop.rundir.compare import Comparison
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Open the compare screen on the runs named; piped, print the table instead."""
-    from tuiloop.cli.views import error
+    from tuiloop.cli.say import error
 
     if len(args.runs) < 2:
         error(

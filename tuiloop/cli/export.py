@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuiloop.cli.views import error
+from tuiloop.cli.say import error
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
 from tuiloop.rundir.export import (

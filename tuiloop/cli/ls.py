@@ -17,7 +17,7 @@ STATES = ("running", "paused", "finished", "early_stopped", "stopped", "suspende
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the runs under OUT_DIR; on a terminal the table fits its width, piped names stay whole."""
-    from tuiloop.cli.views import error
+    from tuiloop.cli.say import error
 
     out_dir: Path = args.out_dir
     if not out_dir.is_dir():

@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return rank_main(args.resume)
         if args.command in ("attach", "show"):
-            from tuiloop.cli import views
+            from tuiloop.cli.views import cmd_attach, cmd_show
 
-            code = {"attach": views.cmd_attach, "show": views.cmd_show}[args.command](args)
+            code = {"attach": cmd_attach, "show": cmd_show}[args.command](args)
         elif args.command == "compare":
             from tuiloop.cli.compare import cmd_compare
 

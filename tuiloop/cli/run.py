@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
     """torchrun's options when this run takes more than one process, else None."""
-    from tuiloop.session.launch import processes_for, torchrun_args
+    from tuiloop.session.torchrun import processes_for, torchrun_args
 
     nproc = processes_for(args.nproc_per_node or spec.run.nproc_per_node)
     if args.nnodes > 1 and not args.rdzv_endpoint:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuiloop.cli.say import error
 from tuiloop.engine.events import Event
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
@@ -19,10 +20,6 @@ from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.state import RunState, run_state
 
 EXIT_NOT_LIVE = EXIT_FAILED  # attach: the run is not live
-
-
-def error(text: str) -> None:
-    print(f"tuiloop: error: {text}", file=sys.stderr)
 
 
 def _when(ts: object) -> str:

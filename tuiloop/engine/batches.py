@@ -203,6 +203,7 @@ class Batches:
 
     def __len__(self) -> int:
         if self._tensors is not None:
+            assert self.batch_size is not None  # tensors are always batched by tuiloop
             full, rest = divmod(self._n, self.batch_size)
             return full + (1 if rest and not self.drop_last else 0)
         return len(self._loader)  # type: ignore[arg-type]  # raises TypeError if unknown
@@ -246,6 +247,7 @@ class Batches:
 
     def _tensor_batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
         n, bs = self._n, self.batch_size
+        assert bs is not None  # tensors are always batched by tuiloop
         if self.shuffle:
             order: torch.Tensor | None = self._shard(torch.randperm(self._total, generator=self._generator))
         elif self.world_size > 1:
@@ -274,7 +276,7 @@ class Batches:
                 if self.non_blocking:  # an async copy needs page-locked source memory
                     chunk = tuple(t.pin_memory() for t in chunk)
                 chunk = tuple(t.to(self.device, non_blocking=self.non_blocking) for t in chunk)
-            batches = zip(*(t.split(bs) for t in chunk), strict=True)
+            batches: Iterator[tuple[torch.Tensor, ...]] = zip(*(t.split(bs) for t in chunk), strict=True)
             if skip:
                 batches, skip = itertools.islice(batches, skip, None), 0
             yield from batches

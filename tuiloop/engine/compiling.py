@@ -38,7 +38,8 @@ def check_compiler(device: torch.device) -> None:
 def compile_model(model: torch.nn.Module, mode: bool | str, device: torch.device) -> torch.nn.Module:
     """``torch.compile(model)`` with ``mode`` (True: the default mode)."""
     check_compiler(device)
-    return torch.compile(model, mode=None if mode is True or mode == "default" else mode)
+    compiled = torch.compile(model, mode=None if mode is True or mode == "default" else str(mode))
+    return compiled  # type: ignore[return-value]  # torch.compile of a Module returns an OptimizedModule, a Module
 
 
 def compilations() -> int:

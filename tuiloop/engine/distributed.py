@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ class Ranks:
         import torch
         import torch.distributed as dist
 
-        env = os.environ
+        env: Mapping[str, str] = os.environ
         if "RANK" not in env and "SLURM_PROCID" in env:  # srun: one task per process
             env = {
                 **env,
@@ -80,7 +81,7 @@ class Ranks:
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
         ranks = cls(rank, world, local, backend)
-        ranks.peers = tuple(tuple(p) for p in ranks.gather((socket.gethostname(), os.getpid())))  # type: ignore[misc]
+        ranks.peers = tuple(tuple(p) for p in ranks.gather((socket.gethostname(), os.getpid())))
         ranks.nodes = tuple(dict.fromkeys(host for host, _ in ranks.peers))
         return ranks
 

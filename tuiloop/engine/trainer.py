@@ -104,7 +104,7 @@ class Trainer:
         if loss_fn == "model":
             self.objective: LossFunction | ModelLoss = ModelLoss()
         else:
-            self.objective = LossFunction(loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn)  # type: ignore[union-attr, arg-type]
+            self.objective = LossFunction(loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn)  # type: ignore[arg-type]  # a loss name was resolved to a callable by the spec
         self.loss_fn = self.objective.loss_fn
         self.train_batches = train
         self.val_batches = val

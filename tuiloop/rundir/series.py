@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -177,7 +178,7 @@ class Downsampled:
         s = cls(int(d["resolution"]))
         s.size, s.count = int(d["size"]), int(d["count"])
         s.xs, s.ys, s.mins, s.maxs = list(d["xs"]), list(d["ys"]), list(d["mins"]), list(d["maxs"])
-        s.last = tuple(d["last"]) if d.get("last") else None  # type: ignore[assignment]
+        s.last = tuple(d["last"]) if d.get("last") else None
         s._sx, s._sy, s._n, s._seen, s._lo, s._hi = d["partial"]
         return s
 
@@ -251,7 +252,8 @@ def reduce_to(xs: list[float], ys: list[float], n: int, how: str = "mean") -> tu
     if n <= 0 or len(xs) <= n:
         return xs, ys
     k = math.ceil(len(xs) / n)
-    pick = {"mean": lambda c: sum(c) / len(c), "min": min, "max": max}[how]
+    picks: dict[str, Callable[[list[float]], float]] = {"mean": lambda c: sum(c) / len(c), "min": min, "max": max}
+    pick = picks[how]
     out_x, out_y = [], []
     for i in range(0, len(xs), k):
         cx, cy = xs[i : i + k], ys[i : i + k]

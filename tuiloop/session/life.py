@@ -220,7 +220,7 @@ class RunLife:
         frames = traceback.format_exception(error)
         text = str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}"
         finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
-        told = [*([self.log] if self.log is not None else []), *self.sinks, *also]
+        told: list[Sink] = [*([self.log] if self.log is not None else []), *self.sinks, *also]
         self.record_end(finished, {}, None, told, Failed(text, "setup", "".join(frames)))
         return finished
 

@@ -108,7 +108,7 @@ def read_spec(payload: dict[str, str | None]) -> Spec:
 
     return parse_spec(
         payload["spec"] or "",
-        path=Path(payload["path"]) if payload.get("path") else None,
+        path=Path(p) if (p := payload.get("path")) else None,
         base_dir=Path(payload["base_dir"] or "."),
     )
 
@@ -161,8 +161,8 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
     import io
     import uuid
 
-    from tuiloop.session.launch import processes_for, torchrun_args
     from tuiloop.session.run import load_run_spec, lock_for_resume
+    from tuiloop.session.torchrun import processes_for, torchrun_args
 
     spec = load_run_spec(run_dir)
     nproc = processes_for(spec.run.nproc_per_node)

@@ -138,7 +138,7 @@ def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
                 raise SpecError(
                     f"{where}, [{name}]",
                     f"the required key '{k}' is missing",
-                    f'Add {k} = "..." to [{name}]; see the spec reference in README.md.',
+                    f'Add {k} = "..." to [{name}]; see the spec reference in docs/spec.md.',
                 )
             out[k] = declared.default
     for k, declared in keys.items():
@@ -192,7 +192,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             raise SpecError(
                 where,
                 f"the required section [{name}] is missing",
-                f'Add [{name}] with target = "..."; see the spec reference in README.md.',
+                f'Add [{name}] with target = "..."; see the spec reference in docs/spec.md.',
             )
     # the saved spec keeps the run's name
     raw.setdefault("run", {}).setdefault("name", path.stem if path else "run")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import tuiloop.spec.userfiles as userfiles
 from tuiloop.engine.origin import user_frames
-from tuiloop.spec import userfiles
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
 from tuiloop.spec.schema import SCHEMA, Spec, TargetSpec
 

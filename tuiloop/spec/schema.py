@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuiloop.spec import checks
+import tuiloop.spec.checks as checks
 from tuiloop.spec.keys import REQUIRED, Key, at_least, key, keys_of, not_negative, positive
 
 # What users write for a precision, and the name tuiloop (and Lightning) uses for it.

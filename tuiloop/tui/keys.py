@@ -3,7 +3,7 @@
 The keys that steer the run are written once, in the table of commands
 (:data:`~tuiloop.engine.commands.COMMANDS`: key, footer label, help, who obeys it, whether it
 asks first); a row here only places them. The other rows change the view or leave the monitor.
-The README's table of keys lists every key shown here (tests/test_readme.py checks it).
+docs/commands.md's table of keys lists every key shown here (tests/test_readme.py checks it).
 """
 
 from __future__ import annotations

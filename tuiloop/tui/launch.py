@@ -43,7 +43,7 @@ def monitor_run(
         resumer=None if read_only else (lambda: resume_in_background(run_dir)),
     )
     how = app.run()
-    proc = app.source.proc  # type: ignore[attr-defined]  # a new one if R resumed the run
+    proc = app.source.proc  # a new one if R resumed the run
     model = app.model
     if app.return_code:  # the monitor itself broke (Textual printed why); the run is unaffected
         print(f"tuiloop: the monitor stopped unexpectedly; the run goes on: tuiloop attach {run_dir}", file=sys.stderr)

@@ -45,14 +45,14 @@ class Panel(Widget):
         self._shown = ready[1] if ready is not None and ready[0] == size else self.build(size.width, size.height)
         return self._shown
 
-    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+    def get_content_height(self, container, viewport, width: int) -> int:
         """For ``height: auto``: as many lines as the text has at this width."""
         return max(len(self.build(width, viewport.height).plain.splitlines()), 1)
 
 
 class KeyBar(Widget):
     """The keys that act now, most important first; those that do not fit are left out whole
-    (the README lists them all). Redrawn when the screen's bindings change."""
+    (docs/commands.md lists them all). Redrawn when the screen's bindings change."""
 
     DEFAULT_CSS = """
     KeyBar {
