@@ -168,7 +168,8 @@ def test_the_spec_reference_shows_every_key_with_its_default() -> None:
     sections = dict(zip(headers, re.split(r"^\[\w+\].*$", block, flags=re.M)[1:], strict=True))
     assert set(data) == set(SCHEMA) == set(headers) and len(headers) == len(SCHEMA)
     for section, keys in SCHEMA.items():
-        for key, (_, default) in keys.items():
+        for key, declared in keys.items():
+            default = declared.default
             where = f"[{section}] {key}"
             if default is None:
                 assert key not in data[section], f"{where} has no fixed default: write it as a comment"

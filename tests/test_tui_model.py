@@ -408,7 +408,7 @@ def test_numbers_durations_and_counts_read_the_same_everywhere_and_axis_ticks_ar
 
 def test_the_monitor_does_not_import_torch() -> None:
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import tuiloop.tui.app, tuiloop.tui.launch"],
+        [sys.executable, "-X", "importtime", "-c", "import tuiloop.tui.app, tuiloop.cli.monitor"],
         capture_output=True,
         text=True,
         check=True,

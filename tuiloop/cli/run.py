@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if inherit:
         return _supervise(proc, run_dir)
-    from tuiloop.tui.launch import monitor_run
+    from tuiloop.cli.monitor import monitor_run
 
     return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish, session=session)
 

@@ -67,7 +67,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
             f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log"
         )
         return EXIT_USAGE
-    from tuiloop.tui.launch import monitor_run
+    from tuiloop.cli.monitor import monitor_run
 
     return monitor_run(run_dir, None, attached=True)
 
@@ -81,7 +81,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not sys.stdout.isatty():
         return print_log(run_dir)
-    from tuiloop.tui.launch import monitor_run
+    from tuiloop.cli.monitor import monitor_run
 
     return monitor_run(run_dir, None, read_only=True)
 

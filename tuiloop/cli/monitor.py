@@ -1,4 +1,4 @@
-"""Entry point of the monitor for ``tuiloop run``, ``attach`` and ``show``."""
+"""The monitor in this terminal for ``tuiloop run``, ``attach`` and ``show``: run it, then tell how the run stands."""
 
 from __future__ import annotations
 
