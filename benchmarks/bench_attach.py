@@ -1,21 +1,21 @@
-"""Opening a day-long run: ``attach`` / ``show`` / ``ls`` on a big event log, with its snapshot and without.
+"""Opening a day-long run: ``attach`` / ``show`` / ``ls`` on a big event log, with its saved digest and without.
 
 A synthetic day-long run is written through the real writer (:class:`~tuiloop.rundir.eventlog.EventLog`,
-which keeps the run's digest and saves ``series.json`` every 30 s of the run's clock): 345,600
+which keeps the run's digest and saves ``digest.json`` every 30 s of the run's clock): 345,600
 TrainSteps lines of 25 steps (8.64M steps, 4 a second), a validation with its early-stopping
 update, checkpoints and a learning-rate change every 10,000 steps, and a machine sample every 2 s
 (the system sampler's interval). The writer is left open, as in a live run whose monitor lost its
-connection, so the newest snapshot is up to 30 s behind the end of the log. Then, median of
+connection, so the newest saved digest is up to 30 s behind the end of the log. Then, median of
 ``--repeat`` runs each:
 
 * monitor load: what ``attach`` does before its first frame: a :class:`~tuiloop.tui.source.RunSource`
   polled until it has nothing more, every batch applied to a :class:`~tuiloop.tui.model.MonitorModel`
   (in this process);
 * ``tuiloop show RUN`` with its output piped (plain lines), and ``tuiloop ls`` of the folder, as commands;
-* the same without the snapshot (the file hidden): the whole log parsed, as older runs are read;
-* the writer's cost: the digest per event and one save, and the size of ``series.json``.
+* the same without the saved digest (the file hidden): the whole log parsed, as older runs are read;
+* the writer's cost: the digest per event and one save, and the size of ``digest.json``.
 
-It checks that the model loaded from the snapshot equals the one built from the whole log.
+It checks that the model loaded from the saved digest equals the one built from the whole log.
 
     python benchmarks/bench_attach.py                       # about 2 minutes
     python benchmarks/bench_attach.py --lines 34560 --repeat 3
@@ -51,7 +51,7 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.rundir.eventlog import EventLog
-from tuiloop.rundir.layout import EVENTS, RUN_INFO, SNAPSHOT
+from tuiloop.rundir.layout import DIGEST_FILE, EVENTS, RUN_INFO
 
 
 def day_events(
@@ -127,17 +127,17 @@ def write_run(run_dir: Path, args: argparse.Namespace) -> tuple[int, float]:
         log(event)
         n += 1
     seconds = time.perf_counter() - started
-    log._file.flush()  # not close(): that would save a snapshot of the very end, as a finished run does
+    log._file.flush()  # not close(): that would save a digest of the very end, as a finished run does
     return n, seconds
 
 
-def load_model(run_dir: Path, snapshot: bool = True):  # type: ignore[no-untyped-def]
+def load_model(run_dir: Path, from_digest: bool = True):  # type: ignore[no-untyped-def]
     """What attach does before its first frame: poll the source dry, applying every batch."""
     from tuiloop.tui.model import MonitorModel
     from tuiloop.tui.source import RunSource
 
     source = RunSource(run_dir)
-    if not snapshot:
+    if not from_digest:
         from tuiloop.rundir.eventlog import EventTail
 
         source.tail = EventTail(run_dir)
@@ -179,9 +179,9 @@ def same_picture(a, b) -> bool:  # type: ignore[no-untyped-def]
 
 
 def writer_costs(run_dir: Path) -> tuple[float, float]:
-    """(us per TrainSteps taken into the digest, ms per save of the day-long run's snapshot)."""
-    from tuiloop.rundir.digest import RunDigest, load_snapshot
-    from tuiloop.rundir.snapshot import save_snapshot
+    """(us per TrainSteps taken into the digest, ms per save of the day-long run's saved digest)."""
+    from tuiloop.rundir.digest import RunDigest, load_digest
+    from tuiloop.rundir.digest_file import save_digest
 
     events = [e for e in day_events(4000, sample_every=0)]
     steps = [e for e in events if isinstance(e, TrainSteps)]
@@ -190,10 +190,10 @@ def writer_costs(run_dir: Path) -> tuple[float, float]:
     for e in events:
         digest.apply(e)
     per_event = (time.perf_counter() - started) / len(steps)
-    snap = load_snapshot(run_dir)
+    snap = load_digest(run_dir)
     assert snap is not None
     with tempfile.TemporaryDirectory() as tmp:
-        save = timed(lambda: save_snapshot(Path(tmp), snap, b"x\n"), 9)
+        save = timed(lambda: save_digest(Path(tmp), snap, b"x\n"), 9)
     return per_event * 1e6, save * 1e3
 
 
@@ -218,19 +218,19 @@ def main() -> None:
     try:
         n, seconds = write_run(run_dir, args)
         size = (run_dir / EVENTS).stat().st_size
-        snap = run_dir / SNAPSHOT
+        snap = run_dir / DIGEST_FILE
         behind = size - json.loads(snap.read_text())["offset"]
         print(f"run: {n:,} events, {size / 1e6:.1f} MB of events.jsonl (written through EventLog in {seconds:.1f} s); "
-              f"series.json {snap.stat().st_size / 1e3:.0f} kB, {behind / 1e3:.1f} kB of log after it")  # fmt: skip
-        with_snapshot, full = load_model(run_dir), load_model(run_dir, snapshot=False)
-        print(f"the model from the snapshot equals the one from the whole log: {same_picture(with_snapshot, full)}")
+              f"digest.json {snap.stat().st_size / 1e3:.0f} kB, {behind / 1e3:.1f} kB of log after it")  # fmt: skip
+        with_digest, full = load_model(run_dir), load_model(run_dir, from_digest=False)
+        print(f"the model from the saved digest equals the one from the whole log: {same_picture(with_digest, full)}")
         rows = [
             ("monitor load (attach before its first frame)", lambda: load_model(run_dir)),
             ("tuiloop show RUN | cat", command("show", str(run_dir))),
             ("tuiloop ls", command("ls", str(out))),
         ]
         results = {name: timed(fn, args.repeat) for name, fn in rows}
-        hidden = snap.with_name("hidden-series.json")
+        hidden = snap.with_name("hidden-digest.json")
         snap.rename(hidden)
         try:
             full_rows = {
@@ -240,7 +240,7 @@ def main() -> None:
             without = {name: timed(fn, max(1, args.repeat // 2)) for name, fn in full_rows.items()}
         finally:
             hidden.rename(snap)
-        print(f"  {'':<46} {'with series.json':>16} {'without (older runs)':>21}")
+        print(f"  {'':<46} {'with digest.json':>16} {'without (older runs)':>21}")
         for name, _ in rows:
             other = f"{without[name]:>20.2f}s" if name in without else f"{'':>21}"
             print(f"  {name:<46} {results[name]:>15.2f}s {other}")

@@ -506,7 +506,7 @@ def profile(args: argparse.Namespace) -> None:
     import pstats
 
     from tuiloop.engine.plain import PlainSink
-    from tuiloop.session.run import execute
+    from tuiloop.runner.spec_run import execute
     from tuiloop.spec import load_spec
 
     null = open(os.devnull, "w")

@@ -33,7 +33,7 @@ from torch import nn  # noqa: E402
 
 from tuiloop.engine.batches import Batches  # noqa: E402
 from tuiloop.rundir.eventlog import EventLog  # noqa: E402
-from tuiloop.session.system import INTERVAL_S, SystemSampler, sample_cost  # noqa: E402
+from tuiloop.runner.system import INTERVAL_S, SystemSampler, sample_cost  # noqa: E402
 
 
 def train(batches: Batches, epochs: int) -> float:

@@ -132,32 +132,32 @@ def kill_run(run_dir: Path) -> None:
             pass
 
 
-def start_worker(spec: Any) -> tuple[Path, subprocess.Popen]:
+def start_training_process(spec: Any) -> tuple[Path, subprocess.Popen]:
     """What ``tuiloop run SPEC`` does before it opens the monitor: a locked run directory, a worker."""
-    from tuiloop.session import worker
-    from tuiloop.session.run import new_run_dir
+    import tuiloop.runner.training_process as training_process
+    from tuiloop.runner.spec_run import new_run_dir
 
     run_dir, lock = new_run_dir(spec)
     try:
-        return run_dir, worker.start(run_dir, lock, spec)
+        return run_dir, training_process.start(run_dir, lock, spec)
     finally:
         lock.release()
 
 
-def resume_worker(run_dir: Path, spec: Any, session: str = "resumed-session") -> subprocess.Popen:
+def resume_training_process(run_dir: Path, spec: Any, session: str = "resumed-session") -> subprocess.Popen:
     """What ``tuiloop run --resume RUN_DIR`` does before it opens the monitor (the resume is checked)."""
     import io
 
-    from tuiloop.session import worker
-    from tuiloop.session.run import lock_for_resume
+    import tuiloop.runner.training_process as training_process
+    from tuiloop.runner.spec_run import lock_for_resume
 
     lock = lock_for_resume(run_dir)
     try:
-        proc = worker.start(run_dir, lock, spec, resume=True, session=session)
+        proc = training_process.start(run_dir, lock, spec, resume=True, session=session)
     finally:
         lock.release()
     said = io.StringIO()
-    assert worker.wait_ready(proc, said, run_dir), said.getvalue()
+    assert training_process.wait_ready(proc, said, run_dir), said.getvalue()
     return proc
 
 

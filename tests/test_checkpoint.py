@@ -25,7 +25,7 @@ from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.state import run_state
-from tuiloop.session.run import run_spec
+from tuiloop.runner.spec_run import run_spec
 
 RECIPE_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch", "loss"}
 RESUME_KEYS = {"scheduler_state_dict", "step", "batch_in_epoch", "best", "early_stopping", "rng_state"}

@@ -12,7 +12,7 @@ from conftest import assert_same_weights, load_ckpt, write_spec
 
 from tuiloop.engine.events import Event, TrainSteps
 from tuiloop.engine.trainer import Trainer
-from tuiloop.session.build import build_trainer
+from tuiloop.runner.build import build_trainer
 from tuiloop.spec import load_spec, resolve
 
 
@@ -153,7 +153,7 @@ def test_pause_and_save_now_do_not_change_the_result(workdir: Path) -> None:
 
 def test_a_checkpoint_that_tracks_another_metric_is_refused(workdir: Path) -> None:
     """Its best value and early-stopping counter mean nothing for another monitor or direction."""
-    from tuiloop.engine.errors import ResumeError
+    from tuiloop.engine.exceptions import ResumeError
 
     first = make(workdir, "cut", "run.epochs=1", early_stopping={"monitor": "val_loss", "patience": 3})
     assert first.run().status == "completed"

@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMOS
 
 from tuiloop.engine.events import EarlyStopUpdate, Event, Finished, LRChanged, Validated
-from tuiloop.session.run import run_spec
+from tuiloop.runner.spec_run import run_spec
 
 pytest.importorskip("sklearn", reason="the demos' data comes with scikit-learn (the [demos] extra)")
 

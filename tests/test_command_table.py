@@ -14,7 +14,7 @@ from tuiloop.engine.commands import AGREED, COMMAND, COMMANDS, Commands, obeyed_
 from tuiloop.engine.distributed import SLOTS
 from tuiloop.rundir.control import ControlError, ControlServer, send_command
 from tuiloop.tui.app import MonitorApp
-from tuiloop.tui.keys import KEYS
+from tuiloop.tui.bindings import KEYS
 from tuiloop.tui.screens import Confirm, KeysScreen
 
 KEYED = [c for c in COMMANDS if c.key]
@@ -89,7 +89,7 @@ def test_the_control_server_accepts_exactly_the_commands_of_the_table(tmp_path: 
 
 
 def test_track_and_the_distributed_slots_are_derived_from_the_table() -> None:
-    from tuiloop.session.track import OBEYED
+    from tuiloop.runner.track import OBEYED
 
     assert OBEYED == tuple(c.name for c in COMMANDS if "track" in c.obeyed_by) == obeyed_by("track")
     assert OBEYED == ("pause", "resume", "toggle_pause", "save", "stop", "force")

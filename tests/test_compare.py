@@ -17,12 +17,12 @@ from runs_support import TUILOOP, Tmux, wait_until
 
 from tuiloop.cli.compare import format_plain
 from tuiloop.engine.events import Finished, RunStarted, TrainSteps, Validated
-from tuiloop.rundir.compare import Comparison, RunHistory, differing_keys, flatten, short_names
+from tuiloop.rundir.comparison import Comparison, RunHistory, differing_keys, flatten, short_names
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import SPEC, update_info, who, write_summary
 from tuiloop.rundir.lock import RunLock
 from tuiloop.spec.dump import dump_toml
-from tuiloop.tui.compare import CompareApp
+from tuiloop.tui.compare_app import CompareApp
 from tuiloop.tui.compare_panels import metric_figure, table_text
 
 T0 = 1_700_000_000.0

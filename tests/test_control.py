@@ -19,7 +19,7 @@ from tuiloop.engine.commands import Commands
 from tuiloop.rundir.control import ControlError, ControlServer, send_command
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.run import new_run_dir
+from tuiloop.runner.spec_run import new_run_dir
 
 
 @pytest.fixture

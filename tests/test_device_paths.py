@@ -21,7 +21,7 @@ from conftest import write_spec
 from tuiloop.engine import problem
 from tuiloop.engine.events import Event, Failed, Finished, Message, TrainSteps, Validated
 from tuiloop.engine.trainer import Trainer
-from tuiloop.session.build import build_trainer
+from tuiloop.runner.build import build_trainer
 from tuiloop.spec import load_spec, resolve
 
 

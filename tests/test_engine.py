@@ -14,6 +14,7 @@ from conftest import assert_same_weights, load_ckpt, write_spec
 from torch import nn
 
 from tuiloop.engine.batches import Batches
+from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.device import to_device
 from tuiloop.engine.events import (
     EarlyStopUpdate,
@@ -26,10 +27,9 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.engine.first_batch import PROBLEM_TEXT
-from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.rundir.layout import read_json
-from tuiloop.session.run import run_spec
+from tuiloop.runner.spec_run import run_spec
 
 CPU = torch.device("cpu")
 
@@ -392,7 +392,7 @@ def test_the_engine_imports_neither_the_spec_nor_the_screen() -> None:
     code = (
         "import sys, pkgutil, importlib, tuiloop.engine as e\n"
         "for m in pkgutil.iter_modules(e.__path__):\n    importlib.import_module('tuiloop.engine.' + m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.startswith(('tuiloop.spec', 'tuiloop.session', 'tuiloop.tui', 'tuiloop.cli', 'textual', 'rich')))\n"
+        "bad = sorted(n for n in sys.modules if n.startswith(('tuiloop.spec', 'tuiloop.runner', 'tuiloop.tui', 'tuiloop.cli', 'textual', 'rich')))\n"
         "print(bad)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -565,9 +565,9 @@ def test_top_level_names_load_lazily() -> None:
     code = (
         "import sys, tuiloop\n"
         "assert 'torch' not in sys.modules, 'import tuiloop imported torch'\n"
-        "from tuiloop.session.api import Trainer\n"
+        "from tuiloop.runner.api import Trainer\n"
         "assert 'torch' in sys.modules and tuiloop.Trainer is Trainer\n"
-        "from tuiloop.session.run import run_spec\n"
+        "from tuiloop.runner.spec_run import run_spec\n"
         "assert tuiloop.run_spec is run_spec\n"
         "try:\n    tuiloop.no_such_name\nexcept AttributeError:\n    print('ok')\n"
     )

@@ -13,7 +13,7 @@ from conftest import load_ckpt, run_cli, write_spec
 from tuiloop.engine.events import Event, Finished
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
-from tuiloop.session.run import run_spec
+from tuiloop.runner.spec_run import run_spec
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.training import metrics_text
 

@@ -20,8 +20,8 @@ from conftest import load_ckpt, write_spec
 from tuiloop.engine import batches as batches_module
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.events import Event, Failed, Finished, TrainSteps, Validated
-from tuiloop.session.build import build_trainer
-from tuiloop.session.run import run_spec
+from tuiloop.runner.build import build_trainer
+from tuiloop.runner.spec_run import run_spec
 from tuiloop.spec import load_spec, resolve
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -209,7 +209,7 @@ def test_system_samples_on_cuda(workdir: Path, monkeypatch: pytest.MonkeyPatch) 
     """The sampler on a real GPU: one entry per visible device from NVML, and torch's peak memory."""
     from tuiloop.engine.events import SystemSample
     from tuiloop.rundir.eventlog import read_events
-    from tuiloop.session.system import INTERVAL_ENV
+    from tuiloop.runner.system import INTERVAL_ENV
 
     monkeypatch.setenv(INTERVAL_ENV, "0.05")
     code, events, run_dir = train(workdir, "run.epochs=30")

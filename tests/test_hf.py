@@ -14,7 +14,7 @@ import pytest
 from conftest import FIXTURES, load_ckpt, write_spec
 
 from tuiloop.engine.events import Event, Finished, Validated
-from tuiloop.session.run import run_spec
+from tuiloop.runner.spec_run import run_spec
 
 pytest.importorskip("transformers", reason="transformers is not installed (it is in the [test] extra)")
 

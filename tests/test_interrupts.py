@@ -20,7 +20,7 @@ from runs_support import (
     new_run_dir,
     process_gone,
     read_stderr_until,
-    start_worker,
+    start_training_process,
     wait_live,
     wait_until,
 )
@@ -83,7 +83,9 @@ def test_the_force_command_ends_a_blocked_run_within_2s(workdir: Path, blocked: 
     from tuiloop import load_spec
 
     marker = workdir / "stuck"
-    run_dir, proc = start_worker(load_spec(write_spec(workdir, run={"epochs": 5}, **BLOCKED[blocked](str(marker)))))
+    run_dir, proc = start_training_process(
+        load_spec(write_spec(workdir, run={"epochs": 5}, **BLOCKED[blocked](str(marker))))
+    )
     try:
         wait_live(run_dir)
         wait_until(marker.exists, 60, f"the run to block in {blocked}")

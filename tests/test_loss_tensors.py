@@ -11,7 +11,7 @@ from conftest import only_run, run_cli, write_spec
 from runs_support import events
 
 from tuiloop.cli import main
-from tuiloop.session.build import build_trainer
+from tuiloop.runner.build import build_trainer
 from tuiloop.spec import load_spec, resolve
 
 BINARY = dict(

@@ -26,7 +26,7 @@ from tuiloop.engine.events import (
     on,
 )
 from tuiloop.engine.plain import PlainSink
-from tuiloop.rundir.digest import SnapshotLoaded
+from tuiloop.rundir.digest import DigestLoaded
 from tuiloop.tui.model import MonitorModel
 
 T0 = 1_700_000_000.0
@@ -142,7 +142,7 @@ def test_a_resumed_start_says_where_from_in_both_views() -> None:
 
 def test_every_logged_event_type_is_registered_by_its_kind_and_round_trips() -> None:
     assert set(EVENT_TYPES) == {cls.kind for cls in EVENT_TYPES.values()} and len(EVENT_TYPES) == 13
-    assert "snapshot" not in EVENT_TYPES  # a reader's stand-in, never in the log
+    assert "digest_loaded" not in EVENT_TYPES  # a reader's stand-in, never in the log
     ev = epoch(1, 0.4, True)[1]
     assert event_from_dict(ev.to_dict()) == ev
 
@@ -169,4 +169,4 @@ def test_a_reader_takes_each_type_by_its_handler_and_a_subclass_may_override_one
         taken = [reader.dispatch(ev) for ev in events]
         assert taken == [True, True, False, False, False, True]
         assert reader.seen == ["progress", "progress", last]
-    assert SnapshotLoaded in MonitorModel.handlers  # a type outside the log is read the same way
+    assert DigestLoaded in MonitorModel.handlers  # a type outside the log is read the same way

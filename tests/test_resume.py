@@ -22,7 +22,7 @@ from tuiloop.rundir.layout import read_json
 TWO_EPOCHS = dict(run={"epochs": 2})
 
 
-def snapshot(run_dir: Path) -> dict[str, tuple[str, float]]:
+def files_state(run_dir: Path) -> dict[str, tuple[str, float]]:
     """Every file of a run directory: its content's hash and its modification time."""
     out = {}
     for path in sorted(run_dir.rglob("*")):
@@ -143,13 +143,13 @@ def test_a_failed_resume_leaves_the_run_directory_as_it_was(
     """``--detach`` goes through the background worker, which reports back before anything changes."""
     breaker, said = BREAKAGES[breakage]
     breaker(finished, workdir)
-    before, row_before = snapshot(finished), ls_row(finished, workdir)
+    before, row_before = files_state(finished), ls_row(finished, workdir)
     done = run_cli("run", "--resume", finished, how, "--set", "run.epochs=4", cwd=workdir)
     assert done.returncode == 2, (done.stdout, done.stderr)
     for part in said:
         assert part in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "started" not in done.stdout
-    assert snapshot(finished) == before, "the run directory changed"
+    assert files_state(finished) == before, "the run directory changed"
     assert read_json(finished / "summary.json")["status"] == "completed"  # type: ignore[index]
     assert ls_row(finished, workdir) == row_before
 
@@ -238,11 +238,11 @@ def test_a_changed_learning_rate_keeps_the_schedule(workdir: Path) -> None:
 def test_resume_refuses_edits_that_would_break_the_run(
     untouched: Path, capsys: pytest.CaptureFixture[str], item: str, said: str
 ) -> None:
-    before = snapshot(untouched)
+    before = files_state(untouched)
     code, err = resume_in_process(capsys, untouched, "--set", item)
     assert code == 2, err
     assert said in err and "or start a new run" in err and "Traceback" not in err and err.count("\n") == 1
-    assert snapshot(untouched) == before
+    assert files_state(untouched) == before
 
 
 def test_resume_with_persistent_workers_warns_that_it_is_not_exact(workdir: Path) -> None:

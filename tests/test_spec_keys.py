@@ -11,13 +11,13 @@ import pytest
 from conftest import REPO, write_spec
 
 from tuiloop.engine.options import Options
-from tuiloop.session import resume
-from tuiloop.session.build import build_trainer
+from tuiloop.runner import resume
+from tuiloop.runner.build import build_trainer
 from tuiloop.spec import SpecError, load_spec, resolve
 from tuiloop.spec.schema import SCHEMA
 
 DECLARED = [k for keys in SCHEMA.values() for k in keys.values()]
-# Options fields that the spec sets from several keys at once (in session/build.py), not from one key.
+# Options fields that the spec sets from several keys at once (in runner/build.py), not from one key.
 FROM_SEVERAL_KEYS = {"monitor", "mode", "early_stopping"}
 
 

@@ -17,9 +17,9 @@ from conftest import only_run, run_cli, write_spec
 
 from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
 from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
-from tuiloop.session import system
-from tuiloop.session.run import run_spec
-from tuiloop.session.system import SystemSampler, short_name, visible_indices
+from tuiloop.runner import system
+from tuiloop.runner.spec_run import run_spec
+from tuiloop.runner.system import SystemSampler, short_name, visible_indices
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.machine import system_text
 

@@ -27,7 +27,7 @@ from tuiloop.rundir.control import send_command
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.lock import is_locked
-from tuiloop.session.track import Run
+from tuiloop.runner.track import Run
 
 
 def seed_loop(

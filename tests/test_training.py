@@ -17,8 +17,8 @@ from torch import nn
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.events import Event, Failed, Finished, Message, Starting, TrainSteps, Validated
 from tuiloop.engine.trainer import Options, Trainer
-from tuiloop.session.build import build_trainer
-from tuiloop.session.run import run_spec
+from tuiloop.runner.build import build_trainer
+from tuiloop.runner.spec_run import run_spec
 from tuiloop.spec import load_spec, resolve
 
 CPU = torch.device("cpu")

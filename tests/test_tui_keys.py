@@ -20,7 +20,7 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.tui.app import MonitorApp
-from tuiloop.tui.keys import KEYS
+from tuiloop.tui.bindings import KEYS
 from tuiloop.tui.screens import Confirm, EpochsScreen, KeysScreen, OutputScreen
 from tuiloop.tui.scroll import ScrollLines
 
@@ -263,7 +263,7 @@ async def test_a_read_only_view_offers_none_of_the_keys_that_change_the_run() ->
 @run_async
 async def test_a_tracked_loop_is_offered_only_the_keys_it_obeys() -> None:
     """tuiloop.track's loop obeys pause, save and stop; e, -, + and P would do nothing there."""
-    from tuiloop.session.track import OBEYED
+    from tuiloop.runner.track import OBEYED
 
     async with monitor(epochs(2, commands=list(OBEYED)), (120, 40)) as (run, app, pilot, _):
         for key in ("e", "minus", "plus", "P"):

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from conftest import load_ckpt, only_run, run_cli, write_spec
-from runs_support import events, last_step, resume_worker, start_worker, summary
+from runs_support import events, last_step, resume_training_process, start_training_process, summary
 from test_tui_screen import screen_text, wait_for
 
 from tuiloop.rundir.control import send_command
-from tuiloop.session.run import load_run_spec
+from tuiloop.runner.spec_run import load_run_spec
 from tuiloop.spec import load_spec
 from tuiloop.spec.load import apply_override, validate
 from tuiloop.tui.app import MonitorApp
@@ -76,7 +76,7 @@ async def steer(run_dir: Path, proc) -> MonitorApp:  # type: ignore[no-untyped-d
 
 def test_keys_pause_resume_save_and_stop_a_real_run(workdir: Path) -> None:
     spec = load_spec(write_spec(workdir, **LONG))
-    run_dir, proc = start_worker(spec)
+    run_dir, proc = start_training_process(spec)
     try:
         app = asyncio.run(steer(run_dir, proc))
         assert proc.wait(timeout=30) == 0
@@ -99,7 +99,7 @@ def test_a_resumed_run_is_followed_to_its_new_end(workdir: Path) -> None:
     run_dir = only_run(workdir / "runs").resolve()
     spec = load_run_spec(run_dir)
     apply_override(spec.raw, "run.epochs=4")
-    proc = resume_worker(run_dir, validate(spec.raw, spec.where, spec.base_dir, spec.path))
+    proc = resume_training_process(run_dir, validate(spec.raw, spec.where, spec.base_dir, spec.path))
 
     async def watch() -> MonitorApp:
         app = MonitorApp(
@@ -139,7 +139,7 @@ def test_a_run_that_crashes_shows_its_error_and_exits_1(workdir: Path) -> None:
     )
     spec = load_spec(write_spec(workdir, run={"epochs": 50}, model={"target": "crashy.py:Crashy", "hidden": None}))
     started = time.time()
-    run_dir, proc = start_worker(spec)
+    run_dir, proc = start_training_process(spec)
 
     async def watch() -> tuple[MonitorApp, str]:
         app = MonitorApp(RunSource(run_dir, proc), lambda cmd: send_command(run_dir, cmd), run_dir=str(run_dir))

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from conftest import write_spec
-from runs_support import events, last_step, start_worker, summary
+from runs_support import events, last_step, start_training_process, summary
 from test_tui_screen import screen_text, wait_for
 
 from tuiloop.rundir.control import send_command
@@ -46,7 +46,7 @@ def watch(run_dir: Path, proc, body) -> MonitorApp:  # type: ignore[no-untyped-d
 
 def test_a_slow_first_batch_shows_as_waiting_for_the_first_batch(workdir: Path) -> None:
     go = workdir / "go"
-    run_dir, proc = start_worker(
+    run_dir, proc = start_training_process(
         load_spec(
             write_spec(
                 workdir, run={"epochs": 2000}, model={"target": "tiny.py:SlowStart", "go": str(go), "delay": 0.02}
@@ -82,7 +82,7 @@ def test_a_slow_first_batch_shows_as_waiting_for_the_first_batch(workdir: Path) 
 def test_bad_lines_in_a_live_log_are_skipped_with_a_warning_and_the_view_goes_on(workdir: Path) -> None:
     """A line from a newer tuiloop and a line cut short (what a killed writer leaves, ended by the
     next writer's newline) appear in the log of a run that keeps training."""
-    run_dir, proc = start_worker(load_spec(write_spec(workdir, run={"epochs": 2000}, model={"delay": 0.02})))
+    run_dir, proc = start_training_process(load_spec(write_spec(workdir, run={"epochs": 2000}, model={"delay": 0.02})))
     bad = b'{"event":"from_a_newer_tuiloop","time":1.0,"detail":"x"}\n{"event":"train_steps","epoch":1,"first_st\n'
 
     def warnings(app: MonitorApp) -> list[str]:

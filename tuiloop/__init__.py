@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_spec": "tuiloop.spec",
     "SpecError": "tuiloop.spec",
-    "run_spec": "tuiloop.session.run",
-    "execute": "tuiloop.session.run",
-    "build_trainer": "tuiloop.session.build",
-    "Trainer": "tuiloop.session.api",
+    "run_spec": "tuiloop.runner.spec_run",
+    "execute": "tuiloop.runner.spec_run",
+    "build_trainer": "tuiloop.runner.build",
+    "Trainer": "tuiloop.runner.api",
     "Options": "tuiloop.engine.trainer",
     "Batches": "tuiloop.engine.batches",
-    "MetricMonitor": "tuiloop.engine.monitor",
-    "track": "tuiloop.session.track",
+    "MetricMonitor": "tuiloop.engine.best",
+    "track": "tuiloop.runner.track",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -9,7 +9,7 @@ from pathlib import Path
 from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
-from tuiloop.rundir.compare import Comparison
+from tuiloop.rundir.comparison import Comparison
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not sys.stdout.isatty():
         print(format_plain(cmp, metric))
         return 0
-    from tuiloop.tui.compare import CompareApp
+    from tuiloop.tui.compare_app import CompareApp
 
     app = CompareApp(cmp, metric)
     app.run()

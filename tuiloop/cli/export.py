@@ -12,7 +12,7 @@ from pathlib import Path
 from tuiloop.cli.say import error
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
-from tuiloop.rundir.export import (
+from tuiloop.rundir.history import (
     CSV_FILE,
     TENSORBOARD_DIR,
     History,

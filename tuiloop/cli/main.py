@@ -158,14 +158,14 @@ def _parser() -> argparse.ArgumentParser:
 
 # Started by tuiloop itself in its child processes, never by a person: a parser of their own, so
 # that --help, the usage line and the "invalid choice" error of the public one never name them.
-INTERNAL = ("_worker", "_launch", "_rank")
+INTERNAL = ("_train", "_launch", "_rank")
 
 
 def _internal_parser() -> argparse.ArgumentParser:
     """The subcommands of tuiloop's own processes: the training process, the torchrun launcher, a rank."""
     p = argparse.ArgumentParser(prog="tuiloop")
     sub = p.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("_worker")
+    w = sub.add_parser("_train")
     w.add_argument("run_dir", type=Path)
     w.add_argument("--lock-fd", type=int, required=True)
     w.add_argument("--resume", action="store_true")
@@ -198,18 +198,18 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.cli.run import cmd_run
 
             return cmd_run(args)
-        if args.command == "_worker":
-            from tuiloop.session.worker import main as worker_main
+        if args.command == "_train":
+            from tuiloop.runner.training_process import main as train_main
 
-            return worker_main(args.run_dir.resolve(), args.lock_fd, args.resume)
+            return train_main(args.run_dir.resolve(), args.lock_fd, args.resume)
         if args.command == "_launch":
-            from tuiloop.session.launch import main as launch_main
+            from tuiloop.runner.launch import main as launch_main
 
             return launch_main(
                 args.run_dir.resolve() if args.run_dir else None, args.lock_fd, args.resume, extra, args.report_ready
             )
         if args.command == "_rank":
-            from tuiloop.session.rank import main as rank_main
+            from tuiloop.runner.rank import main as rank_main
 
             return rank_main(args.resume)
         if args.command in ("attach", "show"):

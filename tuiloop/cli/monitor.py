@@ -27,7 +27,7 @@ def monitor_run(
     summary with the run directory to stdout.
     """
     from tuiloop.rundir.control import send_command
-    from tuiloop.session.worker import resume_in_background
+    from tuiloop.runner.training_process import resume_in_background
     from tuiloop.tui.app import MonitorApp
     from tuiloop.tui.source import RunSource
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from tuiloop.engine.exits import EXIT_FORCED
-from tuiloop.session.processes import kill_tree
+from tuiloop.runner.processes import kill_tree
 from tuiloop.spec import Spec, SpecError
 
 
 def load(args: argparse.Namespace) -> Spec:
     """The spec to run: the file given (with --set), or for --resume without one the run's own."""
     from tuiloop.rundir.layout import RUN_INFO
-    from tuiloop.session.run import load_run_spec
+    from tuiloop.runner.spec_run import load_run_spec
     from tuiloop.spec import load_spec
     from tuiloop.spec.load import apply_override, validate
 
@@ -46,10 +46,10 @@ def load(args: argparse.Namespace) -> Spec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import tuiloop.runner.training_process as training_process
     from tuiloop.engine.plain import PlainSink
-    from tuiloop.session import worker
-    from tuiloop.session.rank import run_rank, under_a_launcher
-    from tuiloop.session.run import execute, lock_for_resume, new_run_dir
+    from tuiloop.runner.rank import run_rank, under_a_launcher
+    from tuiloop.runner.spec_run import execute, lock_for_resume, new_run_dir
     from tuiloop.spec import resolve
 
     spec = load(args)
@@ -63,14 +63,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve(spec)  # import errors show here, before anything starts
     session = uuid.uuid4().hex[:12]
     if torchrun is not None and args.node_rank > 0:  # rank 0 and the run directory are on node 0
-        return _supervise(worker.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None)
+        return _supervise(
+            training_process.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None
+        )
     if args.resume is not None:
         run_dir, lock = args.resume, lock_for_resume(args.resume)
     else:
         run_dir, lock = new_run_dir(spec)
     inherit = headless and not args.detach
     try:
-        proc = worker.start(
+        proc = training_process.start(
             run_dir,
             lock,
             spec,
@@ -81,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         lock.release()  # our copy: the training process holds the lock now
-    if args.resume is not None and not inherit and not worker.wait_ready(proc, sys.stderr, run_dir):
+    if args.resume is not None and not inherit and not training_process.wait_ready(proc, sys.stderr, run_dir):
         return proc.returncode  # it said why (relayed above); the run directory is as it was
     if args.detach:
         print(f"started {run_dir} (pid {proc.pid})")
@@ -97,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
     """torchrun's options when this run takes more than one process, else None."""
-    from tuiloop.session.torchrun import processes_for, torchrun_args
+    from tuiloop.runner.torchrun import processes_for, torchrun_args
 
     nproc = processes_for(args.nproc_per_node or spec.run.nproc_per_node)
     if args.nnodes > 1 and not args.rdzv_endpoint:

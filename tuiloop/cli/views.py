@@ -93,9 +93,9 @@ def print_log(run_dir: Path) -> int:
     sink = PlainSink(sys.stdout, strict=True)
     # the saved series stand for the step lines and machine samples before them (print_system
     # takes its digest); per-step lines print nothing here, so none is read
-    events, tail = read_events(run_dir, snapshot=True, skip=("train_steps",))
+    events, tail = read_events(run_dir, from_digest=True, skip=("train_steps",))
     for event in events:
-        if event.kind != "snapshot":
+        if event.kind != "digest_loaded":
             sink(event)
     sink.close()
     print_system(events)
@@ -120,6 +120,6 @@ def print_system(events: list[Event]) -> None:
     from tuiloop.tui.model import MonitorModel
 
     model = MonitorModel()
-    model.apply_all([e for e in events if e.kind in ("system_sample", "snapshot")])
+    model.apply_all([e for e in events if e.kind in ("system_sample", "digest_loaded")])
     for line in model.system_summary():
         print(f"system: {line}")

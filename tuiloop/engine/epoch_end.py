@@ -14,9 +14,9 @@ from typing import Any, Callable
 import torch
 
 from tuiloop.engine.batches import Batches
+from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Validated
-from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -145,7 +145,7 @@ class EpochEnd:
         }
 
     def check_compatible(self, state: dict[str, Any]) -> None:
-        """Raise :class:`~tuiloop.engine.errors.ResumeError` if the checkpoint's monitors track other metrics."""
+        """Raise :class:`~tuiloop.engine.exceptions.ResumeError` if the checkpoint's monitors track other metrics."""
         self.best.check_compatible(state["best"], "[checkpoint]")
         if self.es and state.get("early_stopping"):
             self.es.check_compatible(state["early_stopping"], "[early_stopping]")

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from tuiloop.engine.errors import SetupError
 from tuiloop.engine.events import Event, Message, Starting
+from tuiloop.engine.exceptions import SetupError
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.problem import check_batch, check_inputs, reported_metrics

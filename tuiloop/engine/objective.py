@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from tuiloop.engine.errors import SetupError
+from tuiloop.engine.exceptions import SetupError
 from tuiloop.engine.problem import infer_problem
 
 TARGET_KEYS = ("y", "target", "targets", "label", "labels")

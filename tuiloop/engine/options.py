@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuiloop.engine.monitor import MetricMonitor
+from tuiloop.engine.best import MetricMonitor
 
 
 @dataclass

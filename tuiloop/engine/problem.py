@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tuiloop.engine.errors import SetupError
+from tuiloop.engine.exceptions import SetupError
 
 MULTICLASS = ("CrossEntropyLoss", "NLLLoss")
 BCE = ("BCEWithLogitsLoss", "BCELoss")

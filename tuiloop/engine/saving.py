@@ -20,8 +20,8 @@ from tuiloop import __version__
 from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.epoch_end import EpochEnd
-from tuiloop.engine.errors import ResumeError
 from tuiloop.engine.events import CheckpointSaved, Event, Message
+from tuiloop.engine.exceptions import ResumeError
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.progress import Progress
 from tuiloop.engine.steering import Steering

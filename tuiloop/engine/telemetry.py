@@ -18,8 +18,8 @@ import torch
 
 from tuiloop.engine.compiling import compilations
 from tuiloop.engine.distributed import Ranks
-from tuiloop.engine.errors import NonFiniteLoss
 from tuiloop.engine.events import Event, Message, TrainSteps
+from tuiloop.engine.exceptions import NonFiniteLoss
 from tuiloop.engine.options import MAX_SKIPPED_IN_A_ROW, Options
 from tuiloop.engine.precision import Precision
 from tuiloop.engine.progress import Progress

@@ -35,17 +35,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine import fmt
 from tuiloop.engine.batches import Batches, worker_died
+from tuiloop.engine.best import default_mode
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.compiling import compile_model
 from tuiloop.engine.device import device_name
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.epoch_end import EpochEnd
 from tuiloop.engine.epoch_loop import EpochLoop
-from tuiloop.engine.errors import NonFiniteLoss, SetupError
 from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
+from tuiloop.engine.exceptions import NonFiniteLoss, SetupError
 from tuiloop.engine.failure import failure_reason, failure_report
 from tuiloop.engine.first_batch import FirstBatch
-from tuiloop.engine.monitor import default_mode
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -62,7 +62,7 @@ Sink = Callable[[Event], None]
 
 
 class Trainer:
-    """Runs training on objects; the spec's glue (:mod:`tuiloop.session.build`) builds one from a spec.
+    """Runs training on objects; the spec's glue (:mod:`tuiloop.runner.build`) builds one from a spec.
 
     ``run_dir`` is where ``checkpoints/`` go. The engine writes nothing else there: the full run
     directory (event log, control socket, summary) is the session's (``tuiloop.Trainer`` runs
@@ -219,7 +219,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore everything :meth:`state_dict` saved, for an exact resume (a
-        :class:`~tuiloop.engine.errors.ResumeError` when the checkpoint is not this run's)."""
+        :class:`~tuiloop.engine.exceptions.ResumeError` when the checkpoint is not this run's)."""
         inexact = self.checkpoints.load_state_dict(state)
         if inexact:
             self.announcements.append(Message("warning", inexact))

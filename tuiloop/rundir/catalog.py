@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
-from tuiloop.rundir.progress import Progress, scan
+from tuiloop.rundir.scan import Progress, scan
 from tuiloop.rundir.state import run_state
 
 

@@ -8,12 +8,12 @@ the same class with the same events, so they cannot disagree:
 
 * the monitor's :class:`~tuiloop.tui.model.MonitorModel`, which keeps these fields in a digest;
 * the training process's event writer (:class:`~tuiloop.rundir.eventlog.EventLog`), which saves
-  its digest beside the log every 30 s (:mod:`tuiloop.rundir.snapshot`), so a view of a long run
-  loads that (:func:`load_snapshot`) and reads only the other events before it, then the
-  digest in their place (:class:`SnapshotLoaded`).
+  its digest beside the log every 30 s (:mod:`tuiloop.rundir.digest_file`), so a view of a long run
+  loads that (:func:`load_digest`) and reads only the other events before it, then the
+  digest in their place (:class:`DigestLoaded`).
 
 Rule: everything a view derives from the kinds in :data:`RunDigest.KINDS` lives here, because
-readers skip those lines before a snapshot. Other events may update a digest too (a validation
+readers skip those lines before a saved digest. Other events may update a digest too (a validation
 adds a point to ``val``; a resume drops the steps done again); they are read either way.
 """
 
@@ -40,8 +40,8 @@ from tuiloop.engine.events import (
     event_from_dict,
     on,
 )
+from tuiloop.rundir.digest_file import DIGESTED_KINDS, SavedDigest, read_digest_file
 from tuiloop.rundir.series import Downsampled, Recent
-from tuiloop.rundir.snapshot import DIGESTED_KINDS, Snapshot, read_snapshot
 
 
 @dataclass
@@ -73,7 +73,7 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
 class RunDigest(EventReader):
     """The series and progress of a run, fed with its events in order (see the module's rule)."""
 
-    KINDS = DIGESTED_KINDS  # ("train_steps", "system_sample"): lines a reader may skip before a snapshot's offset
+    KINDS = DIGESTED_KINDS  # ("train_steps", "system_sample"): lines a reader may skip before a saved digest's offset
 
     def __init__(self, resolution: int = 512) -> None:
         self.phase: str | None = None  # what a starting run is doing (importing torch, loading the data, ...)
@@ -253,22 +253,22 @@ class RunDigest(EventReader):
 
 
 @dataclass(frozen=True)
-class SnapshotLoaded(Event, logged=False):
-    """Not in the log: a reader's stand-in for the lines a snapshot covers. ``digest`` replaces
+class DigestLoaded(Event, logged=False):
+    """Not in the log: a reader's stand-in for the lines a saved digest covers. ``digest`` replaces
     what the events before it added up to; ``skipped`` lines were not read."""
 
-    kind: ClassVar[str] = "snapshot"
+    kind: ClassVar[str] = "digest_loaded"
     digest: RunDigest
     skipped: int = 0
 
 
-def load_snapshot(run_dir: Path) -> Snapshot[RunDigest] | None:
-    """The run's snapshot if it is sound and fits its log as it is now; else None (read the whole log)."""
+def load_digest(run_dir: Path) -> SavedDigest[RunDigest] | None:
+    """The run's saved digest if it is sound and fits its log as it is now; else None (read the whole log)."""
     try:
-        data = read_snapshot(run_dir)
+        data = read_digest_file(run_dir)
         if data is None:
             return None
-        return Snapshot(
+        return SavedDigest(
             RunDigest.from_dict(data["digest"]),
             data["offset"],
             data["lines"],

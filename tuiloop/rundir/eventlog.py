@@ -6,9 +6,9 @@ Readers skip, and report, lines they cannot use: a line torn by a kill, an event
 newer tuiloop, an event with a field missing.
 
 The writer also keeps what the per-step and per-sample lines add up to and saves it beside the
-log with where the other lines are (:mod:`tuiloop.rundir.snapshot`); a reader asked to
-(``snapshot=True``) starts from that, so opening a day-long run reads a few thousand lines, not
-a third of a million. ``ls`` reads the log its own quicker way (:mod:`tuiloop.rundir.progress`).
+log with where the other lines are (:mod:`tuiloop.rundir.digest_file`); a reader asked to
+(``from_digest=True``) starts from that, so opening a day-long run reads a few thousand lines, not
+a third of a million. ``ls`` reads the log its own quicker way (:mod:`tuiloop.rundir.scan`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 
 from tuiloop.engine.events import Event, Finished, event_from_dict, line_prefix
-from tuiloop.rundir.digest import RunDigest, SnapshotLoaded, load_snapshot
+from tuiloop.rundir.digest import DigestLoaded, RunDigest, load_digest
+from tuiloop.rundir.digest_file import SavedDigest, save_digest
 from tuiloop.rundir.layout import EVENTS
-from tuiloop.rundir.snapshot import Snapshot, save_snapshot
 
 
 def encode(event: Event) -> bytes:
@@ -29,19 +29,19 @@ def encode(event: Event) -> bytes:
     return (event.to_json() + "\n").encode()
 
 
-SNAPSHOT_EVERY_S = 30.0  # the writer saves series.json this often (the run's own clock)
+DIGEST_EVERY_S = 30.0  # the writer saves digest.json this often (the run's own clock)
 
 
 class EventLog:
     """Appends events to ``events.jsonl``; callable as an engine sink, safe from any thread.
 
-    It keeps the run's :class:`RunDigest` too and saves it (``series.json``) every
-    ``snapshot_every`` seconds of the events' own clock, at a ``finished`` event and on
-    ``close``; None keeps none. A log continued by a resumed run starts from the snapshot there
+    It keeps the run's :class:`RunDigest` too and saves it (``digest.json``) every
+    ``digest_every`` seconds of the events' own clock, at a ``finished`` event and on
+    ``close``; None keeps none. A log continued by a resumed run starts from the saved digest there
     and reads only the lines after it (a log without one: all of it, once).
     """
 
-    def __init__(self, run_dir: Path, snapshot_every: float | None = SNAPSHOT_EVERY_S) -> None:
+    def __init__(self, run_dir: Path, digest_every: float | None = DIGEST_EVERY_S) -> None:
         self.run_dir = run_dir
         path = run_dir / EVENTS
         self._lock = threading.Lock()
@@ -50,17 +50,17 @@ class EventLog:
             self._file.write(b"\n")
             self._file.flush()
         self._offset = self._file.tell()  # bytes in the log: where the next line goes
-        self._every = snapshot_every
-        self._snap: Snapshot[RunDigest] | None = self._restore() if snapshot_every is not None else None
+        self._every = digest_every
+        self._snap: SavedDigest[RunDigest] | None = self._restore() if digest_every is not None else None
         self._saved_at: float | None = None  # event time of the last save (at first: of the first event)
         self._unsaved: bytes | None = None  # the last line written, if written since that save
 
-    def _restore(self) -> Snapshot[RunDigest] | None:
-        """The snapshot of the log as it is: the one saved there, moved on by the lines after it."""
+    def _restore(self) -> SavedDigest[RunDigest] | None:
+        """The saved digest of the log as it is: the one saved there, moved on by the lines after it."""
         try:
-            snap = load_snapshot(self.run_dir)
+            snap = load_digest(self.run_dir)
             if snap is None or snap.kinds != RunDigest.KINDS:  # none, or an older tuiloop's
-                snap = Snapshot(RunDigest())
+                snap = SavedDigest(RunDigest())
             with open(self.run_dir / EVENTS, "rb") as f:
                 f.seek(snap.offset)
                 for line in f:
@@ -92,7 +92,7 @@ class EventLog:
         assert self._snap is not None and self._every is not None
         try:
             self._snap.add(event, line)
-        except Exception:  # as above: stop keeping it; the last snapshot saved still fits the log
+        except Exception:  # as above: stop keeping it; the digest saved last still fits the log
             self._snap = None
             return
         self._unsaved = line
@@ -105,13 +105,13 @@ class EventLog:
         if self._snap is None or self._unsaved is None:
             return
         try:
-            save_snapshot(self.run_dir, self._snap, self._unsaved)
+            save_digest(self.run_dir, self._snap, self._unsaved)
         except (OSError, ValueError, TypeError):
-            pass  # the older snapshot still fits the log; readers read more of it
+            pass  # the older saved digest still fits the log; readers read more of it
         self._saved_at, self._unsaved = self._snap.time, None
 
     def close(self) -> None:
-        """Save the snapshot (if events came since the last save) and close the log."""
+        """Save the saved digest (if events came since the last save) and close the log."""
         with self._lock:
             if not self._file.closed:
                 self._save()
@@ -143,28 +143,28 @@ class EventTail:
     A line still being written (no trailing newline yet) waits for the next poll. Lines that
     cannot be used are skipped; ``problems`` collects why (the first few of them).
 
-    ``snapshot``: if the run has a snapshot that fits its log, the first poll returns the events
-    before its offset but those of the kinds it digested, then a :class:`SnapshotLoaded` that
+    ``from_digest``: if the run has a saved digest that fits its log, the first poll returns the events
+    before its offset but those of the kinds it digested, then a :class:`DigestLoaded` that
     stands for them (a :class:`~tuiloop.tui.model.MonitorModel` takes its digest in place of
     what came before). ``skip``: kinds never returned (``show`` prints no per-step lines).
     """
 
     MAX_PROBLEMS = 20
 
-    def __init__(self, run_dir: Path, snapshot: bool = False, skip: tuple[str, ...] = ()) -> None:
+    def __init__(self, run_dir: Path, from_digest: bool = False, skip: tuple[str, ...] = ()) -> None:
         self.path = run_dir / EVENTS
         self._offset = 0
         self._partial = b""
-        self._snapshot = snapshot
+        self._from_digest = from_digest
         self._skip = tuple(line_prefix(kind) for kind in skip)
         self.lines = 0
         self.skipped = 0
         self.problems: list[str] = []
 
     def poll(self, max_bytes: int = 64 << 20) -> list[Event]:
-        if self._snapshot:
-            self._snapshot = False
-            snap = load_snapshot(self.path.parent)
+        if self._from_digest:
+            self._from_digest = False
+            snap = load_digest(self.path.parent)
             if snap is not None:
                 return self._catch_up(snap)
         try:
@@ -183,8 +183,8 @@ class EventTail:
         self.lines += len(lines)
         return events
 
-    def _catch_up(self, snap: Snapshot[RunDigest]) -> list[Event]:
-        """The lines the snapshot's ranges point to, then the snapshot; on from its offset."""
+    def _catch_up(self, snap: SavedDigest[RunDigest]) -> list[Event]:
+        """The lines the saved digest's ranges point to, then the saved digest; on from its offset."""
         events: list[Event] = []
         read = 0
         with open(self.path, "rb") as f:
@@ -194,7 +194,7 @@ class EventTail:
                 self._take(lines, first, events)
                 read += len(lines)
         self._offset, self.lines = snap.offset, snap.lines
-        events.append(SnapshotLoaded(snap.digest, snap.lines - read, time=snap.time))
+        events.append(DigestLoaded(snap.digest, snap.lines - read, time=snap.time))
         return events
 
     def _take(self, lines: list[bytes], first: int, events: list[Event]) -> None:
@@ -210,10 +210,10 @@ class EventTail:
                     self.problems.append(f"line {n}: {e}")
 
 
-def read_events(run_dir: Path, snapshot: bool = False, skip: tuple[str, ...] = ()) -> tuple[list[Event], EventTail]:
+def read_events(run_dir: Path, from_digest: bool = False, skip: tuple[str, ...] = ()) -> tuple[list[Event], EventTail]:
     """All events of a run, in order, and the reader (its ``problems`` say what was skipped);
-    ``snapshot`` and ``skip`` as for :class:`EventTail`."""
-    tail = EventTail(run_dir, snapshot=snapshot, skip=skip)
+    ``from_digest`` and ``skip`` as for :class:`EventTail`."""
+    tail = EventTail(run_dir, from_digest=from_digest, skip=skip)
     out: list[Event] = []
     while batch := tail.poll():
         out.extend(batch)

@@ -6,7 +6,7 @@ Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>-<4 hex>/``::
     spec.toml          the resolved spec (after --set overrides)
     run.json           who runs it: pid, host, start time, command line, versions
     events.jsonl       append-only event log, one JSON object per line (tuiloop.rundir.eventlog)
-    series.json        what the log's first N bytes add up to, saved every 30 s (tuiloop.rundir.snapshot)
+    digest.json        what the log's first N bytes add up to, saved every 30 s (tuiloop.rundir.digest_file)
     checkpoints/       best.pt, last.pt, epoch-NNNN.pt, manual-stepNNNNNNN.pt
     summary.json       written once when the run ends (absent while live or after a crash)
     control.sock       the live run's command socket (owner-only), gone when it ends
@@ -30,7 +30,7 @@ LOCK = "run.lock"
 SPEC = "spec.toml"
 RUN_INFO = "run.json"
 EVENTS = "events.jsonl"
-SNAPSHOT = "series.json"  # a cache of the event log: readers check it fits, else read the whole log
+DIGEST_FILE = "digest.json"  # a cache of the event log: readers check it fits, else read the whole log
 SUMMARY = "summary.json"
 CONTROL = "control.sock"
 OUTPUT = "output.log"

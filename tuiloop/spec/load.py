@@ -9,7 +9,7 @@ from typing import Any
 
 import tomli_w
 
-from tuiloop.engine.monitor import default_mode
+from tuiloop.engine.best import default_mode
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.keys import NUMBER, Key
 from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, REQUIRED_SECTIONS, SCHEMA, SECTIONS, Spec, TargetSpec

@@ -3,7 +3,7 @@
 A new key is one :func:`~tuiloop.spec.keys.key` line here, the code that reads it, and its line
 in the spec reference. :data:`SCHEMA` (what validation walks), the defaults, the checks, the
 ``Options`` a spec builds (:meth:`Spec.loop_options`) and what ``--resume`` may change
-(``tuiloop.session.resume.MUTABLE``) are read from these declarations.
+(``tuiloop.runner.resume.MUTABLE``) are read from these declarations.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 
+import tuiloop.tui.bindings as bindings
 from tuiloop.engine.events import Event
-from tuiloop.tui import keys
 from tuiloop.tui.figures import X_AXES, ZOOMS, View, loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.bars import progress_text, title_text
@@ -64,7 +64,7 @@ class MonitorApp(RunKeys):
 
     CSS_PATH = "monitor.tcss"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = keys.bindings()  # the key bar shows them in this order, as many as fit
+    BINDINGS = bindings.bindings()  # the key bar shows them in this order, as many as fit
 
     def __init__(
         self,

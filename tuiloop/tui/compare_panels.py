@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from tuiloop.engine import fmt
-from tuiloop.rundir.compare import Comparison, RunHistory
+from tuiloop.rundir.comparison import Comparison, RunHistory
 from tuiloop.rundir.series import reduce_to
 from tuiloop.tui.figures import Figure, Line
 

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tuiloop.engine import fmt, sentences
+from tuiloop.engine.best import higher_is_better
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -29,13 +30,12 @@ from tuiloop.engine.events import (
     on,
 )
 from tuiloop.engine.exits import exit_status
-from tuiloop.engine.monitor import higher_is_better
-from tuiloop.rundir.digest import RunDigest, SnapshotLoaded
+from tuiloop.rundir.digest import DigestLoaded, RunDigest
 from tuiloop.rundir.series import Downsampled
 
 ENDED = ("completed", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
 PLOTTED = frozenset(
-    {RunStarted, TrainSteps, Validated, LRChanged, SettingChanged, Finished, SnapshotLoaded}
+    {RunStarted, TrainSteps, Validated, LRChanged, SettingChanged, Finished, DigestLoaded}
 )  # what the plots draw
 LOG_LINES = 10_000  # the log pane scrolls back over the whole run
 
@@ -80,7 +80,7 @@ class MonitorModel(EventReader):
     """What the monitor shows about one run, rebuilt from its events.
 
     Its series and progress live in ``self.digest`` (:class:`RunDigest`), which the training
-    process keeps too and saves: a :class:`SnapshotLoaded` replaces it with the saved one.
+    process keeps too and saves: a :class:`DigestLoaded` replaces it with the saved one.
     """
 
     phase = _digested("phase")  # what a starting run is doing (importing torch, loading the data, ...)
@@ -169,8 +169,8 @@ class MonitorModel(EventReader):
         if self.first_event_time is None:
             self.first_event_time = ev.time
 
-    @on(SnapshotLoaded)
-    def _snapshot(self, ev: SnapshotLoaded) -> None:
+    @on(DigestLoaded)
+    def _digest_loaded(self, ev: DigestLoaded) -> None:
         # the digest the training process saved at this point of the log: it holds the lines
         # that were not read, and replaces what the events read before it made of the digest.
         # Its time is the last covered line's and no state changes in the lines skipped, so the

@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 
 from tuiloop.engine.commands import LR_FACTORS
 from tuiloop.rundir.layout import OUTPUT
-from tuiloop.tui.keys import KEYS
+from tuiloop.tui.bindings import KEYS
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.output import OutputTail
 from tuiloop.tui.panels.bars import title_text

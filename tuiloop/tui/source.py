@@ -37,7 +37,7 @@ class RunSource:
     def __init__(self, run_dir: Path, proc: subprocess.Popen | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.proc = proc
-        self.tail = EventTail(self.run_dir, snapshot=True)  # a long run: its saved series, then the rest of the log
+        self.tail = EventTail(self.run_dir, from_digest=True)  # a long run: its saved series, then the rest of the log
         self._reported = 0
 
     def poll(self) -> list[Event]:
@@ -64,7 +64,7 @@ class RunSource:
     def kill(self) -> bool:
         """SIGKILL the training process if we started it, and what it started (a forced exit it
         could not be told about)."""
-        from tuiloop.session.processes import kill_tree
+        from tuiloop.runner.processes import kill_tree
 
         if self.proc is None or self.proc.poll() is not None:
             return False

@@ -20,7 +20,7 @@ from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.run import execute, follow, lock_for_resume, new_run_dir
+from tuiloop.runner.spec_run import execute, follow, lock_for_resume, new_run_dir
 from tuiloop.spec import Spec, SpecError
 
 
@@ -34,8 +34,8 @@ def under_a_launcher() -> bool:
 
 def main(resume: bool) -> int:
     """``tuiloop _rank``: a rank tuiloop's launcher started (the spec and run directory in its environment)."""
-    from tuiloop.session.launch import RUN_DIR_ENV, SPEC_FILE_ENV
-    from tuiloop.session.worker import read_spec
+    from tuiloop.runner.launch import RUN_DIR_ENV, SPEC_FILE_ENV
+    from tuiloop.runner.training_process import read_spec
 
     spec = read_spec(json.loads(Path(os.environ[SPEC_FILE_ENV]).read_text(encoding="utf-8")))
     run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None

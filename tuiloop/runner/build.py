@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tuiloop.engine.batches import Batches
+from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.compiling import CompileError
 from tuiloop.engine.device import DeviceError, resolve_device
 from tuiloop.engine.distributed import SINGLE, Ranks
-from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.spec.errors import SpecError, type_name

@@ -1,22 +1,22 @@
-"""``series.json``: the training process's :class:`~tuiloop.rundir.digest.RunDigest`, saved beside
+"""``digest.json``: the training process's :class:`~tuiloop.rundir.digest.RunDigest`, saved beside
 the event log so a view of a long run does not re-read every step.
 
 The event log stays the truth; this file is a cache of what its first ``offset`` bytes add up
 to, with the byte ranges of the lines there that are not of the digested kinds (a few thousand
 a day: validations, checkpoints, states, messages). The writer
 (:class:`~tuiloop.rundir.eventlog.EventLog`) saves it atomically every 30 s of the run's clock
-and when a session ends. A reader loads it (:func:`tuiloop.rundir.digest.load_snapshot`), reads
-those ranges, takes the digest in place of the rest (:class:`~tuiloop.rundir.digest.SnapshotLoaded`),
+and when a session ends. A reader loads it (:func:`tuiloop.rundir.digest.load_digest`), reads
+those ranges, takes the digest in place of the rest (:class:`~tuiloop.rundir.digest.DigestLoaded`),
 then reads on from the offset as usual: opening a run costs the same after a day as after a
 minute, plus its validations.
 
-A snapshot is used only if the log still holds, at its offset, the very line it was saved
+A saved digest is used only if the log still holds, at its offset, the very line it was saved
 after (length and hash); a log that was cut, replaced or belongs to another run fails that
 check, and so does a damaged or unknown file. Then the reader reads the whole log: slower, the
 same result. So do runs from before this file existed.
 
 This module does not import the digest (which imports numpy): ``ls`` reads the file raw
-(:func:`read_snapshot`) without it.
+(:func:`read_digest_file`) without it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from tuiloop.engine.events import Event, SystemSample, TrainSteps
-from tuiloop.rundir.layout import EVENTS, SNAPSHOT
+from tuiloop.rundir.layout import DIGEST_FILE, EVENTS
 
 FORMAT = 2  # 2: the digest keeps the last steps one by one (train_recent)
 # The kinds a RunDigest takes whole (RunDigest.KINDS): named here, where ls reads them without numpy.
@@ -37,7 +37,7 @@ DIGESTED_KINDS = (TrainSteps.kind, SystemSample.kind)
 
 
 class Digest(Protocol):
-    """What a snapshot keeps: a :class:`~tuiloop.rundir.digest.RunDigest`."""
+    """What a saved digest keeps: a :class:`~tuiloop.rundir.digest.RunDigest`."""
 
     def apply(self, ev: Event) -> bool: ...
 
@@ -48,7 +48,7 @@ D = TypeVar("D", bound=Digest)
 
 
 @dataclass
-class Snapshot(Generic[D]):
+class SavedDigest(Generic[D]):
     """A digest and the part of the log it covers; :meth:`add` moves it on by one line."""
 
     digest: D
@@ -79,8 +79,8 @@ def _fingerprint(line: bytes) -> str:
     return hashlib.sha1(line).hexdigest()
 
 
-def save_snapshot(run_dir: Path, snap: Snapshot[Any], last_line: bytes) -> None:
-    """Write ``series.json`` for ``snap``, whose covered bytes end with ``last_line`` (a temp
+def save_digest(run_dir: Path, snap: SavedDigest[Any], last_line: bytes) -> None:
+    """Write ``digest.json`` for ``snap``, whose covered bytes end with ``last_line`` (a temp
     file, then ``os.replace``: readers see the old file or the new one, never half of one)."""
     data = {
         "format": FORMAT,
@@ -92,17 +92,17 @@ def save_snapshot(run_dir: Path, snap: Snapshot[Any], last_line: bytes) -> None:
         "ranges": snap.ranges,
         "digest": snap.digest.to_dict(),
     }
-    path = run_dir / SNAPSHOT
+    path = run_dir / DIGEST_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, allow_nan=True, separators=(",", ":"))
-    os.replace(tmp, path)  # no fsync: a snapshot lost with the machine only makes the next read slower
+    os.replace(tmp, path)  # no fsync: a saved digest lost with the machine only makes the next read slower
 
 
-def read_snapshot(run_dir: Path) -> dict[str, Any] | None:
-    """``series.json`` as saved, if it fits the log (its digest left as a dict); else None."""
+def read_digest_file(run_dir: Path) -> dict[str, Any] | None:
+    """``digest.json`` as saved, if it fits the log (its digest left as a dict); else None."""
     try:
-        with open(run_dir / SNAPSHOT, "rb") as f:
+        with open(run_dir / DIGEST_FILE, "rb") as f:
             data = json.loads(f.read())
         return data if _fits(run_dir, data) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -38,14 +38,14 @@ from types import TracebackType
 from typing import Any
 
 from tuiloop.engine import fmt
+from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.commands import obeyed_by
 from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, Validated
-from tuiloop.engine.monitor import MetricMonitor
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
 from tuiloop.rundir.layout import RUN_INFO, SUMMARY, is_run_dir, read_json
-from tuiloop.session.life import RunLife, Standing
-from tuiloop.session.obeying import Obeying
-from tuiloop.session.steps import StepWriter
+from tuiloop.runner.life import RunLife, Standing
+from tuiloop.runner.obeying import Obeying
+from tuiloop.runner.steps import StepWriter
 
 DEVICE = "user loop"  # what the monitor's start line says the run trains on
 STATUSES = ("completed", "early_stopped", "stopped", "failed")

@@ -1,8 +1,8 @@
-"""``series.json``: the digest the event writer saves beside the log, and the readers that start from it.
+"""``digest.json``: the digest the event writer saves beside the log, and the readers that start from it.
 
-A view loaded from a snapshot plus the log's other lines must show exactly what a view built
-from the whole log shows, wherever the snapshot was taken (mid-epoch, paused, in an earlier
-session of a resumed run); a snapshot that does not fit its log is ignored.
+A view loaded from a saved digest plus the log's other lines must show exactly what a view built
+from the whole log shows, wherever the saved digest was taken (mid-epoch, paused, in an earlier
+session of a resumed run); a saved digest that does not fit its log is ignored.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from tuiloop.engine.events import (
     Validated,
 )
 from tuiloop.rundir import eventlog
-from tuiloop.rundir.digest import SnapshotLoaded, load_snapshot
+from tuiloop.rundir.digest import DigestLoaded, load_digest
+from tuiloop.rundir.digest_file import read_digest_file
 from tuiloop.rundir.eventlog import EventLog, EventTail, read_events
-from tuiloop.rundir.layout import EVENTS, SNAPSHOT
-from tuiloop.rundir.progress import scan
-from tuiloop.rundir.snapshot import read_snapshot
+from tuiloop.rundir.layout import DIGEST_FILE, EVENTS
+from tuiloop.rundir.scan import scan
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.source import RunSource
 
@@ -151,29 +151,29 @@ def two_sessions() -> list[Event]:
 
 
 # ---- writing and reading ---------------------------------------------------------------------------------
-def write(run_dir: Path, events: list[Event], snapshot_at: int | None) -> None:
-    """The log of ``events`` through the real writer, its snapshot saved after the first ``snapshot_at``."""
+def write(run_dir: Path, events: list[Event], digest_at: int | None) -> None:
+    """The log of ``events`` through the real writer, its digest saved after the first ``digest_at``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if snapshot_at is None:
-        log = EventLog(run_dir, snapshot_every=None)
+    if digest_at is None:
+        log = EventLog(run_dir, digest_every=None)
         for ev in events:
             log(ev)
         log.close()
         return
-    log = EventLog(run_dir, snapshot_every=math.inf)  # saves at a finished event and on close only
-    for ev in events[:snapshot_at]:
+    log = EventLog(run_dir, digest_every=math.inf)  # saves at a finished event and on close only
+    for ev in events[:digest_at]:
         log(ev)
     log.close()
-    rest = EventLog(run_dir, snapshot_every=None)  # appends, keeps no digest: the snapshot stays behind
-    for ev in events[snapshot_at:]:
+    rest = EventLog(run_dir, digest_every=None)  # appends, keeps no digest: the saved digest stays behind
+    for ev in events[digest_at:]:
         rest(ev)
     rest.close()
 
 
-def load(run_dir: Path, snapshot: bool = True, expect_session: str | None = None) -> MonitorModel:
+def load(run_dir: Path, from_digest: bool = True, expect_session: str | None = None) -> MonitorModel:
     """As the monitor loads a run: its source polled dry, every batch applied."""
     source = RunSource(run_dir)
-    if not snapshot:
+    if not from_digest:
         source.tail = EventTail(run_dir)
     model = MonitorModel(str(run_dir), expect_session=expect_session)
     while batch := source.poll():
@@ -242,13 +242,13 @@ def assert_same(a: MonitorModel, b: MonitorModel) -> None:
         assert pa[key] == pb[key], key
 
 
-def test_the_writer_saves_a_snapshot_that_a_reader_uses(tmp_path: Path) -> None:
+def test_the_writer_saves_a_saved_digest_that_a_reader_uses(tmp_path: Path) -> None:
     events = one_session()
     write(tmp_path, events, 30)
-    snap = load_snapshot(tmp_path)
+    snap = load_digest(tmp_path)
     assert snap is not None and 0 < snap.offset < (tmp_path / EVENTS).stat().st_size and snap.lines == 30
-    first = EventTail(tmp_path, snapshot=True).poll()
-    assert isinstance(first[-1], SnapshotLoaded) and first[-1].skipped > 0
+    first = EventTail(tmp_path, from_digest=True).poll()
+    assert isinstance(first[-1], DigestLoaded) and first[-1].skipped > 0
     assert not any(e.kind in ("train_steps", "system_sample") for e in first), (
         "the digested lines before the offset are not read"
     )
@@ -256,16 +256,16 @@ def test_the_writer_saves_a_snapshot_that_a_reader_uses(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make", [one_session, two_sessions])
-def test_a_model_from_any_snapshot_equals_the_model_from_the_whole_log(tmp_path: Path, make: Any) -> None:
+def test_a_model_from_any_saved_digest_equals_the_model_from_the_whole_log(tmp_path: Path, make: Any) -> None:
     """Every cut: mid-epoch, paused, right after a validation, before and after a resume."""
     events = make()
     write(tmp_path / "full", events, None)
-    full = load(tmp_path / "full", snapshot=False)
+    full = load(tmp_path / "full", from_digest=False)
     assert full.step == events[-1].step and full.train.count > 0 and full.system_samples > 0
     for k in range(1, len(events) + 1):
         run_dir = tmp_path / f"cut-{k}"
         write(run_dir, events, k)
-        assert load_snapshot(run_dir) is not None
+        assert load_digest(run_dir) is not None
         assert_same(load(run_dir), full)
 
 
@@ -274,7 +274,7 @@ def test_a_resumed_run_drops_the_steps_done_again_once(tmp_path: Path) -> None:
     resume_at = next(i for i, e in enumerate(events) if isinstance(e, RunStarted) and e.resumed_from)
     full_dir = tmp_path / "full"
     write(full_dir, events, None)
-    full = load(full_dir, snapshot=False, expect_session="b")
+    full = load(full_dir, from_digest=False, expect_session="b")
     xs, _ = full.train.points()
     assert xs == sorted(set(xs)) and xs[-1] == 60 and full.step == 60, (
         "steps 25-40 of the crashed session are gone, once"
@@ -285,16 +285,16 @@ def test_a_resumed_run_drops_the_steps_done_again_once(tmp_path: Path) -> None:
         assert_same(model, full)
 
 
-def test_a_resumed_writer_starts_from_the_snapshot_and_reads_only_the_lines_after_it(
+def test_a_resumed_writer_starts_from_the_saved_digest_and_reads_only_the_lines_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = two_sessions()
     resume_at = next(i for i, e in enumerate(events) if isinstance(e, RunStarted) and e.resumed_from)
-    log = EventLog(tmp_path, snapshot_every=5.0)  # the first session saves every 5 s of its clock, then crashes
+    log = EventLog(tmp_path, digest_every=5.0)  # the first session saves every 5 s of its clock, then crashes
     for ev in events[: resume_at - 1]:
         log(ev)
     log._file.close()  # killed: no save at the end
-    saved = read_snapshot(tmp_path)
+    saved = read_digest_file(tmp_path)
     assert saved is not None
     after = (tmp_path / EVENTS).read_bytes()[saved["offset"] :].count(b"\n")
     assert after > 0, "some lines were written after the last save"
@@ -308,17 +308,17 @@ def test_a_resumed_writer_starts_from_the_snapshot_and_reads_only_the_lines_afte
         second(ev)
     second.close()
     write(tmp_path / "full", events, None)
-    assert read_snapshot(tmp_path)["offset"] == (tmp_path / EVENTS).stat().st_size
-    assert_same(load(tmp_path, expect_session="b"), load(tmp_path / "full", snapshot=False, expect_session="b"))
+    assert read_digest_file(tmp_path)["offset"] == (tmp_path / EVENTS).stat().st_size
+    assert_same(load(tmp_path, expect_session="b"), load(tmp_path / "full", from_digest=False, expect_session="b"))
 
 
 def test_the_writer_saves_every_period_at_the_end_of_a_session_and_on_close(tmp_path: Path) -> None:
     def offset() -> int | None:
-        saved = read_snapshot(tmp_path)
+        saved = read_digest_file(tmp_path)
         return saved["offset"] if saved else None
 
     size = lambda: (tmp_path / EVENTS).stat().st_size  # noqa: E731
-    log = EventLog(tmp_path, snapshot_every=10.0)
+    log = EventLog(tmp_path, digest_every=10.0)
     saves = []
     for i in range(35):  # one event a second
         log(Message("info", f"line {i}", time=T0 + i))
@@ -333,13 +333,13 @@ def test_the_writer_saves_every_period_at_the_end_of_a_session_and_on_close(tmp_
     assert offset() == size(), "and what came after it, on close"
 
 
-def test_runs_without_a_snapshot_read_the_whole_log(tmp_path: Path) -> None:
+def test_runs_without_a_saved_digest_read_the_whole_log(tmp_path: Path) -> None:
     events = one_session()
     write(tmp_path, events, None)  # an older run, or a crash before the first save
-    assert not (tmp_path / SNAPSHOT).exists()
-    first = EventTail(tmp_path, snapshot=True).poll()
-    assert not any(isinstance(e, SnapshotLoaded) for e in first) and len(first) == len(events)
-    assert_same(load(tmp_path), load(tmp_path, snapshot=False))
+    assert not (tmp_path / DIGEST_FILE).exists()
+    first = EventTail(tmp_path, from_digest=True).poll()
+    assert not any(isinstance(e, DigestLoaded) for e in first) and len(first) == len(events)
+    assert_same(load(tmp_path), load(tmp_path, from_digest=False))
 
 
 def _cut_the_log(run_dir: Path) -> None:
@@ -351,20 +351,20 @@ def _another_runs(run_dir: Path) -> None:
     other = run_dir.parent / "other"
     events = one_session()
     write(other, [*events[:5], Message("info", "another run", time=T0), *events[5:]], 21)
-    (run_dir / SNAPSHOT).write_bytes((other / SNAPSHOT).read_bytes())
+    (run_dir / DIGEST_FILE).write_bytes((other / DIGEST_FILE).read_bytes())
 
 
 def _edit(run_dir: Path, change: Any) -> None:
-    data = json.loads((run_dir / SNAPSHOT).read_text())
+    data = json.loads((run_dir / DIGEST_FILE).read_text())
     change(data)
-    (run_dir / SNAPSHOT).write_text(json.dumps(data))
+    (run_dir / DIGEST_FILE).write_text(json.dumps(data))
 
 
 DAMAGE = {
-    "garbage": lambda d: (d / SNAPSHOT).write_bytes(b"\x00\xffnot json"),
-    "cut short": lambda d: (d / SNAPSHOT).write_bytes((d / SNAPSHOT).read_bytes()[:500]),
-    "empty": lambda d: (d / SNAPSHOT).write_bytes(b""),
-    "a list": lambda d: (d / SNAPSHOT).write_text("[1, 2]"),
+    "garbage": lambda d: (d / DIGEST_FILE).write_bytes(b"\x00\xffnot json"),
+    "cut short": lambda d: (d / DIGEST_FILE).write_bytes((d / DIGEST_FILE).read_bytes()[:500]),
+    "empty": lambda d: (d / DIGEST_FILE).write_bytes(b""),
+    "a list": lambda d: (d / DIGEST_FILE).write_text("[1, 2]"),
     "a newer format": lambda d: _edit(d, lambda s: s.update(format=99)),
     "past the end of the log": lambda d: _edit(d, lambda s: s.update(offset=s["offset"] + 10**6)),
     "not at a line's end": lambda d: _edit(d, lambda s: s.update(offset=s["offset"] - 3)),
@@ -375,7 +375,7 @@ DAMAGE = {
     "ranges past the offset": lambda d: _edit(d, lambda s: s["ranges"].append([s["offset"], s["offset"] + 5, 1])),
     "kinds of a newer tuiloop": lambda d: _edit(d, lambda s: s["kinds"].append("tensor_stats")),
     "the log was cut": _cut_the_log,
-    "another run's snapshot": _another_runs,
+    "another run's saved digest": _another_runs,
     "the log was replaced": lambda d: (d / EVENTS).write_bytes(
         (d / EVENTS).read_bytes().replace(b'"time":17', b'"time":27')
     ),  # another run of the same shape
@@ -383,45 +383,45 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_snapshot_that_does_not_fit_is_ignored(tmp_path: Path, damage: str) -> None:
+def test_a_saved_digest_that_does_not_fit_is_ignored(tmp_path: Path, damage: str) -> None:
     run_dir = tmp_path / "run"
     write(run_dir, one_session(), 20)
-    assert load_snapshot(run_dir) is not None
+    assert load_digest(run_dir) is not None
     DAMAGE[damage](run_dir)
-    assert load_snapshot(run_dir) is None
+    assert load_digest(run_dir) is None
     # ls reads the digest's epoch alone, checked where it is used: a damaged digest still reads there
     digest_only = "damaged" in damage or "missing" in damage
-    assert (read_snapshot(run_dir) is not None) == digest_only
-    first = EventTail(run_dir, snapshot=True).poll()
-    assert not any(isinstance(e, SnapshotLoaded) for e in first)
-    assert_same(load(run_dir), load(run_dir, snapshot=False))
-    assert scan(run_dir) == _scan_without_snapshot(run_dir)
+    assert (read_digest_file(run_dir) is not None) == digest_only
+    first = EventTail(run_dir, from_digest=True).poll()
+    assert not any(isinstance(e, DigestLoaded) for e in first)
+    assert_same(load(run_dir), load(run_dir, from_digest=False))
+    assert scan(run_dir) == _scan_without_saved_digest(run_dir)
 
 
-def _scan_without_snapshot(run_dir: Path) -> Any:
+def _scan_without_saved_digest(run_dir: Path) -> Any:
     hidden = run_dir / "hidden.json"
-    if (run_dir / SNAPSHOT).exists():
-        os.replace(run_dir / SNAPSHOT, hidden)
+    if (run_dir / DIGEST_FILE).exists():
+        os.replace(run_dir / DIGEST_FILE, hidden)
     try:
         return scan(run_dir)
     finally:
         if hidden.exists():
-            os.replace(hidden, run_dir / SNAPSHOT)
+            os.replace(hidden, run_dir / DIGEST_FILE)
 
 
 @pytest.mark.parametrize("cut", [3, 20, 47, None])
-def test_ls_and_show_read_the_same_with_a_snapshot(tmp_path: Path, cut: int | None) -> None:
+def test_ls_and_show_read_the_same_with_a_saved_digest(tmp_path: Path, cut: int | None) -> None:
     events = [e for e in two_sessions() if not isinstance(e, Finished)]  # live or crashed: ls scans the log
     write(tmp_path, events, cut)
-    with_snapshot = scan(tmp_path)
-    assert with_snapshot == _scan_without_snapshot(tmp_path)
-    assert with_snapshot.done == 5 and with_snapshot.epochs == 5 and with_snapshot.best_epoch == 5
+    with_digest = scan(tmp_path)
+    assert with_digest == _scan_without_saved_digest(tmp_path)
+    assert with_digest.done == 5 and with_digest.epochs == 5 and with_digest.best_epoch == 5
     printed = io.StringIO()
     with redirect_stdout(printed):
         print_log(tmp_path)
     hidden = tmp_path / "hidden.json"
     if cut is not None:
-        os.replace(tmp_path / SNAPSHOT, hidden)
+        os.replace(tmp_path / DIGEST_FILE, hidden)
     whole = io.StringIO()
     with redirect_stdout(whole):
         print_log(tmp_path)
@@ -431,12 +431,12 @@ def test_ls_and_show_read_the_same_with_a_snapshot(tmp_path: Path, cut: int | No
 
 def test_show_reads_no_step_lines(tmp_path: Path) -> None:
     write(tmp_path, one_session(), None)
-    events, tail = read_events(tmp_path, snapshot=True, skip=("train_steps",))
+    events, tail = read_events(tmp_path, from_digest=True, skip=("train_steps",))
     assert events and not any(e.kind == "train_steps" for e in events) and tail.skipped == 0
 
 
 # ---- a real run ---------------------------------------------------------------------------------------------
-def test_a_real_run_and_its_resume_leave_a_snapshot_that_show_uses(
+def test_a_real_run_and_its_resume_leave_a_saved_digest_that_show_uses(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUILOOP_SYSTEM_INTERVAL", "0.02")  # machine samples too
@@ -444,24 +444,24 @@ def test_a_real_run_and_its_resume_leave_a_snapshot_that_show_uses(
     done = run_cli("run", spec, "--headless", cwd=workdir)
     assert done.returncode == 0, done.stderr
     run_dir = only_run(workdir / "runs")
-    saved = read_snapshot(run_dir)
+    saved = read_digest_file(run_dir)
     assert saved is not None and saved["offset"] == (run_dir / EVENTS).stat().st_size, (
         "saved at the end, covering the whole log"
     )
-    assert_same(load(run_dir), load(run_dir, snapshot=False))
+    assert_same(load(run_dir), load(run_dir, from_digest=False))
 
     resumed = run_cli("run", "--resume", run_dir, "--headless", "--set", "run.epochs=3", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
-    saved = read_snapshot(run_dir)
+    saved = read_digest_file(run_dir)
     assert saved is not None and saved["offset"] == (run_dir / EVENTS).stat().st_size
     model = load(run_dir)
-    assert_same(model, load(run_dir, snapshot=False))
+    assert_same(model, load(run_dir, from_digest=False))
     assert model.step == 24 and model.epochs_done == 3 and model.train.count == 24
 
     shown = run_cli("show", run_dir, cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     assert "finished: completed" in shown.stdout and model.system_samples > 0
-    # show takes the machine's load from the snapshot: a marker put there comes out
+    # show takes the machine's load from the saved digest: a marker put there comes out
     _edit(run_dir, lambda s: s["digest"].update(rss_peak=7 * GiB))
     marked = run_cli("show", run_dir, cwd=workdir)
     assert "peak RSS 7.0 GiB" in marked.stdout and marked.stdout.replace(

@@ -7,8 +7,8 @@ import time
 from tuiloop.engine import trainer as engine
 from tuiloop.engine.events import Finished
 from tuiloop.rundir.layout import is_run_dir
-from tuiloop.session.life import RunLife
-from tuiloop.session.run import train_in
+from tuiloop.runner.life import RunLife
+from tuiloop.runner.spec_run import train_in
 
 
 class Trainer(engine.Trainer):
@@ -19,7 +19,7 @@ class Trainer(engine.Trainer):
     attach RUN_DIR`` watches and steers it live and ``tuiloop show`` opens it afterwards. The
     directory is created if needed; one that held an earlier run is continued (its event log
     appended). Ctrl+C stops gracefully, a second one forces, when run from the main thread.
-    A directory another process trains in raises :class:`~tuiloop.session.life.RunInUse`.
+    A directory another process trains in raises :class:`~tuiloop.runner.life.RunInUse`.
     """
 
     def run(self) -> Finished:

@@ -1,7 +1,7 @@
 """How far a run without a summary got, as ``tuiloop ls`` shows it, read quickly from its log.
 
 Per-step loss lines and machine samples are nearly all of a long log: of them only the last is
-parsed, and a snapshot that fits the log (:func:`~tuiloop.rundir.snapshot.read_snapshot`) says
+parsed, and a saved digest that fits the log (:func:`~tuiloop.rundir.digest_file.read_digest_file`) says
 what those before its offset added up to. The lines are read as JSON dicts, not as events: a
 line this version does not understand is passed over. Without numpy (the digest's), which ``ls``
 does not need.
@@ -22,8 +22,8 @@ from tuiloop.engine.events import (
     Validated,
     line_prefix,
 )
+from tuiloop.rundir.digest_file import read_digest_file
 from tuiloop.rundir.layout import EVENTS
-from tuiloop.rundir.snapshot import read_snapshot
 
 _STEPS_PREFIX = line_prefix(TrainSteps.kind)
 _SAMPLE_PREFIX = line_prefix(SystemSample.kind)
@@ -45,7 +45,7 @@ class Progress:
 
 def scan(run_dir: Path) -> Progress:
     """Epochs done, best so far and pause state, from the log; of the step lines and the machine
-    samples only the last is parsed. A snapshot that fits the log says where the other lines are
+    samples only the last is parsed. A saved digest that fits the log says where the other lines are
     before its offset, and what the rest there added up to."""
     p = Progress()
     last_steps: bytes | None = None
@@ -55,7 +55,7 @@ def scan(run_dir: Path) -> Progress:
     except OSError:
         return p
     with f:
-        snap = read_snapshot(run_dir)
+        snap = read_digest_file(run_dir)
         if snap is not None:
             for start, end, _ in snap["ranges"]:
                 f.seek(start)

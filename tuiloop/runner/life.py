@@ -1,7 +1,7 @@
 """A run directory's life, owned by one object: open it, announce, obey commands, sample the
 machine, close with a summary, fail cleanly.
 
-Every kind of run lives through a :class:`RunLife`: a spec run (:mod:`tuiloop.session.run`), the
+Every kind of run lives through a :class:`RunLife`: a spec run (:mod:`tuiloop.runner.spec_run`), the
 Python ``tuiloop.Trainer`` given a ``run_dir``, and ``tuiloop.track`` for your own loop. They
 differ only in the loop that feeds it events and obeys its commands::
 
@@ -38,8 +38,8 @@ from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, read_json, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
-from tuiloop.session.signals import Signals
-from tuiloop.session.system import SystemSampler, interval_from_env
+from tuiloop.runner.signals import Signals
+from tuiloop.runner.system import SystemSampler, interval_from_env
 from tuiloop.spec import SpecError
 
 SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one

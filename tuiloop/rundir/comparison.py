@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuiloop.engine.best import higher_is_better
 from tuiloop.engine.events import (
     CheckpointSaved,
     Event,
@@ -26,8 +27,7 @@ from tuiloop.engine.events import (
     Validated,
     on,
 )
-from tuiloop.engine.monitor import higher_is_better
-from tuiloop.rundir.digest import SnapshotLoaded
+from tuiloop.rundir.digest import DigestLoaded
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import SPEC
 from tuiloop.rundir.state import run_state
@@ -196,8 +196,8 @@ class RunHistory(EventReader):
         self.paused = ev.state == "paused"
         self.version += 1
 
-    @on(SnapshotLoaded)
-    def _snapshot(self, ev: SnapshotLoaded) -> None:  # the step lines before it were not read: where they got to
+    @on(DigestLoaded)
+    def _digest_loaded(self, ev: DigestLoaded) -> None:  # the step lines before it were not read: where they got to
         self.epochs_done = max(self.epochs_done, ev.digest.epoch - 1)
         self.version += 1
 
@@ -259,7 +259,7 @@ class RunReader:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir
-        self.tail = EventTail(run_dir, snapshot=True)  # a long run: only its validations and the like are read
+        self.tail = EventTail(run_dir, from_digest=True)  # a long run: only its validations and the like are read
         self._spec_stamp: tuple[int, int] | None = None
         self._first = True
 
@@ -288,7 +288,7 @@ class RunReader:
 # ---- several runs -------------------------------------------------------------------------
 class Comparison:
     """The runs being compared. The best of a metric that is not a run's own monitor is its
-    highest or lowest as :func:`~tuiloop.engine.monitor.higher_is_better` says (for its monitor,
+    highest or lowest as :func:`~tuiloop.engine.best.higher_is_better` says (for its monitor,
     the run's mode decides).
 
     :meth:`poll` reads and applies in one go; a view with a reader thread calls :meth:`read`

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuiloop.engine.errors import ResumeError
+from tuiloop.engine.exceptions import ResumeError
 
 # Words that mark a metric that improves upwards (val_acc, val_f1, val_auroc, ...); anything else,
 # a loss or an error, improves downwards. The one answer to "is higher better?" everywhere.

@@ -1,7 +1,7 @@
 """``tuiloop compare``: several runs on one screen, a metric by epoch and what tells them apart.
 
 A reader thread reads every run's new events about once a second and posts them; the app
-applies them to the :class:`~tuiloop.rundir.compare.Comparison` on its own thread and redraws.
+applies them to the :class:`~tuiloop.rundir.comparison.Comparison` on its own thread and redraws.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Footer
 
-from tuiloop.rundir.compare import Comparison, RunUpdate
+from tuiloop.rundir.comparison import Comparison, RunUpdate
 from tuiloop.tui.compare_panels import metric_figure, table_text, title_text
 from tuiloop.tui.plot import PlotView
 from tuiloop.tui.widgets import Panel

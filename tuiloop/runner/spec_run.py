@@ -1,7 +1,7 @@
 """The life of one run, top to bottom: take the run directory, build, train, summarize, close.
 
 Used by ``tuiloop run --headless`` (in the foreground), by the background training process the
-live monitor attaches to (:mod:`tuiloop.session.worker`), and from Python (:func:`run_spec`,
+live monitor attaches to (:mod:`tuiloop.runner.training_process`), and from Python (:func:`run_spec`,
 ``tuiloop.Trainer``). Each step calls the package that owns its part of the run directory.
 """
 
@@ -20,8 +20,8 @@ from tuiloop.engine.events import Failed, Finished, Message, Starting
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who
 from tuiloop.rundir.lock import RunIsLive, RunLock
-from tuiloop.session.life import RunLife, Sink, Standing
-from tuiloop.session.signals import Signals
+from tuiloop.runner.life import RunLife, Sink, Standing
+from tuiloop.runner.signals import Signals
 from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
@@ -76,7 +76,7 @@ def load_run_spec(run_dir: Path) -> Spec:
 def _check_tensorboard(spec: Spec) -> None:
     """``[run] tensorboard = true`` without tensorboardX: a spec error before the run starts."""
     if spec.run.tensorboard:
-        from tuiloop.session.tensorboard import check_spec
+        from tuiloop.runner.tensorboard import check_spec
 
         check_spec(spec)
 
@@ -153,7 +153,7 @@ def _resume(
     on_ready: Callable[[], None] | None,
     ranks: Ranks = SINGLE,
 ) -> tuple[int, Path]:
-    from tuiloop.session import resume
+    from tuiloop.runner import resume
 
     lock = lock or lock_for_resume(run_dir)
     try:
@@ -187,8 +187,8 @@ def _resume(
 
 def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
     """``trainer.resume(last.pt)``, its problems told as one paragraph (exit status 2)."""
-    from tuiloop.engine.errors import ResumeError
-    from tuiloop.session import resume
+    from tuiloop.engine.exceptions import ResumeError
+    from tuiloop.runner import resume
 
     where = f"--resume {run_dir}"
     last = resume.check_checkpoint(run_dir)
@@ -210,7 +210,7 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
     The launcher of a distributed run asks before any rank starts: it builds the run in this
     one process, on the CPU at full precision, and loads the checkpoint into it.
     """
-    from tuiloop.session import resume
+    from tuiloop.runner import resume
     from tuiloop.spec.load import validate
 
     resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
@@ -226,7 +226,7 @@ def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> An
     if ranks.is_main:
         _check_tensorboard(spec)
     tell("importing torch")
-    from tuiloop.session.build import build_trainer  # imports torch
+    from tuiloop.runner.build import build_trainer  # imports torch
 
     tell("importing the spec's targets")
     return build_trainer(resolve(spec), progress=tell, ranks=ranks)
@@ -248,7 +248,7 @@ def _train(life: RunLife, trainer: Any, sinks: list[Sink], handle_signals: bool,
     life.sinks = sinks
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
-        from tuiloop.session.tensorboard import TensorBoardSink
+        from tuiloop.runner.tensorboard import TensorBoardSink
 
         mirror = TensorBoardSink(life.run_dir)
         life.sinks = [*sinks, mirror]

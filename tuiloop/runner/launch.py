@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.run import LAUNCHER_ENV
-from tuiloop.session.worker import read_payload, read_spec, switch_output_to_log
+from tuiloop.runner.spec_run import LAUNCHER_ENV
+from tuiloop.runner.training_process import read_payload, read_spec, switch_output_to_log
 
 SPEC_FILE_ENV = "TUILOOP_SPEC_FILE"  # where the ranks read the spec (not the run directory: a resume may still fail)
 RUN_DIR_ENV = "TUILOOP_RUN_DIR"
@@ -32,7 +32,7 @@ def main(
     payload = read_payload(wait_go_ahead=report_ready)
     lock = RunLock.adopt(run_dir, lock_fd) if run_dir is not None and lock_fd is not None else None
     if resume and run_dir is not None:
-        from tuiloop.session.run import check_resume
+        from tuiloop.runner.spec_run import check_resume
         from tuiloop.spec import SpecError
 
         try:

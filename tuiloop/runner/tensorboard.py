@@ -2,7 +2,7 @@
 
 The training process subscribes :class:`TensorBoardSink`; the training thread only queues the
 events, and a thread of its own turns them into the same scalars ``tuiloop export --format
-tensorboard`` writes (:mod:`tuiloop.rundir.export`), flushed every few seconds and at the end.
+tensorboard`` writes (:mod:`tuiloop.rundir.history`), flushed every few seconds and at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tuiloop.engine.events import Event, EventReader, Finished, RunStarted, TrainSteps, Validated, on
-from tuiloop.rundir.export import (
+from tuiloop.rundir.history import (
     INSTALL,
     TENSORBOARD_DIR,
     Scalar,

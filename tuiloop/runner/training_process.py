@@ -1,15 +1,15 @@
 """The training process behind the live monitor: started in its own session, so a hung-up
 terminal (a dropped SSH connection) does not end it.
 
-The parent creates (or, to resume, locks) the run directory and hands the worker its lock as an
-open file, so the run is live without a gap. The spec travels on the worker's stdin: a resume
-must not touch spec.toml before it is known to work. A resumed worker first writes to a pipe
+The parent creates (or, to resume, locks) the run directory and hands the training process its lock as an
+open file, so the run is live without a gap. The spec travels on the training process's stdin: a resume
+must not touch spec.toml before it is known to work. A resumed training process first writes to a pipe
 its parent relays to the terminal; once the checkpoint is loaded it says so, waits until the
 parent has put what it relayed into output.log (the parent closes the pipe the spec came on), and
 switches its output to output.log. A failed resume writes nothing into the run directory.
 
-For a distributed run the process started is the launcher (:mod:`tuiloop.session.launch`),
-which runs torchrun; its ranks run :mod:`tuiloop.session.rank`.
+For a distributed run the process started is the launcher (:mod:`tuiloop.runner.launch`),
+which runs torchrun; its ranks run :mod:`tuiloop.runner.rank`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import IO
 
 from tuiloop.rundir.layout import OUTPUT
 from tuiloop.rundir.lock import RunLock
-from tuiloop.session.life import SESSION_ENV
+from tuiloop.runner.life import SESSION_ENV
 from tuiloop.spec import Spec
 from tuiloop.spec.dump import dump_toml
 
@@ -45,7 +45,7 @@ def start(
     ``inherit_output``: print to this terminal (headless) instead of output.log."""
     if torchrun is None:
         assert run_dir is not None and lock is not None
-        cmd = [sys.executable, "-m", "tuiloop", "_worker", str(run_dir), "--lock-fd", str(lock.fd)]
+        cmd = [sys.executable, "-m", "tuiloop", "_train", str(run_dir), "--lock-fd", str(lock.fd)]
     else:
         cmd = (
             [sys.executable, "-m", "tuiloop", "_launch"]
@@ -78,7 +78,7 @@ def start(
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec_payload(spec)).encode() + b"\n")  # one line: no indent
     proc.stdin.flush()
-    if out is not subprocess.PIPE:  # else wait_ready closes it: the worker's go-ahead
+    if out is not subprocess.PIPE:  # else wait_ready closes it: the training process's go-ahead
         proc.stdin.close()
     return proc
 
@@ -131,7 +131,7 @@ def switch_output_to_log(run_dir: Path) -> None:
 
 
 def wait_ready(proc: subprocess.Popen, echo: IO[str], run_dir: Path) -> bool:
-    """Relay a resuming worker's output until it is ready (True) or has exited (False). Once it
+    """Relay a resuming training process's output until it is ready (True) or has exited (False). Once it
     is ready, what it printed meanwhile (the user's module imported, the data built) goes to the
     top of its part of ``run_dir``'s output.log before it writes there itself."""
     assert proc.stdout is not None and proc.stdin is not None
@@ -157,12 +157,12 @@ def wait_ready(proc: subprocess.Popen, echo: IO[str], run_dir: Path) -> bool:
 def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
     """Continue a suspended or stopped run in a new training process, as ``tuiloop run --resume``
     does (the monitor's R key); returns the process once it is training, and its session.
-    Raises SpecError, or RuntimeError with the worker's own words, when it cannot resume."""
+    Raises SpecError, or RuntimeError with the training process's own words, when it cannot resume."""
     import io
     import uuid
 
-    from tuiloop.session.run import load_run_spec, lock_for_resume
-    from tuiloop.session.torchrun import processes_for, torchrun_args
+    from tuiloop.runner.spec_run import load_run_spec, lock_for_resume
+    from tuiloop.runner.torchrun import processes_for, torchrun_args
 
     spec = load_run_spec(run_dir)
     nproc = processes_for(spec.run.nproc_per_node)
@@ -181,9 +181,9 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
-    """The worker process: read the spec from stdin and train."""
+    """The training process: read the spec from stdin and train."""
     from tuiloop.engine.plain import PlainSink
-    from tuiloop.session.run import execute
+    from tuiloop.runner.spec_run import execute
 
     spec = read_spec(read_payload(wait_go_ahead=resume))
     lock = RunLock.adopt(run_dir, lock_fd)
