@@ -13,7 +13,7 @@ each (batch 32 per process), with validation every epoch and a best-model save o
 Epoch times are the intervals between the ends of consecutive validations (the first
 ``--warmup`` dropped). It prints medians and tuiloop/hand, alternating the two over rounds.
 
-``--agreement`` times what keeps the ranks in step: one agreement (an ``all_reduce(MAX)`` of
+After the epochs it times what keeps the ranks in step: one agreement (an ``all_reduce(MAX)`` of
 six integers, read back on the host); tuiloop makes about 4 a second.
 
     python benchmarks/bench_ddp.py                 # about a minute on 2 cores
