@@ -307,6 +307,22 @@ def test_scheduler_per_step_and_per_epoch(workdir: Path) -> None:
             ["BCEWithLogitsLoss needs float targets", "torch.int64", "y.float()"],
         ),
         (
+            {"loss": {"target": "CrossEntropyLoss", "weight": [1.0, 2.0]}},
+            ["CrossEntropyLoss's weight ([loss] weight in a spec) has 2 values", "3 class scores", "3 numbers"],
+        ),
+        (
+            {
+                "data": {"target": "tiny.py:binary"},
+                "model": {"out_features": 1},
+                "loss": {"target": "BCEWithLogitsLoss", "pos_weight": [1.0, 2.0]},
+            },
+            [
+                "BCEWithLogitsLoss's pos_weight ([loss] pos_weight in a spec) has 2 values",
+                "1 outputs",
+                "pos_weight = 3.0",
+            ],
+        ),
+        (
             {"early_stopping": {"monitor": "val_mae"}},
             ["[early_stopping] monitor = 'val_mae' is not reported for this multiclass problem", "val_acc"],
         ),

@@ -45,13 +45,14 @@ def test_a_list_of_class_weights_trains_with_cross_entropy_from_the_command(work
     assert loss.weight.dtype == torch.float32 and loss.weight.tolist() == [1.0, 2.5, 4.0]
 
 
-def test_class_weights_of_the_wrong_length_fail_the_first_step_with_torchs_reason(workdir: Path) -> None:
+def test_class_weights_of_the_wrong_length_stop_at_the_first_batch_naming_the_key(workdir: Path) -> None:
     spec = write_spec(workdir, loss={"target": "CrossEntropyLoss", "weight": [1.0, 2.0]}, run={"epochs": 1})
     r = run_cli("run", spec, "--headless", cwd=workdir)
     assert r.returncode == 1, r.stderr + r.stdout
     assert "Traceback" not in r.stdout + r.stderr
-    assert "weight tensor should be defined either for all 3 classes" in r.stdout
-    assert "got weight tensor of shape: [2]" in r.stdout
+    assert "([loss] weight in a spec) has 2 values, but the model outputs 3 class scores" in r.stdout
+    assert "Give one weight per class (3 numbers)" in r.stdout
+    assert "weight tensor should be defined" not in r.stdout  # torch's own wording is not what the user reads
     assert "finished: failed" in r.stdout
 
 

@@ -67,6 +67,12 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
                 f"{name} needs outputs of shape (batch, classes), but the model returned {_shape(out)}. Make the final layer nn.Linear(..., num_classes)."
             )
         classes = out.shape[1]
+        weight = getattr(loss_fn, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.numel() != classes:
+            raise SetupError(
+                f"{name}'s weight ([loss] weight in a spec) has {weight.numel()} values, but the model outputs {classes} class scores. "
+                f"Give one weight per class ({classes} numbers), or make the final layer {weight.numel()} outputs if there are that many classes."
+            )
         if y.is_floating_point() and y.shape != out.shape:
             raise SetupError(
                 f"{name} needs class indices of dtype torch.long (int64) as targets, but they are {y.dtype} with shape {_shape(y)}. "
@@ -96,6 +102,12 @@ def check_batch(loss_fn: object, output: object, target: object, problem: str) -
         if not y.is_floating_point():
             raise SetupError(
                 f"{name} needs float targets (0.0 / 1.0), but they are {y.dtype}. Convert them in your data function with y.float()."
+            )
+        pos_weight = getattr(loss_fn, "pos_weight", None)
+        if isinstance(pos_weight, torch.Tensor) and out.ndim and pos_weight.numel() not in (1, out.shape[-1]):
+            raise SetupError(
+                f"{name}'s pos_weight ([loss] pos_weight in a spec) has {pos_weight.numel()} values, but the model has {out.shape[-1]} outputs. "
+                f"Give one number for every output (pos_weight = 3.0) or one per output ({out.shape[-1]} numbers)."
             )
         if out.shape != y.shape:
             hint = ""
