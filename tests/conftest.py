@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,39 @@ def pytest_configure(config: pytest.Config) -> None:
     """In CI a missing tmux is an error: the real-terminal tests would be skipped silently."""
     if os.environ.get("CI") and shutil.which("tmux") is None:
         raise pytest.UsageError("CI needs tmux: the tests that drive tuiloop in a real terminal would be skipped")
+
+
+# A test is `slow` when it starts processes (the real CLI, a training process, torchrun, ssh, a
+# terminal), and `tmux` when it drives a real terminal. Both are read from what the test and its
+# fixtures call, so a new test is marked by what it does: `pytest -m "not slow"` is the fast loop.
+STARTS_PROCESSES = re.compile(
+    r"\b(run_cli|subprocess|Popen|start_detached|start_training_process|resume_training_process|torchrun|ssh|tmux|Tmux)\b"
+)
+DRIVES_A_TERMINAL = re.compile(r"\b(tmux|Tmux)\b")
+
+
+def _sources(item: pytest.Item) -> str:
+    """The code of a test function and of every fixture it uses (conftest's own helpers excluded)."""
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        funcs += [d.func for d in defs if d.func.__module__ != __name__ or d.argname == "tmux"]
+    out = []
+    for f in funcs:
+        try:
+            out.append(inspect.getsource(f))  # type: ignore[arg-type]
+        except (TypeError, OSError):
+            pass
+    return "\n".join(out)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        code = _sources(item)
+        if STARTS_PROCESSES.search(code):
+            item.add_marker(pytest.mark.slow)
+        if DRIVES_A_TERMINAL.search(code):
+            item.add_marker(pytest.mark.tmux)
 
 
 # A small multi-class run: 120 training samples, batch 16 -> 8 steps per epoch.
