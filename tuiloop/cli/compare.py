@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tuiloop.cli.say import error
 from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
@@ -14,8 +15,6 @@ from tuiloop.rundir.comparison import Comparison
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Open the compare screen on the runs named; piped, print the table instead."""
-    from tuiloop.cli.say import error
-
     if len(args.runs) < 2:
         error(
             f"compare needs two or more runs, got one ({args.runs[0]}); `tuiloop show {args.runs[0]}` opens a single run, `tuiloop ls` lists them"
@@ -42,7 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not sys.stdout.isatty():
         print(format_plain(cmp, metric))
         return 0
-    from tuiloop.tui.compare_app import CompareApp
+    from tuiloop.tui.compare_app import CompareApp  # lazy: keeps textual out of the piped table
 
     app = CompareApp(cmp, metric)
     app.run()

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuiloop.cli.say import error
 from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunRow, list_runs
@@ -17,8 +18,6 @@ STATES = ("running", "paused", "finished", "early_stopped", "stopped", "suspende
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the runs under OUT_DIR; on a terminal the table fits its width, piped names stay whole."""
-    from tuiloop.cli.say import error
-
     out_dir: Path = args.out_dir
     if not out_dir.is_dir():
         error(f"no runs directory {out_dir} (runs go to [run] out_dir, default ./runs)")

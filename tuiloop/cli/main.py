@@ -11,6 +11,7 @@ from pathlib import Path
 from tuiloop import __version__
 from tuiloop.engine.exits import EXIT_FORCED, EXIT_USAGE
 from tuiloop.spec import SpecError
+from tuiloop.spec.errors import from_override
 
 EXAMPLES = """\
 examples:
@@ -195,37 +196,37 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         if args.command == "run":
-            from tuiloop.cli.run import cmd_run
+            from tuiloop.cli.run import cmd_run  # lazy: import only the command run
 
             return cmd_run(args)
         if args.command == "_train":
-            from tuiloop.runner.training_process import main as train_main
+            from tuiloop.runner.training_process import main as train_main  # lazy: import only the command run
 
             return train_main(args.run_dir.resolve(), args.lock_fd, args.resume)
         if args.command == "_launch":
-            from tuiloop.runner.launch import main as launch_main
+            from tuiloop.runner.launch import main as launch_main  # lazy: import only the command run
 
             return launch_main(
                 args.run_dir.resolve() if args.run_dir else None, args.lock_fd, args.resume, extra, args.report_ready
             )
         if args.command == "_rank":
-            from tuiloop.runner.rank import main as rank_main
+            from tuiloop.runner.rank import main as rank_main  # lazy: import only the command run
 
             return rank_main(args.resume)
         if args.command in ("attach", "show"):
-            from tuiloop.cli.views import cmd_attach, cmd_show
+            from tuiloop.cli.views import cmd_attach, cmd_show  # lazy: import only the command run
 
             code = {"attach": cmd_attach, "show": cmd_show}[args.command](args)
         elif args.command == "compare":
-            from tuiloop.cli.compare import cmd_compare
+            from tuiloop.cli.compare import cmd_compare  # lazy: import only the command run
 
             code = cmd_compare(args)
         elif args.command == "ls":
-            from tuiloop.cli.ls import cmd_ls
+            from tuiloop.cli.ls import cmd_ls  # lazy: import only the command run
 
             code = cmd_ls(args)
         elif args.command == "export":
-            from tuiloop.cli.export import cmd_export
+            from tuiloop.cli.export import cmd_export  # lazy: import only the command run
 
             code = cmd_export(args)
         sys.stdout.flush()  # inside the try: a reader that went away is noticed here
@@ -233,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         if debug:
             traceback.print_exc()
-        from tuiloop.spec.errors import from_override
-
         print(f"tuiloop: error: {from_override(e, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 
 from tuiloop.engine.exits import EXIT_FORCED
+from tuiloop.rundir.control import send_command
 from tuiloop.rundir.state import run_state
+from tuiloop.runner.training_process import resume_in_background
+from tuiloop.tui.app import MonitorApp
+from tuiloop.tui.source import RunSource
 
 
 def monitor_run(
@@ -26,11 +30,6 @@ def monitor_run(
     After the terminal is restored, a failure's error and traceback go to stderr and a one-line
     summary with the run directory to stdout.
     """
-    from tuiloop.rundir.control import send_command
-    from tuiloop.runner.training_process import resume_in_background
-    from tuiloop.tui.app import MonitorApp
-    from tuiloop.tui.source import RunSource
-
     run_dir = Path(run_dir)
     app = MonitorApp(
         RunSource(run_dir, proc),

@@ -13,18 +13,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import tuiloop.runner.training_process as training_process
 from tuiloop.engine.exits import EXIT_FORCED
+from tuiloop.engine.plain import PlainSink
+from tuiloop.rundir.control import ControlError, send_command
+from tuiloop.rundir.layout import RUN_INFO
 from tuiloop.runner.processes import kill_tree
-from tuiloop.spec import Spec, SpecError
+from tuiloop.runner.rank import run_rank, under_a_launcher
+from tuiloop.runner.spec_run import execute, load_run_spec, lock_for_resume, new_run_dir
+from tuiloop.runner.torchrun import processes_for, torchrun_args
+from tuiloop.spec import Spec, SpecError, load_spec, resolve
+from tuiloop.spec.load import apply_override, validate
 
 
 def load(args: argparse.Namespace) -> Spec:
     """The spec to run: the file given (with --set), or for --resume without one the run's own."""
-    from tuiloop.rundir.layout import RUN_INFO
-    from tuiloop.runner.spec_run import load_run_spec
-    from tuiloop.spec import load_spec
-    from tuiloop.spec.load import apply_override, validate
-
     if args.resume is not None:
         if not (args.resume / RUN_INFO).is_file():
             raise SpecError(
@@ -46,12 +49,6 @@ def load(args: argparse.Namespace) -> Spec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import tuiloop.runner.training_process as training_process
-    from tuiloop.engine.plain import PlainSink
-    from tuiloop.runner.rank import run_rank, under_a_launcher
-    from tuiloop.runner.spec_run import execute, lock_for_resume, new_run_dir
-    from tuiloop.spec import resolve
-
     spec = load(args)
     if under_a_launcher():  # torchrun or srun started this process as one rank: join
         return run_rank(spec, args.resume, args.resume is not None)
@@ -92,15 +89,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if inherit:
         return _supervise(proc, run_dir)
-    from tuiloop.cli.monitor import monitor_run
+    from tuiloop.cli.monitor import monitor_run  # lazy: keeps textual out of headless and detached runs
 
     return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish, session=session)
 
 
 def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
     """torchrun's options when this run takes more than one process, else None."""
-    from tuiloop.runner.torchrun import processes_for, torchrun_args
-
     nproc = processes_for(args.nproc_per_node or spec.run.nproc_per_node)
     if args.nnodes > 1 and not args.rdzv_endpoint:
         raise SpecError(
@@ -149,8 +144,6 @@ def _supervise(proc: Any, run_dir: Path | None) -> int:
 
 
 def _send(run_dir: Path | None, cmd: str) -> bool:
-    from tuiloop.rundir.control import ControlError, send_command
-
     if run_dir is None:
         return False
     try:

@@ -15,9 +15,11 @@ from pathlib import Path
 from tuiloop.cli.say import error
 from tuiloop.engine.events import Event
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
+from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.state import RunState, run_state
+from tuiloop.tui.model import MonitorModel
 
 EXIT_NOT_LIVE = EXIT_FAILED  # attach: the run is not live
 
@@ -67,7 +69,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
             f"tuiloop attach needs a terminal; without one, `tuiloop ls {run_dir.parent}` shows its progress and `tuiloop show {run_dir}` prints its log"
         )
         return EXIT_USAGE
-    from tuiloop.cli.monitor import monitor_run
+    from tuiloop.cli.monitor import monitor_run  # lazy: this module also serves `show | cat`, which needs no textual
 
     return monitor_run(run_dir, None, attached=True)
 
@@ -81,15 +83,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not sys.stdout.isatty():
         return print_log(run_dir)
-    from tuiloop.cli.monitor import monitor_run
+    from tuiloop.cli.monitor import monitor_run  # lazy: keeps textual out of `show | cat`
 
     return monitor_run(run_dir, None, read_only=True)
 
 
 def print_log(run_dir: Path) -> int:
     """The run's event log as the plain lines a headless run prints, then how it stands."""
-    from tuiloop.engine.plain import PlainSink
-
     sink = PlainSink(sys.stdout, strict=True)
     # the saved series stand for the step lines and machine samples before them (print_system
     # takes its digest); per-step lines print nothing here, so none is read
@@ -117,8 +117,6 @@ def print_log(run_dir: Path) -> int:
 def print_system(events: list[Event]) -> None:
     """The machine's load over the run, from its SystemSample events: peak GPU memory and mean
     utilisation per GPU, peak RSS, mean CPU, torch's peak (nothing if none was sampled)."""
-    from tuiloop.tui.model import MonitorModel
-
     model = MonitorModel()
     model.apply_all([e for e in events if e.kind in ("system_sample", "digest_loaded")])
     for line in model.system_summary():

@@ -35,8 +35,8 @@ import itertools
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
@@ -88,7 +88,7 @@ class Batches:
         self._generator = torch.Generator()
         self.user_loader = isinstance(source, DataLoader)
         if self.user_loader and world_size > 1:
-            rebuilt = self._shard_user_loader(source)  # type: ignore[arg-type]
+            rebuilt = self._shard_user_loader(cast(DataLoader, source))  # user_loader: source is one
             self.user_loader = rebuilt is source  # a rebuilt loader's order comes from tuiloop's seed
             source = rebuilt
         if isinstance(source, DataLoader):
@@ -125,7 +125,7 @@ class Batches:
             return DistributedSampler(
                 dataset, self.world_size, self.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last
             )
-        return range(self.rank, len(dataset), self.world_size)  # type: ignore[arg-type]
+        return range(self.rank, len(cast(Sized, dataset)), self.world_size)  # a sampled dataset has a length
 
     def _shard_user_loader(self, loader: DataLoader) -> DataLoader:
         """A user's DataLoader made to take this rank's shard (as Lightning does), or refused."""
@@ -197,7 +197,7 @@ class Batches:
         if self._tensors is not None:
             return self._total
         try:
-            return len(self._loader.dataset)  # type: ignore[union-attr, arg-type]
+            return len(self._loader.dataset)  # type: ignore[union-attr, arg-type]  # set without _tensors
         except TypeError:
             return None
 
@@ -206,7 +206,7 @@ class Batches:
             assert self.batch_size is not None  # tensors are always batched by tuiloop
             full, rest = divmod(self._n, self.batch_size)
             return full + (1 if rest and not self.drop_last else 0)
-        return len(self._loader)  # type: ignore[arg-type]  # raises TypeError if unknown
+        return len(self._loader)  # type: ignore[arg-type]  # a loader without _tensors; TypeError if unsized
 
     def steps(self) -> int | None:
         """Batches per epoch, or None for an iterable dataset of unknown length."""
@@ -231,7 +231,7 @@ class Batches:
         if start and epoch_rng is not None and self.order_from_global_rng:
             set_rng_state(epoch_rng)  # the user's sampler draws the epoch's order from it
         with _no_sigint():
-            it = iter(self._loader)  # type: ignore[arg-type]  # workers start here
+            it = iter(self._loader)  # type: ignore[arg-type]  # a loader without _tensors; workers start here
         if state is not None:
             for _ in itertools.islice(it, start):
                 pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -39,13 +39,13 @@ def compile_model(model: torch.nn.Module, mode: bool | str, device: torch.device
     """``torch.compile(model)`` with ``mode`` (True: the default mode)."""
     check_compiler(device)
     compiled = torch.compile(model, mode=None if mode is True or mode == "default" else str(mode))
-    return compiled  # type: ignore[return-value]  # torch.compile of a Module returns an OptimizedModule, a Module
+    return cast(torch.nn.Module, compiled)  # torch.compile of a Module returns an OptimizedModule, a Module
 
 
 def compilations() -> int:
     """Frames torch.compile has compiled in this process so far (the first compile, plus recompiles and graph breaks)."""
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters  # lazy: torch._dynamo takes ~1 s; only compiled runs ask
     except ImportError:  # pragma: no cover
         return 0
     frames: Any = counters.get("frames", {})

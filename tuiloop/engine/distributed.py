@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -60,8 +61,8 @@ class Ranks:
     def from_env(cls, timeout_s: float | None = None) -> Ranks:
         """Join the process group torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM (SLURM_PROCID,
         SLURM_NTASKS, SLURM_LOCALID) describes; gloo on CPUs, NCCL on GPUs."""
-        import torch
-        import torch.distributed as dist
+        import torch  # lazy: after the run says "importing torch"
+        import torch.distributed as dist  # lazy: after the run says "importing torch"
 
         env: Mapping[str, str] = os.environ
         if "RANK" not in env and "SLURM_PROCID" in env:  # srun: one task per process
@@ -87,12 +88,12 @@ class Ranks:
 
     def device(self) -> torch.device:
         """The device this rank trains on: its own GPU, else the CPU."""
-        import torch
+        import torch  # lazy: after the run says "importing torch"
 
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     def close(self) -> None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: after the run says "importing torch"
 
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -102,8 +103,8 @@ class Ranks:
         """Every rank's flags merged by MAX: the same decision on every rank."""
         if not self.distributed:
             return flags
-        import torch
-        import torch.distributed as dist
+        import torch  # lazy: after the run says "importing torch"
+        import torch.distributed as dist  # lazy: after the run says "importing torch"
 
         t = torch.tensor(flags, dtype=torch.int64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -112,7 +113,7 @@ class Ranks:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce ``tensor`` in place (SUM); a no-op for a single process."""
         if self.distributed:
-            import torch.distributed as dist
+            import torch.distributed as dist  # lazy: after the run says "importing torch"
 
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
@@ -121,7 +122,7 @@ class Ranks:
         """Every rank's ``obj``, in rank order."""
         if not self.distributed:
             return [obj]
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: after the run says "importing torch"
 
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
@@ -131,7 +132,7 @@ class Ranks:
         """Rank 0's ``obj`` on every rank."""
         if not self.distributed:
             return obj
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: after the run says "importing torch"
 
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -139,7 +140,7 @@ class Ranks:
 
     def barrier(self) -> None:
         if self.distributed:
-            import torch.distributed as dist
+            import torch.distributed as dist  # lazy: after the run says "importing torch"
 
             dist.barrier()
 
@@ -170,8 +171,6 @@ class Ranks:
 
     def kill_local_peers(self) -> None:
         """SIGKILL this node's other ranks (a forced end must leave no orphans)."""
-        import signal
-
         here = socket.gethostname()
         for host, pid in self.peers:
             if host == here and pid != os.getpid():

@@ -52,7 +52,7 @@ class EpochEnd:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.emit = emit
-        self.best = MetricMonitor(opt.monitor, opt.mode)  # type: ignore[arg-type]
+        self.best = MetricMonitor(opt.monitor, opt.mode)  # type: ignore[arg-type]  # the Trainer filled both in
         self.es = opt.early_stopping
         self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # subclasses too
         self.last_metrics: dict[str, float] = {}  # of the last check
@@ -76,13 +76,13 @@ class EpochEnd:
         if self.val_batches is not None:
             metrics.update(self._validate())
         self.last_metrics = metrics
-        is_best = self.best.update(metrics[self.opt.monitor], epoch)  # type: ignore[index]
+        is_best = self.best.update(metrics[self.best.monitor], epoch)
         self.emit(Validated(epoch, progress.step, metrics, is_best, time.perf_counter() - started))
         es = self.es
         if es is not None:
             value = metrics[es.monitor]
             es.update(value, epoch)
-            self.emit(EarlyStopUpdate(epoch, es.monitor, value, es.best, es.counter, es.patience or 0, es.triggered))  # type: ignore[arg-type]
+            self.emit(EarlyStopUpdate(epoch, es.monitor, value, es.best, es.counter, es.patience or 0, es.triggered))
         self._step_scheduler(metrics)
         self._pending_best = is_best
 
@@ -111,7 +111,7 @@ class EpochEnd:
         model.eval()
         totals = MetricTotals(objective.problem or "other", objective.loss_fn, self.device)
         with torch.inference_mode(), self.precision.autocast():
-            for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]
+            for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]  # check() validates only with a split
                 args, kwargs, target = objective.split(batch)
                 output = model(*args, **kwargs)
                 totals.add(objective.loss(output, target), output, target, objective.count(batch, target))
@@ -126,7 +126,7 @@ class EpochEnd:
         if self.plateau:
             if metrics is None:
                 return
-            self.scheduler.step(metrics[self.opt.scheduler_monitor or self.opt.monitor])  # type: ignore[index]
+            self.scheduler.step(metrics[self.opt.scheduler_monitor or self.best.monitor])
         else:
             self.scheduler.step()
         after = self.optimizer.param_groups[0]["lr"]

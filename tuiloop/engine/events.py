@@ -157,7 +157,7 @@ class EarlyStopUpdate(Event):
     epoch: int
     monitor: str
     value: float
-    best: float
+    best: float | None  # None while every check was NaN
     counter: int
     patience: int
     triggered: bool

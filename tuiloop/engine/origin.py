@@ -16,11 +16,11 @@ import sysconfig
 import traceback
 from pathlib import Path
 
+import tuiloop
+
 
 def _roots() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the libraries tuiloop drives: torch and tuiloop; other installed code: stdlib, site-packages)."""
-    import tuiloop
-
     ours = tuple(
         os.path.realpath(Path(m.__file__).parent) + os.sep
         for m in (sys.modules.get("torch"), tuiloop)

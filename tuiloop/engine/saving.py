@@ -146,7 +146,9 @@ class Checkpoints:
     def save_last_good(self) -> str | None:
         """last.pt of the state before a step that went wrong; where it is in the run directory."""
         saved = self.save("last") if self.save_last else None
-        return str(saved.relative_to(self.run_dir)) if saved is not None else None  # type: ignore[arg-type]
+        if saved is None or self.run_dir is None:  # nothing is saved without a run directory
+            return None
+        return str(saved.relative_to(self.run_dir))
 
     def save_after_crash(self) -> None:
         """After an exception in user code, keep the state of the last completed step (one

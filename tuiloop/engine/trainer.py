@@ -104,7 +104,8 @@ class Trainer:
         if loss_fn == "model":
             self.objective: LossFunction | ModelLoss = ModelLoss()
         else:
-            self.objective = LossFunction(loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn)  # type: ignore[arg-type]  # a loss name was resolved to a callable by the spec
+            loss = loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+            self.objective = LossFunction(loss)  # type: ignore[arg-type]  # the spec resolved any other name
         self.loss_fn = self.objective.loss_fn
         self.train_batches = train
         self.val_batches = val
@@ -322,7 +323,7 @@ class Trainer:
                 problem=self.objective.problem or "unknown",
                 metrics=reported_metrics(self.objective.problem, self.val_batches is not None),
                 monitor=self.opt.monitor,
-                mode=self.opt.mode,  # type: ignore[arg-type]
+                mode=self.best.mode,
                 patience=es.patience if es else None,
                 num_params=sum(p.numel() for p in self.model.parameters()),
                 start_epoch=self.progress.epoch,

@@ -16,6 +16,7 @@ from typing import Any
 from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
 from tuiloop.rundir.scan import Progress, scan
 from tuiloop.rundir.state import run_state
+from tuiloop.spec.load import tomllib  # tomli on Python 3.10
 
 
 @dataclass
@@ -103,8 +104,6 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
 
 def _spec_epochs(run_dir: Path) -> int | None:
     """``run.epochs`` from the saved spec (the event log may be empty for a setup failure)."""
-    from tuiloop.spec.load import tomllib  # tomli on Python 3.10
-
     try:
         raw = tomllib.loads((run_dir / SPEC).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -31,6 +31,7 @@ from tuiloop.rundir.digest import DigestLoaded
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import SPEC
 from tuiloop.rundir.state import run_state
+from tuiloop.spec.load import tomllib  # tomli on Python 3.10
 
 MISSING = "-"  # a spec key one run does not have
 _STAMPED = re.compile(r"^(?P<base>.+)-\d{8}-\d{6}-(?P<tag>[0-9a-f]{4})$")  # <name>-<date>-<time>-<4 hex>
@@ -96,8 +97,6 @@ def _number(value: float) -> str:
 
 def read_spec(run_dir: Path) -> dict[str, Any] | None:
     """The run's saved spec, flattened; None without a readable spec.toml (a run started from Python)."""
-    from tuiloop.spec.load import tomllib  # tomli on Python 3.10
-
     try:
         return flatten(tomllib.loads((run_dir / SPEC).read_text(encoding="utf-8")))
     except (OSError, ValueError):

@@ -65,8 +65,9 @@ class GpuStat:
 _SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughput", "step_times", "cpu_history")
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
 _SCALARS: dict[str, Callable[[Any], Any]] = {
-    "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float),
-    "skipped_steps": int, "active_steps": int, "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
+    "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float),
+    "samples_per_s": _optional(float), "loss_scale": _optional(float), "skipped_steps": int, "active_steps": int,
+    "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
 }  # fmt: skip
 
 
@@ -234,10 +235,10 @@ class RunDigest(EventReader):
         for name in _SERIES:
             setattr(digest, name, _series(d["series"][name]))
         digest.train_recent = Recent.from_dict(d["train_recent"])
-        system = d["system"]
-        digest.system = event_from_dict(system) if system is not None else None  # type: ignore[assignment]
-        if digest.system is not None and not isinstance(digest.system, SystemSample):
+        system = event_from_dict(d["system"]) if d["system"] is not None else None
+        if system is not None and not isinstance(system, SystemSample):
             raise ValueError("not a system sample")
+        digest.system = system
         for g in d["gpus"]:
             stat = GpuStat(
                 int(g["index"]),

@@ -193,7 +193,7 @@ class TensorBoardXMissing(ImportError):
 def require_tensorboardx() -> None:
     """Import tensorboardX's event writer; raise :class:`TensorBoardXMissing` saying how to install it."""
     try:
-        import tensorboardX.event_file_writer  # noqa: F401
+        import tensorboardX.event_file_writer  # noqa: F401  # lazy: optional dependency
     except ImportError as e:
         raise TensorBoardXMissing(
             f"writing TensorBoard event files needs tensorboardX, which cannot be imported ({e}); install it with: {INSTALL}"
@@ -207,10 +207,10 @@ class ScalarFile:
 
     def __init__(self, logdir: Path, suffix: str, purge_step: int | None = None) -> None:
         require_tensorboardx()
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event as PbEvent
-        from tensorboardX.proto.event_pb2 import SessionLog
-        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.event_file_writer import EventsWriter  # lazy: optional dependency
+        from tensorboardX.proto.event_pb2 import Event as PbEvent  # lazy: optional dependency
+        from tensorboardX.proto.event_pb2 import SessionLog  # lazy: optional dependency
+        from tensorboardX.proto.summary_pb2 import Summary  # lazy: optional dependency
 
         self._event, self._summary = PbEvent, Summary
         logdir.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ class Downsampled:
     # ---- saving beside the event log ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "resolution": self.resolution, "size": self.size, "count": self.count, "xs": self.xs, "ys": self.ys, "mins": self.mins, "maxs": self.maxs,
+            "resolution": self.resolution, "size": self.size, "count": self.count,
+            "xs": self.xs, "ys": self.ys, "mins": self.mins, "maxs": self.maxs,
             "last": self.last, "partial": [self._sx, self._sy, self._n, self._seen, self._lo, self._hi],
         }  # fmt: skip
 

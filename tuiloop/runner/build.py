@@ -35,7 +35,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy as np
+        import numpy as np  # lazy: optional dependency (seeded if present)
 
         np.random.seed(seed % (1 << 32))
     except ImportError:
@@ -217,8 +217,9 @@ def build_trainer(
 
     d = spec.data
     batches: dict[str, Any] = dict(
-        device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed, persistent_workers=d.persistent_workers,
-        multiprocessing_context=d.multiprocessing_context, rank=ranks.rank, world_size=ranks.world_size,
+        device=device, num_workers=d.num_workers, pin_memory=d.pin_memory, seed=spec.run.seed,
+        persistent_workers=d.persistent_workers, multiprocessing_context=d.multiprocessing_context,
+        rank=ranks.rank, world_size=ranks.world_size,
     )  # fmt: skip
     try:
         train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)

@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 from tuiloop.rundir.lock import RunLock
-from tuiloop.runner.spec_run import LAUNCHER_ENV
+from tuiloop.runner.spec_run import LAUNCHER_ENV, check_resume
 from tuiloop.runner.training_process import read_payload, read_spec, switch_output_to_log
+from tuiloop.spec import SpecError
 
 SPEC_FILE_ENV = "TUILOOP_SPEC_FILE"  # where the ranks read the spec (not the run directory: a resume may still fail)
 RUN_DIR_ENV = "TUILOOP_RUN_DIR"
@@ -32,9 +33,6 @@ def main(
     payload = read_payload(wait_go_ahead=report_ready)
     lock = RunLock.adopt(run_dir, lock_fd) if run_dir is not None and lock_fd is not None else None
     if resume and run_dir is not None:
-        from tuiloop.runner.spec_run import check_resume
-        from tuiloop.spec import SpecError
-
         try:
             check_resume(read_spec(payload), run_dir)
         except SpecError as e:
@@ -54,8 +52,10 @@ def main(
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         argv = [*torchrun, "-m", "tuiloop", "_rank"] + (["--resume"] if resume else [])
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-        from torch.distributed.run import main as torchrun_main
+        from torch.distributed.elastic.multiprocessing.errors import (  # lazy: torch; `tuiloop run` loads this module
+            ChildFailedError,
+        )
+        from torch.distributed.run import main as torchrun_main  # lazy: torch; `tuiloop run` loads this module
 
         try:
             torchrun_main(argv)

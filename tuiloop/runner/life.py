@@ -77,7 +77,7 @@ def new_session() -> str:
 
 def versions() -> dict[str, str]:
     """The versions a run's run.json and summary.json record."""
-    import torch  # torch: a tracked loop may not have imported it yet; the monitor never calls this
+    import torch  # lazy: keeps torch out of the monitor, which loads this module (through training_process)
 
     return {"python": platform.python_version(), "torch": torch.__version__, "tuiloop": __version__}
 

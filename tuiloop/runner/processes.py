@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import psutil
+
 
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and all its descendants; a process already gone is skipped."""
-    import psutil
-
     try:
         root = psutil.Process(pid)
         family = [*root.children(recursive=True), root]

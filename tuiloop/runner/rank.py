@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import IO
 
 from tuiloop.engine.distributed import ERROR_FILE, Ranks
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
+from tuiloop.engine.origin import describe_where, format_frames, user_frames
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
+from tuiloop.runner.launch import RUN_DIR_ENV, SPEC_FILE_ENV
 from tuiloop.runner.spec_run import execute, follow, lock_for_resume, new_run_dir
+from tuiloop.runner.training_process import read_spec
 from tuiloop.spec import Spec, SpecError
 
 
@@ -34,9 +38,6 @@ def under_a_launcher() -> bool:
 
 def main(resume: bool) -> int:
     """``tuiloop _rank``: a rank tuiloop's launcher started (the spec and run directory in its environment)."""
-    from tuiloop.runner.launch import RUN_DIR_ENV, SPEC_FILE_ENV
-    from tuiloop.runner.training_process import read_spec
-
     spec = read_spec(json.loads(Path(os.environ[SPEC_FILE_ENV]).read_text(encoding="utf-8")))
     run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None
     return run_rank(spec, run_dir, resume, launched=True)
@@ -77,10 +78,6 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
         print(f"tuiloop: error: {e}", file=sys.__stderr__, flush=True)
         code = EXIT_USAGE
     except Exception as e:  # a rank's set-up failed: leave the error for rank 0, end quickly
-        import traceback
-
-        from tuiloop.engine.origin import describe_where, format_frames, user_frames
-
         ranks.report_failure(
             {
                 "error": f"{type(e).__name__}: {e}",

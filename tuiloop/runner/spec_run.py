@@ -17,13 +17,16 @@ from typing import Any
 
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Failed, Finished, Message, Starting
+from tuiloop.engine.exceptions import ResumeError
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.signals import Signals
-from tuiloop.spec import Spec, SpecError, resolve
+from tuiloop.runner.tensorboard import TensorBoardSink, check_spec
+from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.dump import dump_toml
+from tuiloop.spec.load import parse_spec, validate
 
 LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for a forced end
 
@@ -53,8 +56,6 @@ def lock_for_resume(run_dir: Path) -> RunLock:
 
 def load_run_spec(run_dir: Path) -> Spec:
     """The resolved spec saved in a run directory, with file targets resolved as at the start."""
-    from tuiloop.spec.load import parse_spec
-
     path = run_dir / SPEC
     info = read_json(run_dir / RUN_INFO) or {}
     if not path.is_file() and info.get("tracked"):
@@ -76,8 +77,6 @@ def load_run_spec(run_dir: Path) -> Spec:
 def _check_tensorboard(spec: Spec) -> None:
     """``[run] tensorboard = true`` without tensorboardX: a spec error before the run starts."""
     if spec.run.tensorboard:
-        from tuiloop.runner.tensorboard import check_spec
-
         check_spec(spec)
 
 
@@ -153,7 +152,7 @@ def _resume(
     on_ready: Callable[[], None] | None,
     ranks: Ranks = SINGLE,
 ) -> tuple[int, Path]:
-    from tuiloop.runner import resume
+    from tuiloop.runner import resume  # lazy: torch; the monitor's R key loads this module
 
     lock = lock or lock_for_resume(run_dir)
     try:
@@ -175,7 +174,7 @@ def _resume(
     # Everything checked: from here on the run directory changes.
     if on_ready is not None:
         on_ready()
-    from tuiloop.engine.checkpoint import remove_stale_temps
+    from tuiloop.engine.checkpoint import remove_stale_temps  # lazy: torch; the monitor's R key loads this module
 
     (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
     info = read_json(run_dir / RUN_INFO) or {}
@@ -187,8 +186,7 @@ def _resume(
 
 def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
     """``trainer.resume(last.pt)``, its problems told as one paragraph (exit status 2)."""
-    from tuiloop.engine.exceptions import ResumeError
-    from tuiloop.runner import resume
+    from tuiloop.runner import resume  # lazy: torch; the monitor's R key loads this module
 
     where = f"--resume {run_dir}"
     last = resume.check_checkpoint(run_dir)
@@ -210,8 +208,7 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
     The launcher of a distributed run asks before any rank starts: it builds the run in this
     one process, on the CPU at full precision, and loads the checkpoint into it.
     """
-    from tuiloop.runner import resume
-    from tuiloop.spec.load import validate
+    from tuiloop.runner import resume  # lazy: torch; the monitor's R key loads this module
 
     resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
     raw = {
@@ -226,7 +223,7 @@ def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> An
     if ranks.is_main:
         _check_tensorboard(spec)
     tell("importing torch")
-    from tuiloop.runner.build import build_trainer  # imports torch
+    from tuiloop.runner.build import build_trainer  # lazy: imports torch, after the run says "importing torch"
 
     tell("importing the spec's targets")
     return build_trainer(resolve(spec), progress=tell, ranks=ranks)
@@ -248,8 +245,6 @@ def _train(life: RunLife, trainer: Any, sinks: list[Sink], handle_signals: bool,
     life.sinks = sinks
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
-        from tuiloop.runner.tensorboard import TensorBoardSink
-
         mirror = TensorBoardSink(life.run_dir)
         life.sinks = [*sinks, mirror]
     try:
@@ -343,6 +338,4 @@ def _terminated(trainer: Any, life: RunLife | None) -> None:
 # ---- from Python ---------------------------------------------------------------------------
 def run_spec(spec_path: str | Path, overrides: list[str] | None = None, sinks: Iterable[Sink] = ()) -> tuple[int, Path]:
     """Python entry point: train a spec file as ``tuiloop run --headless`` does; returns (exit status, run directory)."""
-    from tuiloop.spec import load_spec
-
     return execute(load_spec(spec_path, overrides), sinks=sinks)

@@ -121,7 +121,7 @@ def _floats(values: list[Any]) -> list[float]:
         return values
     tensors = [v for v in values if type(v) is not float]
     try:
-        import torch  # torch: only when the loop gave tensors, so it is loaded already
+        import torch  # lazy: keeps torch out of `import tuiloop.runner.track`; a loop that gave tensors has it
 
         read = iter(torch.stack(tensors).float().reshape(-1).tolist())
     except RuntimeError:  # tensors of several shapes (() and (1,)) or on several devices

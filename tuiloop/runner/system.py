@@ -163,7 +163,7 @@ class SystemSampler:
             return
         self._nvml_tried = True
         try:
-            import pynvml
+            import pynvml  # lazy: optional dependency (no NVIDIA library: the CPU part only)
 
             pynvml.nvmlInit()
         except Exception:

@@ -9,11 +9,11 @@ def processes_for(value: object, where: str = "--nproc-per-node") -> int:
     """Processes per machine from ``--nproc-per-node`` or ``[run] nproc_per_node``: a number, or
     "auto" for one per visible GPU."""
     if value == "auto":
-        import torch
+        import torch  # lazy: keeps torch out of the monitor (its R key resumes through this module)
 
         return max(torch.cuda.device_count(), 1)
     try:
-        nproc = int(value)  # type: ignore[call-overload]
+        nproc = int(value)  # type: ignore[call-overload]  # any object: a wrong kind raises TypeError, caught below
     except (TypeError, ValueError):
         raise SpecError(
             where, f"{value!r} is not a number of processes", 'Give a number, such as --nproc-per-node 4, or "auto".'

@@ -196,7 +196,7 @@ class Run:
         else stopped. ``status`` may say otherwise: completed, early_stopped, stopped or failed.
         """
         if self.finished is not None or self._closed:
-            return self.finished  # type: ignore[return-value]
+            return self.finished  # type: ignore[return-value]  # None only after a close that raised
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         self._closed = True
@@ -232,7 +232,7 @@ class Run:
     def fail(self, error: BaseException) -> Finished:
         """End the run as failed by ``error``: its message, your line and the traceback go to the log."""
         if self._closed:
-            return self.finished  # type: ignore[return-value]
+            return self.finished  # type: ignore[return-value]  # None only after a close that raised
         where = describe_where(error, "the loop", self.epochs_done + 1, self.step)
         self._flush()
         self._emit(

@@ -14,18 +14,24 @@ which runs torchrun; its ranks run :mod:`tuiloop.runner.rank`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import IO
 
+from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.layout import OUTPUT
 from tuiloop.rundir.lock import RunLock
 from tuiloop.runner.life import SESSION_ENV
+from tuiloop.runner.spec_run import execute, load_run_spec, lock_for_resume
+from tuiloop.runner.torchrun import processes_for, torchrun_args
 from tuiloop.spec import Spec
 from tuiloop.spec.dump import dump_toml
+from tuiloop.spec.load import parse_spec
 
 READY = "\x00tuiloop: ready\n"
 
@@ -104,8 +110,6 @@ def spec_payload(spec: Spec) -> dict[str, str | None]:
 
 
 def read_spec(payload: dict[str, str | None]) -> Spec:
-    from tuiloop.spec.load import parse_spec
-
     return parse_spec(
         payload["spec"] or "",
         path=Path(p) if (p := payload.get("path")) else None,
@@ -158,12 +162,6 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
     """Continue a suspended or stopped run in a new training process, as ``tuiloop run --resume``
     does (the monitor's R key); returns the process once it is training, and its session.
     Raises SpecError, or RuntimeError with the training process's own words, when it cannot resume."""
-    import io
-    import uuid
-
-    from tuiloop.runner.spec_run import load_run_spec, lock_for_resume
-    from tuiloop.runner.torchrun import processes_for, torchrun_args
-
     spec = load_run_spec(run_dir)
     nproc = processes_for(spec.run.nproc_per_node)
     session = uuid.uuid4().hex[:12]
@@ -182,9 +180,6 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
 
 def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
     """The training process: read the spec from stdin and train."""
-    from tuiloop.engine.plain import PlainSink
-    from tuiloop.runner.spec_run import execute
-
     spec = read_spec(read_payload(wait_go_ahead=resume))
     lock = RunLock.adopt(run_dir, lock_fd)
     if not resume:

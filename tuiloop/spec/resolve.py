@@ -37,7 +37,7 @@ class Resolved:
 
 
 def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
-    import torch
+    import torch  # lazy: keeps torch out of ls, show and the monitor, which load tuiloop.spec
 
     if section == "loss":
         return (

@@ -17,7 +17,8 @@ from tuiloop.spec.keys import REQUIRED, Key, at_least, key, keys_of, not_negativ
 
 # What users write for a precision, and the name tuiloop (and Lightning) uses for it.
 PRECISION_ALIASES = {
-    "fp16": "16-mixed", "16": "16-mixed", "float16": "16-mixed", "half": "16-mixed", "16-true": "16-mixed", "amp": "16-mixed",
+    "fp16": "16-mixed", "16": "16-mixed", "float16": "16-mixed", "half": "16-mixed", "16-true": "16-mixed",
+    "amp": "16-mixed",
     "bf16": "bf16-mixed", "bfloat16": "bf16-mixed", "bf16-true": "bf16-mixed",
     "32": "32-true", "fp32": "32-true", "float32": "32-true", "full": "32-true",
 }  # fmt: skip

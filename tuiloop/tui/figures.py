@@ -82,7 +82,9 @@ class _Axis:
 
     def __call__(self, steps: list[float]) -> list[float]:
         if self.kind == "epochs":
-            return [s / self.spe for s in steps]  # type: ignore[operator]
+            spe = self.spe
+            assert spe is not None  # the x axis is epochs only with steps per epoch
+            return [s / spe for s in steps]
         if self.kind == "time":
             assert self._times is not None
             known_steps, seconds = self._times

@@ -193,7 +193,8 @@ class MonitorModel(EventReader):
         for name in ev.metrics:
             self._metric(name)
         if ev.resumed_from:
-            # steps logged after the checkpoint by the session that crashed are done again (the digest drops them from the series)
+            # steps logged after the checkpoint by the session that crashed are done again
+            # (the digest drops them from the series)
             self.epoch_rows = [row for row in self.epoch_rows if row.step <= ev.start_step]
         self._log(ev.time, "info", sentences.started(ev))
 

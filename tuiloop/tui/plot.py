@@ -10,6 +10,7 @@ import functools
 import math
 import re
 
+import plotext
 from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
@@ -139,8 +140,6 @@ def _bars(fig: Figure, line: Line, width: int, height: int) -> Text:
 
 
 def _plotext(fig: Figure, lines: list, width: int, height: int) -> Text:
-    import plotext
-
     f = plotext.figure
     f.clear()
     plotext.terminal.limit(

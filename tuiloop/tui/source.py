@@ -12,6 +12,7 @@ from typing import Protocol
 from tuiloop.engine.events import Event
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.state import run_state
+from tuiloop.runner.processes import kill_tree
 
 READ_CHUNK = 4 << 20  # bytes of the log parsed per poll, so catching up on a long run stays responsive
 
@@ -64,8 +65,6 @@ class RunSource:
     def kill(self) -> bool:
         """SIGKILL the training process if we started it, and what it started (a forced exit it
         could not be told about)."""
-        from tuiloop.runner.processes import kill_tree
-
         if self.proc is None or self.proc.poll() is not None:
             return False
         kill_tree(self.proc.pid)

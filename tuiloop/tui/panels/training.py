@@ -60,8 +60,9 @@ def best_sparkline(stat: MetricStat, width: int) -> Text:
     xs, ys = stat.history.points()
     per_cell = math.ceil(len(xs) / width) if len(xs) > width else 1
     text = Text(sparkline(reduce_to(xs, ys, width)[1], width), style="cyan")
-    if stat.best_epoch is not None and xs:
-        nearest = min(range(len(xs)), key=lambda i: abs(xs[i] - stat.best_epoch))  # type: ignore[operator]
+    best = stat.best_epoch
+    if best is not None and xs:
+        nearest = min(range(len(xs)), key=lambda i: abs(xs[i] - best))
         at = nearest // per_cell
         text.stylize("bold green", at, at + 1)
     return text
