@@ -285,3 +285,21 @@ class Tmux:
 
     def close(self) -> None:
         self._tmux("kill-server", check=False)
+
+
+def freeze(pid: int, timeout: float = 10) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped: on a loaded machine
+    a thread may run on for a while after the signal was sent (Linux /proc)."""
+
+    def stopped() -> bool:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_bytes()
+            except OSError:
+                continue  # that thread is gone
+            if stat.rsplit(b")", 1)[1].split()[0] not in (b"T", b"t"):
+                return False
+        return True
+
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(stopped, timeout, f"every thread of process {pid} to stop")

@@ -140,7 +140,7 @@ def test_pause_and_save_now_do_not_change_the_result(workdir: Path) -> None:
 
     def sink(e: Event) -> None:
         if isinstance(e, TrainSteps) and e.first_step == 5 and not sent:
-            for cmd in ("save", "pause", "resume", "toggle_pause", "toggle_pause"):
+            for cmd in ("save", "pause", "pause", "resume", "resume"):
                 run.commands.send(cmd)
                 sent.append(cmd)
 

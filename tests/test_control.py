@@ -123,3 +123,41 @@ def test_a_connection_reset_names_a_dead_run_stale(tmp_path: Path, owner_alive: 
         t.join(5)
         listener.close()
         lock.release()
+
+
+def test_a_flood_of_warnings_is_told_three_times_then_counted_once_an_interval() -> None:
+    from tuiloop.rundir.rate_limit import RateLimitedWarnings
+
+    now, told = [0.0], []
+    warn = RateLimitedWarnings(
+        told.append,
+        lambda n, s, last: f"{n} more in {s:.0f}s, the last: {last}",
+        first=3,
+        every=60,
+        clock=lambda: now[0],
+    )
+    for i in range(10):
+        warn(f"bad {i}")
+    assert told == ["bad 0", "bad 1", "bad 2"] and warn.due() == 60
+    now[0] = 59
+    warn.tick()
+    assert len(told) == 3, "not before the interval is over"
+    now[0] = 60
+    warn.tick()
+    assert told[3:] == ["7 more in 60s, the last: bad 9"]
+    now[0] = 61
+    warn("bad 10")  # the flood goes on: counted, not told
+    assert len(told) == 4
+    now[0] = 121
+    warn.tick()
+    assert told[4:] == ["1 more in 60s, the last: bad 10"]
+    now[0] = 181  # a quiet interval since the last one: the next ones are told in full again
+    warn.tick()
+    warn("again")
+    assert told[-1] == "again"
+    for _ in range(5):
+        warn("more")
+    warn.flush(mute=True)  # the log ends: what is held is told, and nothing after
+    assert told[-1] == "3 more in 0s, the last: more"
+    warn("after the end")
+    assert told[-1] != "after the end"

@@ -119,9 +119,7 @@ def test_a_tracked_loop_is_a_full_run_directory_that_show_and_ls_read(tmp_path: 
     )
     evs, tail = read_events(run_dir)
     assert tail.skipped == 0 and evs[0].kind == "run_started" and evs[-1].kind == "finished"
-    assert evs[0].commands == ["pause", "resume", "toggle_pause", "save", "stop", "force"], (
-        "the monitor offers the keys the loop obeys"
-    )
+    assert evs[0].commands == ["pause", "resume", "save", "stop", "force"], "the monitor offers the keys the loop obeys"
     assert evs[0].session == info["session"] and evs[0].epochs == 3 and evs[0].steps_per_epoch == 8  # type: ignore[attr-defined]
     steps = [e for e in evs if e.kind == "train_steps"]
     assert [s for e in steps for s in range(e.first_step, e.first_step + len(e.losses))] == list(range(1, 25))  # type: ignore[attr-defined]

@@ -137,7 +137,7 @@ async def test_o_shows_the_runs_own_output_and_follows_it(tmp_path) -> None:  # 
             f.write("a line printed later\n")
         await wait_for(pilot, lambda: "a line printed later" in screen_text(app), what="the new line")
         await pilot.press("p")  # the run's keys work from here too
-        await wait_for(pilot, lambda: run.sent == ["toggle_pause"])
+        await wait_for(pilot, lambda: run.sent == ["pause"])
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, OutputScreen))
         assert "Metrics" in screen_text(app)
@@ -274,7 +274,7 @@ async def test_a_tracked_loop_is_offered_only_the_keys_it_obeys() -> None:
         assert "Stop@epoch" not in bar and "LR" not in bar and "Suspend" not in bar
         assert "Pause" in bar and "Save" in bar and "Stop" in bar
         await pilot.press("p")
-        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="the pause")
+        await wait_for(pilot, lambda: run.sent == ["pause"], what="the pause")
 
 
 @run_async

@@ -269,7 +269,7 @@ async def test_resizing_redraws_the_plots_at_the_new_size() -> None:
 async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
     async with monitor(epochs(2), (100, 30)) as (run, app, pilot, screen):
         await pilot.press("p")
-        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="toggle_pause")
+        await wait_for(pilot, lambda: run.sent == ["pause"], what="pause")
         run.push(StateChanged("paused", time=T0 + 10))
         await wait_for(pilot, lambda: "PAUSED" in screen_text(app), what="PAUSED")
         assert "ETA (paused)" in screen_text(app)
@@ -297,7 +297,7 @@ async def test_p_s_q_send_their_commands_and_q_asks_first() -> None:
         )
         await wait_for(pilot, lambda: not app.is_running, what="the monitor to close once the run stopped")
     assert app.return_value == "left" and app.model.exit_status() == 0 and app.model.state == "stopped"
-    assert run.sent == ["toggle_pause", "save", "stop"]
+    assert run.sent == ["pause", "save", "stop"]
 
 
 @run_async
@@ -467,9 +467,7 @@ async def test_a_refused_command_is_shown_in_the_log() -> None:
     async with monitor(epochs(1), (100, 30)) as (run, app, pilot, screen):
         run.refuse = "permission denied: only the user who started it can control it"
         await pilot.press("p")
-        await wait_for(
-            pilot, lambda: "toggle_pause: permission denied" in screen_text(app), what="the refusal in the log"
-        )
+        await wait_for(pilot, lambda: "pause: permission denied" in screen_text(app), what="the refusal in the log")
         assert app.model.state == "running"
 
 
@@ -495,11 +493,11 @@ async def test_keys_pressed_while_the_run_starts_are_delivered_once_it_listens()
         run.push(Starting("importing torch", time=T0 - 2), Starting("loading the data", time=T0 - 1))
         await wait_for(pilot, lambda: "starting: loading the data" in screen_text(app), what="the start-up phase")
         await pilot.press("p")
-        await wait_for(pilot, lambda: "toggle_pause" in tried, what="the pause tried before the run listens")
+        await wait_for(pilot, lambda: "pause" in tried, what="the pause tried before the run listens")
         assert run.sent == []
         run.push(started())
         listening.set()
-        await wait_for(pilot, lambda: run.sent == ["toggle_pause"], what="the pause once the run listens")
+        await wait_for(pilot, lambda: run.sent == ["pause"], what="the pause once the run listens")
 
 
 @run_async

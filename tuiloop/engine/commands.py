@@ -42,16 +42,18 @@ class Command:
     obeyed_by: frozenset[Loop] = EVERY_LOOP
     asks: bool = False  # the monitor asks before sending it
     at_once: bool = False  # it ends the process from the sender's thread, without waiting for the loop
-    # The ranks of a distributed run agree on it in a slot of its own; False: it becomes another
-    # command before they agree (toggle_pause), or it never reaches the loop (force).
+    # The ranks of a distributed run agree on it in a slot of its own; False: it never reaches the
+    # loop (force).
     agreed: bool = True
 
 
+PAUSE_HELP = "pause at the next step boundary; on a paused run, resume"
 LR_HELP = "halve / double the learning rate of every parameter group from the next step (asks first)"
 COMMANDS = (
-    Command("pause", "pause at the next step boundary"),
-    Command("resume", "resume a paused run"),
-    Command("toggle_pause", "pause at the next step boundary; again resumes", key="p", label="Pause", agreed=False),
+    # p sends the one of the two that the monitor's view of the run calls for: the commands
+    # themselves do not toggle, so a retry (of a pause that timed out on a frozen run) changes nothing.
+    Command("pause", PAUSE_HELP, key="p", label="Pause"),
+    Command("resume", PAUSE_HELP, key="p", label="Resume"),
     Command("save", "save a checkpoint now", key="s", label="Save"),
     Command(
         "stop",

@@ -80,8 +80,6 @@ class Steering:
     def apply(self, cmd: str) -> None:
         """Act on one command (every rank acts on the same ones, in the same order)."""
         progress = self.progress
-        if cmd == "toggle_pause":
-            cmd = "resume" if self.state == "paused" else "pause"
         if cmd == "pause" and self.state == "running":
             self.telemetry.flush()
             self.state = "paused"
@@ -167,8 +165,6 @@ class Steering:
         """This rank's commands as agreement flags (a stop from a signal on any rank counts)."""
         flags = [0] * len(SLOTS)
         for cmd in self.commands.wait(wait) if wait else self.commands.take():
-            if cmd == "toggle_pause":
-                cmd = "resume" if self.state == "paused" else "pause"
             if cmd in SLOT:
                 flags[SLOT[cmd]] = 1
         return flags

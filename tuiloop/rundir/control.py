@@ -3,6 +3,21 @@
 Protocol: the client sends one JSON line ``{"cmd": "pause"}`` and reads one JSON line back,
 ``{"ok": true}`` or ``{"ok": false, "error": "..."}``. The socket file is mode 0600 inside a
 0700 run directory, and on Linux the server also checks the peer's uid (``SO_PEERCRED``).
+The client is in :mod:`tuiloop.rundir.control_client`.
+
+No number of misbehaving clients costs the run its files or its commands:
+
+* one thread serves every client through a selector: no thread per connection;
+* it holds at most :func:`max_clients` connections at once, an eighth of the soft limit on open
+  files (``RLIMIT_NOFILE``) and never more than 64, so the run's own files (checkpoints, the
+  summary, ``/proc`` for the machine's load) always find a descriptor. A connection over the cap
+  pushes out the oldest, which has had the longest to speak, so a command gets through a flood;
+* a client has :data:`IDLE_S` seconds from its connection to send its line;
+* the listen backlog is the system's largest: a burst waits in the kernel, on no descriptor of ours;
+* a failed ``accept()`` (out of descriptors: EMFILE, ENFILE; out of memory) is told and tried
+  again after a backoff that doubles up to a second; it never ends the server;
+* bad requests, silent connections and failed accepts are warned about a few times, then counted
+  in one line a minute (:class:`~tuiloop.rundir.rate_limit.RateLimitedWarnings`).
 """
 
 from __future__ import annotations
@@ -10,38 +25,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
+import selectors
 import socket
 import struct
-import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuiloop.engine.commands import COMMAND, Commands
+from tuiloop.rundir.control_client import ControlError as ControlError
+from tuiloop.rundir.control_client import send_command as send_command
+from tuiloop.rundir.control_client import socket_address as socket_address
 from tuiloop.rundir.layout import CONTROL
-from tuiloop.rundir.lock import is_locked
+from tuiloop.rundir.rate_limit import RateLimitedWarnings
 
-_MAX_SUN_PATH = 100  # sun_path is 104-108 bytes; keep a margin
+IDLE_S = 5.0  # a client's time to send its request, from its connection
+MAX_CLIENTS = 64  # connections held at once, whatever the limit on open files
+MAX_LINE = 4096  # a request longer than this is read no further
+ACCEPT_BATCH = 32  # connections taken before the server reads the ones it holds again
+BACKOFF_S = (0.05, 1.0)  # the first and the longest wait after a failed accept()
+WARN_FIRST, WARN_EVERY_S = 3, 60.0  # warnings of a kind told in full, then one count per interval
+_LISTENER, _WAKE = "listener", "wake"
 
 
-@contextlib.contextmanager
-def socket_address(path: Path) -> Iterator[str]:
-    """A bindable/connectable name for ``path``, even when the path is too long for sun_path.
-
-    Long paths go through ``/proc/self/fd/N/<name>`` on Linux, which the kernel resolves
-    like the real directory.
-    """
-    text = str(path)
-    if len(os.fsencode(text)) <= _MAX_SUN_PATH:
-        yield text
-        return
-    if not sys.platform.startswith("linux"):
-        raise OSError(f"socket path too long for this platform: {text}")
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
+def max_clients(soft_limit: int | None = None) -> int:
+    """How many connections the server holds at once: an eighth of the soft ``RLIMIT_NOFILE``
+    (measured now, unless given), between 4 and :data:`MAX_CLIENTS`."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if soft_limit is None else soft_limit
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return MAX_CLIENTS
+    return max(4, min(MAX_CLIENTS, soft // 8))
 
 
 def peer_uid(conn: socket.socket) -> int | None:
@@ -58,80 +74,6 @@ def peer_allowed(uid: int | None, owner: int) -> bool:
     return uid is None or uid == owner or uid == 0
 
 
-class ControlServer:
-    """Accepts the commands of the table (:data:`~tuiloop.engine.commands.COMMANDS`) and ``ping``
-    on the run's socket, and forwards the commands to :class:`Commands`.
-
-    A request it cannot use (not JSON, not an object, no command) is answered with an error and
-    reported through ``warn``; it never stops the server.
-    """
-
-    def __init__(self, run_dir: Path, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
-        path = run_dir / CONTROL
-        self.path = path
-        self.commands = commands
-        self.warn = warn or (lambda text: None)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket from a crashed run
-        old = os.umask(0o177)
-        try:
-            with socket_address(path) as addr:
-                self._sock.bind(addr)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        self._sock.listen(8)
-        self._owner = os.getuid()
-        self._thread = threading.Thread(target=self._serve, name="tuiloop-control", daemon=True)
-
-    def start(self) -> ControlServer:
-        self._thread.start()
-        return self
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return  # closed
-            # one thread per client: a client that connects and says nothing delays no one else
-            threading.Thread(target=self._serve_one, args=(conn,), name="tuiloop-control-client", daemon=True).start()
-
-    def _serve_one(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self._handle(conn)
-
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(5.0)
-        if not peer_allowed(peer_uid(conn), self._owner):
-            conn.sendall(b'{"ok": false, "error": "permission denied: not the owner of this run"}\n')
-            return
-        line = conn.makefile("rb").readline(4096)
-        cmd, problem = parse_request(line)
-        if problem:
-            self.warn(f"control socket: ignored a request that {problem}: {line[:80]!r}")
-            reply = {"ok": False, "error": f"bad request: it {problem}"}
-        elif cmd == "ping":
-            reply = {"ok": True, "pid": os.getpid()}
-        elif cmd in COMMAND:
-            if COMMAND[cmd].at_once:  # answer first: the process ends as soon as it is told
-                conn.sendall(b'{"ok": true}\n')
-                self.commands.send(cmd)
-                return
-            self.commands.send(cmd)
-            reply = {"ok": True}
-        else:
-            reply = {"ok": False, "error": f"unknown command {cmd!r}"}
-        conn.sendall(json.dumps(reply).encode() + b"\n")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
 def parse_request(line: bytes) -> tuple[str, str]:
     """(command, "") for a valid request line, or ("", what is wrong with it)."""
     try:
@@ -146,44 +88,234 @@ def parse_request(line: bytes) -> tuple[str, str]:
     return cmd, ""
 
 
-class ControlError(Exception):
-    """The run could not be reached or refused the command."""
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
-    """Send one command to a live run and return its reply; raises :class:`ControlError`."""
-    path = Path(run_dir) / CONTROL
-    stale = f"{run_dir} is not live: its process has gone and left a stale control socket"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)  # a stuck run must not hang the caller
-    try:
-        with socket_address(path) as addr:
-            s.connect(addr)
+@dataclass(eq=False)
+class _Client:
+    sock: socket.socket
+    deadline: float  # monotonic; it is let go then, request or not
+    line: bytearray = field(default_factory=bytearray)
+
+
+class ControlServer:
+    """Accepts the commands of the table (:data:`~tuiloop.engine.commands.COMMANDS`) and ``ping``
+    on the run's socket, and forwards the commands to :class:`Commands`.
+
+    A request it cannot use (not JSON, not an object, no command) is answered with an error and
+    reported through ``warn`` (rate-limited); nothing a client does stops the server.
+    """
+
+    def __init__(self, run_dir: Path, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
+        path = run_dir / CONTROL
+        self.path = path
+        self.commands = commands
+        self._warn_to = warn or (lambda text: None)
+
+        def limited(summary: Callable[[int, float, str], str]) -> RateLimitedWarnings:
+            return RateLimitedWarnings(self._warn, summary, WARN_FIRST, WARN_EVERY_S)
+
+        self._bad = limited(
+            lambda n, s, _: f"control socket: ignored {_plural(n, 'more bad request')} in the last {s:.0f}s"
+        )
+        self._silent = limited(
+            lambda n, s, _: (
+                f"control socket: closed {_plural(n, 'more connection')} that sent no request, in the last {s:.0f}s"
+            )
+        )
+        self._failed = limited(
+            lambda n, s, last: (
+                f"control socket: {_plural(n, 'more failed accept')} in the last {s:.0f}s; the last: {last}"
+            )
+        )
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from a crashed run
+        old = os.umask(0o177)
         try:
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the run refused us before reading; its reason is waiting to be read
-        line = s.makefile("rb").readline(4096)
-    except FileNotFoundError as e:
-        raise ControlError(f"{run_dir} is not live: it has no control socket") from e
-    except PermissionError as e:
-        raise ControlError(f"permission denied: only the user who started {run_dir} can control it") from e
-    except ConnectionRefusedError as e:
-        raise ControlError(stale) from e
-    except ConnectionResetError as e:  # the process died between our connect and its reply
-        if not is_locked(Path(run_dir)):
-            raise ControlError(stale) from e
-        raise ControlError(f"{run_dir} closed the connection without answering {cmd!r}") from e
-    except TimeoutError as e:
-        raise ControlError(f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)") from e
-    except OSError as e:
-        raise ControlError(f"could not reach {run_dir}: {e}") from e
-    finally:
-        s.close()
-    try:
-        reply = json.loads(line)
-    except ValueError as e:
-        raise ControlError(f"{run_dir} gave no answer to {cmd!r}") from e
-    if not reply.get("ok"):
-        raise ControlError(reply.get("error", "command refused"))
-    return reply
+            with socket_address(path) as addr:
+                self._sock.bind(addr)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._sock.listen(socket.SOMAXCONN)
+        self._sock.setblocking(False)
+        self._owner = os.getuid()
+        self._clients: dict[socket.socket, _Client] = {}  # in the order they connected
+        self._backoff = 0.0  # the wait after the last failed accept (0: the last one worked)
+        self._accept_again: float | None = None  # while accepting is held off: when it starts again
+        self._closing = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the thread through it
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ, _LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._thread = threading.Thread(target=self._serve, name="tuiloop-control", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def _warn(self, text: str) -> None:
+        try:
+            self._warn_to(text)
+        except Exception:
+            pass  # the log itself failed (a full disk?): the run reports that, not the socket
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                for key, _ in self._selector.select(self._timeout()):
+                    if key.data is _LISTENER:
+                        self._accept()
+                    elif key.data is _WAKE:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 64)
+                    elif isinstance(key.data, _Client):
+                        self._read(key.data)
+                self._tend()
+            except Exception as e:  # a bug of ours must not leave the run without its commands
+                if self._closing.is_set():
+                    return
+                self._failed(f"control socket: {type(e).__name__}: {e}")
+                self._closing.wait(BACKOFF_S[1])
+
+    def _timeout(self) -> float | None:
+        """Seconds until the next client is due to be let go, accepting resumes or a count is told."""
+        dues = [
+            t
+            for t in (self._accept_again, *(w.due() for w in (self._bad, self._silent, self._failed)))
+            if t is not None
+        ]
+        if self._clients:
+            dues.append(next(iter(self._clients.values())).deadline)
+        return max(min(dues) - time.monotonic(), 0.0) if dues else None
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        while self._clients:
+            oldest = next(iter(self._clients.values()))
+            if oldest.deadline > now:
+                break
+            self._let_go(oldest, f"control socket: closed a connection that sent no request within {IDLE_S:g}s")
+        if self._accept_again is not None and now >= self._accept_again:
+            self._accept_again = None
+            self._selector.register(self._sock, selectors.EVENT_READ, _LISTENER)
+        for warnings in (self._bad, self._silent, self._failed):
+            warnings.tick()
+
+    # ---- connections -------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # taken them all
+            except ConnectionAbortedError:
+                continue  # the client gave up before we took it
+            except OSError as e:  # out of descriptors or memory: wait, then try again
+                self._backoff = min(max(2 * self._backoff, BACKOFF_S[0]), BACKOFF_S[1])
+                self._accept_again = time.monotonic() + self._backoff
+                self._selector.unregister(self._sock)
+                self._failed(f"control socket: could not accept a connection ({e}); trying again in {self._backoff:g}s")
+                return
+            self._backoff = 0.0
+            try:
+                self._admit(conn)
+            except OSError:
+                self._forget(conn)
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        cap = max_clients()
+        while len(self._clients) >= cap:  # the oldest has had the longest to speak
+            oldest = next(iter(self._clients.values()))
+            self._let_go(oldest, f"control socket: closed a silent connection to make room ({cap} at most at once)")
+        conn.setblocking(False)
+        if not peer_allowed(peer_uid(conn), self._owner):
+            self._answer(conn, {"ok": False, "error": "permission denied: not the owner of this run"})
+            conn.close()
+            return
+        client = _Client(conn, time.monotonic() + IDLE_S)
+        self._selector.register(conn, selectors.EVENT_READ, client)
+        self._clients[conn] = client
+
+    def _read(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(MAX_LINE - len(client.line))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._forget(client.sock)
+            return
+        client.line += data
+        end = client.line.find(b"\n")
+        if end < 0 and data and len(client.line) < MAX_LINE:
+            return  # more to come
+        self._forget(client.sock)
+        with client.sock:
+            if client.line:  # a client that left without a word asked nothing
+                self._handle(client.sock, bytes(client.line[: end + 1] if end >= 0 else client.line))
+
+    def _handle(self, conn: socket.socket, line: bytes) -> None:
+        cmd, problem = parse_request(line)
+        if problem:
+            self._bad(f"control socket: ignored a request that {problem}: {line[:80]!r}")
+            self._answer(conn, {"ok": False, "error": f"bad request: it {problem}"})
+        elif cmd == "ping":
+            self._answer(conn, {"ok": True, "pid": os.getpid()})
+        elif cmd in COMMAND:
+            if COMMAND[cmd].at_once:  # answer first: the process ends as soon as it is told
+                self._answer(conn, {"ok": True})
+                conn.close()
+                self.commands.send(cmd)
+                return
+            self.commands.send(cmd)
+            self._answer(conn, {"ok": True})
+        else:
+            self._answer(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
+
+    def _answer(self, conn: socket.socket, reply: dict) -> None:
+        with contextlib.suppress(OSError):  # one short line fits the socket's buffer; a peer gone is no matter
+            conn.send(json.dumps(reply).encode() + b"\n")
+
+    def _let_go(self, client: _Client, why: str) -> None:
+        self._forget(client.sock)
+        client.sock.close()
+        self._silent(why)
+
+    def _forget(self, conn: socket.socket) -> None:
+        self._clients.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(conn)
+
+    # ---- the end -----------------------------------------------------------------------------------
+    def quiet(self) -> None:
+        """Tell the counts held back now and warn no more: the run's log is about to end."""
+        for warnings in (self._bad, self._silent, self._failed):
+            warnings.flush(mute=True)
+
+    def close(self) -> None:
+        """Stop serving: the thread ends, every connection and the socket file go. Closing again
+        does nothing."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        for client in list(self._clients.values()):
+            self._forget(client.sock)
+            client.sock.close()
+        with contextlib.suppress(OSError):
+            self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

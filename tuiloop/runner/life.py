@@ -137,6 +137,8 @@ class RunLife:
     # ---- live ------------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
         """An event of the run: into the log, then to every sink."""
+        if isinstance(event, Finished):
+            self._quiet_server()
         self._logged(event)
         for sink in self.sinks:
             sink(event)
@@ -168,6 +170,11 @@ class RunLife:
         if handle_signals:
             self._signals.install()
         return self.info
+
+    def _quiet_server(self) -> None:
+        """Before the log's last line: the control socket's warnings held back are counted, and end."""
+        if self._server is not None:
+            self._server.quiet()
 
     @property
     def first_started(self) -> float:
@@ -202,6 +209,7 @@ class RunLife:
         """An ending the loop did not write itself: ``before`` and ``finished`` to ``sinks`` (each
         once; one that fails is passed over, since the log itself may be what failed), then
         summary.json."""
+        self._quiet_server()
         told: list[Sink] = []
         for sink in sinks:
             if not any(sink is t for t in told):

@@ -59,8 +59,6 @@ class Obeying:
         return True
 
     def _apply(self, cmd: str) -> None:
-        if cmd == "toggle_pause":
-            cmd = "resume" if self.paused else "pause"
         if cmd in ("pause", "resume"):
             self.paused = cmd == "pause"
         elif cmd == "save":

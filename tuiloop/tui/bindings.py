@@ -31,11 +31,12 @@ def steering(*names: str, also: tuple[Binding, ...] = (), first: bool = False) -
     if len({c.help for c in commands}) != 1:
         raise ValueError(f"commands sharing a row share its help line: {names}")
     bindings = tuple(Binding(c.key, c.name, c.label, key_display=c.shown or None) for c in commands)
-    return Key(" / ".join(c.shown or c.key for c in commands), commands[0].help, bindings + also, first)
+    keys = dict.fromkeys(c.shown or c.key for c in commands)  # pause and resume share p
+    return Key(" / ".join(keys), commands[0].help, bindings + also, first)
 
 
 KEYS = (
-    steering("toggle_pause", first=True),
+    steering("pause", "resume", first=True),
     steering("save", first=True),
     steering("stop", also=(Binding("q", "leave", "Leave"),), first=True),  # q leaves once the run is over
     Key(

@@ -67,6 +67,8 @@ class RunKeys(App[str]):
         over = self.model.over
         if action in COMMAND:  # a key of the table of commands: its action is named for the command it sends
             obeyed = self.model.started.commands if self.model.started is not None else None
+            if action in ("pause", "resume") and (self.model.state == "paused") != (action == "resume"):
+                return False  # p sends the one the run's state calls for: pause, or resume a paused run
             return not self.read_only and not over and (obeyed is None or action in obeyed)
         if action == "resume_run":
             return self.resumer is not None and self.model.state == "suspended" and not self.resuming
@@ -95,8 +97,11 @@ class RunKeys(App[str]):
 
         self.push_screen(dialog, answered)
 
-    def action_toggle_pause(self) -> None:
-        self.steer("toggle_pause")
+    def action_pause(self) -> None:
+        self.steer("pause")
+
+    def action_resume(self) -> None:
+        self.steer("resume")
 
     def action_save(self) -> None:
         self.steer("save")
