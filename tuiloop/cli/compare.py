@@ -14,7 +14,7 @@ from tuiloop.rundir.comparison import Comparison
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Open the compare screen on the runs named; piped, print the table instead."""
-    from tuiloop.cli.say import error
+    from tuiloop.cli.say import error, some
 
     if len(args.runs) < 2:
         error(
@@ -39,6 +39,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         known = ", ".join(names) if names else "none: no run has validated yet"
         error(f"--metric {args.metric}: no run has validated it (their metrics: {known})")
         return EXIT_USAGE
+    for run in cmp.runs:  # what could not be read is said, not dropped silently
+        if run.skipped or run.problems:
+            lines = (
+                [f"skipped {fmt.plural(run.skipped, 'line')} of events.jsonl ({'; '.join(run.skipped_why)})"]
+                if run.skipped
+                else []
+            )
+            print(f"tuiloop: warning: {run.path}: {some(lines + run.problems)}", file=sys.stderr)
     if not sys.stdout.isatty():
         print(format_plain(cmp, metric))
         return 0

@@ -237,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tuiloop: error: {from_override(e, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
         return EXIT_USAGE
+    except PermissionError as e:  # a file of another user's run: one paragraph, no traceback
+        if debug:
+            traceback.print_exc()
+        from tuiloop.rundir.catalog import not_yours
+
+        where = Path(e.filename) if e.filename else Path(".")
+        print(f"tuiloop: error: {not_yours(where)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FORCED
     except BrokenPipeError:

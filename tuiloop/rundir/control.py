@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuiloop.engine.commands import COMMAND, Commands
+from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.lock import is_locked
 
@@ -66,21 +67,20 @@ class ControlServer:
     reported through ``warn``; it never stops the server.
     """
 
-    def __init__(self, run_dir: Path, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
-        path = run_dir / CONTROL
-        self.path = path
+    def __init__(self, run_dir: Path | RunDir, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
+        self.home, self._done = held(run_dir)  # bound and removed through this handle, never through a link
+        self.path = self.home.path / CONTROL
         self.commands = commands
         self.warn = warn or (lambda text: None)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket from a crashed run
+        self.home.unlink(CONTROL)  # a stale socket from a crashed run
         old = os.umask(0o177)
         try:
-            with socket_address(path) as addr:
+            with socket_address(Path(self.home.entry(CONTROL))) as addr:
                 self._sock.bind(addr)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(CONTROL, 0o600, dir_fd=self.home.fd)
         self._sock.listen(8)
         self._owner = os.getuid()
         self._thread = threading.Thread(target=self._serve, name="tuiloop-control", daemon=True)
@@ -128,8 +128,9 @@ class ControlServer:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.home.fd >= 0:
+            self.home.unlink(CONTROL)
+        self._done()
 
 
 def parse_request(line: bytes) -> tuple[str, str]:
