@@ -31,7 +31,7 @@ if what == "eventlog":
     import tuiloop.rundir.eventlog as eventlog
 
     def no_space(self, run_dir, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "events.jsonl"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(run_dir, "path", run_dir) / "events.jsonl"))
 
     eventlog.EventLog.__init__ = no_space
 elif what == "signals":

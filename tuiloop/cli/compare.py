@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuiloop.cli.say import error
+from tuiloop.cli.say import error, some
 from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunNotFound, resolve_run
@@ -38,6 +38,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         known = ", ".join(names) if names else "none: no run has validated yet"
         error(f"--metric {args.metric}: no run has validated it (their metrics: {known})")
         return EXIT_USAGE
+    for run in cmp.runs:  # what could not be read is said, not dropped silently
+        if run.skipped or run.problems:
+            lines = (
+                [f"skipped {fmt.plural(run.skipped, 'line')} of events.jsonl ({'; '.join(run.skipped_why)})"]
+                if run.skipped
+                else []
+            )
+            print(f"tuiloop: warning: {run.path}: {some(lines + run.problems)}", file=sys.stderr)
     if not sys.stdout.isatty():
         print(format_plain(cmp, metric))
         return 0

@@ -26,7 +26,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if wanted is None:
         error(f"--state {args.state}: use one or more of {', '.join(STATES)} (comma-separated)")
         return EXIT_USAGE
-    rows = list_runs(out_dir)
+    listing = list_runs(out_dir)
+    rows = listing.rows
     hidden = [] if args.all or args.state else [r for r in rows if failed_at_setup(r)]
     rows = [r for r in rows if r not in hidden and (not wanted or r.state in wanted)]
     if not rows:
@@ -38,7 +39,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(
             f"({fmt.plural(len(hidden), 'run')} that failed at setup hidden; --all shows {'it' if len(hidden) == 1 else 'them'})"
         )
+    tell_skipped(rows, listing.unreadable)
     return 0
+
+
+def tell_skipped(rows: list[RunRow], unreadable: list[Path]) -> None:
+    """On stderr: the runs with files that could not be read in full (what was skipped of them),
+    and the folders this user may not read."""
+    damaged = [r for r in rows if r.problems]
+    if damaged:
+        first = "; ".join(f"{r.name}: {r.problems[0]}" for r in damaged[:3])
+        print(
+            f"tuiloop: warning: {fmt.plural(len(damaged), 'run')} with files that could not be read in full, shown without what was skipped ({first}{'; ...' if len(damaged) > 3 else ''}); `tuiloop show RUN` says more",
+            file=sys.stderr,
+        )
+    if unreadable:
+        names = ", ".join(p.name for p in unreadable[:3])
+        print(
+            f"tuiloop: warning: {fmt.plural(len(unreadable), 'folder')} you may not read skipped ({names}{', ...' if len(unreadable) > 3 else ''}): other users' runs are private to them",
+            file=sys.stderr,
+        )
 
 
 def _states(text: str | None) -> set[str] | None:

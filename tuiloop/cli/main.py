@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tuiloop import __version__
 from tuiloop.engine.exits import EXIT_FORCED, EXIT_USAGE
+from tuiloop.rundir.catalog import not_yours
 from tuiloop.spec import SpecError
 from tuiloop.spec.errors import from_override
 
@@ -235,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"tuiloop: error: {from_override(e, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as e:  # a file of another user's run: one paragraph, no traceback
+        if debug:
+            traceback.print_exc()
+        where = Path(e.filename) if e.filename else Path(".")
+        print(f"tuiloop: error: {not_yours(where)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FORCED

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tuiloop.cli.say import error
+from tuiloop.cli.say import error, some
 from tuiloop.engine.events import Event
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.plain import PlainSink
@@ -105,6 +105,8 @@ def print_log(run_dir: Path) -> int:
             file=sys.stderr,
         )
     st = run_state(run_dir)
+    if st.problems:
+        print(f"tuiloop: warning: skipped what cannot be read of {run_dir}: {some(st.problems)}", file=sys.stderr)
     if st.state == "crashed":
         print(f"crashed: {st.detail}")
     elif st.live:

@@ -8,14 +8,17 @@ either the old or the new checkpoint, both loadable.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+
+from tuiloop.engine.exceptions import ResumeError
 
 # Every key of a checkpoint, in the order it is written: PyTorch's recipe, then what a resume needs.
 KEYS = (
@@ -60,13 +63,38 @@ def serialize(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+class Folder(Protocol):
+    """Where checkpoint files go: a plain folder (:class:`PathFolder`), or the handle on a run
+    directory's ``checkpoints/`` that a run writes through (:class:`tuiloop.rundir.handle.RunDir`)."""
+
+    def write_atomic(self, name: str, data: bytes) -> None: ...
+
+
+class PathFolder:
+    """A folder named by its path (the engine's Trainer given a ``run_dir`` outside a run's life)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        save_atomic(data, self.path / name)
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 of a checkpoint's bytes, as the event log records it when it is written."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_atomic(obj: dict[str, Any] | bytes, path: Path) -> None:
-    """Write a checkpoint (or its :func:`serialize`d bytes) so a crash never leaves a torn or missing file."""
+    """Write a checkpoint (or its :func:`serialize`d bytes) so a crash never leaves a torn or
+    missing file; owner-only (0600), never written through a symbolic link."""
     data = obj if isinstance(obj, bytes) else serialize(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o600)  # whatever the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -97,9 +125,42 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a tuiloop checkpoint the way a user would: weights only."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+# The keys a checkpoint cannot resume without (the others have defaults for older checkpoints).
+_KINDS = {
+    "model_state_dict": dict,
+    "optimizer_state_dict": dict,
+    "epoch": int,
+    "step": int,
+    "best": dict,
+    "rng_state": dict,
+}
+REQUIRED = ("model_state_dict", "optimizer_state_dict", "epoch", "batch_in_epoch", "step", "best", "rng_state")
+
+
+def load(source: Path | bytes, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a tuiloop checkpoint the way a user would: weights only. ``source``: its file, or
+    the file's bytes already read. Raises :class:`ResumeError` saying why a file that is not a
+    checkpoint of this engine (empty, damaged, another kind of file) cannot be one."""
+    try:
+        state = torch.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, map_location=map_location, weights_only=True
+        )
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch.load raises whatever its unpickler meets: EOFError, UnpicklingError, RuntimeError...
+        text = str(e).strip().splitlines()
+        raise ResumeError(
+            f"it cannot be read as a checkpoint ({type(e).__name__}: {text[0] if text else 'no detail'})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ResumeError(f"it holds a {type(state).__name__}, not the dict a checkpoint is")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise ResumeError(f"it is not a checkpoint of this engine: it has no {', '.join(missing)}")
+    wrong = [key for key, kind in _KINDS.items() if not isinstance(state[key], kind) or isinstance(state[key], bool)]
+    if wrong:
+        raise ResumeError(f"it is not a checkpoint of this engine: its {', '.join(wrong)} has the wrong type")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from tuiloop.engine.json_types import Check, field_checks
+
 # Compact JSON (item, key): an event's line in events.jsonl, whose readers tell a line's kind
 # by its first bytes (line_prefix).
 JSON_SEPARATORS = (",", ":")
@@ -174,6 +176,7 @@ class CheckpointSaved(Event):
     step: int
     metric: float | None
     monitor: str | None
+    sha256: str | None = None  # of the file's bytes (None in logs of older versions); a resume checks it
 
 
 @dataclass(frozen=True)
@@ -259,10 +262,14 @@ def line_prefix(kind: str) -> bytes:
     return ("{" + json.dumps("event") + key + json.dumps(kind) + item).encode()
 
 
+_CHECKS: dict[type[Event], dict[str, Check]] = {}
+
+
 def event_from_dict(d: dict[str, Any]) -> Event:
     """Rebuild an event from its JSON dict; raises ValueError for an unknown kind or a missing field.
 
-    Fields this version does not know (written by a newer tuiloop) are dropped.
+    Fields this version does not know (written by a newer tuiloop) are dropped; a field whose
+    value does not have its declared type raises ValueError too.
     """
     kind = d.get("event")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
@@ -276,6 +283,11 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     ]
     if missing:
         raise ValueError(f"{kind!r} event without {', '.join(missing)}")
+    checks = _CHECKS.get(cls) or _CHECKS.setdefault(cls, field_checks(cls))
+    for name, value in d.items():  # a damaged or hand-written line must not reach a view
+        check = checks.get(name)
+        if check is not None and (wrong := check(value)):
+            raise ValueError(f"{kind!r} event whose {name} is {wrong}")
     return cls(**{k: v for k, v in d.items() if k in fields})
 
 

@@ -59,6 +59,8 @@ class Checkpoints:
         self.emit = emit
         self.save_last = save_last
         self.run_dir: Path | None = None  # where checkpoints/ goes (None: nowhere); the Trainer's run_dir
+        # what writes there: the run's handle on it while a run's life holds the directory; else its path
+        self.folder: ckpt.Folder | None = None
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """A complete, weights_only-loadable checkpoint of the run (``rng_states``: every rank's)."""
@@ -130,6 +132,8 @@ class Checkpoints:
         path = None
         if run_dir is not None and ranks.is_main:
             data = ckpt.serialize(self.state_dict(rng_states))
+            digest = ckpt.sha256(data)  # recorded with each save; a resume checks the file against it
+            folder = self.folder or ckpt.PathFolder(run_dir / "checkpoints")
             monitor = self.ends.best.monitor
             metric = self.ends.last_metrics.get(monitor)
             epoch, step = self.progress.epoch, self.progress.step
@@ -138,8 +142,10 @@ class Checkpoints:
                     f"epoch-{epoch:04d}.pt" if tag == "periodic" else f"manual-step{step:07d}.pt"
                 )
                 path = run_dir / "checkpoints" / name
-                ckpt.save_atomic(data, path)
-                self.emit(CheckpointSaved(tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor))
+                folder.write_atomic(name, data)
+                self.emit(
+                    CheckpointSaved(tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest)
+                )
         ranks.barrier()
         return path
 

@@ -226,10 +226,11 @@ class Trainer:
             self.announcements.append(Message("warning", inexact))
             warnings.warn(inexact, stacklevel=2)
 
-    def resume(self, path: Path) -> None:
-        """Continue from a checkpoint file written by this engine."""
+    def resume(self, path: Path, data: bytes | None = None) -> None:
+        """Continue from a checkpoint file written by this engine (``data``: its bytes, already
+        read and checked by the caller). A file that is not one raises ResumeError saying why."""
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        self.load_state_dict(ckpt.load(data if data is not None else path, map_location="cpu"))
         self.resumed_from = str(path)
 
     # ---- the loop ------------------------------------------------------------------------------

@@ -8,12 +8,16 @@ never imports torch.
 from __future__ import annotations
 
 import os
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuiloop.rundir.layout import RUN_INFO, SPEC, is_run_dir, read_json
+from tuiloop.engine.fmt import plural
+from tuiloop.rundir.handle import owner_name
+from tuiloop.rundir.layout import EVENTS, RUN_INFO, SPEC, is_run_dir
+from tuiloop.rundir.records import read_info
 from tuiloop.rundir.scan import Progress, scan
 from tuiloop.rundir.state import run_state
 from tuiloop.spec.load import tomllib  # tomli on Python 3.10
@@ -33,6 +37,7 @@ class RunRow:
     started: float
     duration_s: float | None
     steps: int | None = None  # None while unknown (a run without a summary)
+    problems: list[str] = field(default_factory=list)  # what of its files could not be read, skipped
 
     @property
     def name(self) -> str:
@@ -85,6 +90,7 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
             started,
             duration(s),
             s.get("steps"),
+            st.problems,
         )
     p = scan(run_dir)
     state = "paused" if st.state == "running" and p.paused else st.state
@@ -99,6 +105,8 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
         p.best_epoch,
         started,
         duration(None, p, live_until),
+        problems=st.problems
+        + ([f"skipped {plural(p.skipped, 'line')} of {EVENTS} ({p.problems[0]})"] if p.skipped else []),
     )
 
 
@@ -106,15 +114,17 @@ def _spec_epochs(run_dir: Path) -> int | None:
     """``run.epochs`` from the saved spec (the event log may be empty for a setup failure)."""
     try:
         raw = tomllib.loads((run_dir / SPEC).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    epochs = raw.get("run", {}).get("epochs", 10)
+    run = raw.get("run")
+    epochs = run.get("epochs", 10) if isinstance(run, dict) else None
     return epochs if isinstance(epochs, int) else None
 
 
 # ---- finding runs --------------------------------------------------------------------------
-def find_runs(out_dir: Path) -> list[Path]:
-    """Run directories directly under ``out_dir`` (or ``out_dir`` itself if it is one)."""
+def find_runs(out_dir: Path, unreadable: list[Path] | None = None) -> list[Path]:
+    """Run directories directly under ``out_dir`` (or ``out_dir`` itself if it is one); folders
+    this user may not look into (other users' runs) go to ``unreadable``."""
     if is_run_dir(out_dir):
         return [out_dir]
     try:
@@ -126,21 +136,31 @@ def find_runs(out_dir: Path) -> list[Path]:
         try:
             if entry.is_dir() and is_run_dir(Path(entry.path)):
                 out.append(Path(entry.path))
-        except PermissionError:
-            continue  # another user's run: not ours to read
+        except PermissionError:  # another user's run: not ours to read
+            if unreadable is not None:
+                unreadable.append(Path(entry.path))
     return out
 
 
-def list_runs(out_dir: Path) -> list[RunRow]:
+@dataclass
+class Listing:
+    """The runs under a folder, and the folders there this user may not read."""
+
+    rows: list[RunRow]
+    unreadable: list[Path]
+
+
+def list_runs(out_dir: Path) -> Listing:
     """All runs under ``out_dir``, oldest first."""
     now = time.time()
     rows = []
-    for path in find_runs(out_dir):
+    unreadable: list[Path] = []
+    for path in find_runs(out_dir, unreadable):
         try:
             rows.append(describe(path, now))
         except PermissionError:
-            continue
-    return sorted(rows, key=lambda r: (r.started, r.name))
+            unreadable.append(path)
+    return Listing(sorted(rows, key=lambda r: (r.started, r.name)), unreadable)
 
 
 def latest_live(out_dir: Path) -> Path | None:
@@ -148,17 +168,32 @@ def latest_live(out_dir: Path) -> Path | None:
     live = [p for p in find_runs(out_dir) if run_state(p).live]
     if not live:
         return None
-    return max(live, key=lambda p: _started(p, read_json(p / RUN_INFO) or {}, None))
+    return max(live, key=lambda p: _started(p, read_info(p)[0], None))
 
 
 class RunNotFound(Exception):
-    """What the user typed names no run (or more than one)."""
+    """What the user typed names no run (or more than one), or one this user may not read."""
+
+
+def not_yours(path: Path) -> str:
+    """Why a run directory (or a file of one) of another user cannot be read, and what to do."""
+    try:
+        st = path.stat()
+        owner, mode = owner_name(st.st_uid), f"mode {stat.S_IMODE(st.st_mode):04o}"
+    except OSError:
+        owner, mode = "another user", "its folder closed to you"
+    return (
+        f"permission denied: {path} belongs to {owner} ({mode}), and a run's files are private to the user who "
+        f"started it; open it as that user, or ask them for a copy (cp -r) that you own"
+    )
 
 
 def resolve_run(text: str, out_dir: Path = Path("runs")) -> Path:
     """A run directory from a path, a run name under ``out_dir``, or a unique part of a name."""
     path = Path(text).expanduser()
     if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise RunNotFound(not_yours(path))
         if is_run_dir(path):
             return path.resolve()
         raise RunNotFound(

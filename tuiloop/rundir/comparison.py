@@ -99,7 +99,7 @@ def read_spec(run_dir: Path) -> dict[str, Any] | None:
     """The run's saved spec, flattened; None without a readable spec.toml (a run started from Python)."""
     try:
         return flatten(tomllib.loads((run_dir / SPEC).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -130,6 +130,8 @@ class RunHistory(EventReader):
     paused: bool = False
     spec: dict[str, Any] | None = None  # flattened spec.toml
     skipped: int = 0  # lines of its log that could not be read
+    skipped_why: list[str] = field(default_factory=list)  # why (the first few)
+    problems: list[str] = field(default_factory=list)  # what of run.json and summary.json could not be read
     version: int = 0  # bumped on every change
 
     @property
@@ -249,6 +251,8 @@ class RunUpdate:
     spec_changed: bool
     spec: dict[str, Any] | None
     skipped: int
+    skipped_why: list[str]
+    problems: list[str]
 
 
 class RunReader:
@@ -266,15 +270,18 @@ class RunReader:
         events: list[Event] = []
         while batch := self.tail.poll(self.CHUNK):
             events.extend(batch)
+        problems: list[str] = []
         try:
             st = run_state(self.path)
             state, detail = st.state, st.detail
+            problems = st.problems
         except OSError as e:  # another user's run, or a folder gone
             state, detail = "unreadable", str(e)
         stamp = self._stamp()
         changed = self._first or stamp != self._spec_stamp
         self._first, self._spec_stamp = False, stamp
-        return RunUpdate(events, state, detail, changed, read_spec(self.path) if changed else None, self.tail.skipped)
+        spec = read_spec(self.path) if changed else None
+        return RunUpdate(events, state, detail, changed, spec, self.tail.skipped, self.tail.problems[:3], problems)
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -313,7 +320,7 @@ class Comparison:
             changed |= run.set_state(up.state, up.detail)
             if up.spec_changed:
                 changed |= run.set_spec(up.spec)
-            run.skipped = up.skipped
+            run.skipped, run.skipped_why, run.problems = up.skipped, up.skipped_why, up.problems
         if changed:
             self.version += 1
         return changed

@@ -39,6 +39,7 @@ from tuiloop.engine.commands import COMMAND, Commands
 from tuiloop.rundir.control_client import ControlError as ControlError
 from tuiloop.rundir.control_client import send_command as send_command
 from tuiloop.rundir.control_client import socket_address as socket_address
+from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.rate_limit import RateLimitedWarnings
 
@@ -107,9 +108,9 @@ class ControlServer:
     reported through ``warn`` (rate-limited); nothing a client does stops the server.
     """
 
-    def __init__(self, run_dir: Path, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
-        path = run_dir / CONTROL
-        self.path = path
+    def __init__(self, run_dir: Path | RunDir, commands: Commands, warn: Callable[[str], None] | None = None) -> None:
+        self.home, self._done = held(run_dir)  # bound and removed through this handle, never through a link
+        self.path = self.home.path / CONTROL
         self.commands = commands
         self._warn_to = warn or (lambda text: None)
 
@@ -130,15 +131,14 @@ class ControlServer:
             )
         )
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket from a crashed run
+        self.home.unlink(CONTROL)  # a stale socket from a crashed run
         old = os.umask(0o177)
         try:
-            with socket_address(path) as addr:
+            with socket_address(Path(self.home.entry(CONTROL))) as addr:
                 self._sock.bind(addr)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(CONTROL, 0o600, dir_fd=self.home.fd)
         self._sock.listen(socket.SOMAXCONN)
         self._sock.setblocking(False)
         self._owner = os.getuid()
@@ -317,5 +317,6 @@ class ControlServer:
                 os.close(fd)
         with contextlib.suppress(OSError):
             self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.home.fd >= 0:
+            self.home.unlink(CONTROL)
+        self._done()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from tuiloop.engine.events import Event, SystemSample, TrainSteps
+from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import DIGEST_FILE, EVENTS
 
 FORMAT = 2  # 2: the digest keeps the last steps one by one (train_recent)
@@ -79,7 +80,7 @@ def _fingerprint(line: bytes) -> str:
     return hashlib.sha1(line).hexdigest()
 
 
-def save_digest(run_dir: Path, snap: SavedDigest[Any], last_line: bytes) -> None:
+def save_digest(where: Path | RunDir, snap: SavedDigest[Any], last_line: bytes) -> None:
     """Write ``digest.json`` for ``snap``, whose covered bytes end with ``last_line`` (a temp
     file, then ``os.replace``: readers see the old file or the new one, never half of one)."""
     data = {
@@ -92,11 +93,12 @@ def save_digest(run_dir: Path, snap: SavedDigest[Any], last_line: bytes) -> None
         "ranges": snap.ranges,
         "digest": snap.digest.to_dict(),
     }
-    path = run_dir / DIGEST_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, allow_nan=True, separators=(",", ":"))
-    os.replace(tmp, path)  # no fsync: a saved digest lost with the machine only makes the next read slower
+    home, done = held(where)
+    try:
+        # no fsync: a saved digest lost with the machine only makes the next read slower
+        home.write_atomic(DIGEST_FILE, json.dumps(data, allow_nan=True, separators=(",", ":")).encode(), durable=False)
+    finally:
+        done()
 
 
 def read_digest_file(run_dir: Path) -> dict[str, Any] | None:
@@ -105,7 +107,7 @@ def read_digest_file(run_dir: Path) -> dict[str, Any] | None:
         with open(run_dir / DIGEST_FILE, "rb") as f:
             data = json.loads(f.read())
         return data if _fits(run_dir, data) else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from tuiloop.engine.events import Event, Finished, event_from_dict, line_prefix
 from tuiloop.rundir.digest import DigestLoaded, RunDigest, load_digest
 from tuiloop.rundir.digest_file import SavedDigest, save_digest
+from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import EVENTS
 
 
@@ -41,12 +42,13 @@ class EventLog:
     and reads only the lines after it (a log without one: all of it, once).
     """
 
-    def __init__(self, run_dir: Path, digest_every: float | None = DIGEST_EVERY_S) -> None:
-        self.run_dir = run_dir
-        path = run_dir / EVENTS
+    def __init__(self, run_dir: Path | RunDir, digest_every: float | None = DIGEST_EVERY_S) -> None:
+        self.home, self._done = held(run_dir)  # written through this handle, never through a link
+        self.run_dir = self.home.path
         self._lock = threading.Lock()
-        self._file = open(path, "ab")
-        if _ends_mid_line(path):  # a killed process may have left half a line: end it
+        self._file = self.home.append(EVENTS)
+        size = os.fstat(self._file.fileno()).st_size
+        if size and self._last_byte(size) != b"\n":  # a killed process may have left half a line: end it
             self._file.write(b"\n")
             self._file.flush()
         self._offset = self._file.tell()  # bytes in the log: where the next line goes
@@ -55,13 +57,18 @@ class EventLog:
         self._saved_at: float | None = None  # event time of the last save (at first: of the first event)
         self._unsaved: bytes | None = None  # the last line written, if written since that save
 
+    def _last_byte(self, size: int) -> bytes:
+        with self.home.reader(EVENTS) as f:
+            f.seek(size - 1)
+            return f.read(1)
+
     def _restore(self) -> SavedDigest[RunDigest] | None:
         """The saved digest of the log as it is: the one saved there, moved on by the lines after it."""
         try:
-            snap = load_digest(self.run_dir)
+            snap = load_digest(self.home.via())
             if snap is None or snap.kinds != RunDigest.KINDS:  # none, or an older tuiloop's
                 snap = SavedDigest(RunDigest())
-            with open(self.run_dir / EVENTS, "rb") as f:
+            with self.home.reader(EVENTS) as f:
                 f.seek(snap.offset)
                 for line in f:
                     if snap.offset >= self._offset:
@@ -105,7 +112,7 @@ class EventLog:
         if self._snap is None or self._unsaved is None:
             return
         try:
-            save_digest(self.run_dir, self._snap, self._unsaved)
+            save_digest(self.home, self._snap, self._unsaved)
         except (OSError, ValueError, TypeError):
             pass  # the older saved digest still fits the log; readers read more of it
         self._saved_at, self._unsaved = self._snap.time, None
@@ -116,20 +123,15 @@ class EventLog:
             if not self._file.closed:
                 self._save()
             self._file.close()
-
-
-def _ends_mid_line(path: Path) -> bool:
-    with open(path, "rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return False
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
+            self._done()
 
 
 def decode(line: bytes) -> Event:
     """One line as an event; raises ValueError saying why it cannot be used."""
     try:
         d = json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
     except ValueError:
         raise ValueError("not a JSON object (a line cut short by a killed process?)") from None
     if not isinstance(d, dict):

@@ -11,20 +11,22 @@ Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>-<4 hex>/``::
     summary.json       written once when the run ends (absent while live or after a crash)
     control.sock       the live run's command socket (owner-only), gone when it ends
     output.log         stdout/stderr of a run started in the background
+
+Every file is owner-only (0600, folders 0700), and the training process writes them all through
+one handle on the directory (:mod:`tuiloop.rundir.handle`), never through a symbolic link.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import os
 import platform
-import secrets
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from tuiloop.rundir.handle import RunDir, held
 
 LOCK = "run.lock"
 SPEC = "spec.toml"
@@ -38,47 +40,57 @@ CHECKPOINTS = "checkpoints"
 RANKS = "ranks"  # the other ranks' output in a distributed run: ranks/rank-N.log
 
 
-def create_run_dir(out_dir: Path, name: str) -> Path:
-    """Make a fresh, uniquely named, owner-only run directory (absolute: views read it from anywhere)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    while True:
-        path = out_dir / f"{name}-{stamp}-{secrets.token_hex(2)}"
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        (path / CHECKPOINTS).mkdir(mode=0o700)
-        return path.resolve()
+def create_run_dir(out_dir: Path, name: str) -> RunDir:
+    """Make a fresh, uniquely named, owner-only run directory and hold it open (its path is
+    absolute: views read it from anywhere); raises :class:`~tuiloop.rundir.handle.RunDirError` for an unsafe ``out_dir``."""
+    home = RunDir.create(out_dir, name)
+    home.subdir(CHECKPOINTS).close()
+    return home
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file and ``os.replace`` so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    home, done = held(path.parent)
+    try:
+        home.write_atomic(path.name, _json_bytes(data))
+    finally:
+        done()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """Read a JSON file, or None if it is missing or unreadable."""
+    """Read a JSON object from a file, or None if it is missing or unreadable (what a reader of
+    another process's file needs: :mod:`tuiloop.rundir.records` also says why)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def update_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
+def read_json_in(home: RunDir, name: str) -> dict[str, Any] | None:
+    """A JSON object in the directory held as ``home`` (never through a link), or None."""
+    try:
+        data = json.loads(home.read_bytes(name))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def update_info(where: Path | RunDir, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into run.json (the only writer of that file) and return the result."""
-    info = read_json(run_dir / RUN_INFO) or {}
-    info.update(fields)
-    write_json_atomic(run_dir / RUN_INFO, info)
-    return info
+    home, done = held(where)
+    try:
+        info = read_json_in(home, RUN_INFO) or {}
+        info.update(fields)
+        home.write_atomic(RUN_INFO, _json_bytes(info))
+        return info
+    finally:
+        done()
 
 
 def who() -> dict[str, Any]:
@@ -91,9 +103,13 @@ def who() -> dict[str, Any]:
     }
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+def write_summary(where: Path | RunDir, summary: dict[str, Any]) -> None:
     """summary.json: written once, when the run has ended."""
-    write_json_atomic(run_dir / SUMMARY, summary)
+    home, done = held(where)
+    try:
+        home.write_atomic(SUMMARY, _json_bytes(summary))
+    finally:
+        done()
 
 
 def is_run_dir(path: Path) -> bool:

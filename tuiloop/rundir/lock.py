@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from tuiloop.rundir.handle import RunDir, RunDirError
 from tuiloop.rundir.layout import LOCK
 
 
@@ -23,46 +24,70 @@ class RunIsLive(Exception):
 
 
 class RunLock:
-    """The exclusive lock of one run directory, held until :meth:`release` or the process ends."""
+    """The exclusive lock of one run directory, held until :meth:`release` or the process ends,
+    with the handle on the directory (:class:`~tuiloop.rundir.handle.RunDir`) the run writes
+    through; releasing the lock closes that too."""
 
-    def __init__(self, run_dir: Path, fd: int) -> None:
-        self.run_dir = run_dir
+    def __init__(self, home: RunDir, fd: int) -> None:
+        self.home = home
+        self.run_dir = home.path
         self.fd = fd
 
     @classmethod
-    def acquire(cls, run_dir: Path, wait: float = 2.0) -> RunLock:
+    def acquire(cls, where: Path | RunDir, wait: float = 2.0) -> RunLock:
         """Take the lock (creating run.lock); raises :class:`RunIsLive` if a live run holds it.
 
-        Views test the lock by taking it for an instant, so a busy lock is retried for ``wait``
-        seconds before it counts as held.
+        ``where``: the run directory, or a handle on it that the lock then owns (a handle the
+        caller passed stays the caller's if the lock is not taken). Views test the lock by
+        taking it for an instant, so a busy lock is retried for ``wait`` seconds before it
+        counts as held.
         """
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        home = where if isinstance(where, RunDir) else RunDir.open(where)
+        try:
+            fd = home.open_fd(LOCK, os.O_RDWR | os.O_CREAT)
+        except BaseException:
+            if home is not where:
+                home.close()
+            raise
         deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return cls(run_dir, fd)
+                return cls(home, fd)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise RunIsLive(str(run_dir)) from None
+                    if home is not where:
+                        home.close()
+                    raise RunIsLive(str(home.path)) from None
                 time.sleep(0.05)
 
     @classmethod
     def adopt(cls, run_dir: Path, fd: int) -> RunLock:
-        """The lock the parent process took and passed to us as an open file."""
+        """The lock the parent process took and passed to us as an open file. The directory is
+        opened again here, and must be the one that lock belongs to: one put in its place
+        meanwhile (a link, another directory) is refused."""
         os.set_inheritable(fd, False)
-        return cls(run_dir, fd)
+        home = RunDir.open(run_dir)
+        if not home.same_file(LOCK, fd):
+            home.close()
+            raise RunDirError(
+                str(run_dir),
+                "this is no longer the run directory that was created for the run: it was moved or replaced before the run could start",
+                "Start the run again, in a folder only you can write to",
+            )
+        return cls(home, fd)
 
     @classmethod
     def held_elsewhere(cls, run_dir: Path) -> RunLock:
         """The lock another process of this run holds (the launcher of a distributed run)."""
-        return cls(run_dir, -1)
+        return cls(RunDir.open(run_dir), -1)
 
     def release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)  # closing the last copy of the file releases the lock
             self.fd = -1
+        self.home.close()
 
 
 def is_locked(run_dir: Path) -> bool:

@@ -2,24 +2,26 @@
 
 Per-step loss lines and machine samples are nearly all of a long log: of them only the last is
 parsed, and a saved digest that fits the log (:func:`~tuiloop.rundir.digest_file.read_digest_file`) says
-what those before its offset added up to. The lines are read as JSON dicts, not as events: a
-line this version does not understand is passed over. Without numpy (the digest's), which ``ls``
-does not need.
+what those before its offset added up to. A line that cannot be read (damaged, or of a newer
+tuiloop) is skipped and counted, as the other readers of the log do. Without numpy (the
+digest's), which ``ls`` does not need.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuiloop.engine.events import (
     CheckpointSaved,
+    Event,
     RunStarted,
     StateChanged,
     SystemSample,
     TrainSteps,
     Validated,
+    event_from_dict,
     line_prefix,
 )
 from tuiloop.rundir.digest_file import read_digest_file
@@ -41,6 +43,13 @@ class Progress:
     paused: bool = False
     last_time: float | None = None
     session_started: float | None = None  # the time of the latest run_started: the session that ran last
+    skipped: int = 0  # whole lines of the log that could not be read
+    problems: list[str] = field(default_factory=list)  # why (the first few)
+
+    def skip(self, why: str) -> None:
+        self.skipped += 1
+        if len(self.problems) < 3:
+            self.problems.append(why)
 
 
 def scan(run_dir: Path) -> Progress:
@@ -59,7 +68,7 @@ def scan(run_dir: Path) -> Progress:
         if snap is not None:
             for start, end, _ in snap["ranges"]:
                 f.seek(start)
-                for line in f.read(end - start).splitlines():
+                for line in f.read(end - start).splitlines(keepends=True):
                     _scan_line(p, line)
             digest = snap.get("digest")
             _scan_steps(
@@ -74,39 +83,50 @@ def scan(run_dir: Path) -> Progress:
             else:
                 _scan_line(p, line)
     for last in (last_steps, last_sample):
-        try:
-            ev = json.loads(last) if last is not None else None
-        except ValueError:
-            continue
-        if isinstance(ev, dict):
-            _scan_steps(p, ev.get("epoch") if ev.get("event") == TrainSteps.kind else None, ev.get("time"))
+        ev = _decode(p, last) if last is not None else None
+        if ev is not None:
+            _scan_steps(p, ev.epoch if isinstance(ev, TrainSteps) else None, ev.time)
     return p
 
 
-def _scan_line(p: Progress, line: bytes) -> None:
+def _decode(p: Progress, line: bytes) -> Event | None:
+    """The event on ``line``, type-checked; None, counted and told in ``p``, if it cannot be
+    read (a last line still being written, without its newline, is only waited for)."""
     try:
-        ev = json.loads(line)
+        d = json.loads(line)
+    except RecursionError:
+        why = "a line nested too deeply to read"
     except ValueError:
-        return  # a line still being written
-    if not isinstance(ev, dict):
+        why = "a line that is not JSON"
+    else:
+        try:
+            if not isinstance(d, dict):
+                raise ValueError(f"a JSON {type(d).__name__}, not an object")
+            return event_from_dict(d)
+        except ValueError as e:
+            why = str(e)
+    if line.endswith(b"\n") and line.strip():
+        p.skip(why)
+    return None
+
+
+def _scan_line(p: Progress, line: bytes) -> None:
+    ev = _decode(p, line)
+    if ev is None:
         return
-    kind = ev.get("event")
-    p.last_time = ev.get("time", p.last_time)
-    try:
-        if kind == RunStarted.kind:
-            p.epochs, p.monitor, p.session_started = ev.get("epochs"), ev.get("monitor"), ev.get("time")
-            p.done = max(p.done, int(ev.get("start_epoch") or 0))
-        elif kind == Validated.kind:
-            p.done = max(p.done, int(ev["epoch"]))
-            value = (ev.get("metrics") or {}).get(p.monitor or "")
-            if ev.get("is_best") and value is not None:
-                p.best, p.best_epoch = value, int(ev["epoch"])
-        elif kind == CheckpointSaved.kind:
-            p.done = max(p.done, int(ev.get("epoch") or 0))
-        elif kind == StateChanged.kind:
-            p.paused = ev.get("state") == "paused"
-    except (KeyError, TypeError, ValueError):
-        pass  # a line this version does not understand
+    p.last_time = ev.time
+    if isinstance(ev, RunStarted):
+        p.epochs, p.monitor, p.session_started = ev.epochs, ev.monitor, ev.time
+        p.done = max(p.done, ev.start_epoch)
+    elif isinstance(ev, Validated):
+        p.done = max(p.done, ev.epoch)
+        value = ev.metrics.get(p.monitor or "")
+        if ev.is_best and value is not None:
+            p.best, p.best_epoch = value, ev.epoch
+    elif isinstance(ev, CheckpointSaved):
+        p.done = max(p.done, ev.epoch)
+    elif isinstance(ev, StateChanged):
+        p.paused = ev.state == "paused"
 
 
 def _scan_steps(p: Progress, epoch: object, time: object) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuiloop.rundir.layout import CONTROL, EVENTS, RUN_INFO, SUMMARY, read_json
+from tuiloop.rundir.layout import CONTROL, EVENTS
 from tuiloop.rundir.lock import is_locked
+from tuiloop.rundir.records import read_info, read_summary
 
 # A run on another machine (a shared filesystem) is taken as live while its log is this fresh.
 REMOTE_QUIET_S = 600.0
@@ -23,6 +24,7 @@ class RunState:
     info: dict[str, Any]
     summary: dict[str, Any] | None
     detail: str = ""  # why a run without a summary counts as crashed, or where a live one runs
+    problems: list[str] = field(default_factory=list)  # what of run.json and summary.json could not be read
 
     @property
     def live(self) -> bool:
@@ -35,20 +37,29 @@ def _ended(info: dict[str, Any], summary: dict[str, Any]) -> RunState:
 
 
 def run_state(run_dir: Path) -> RunState:
-    """Classify a run: its lock held is live; else a summary says how it ended; else it crashed."""
-    info = read_json(run_dir / RUN_INFO) or {}
+    """Classify a run: its lock held is live; else a summary says how it ended; else it crashed.
+    What cannot be read of run.json or summary.json is left out and listed in ``problems``."""
+    info, problems = read_info(run_dir)
     host = info.get("host")
     if host and host != socket.gethostname():
-        summary = read_json(run_dir / SUMMARY)
-        return _ended(info, summary) if summary is not None else _elsewhere(run_dir, info, host)
+        summary, more = read_summary(run_dir)
+        st = _ended(info, summary) if summary is not None else _elsewhere(run_dir, info, host)
+        st.problems = problems + more
+        return st
     if is_locked(run_dir):
-        return RunState("running", info, None)
-    summary = read_json(run_dir / SUMMARY)
+        return RunState("running", info, None, problems=problems)
+    summary, more = read_summary(run_dir)
+    problems += more
     if summary is not None:
-        return _ended(info, summary)
+        st = _ended(info, summary)
+        st.problems = problems
+        return st
     pid = info.get("pid") or "?"
     stale = " and left a stale control socket" if (run_dir / CONTROL).exists() else ""
-    return RunState("crashed", info, None, f"its process (pid {pid}) is gone{stale}, without writing a summary")
+    unread = f" (its summary.json cannot be read: {more[0]})" if more else ""
+    return RunState(
+        "crashed", info, None, f"its process (pid {pid}) is gone{stale}, without writing a summary{unread}", problems
+    )
 
 
 def _elsewhere(run_dir: Path, info: dict[str, Any], host: str) -> RunState:
@@ -57,7 +68,7 @@ def _elsewhere(run_dir: Path, info: dict[str, Any], host: str) -> RunState:
     try:
         quiet = time.time() - (run_dir / EVENTS).stat().st_mtime
     except OSError:
-        quiet = time.time() - float(info.get("started") or 0)
+        quiet = time.time() - float(info.get("started") or 0)  # checked: a number or absent
     if quiet < REMOTE_QUIET_S:
         return RunState("running", info, None, f"runs on {host}; its log was written {quiet:.0f}s ago")
     return RunState(

@@ -39,7 +39,7 @@ def main(
             print(f"tuiloop: error: {e}", file=sys.stderr, flush=True)
             return 2
         if report_ready:
-            switch_output_to_log(run_dir)
+            switch_output_to_log(lock.home if lock is not None else run_dir)
     with tempfile.TemporaryDirectory(prefix="tuiloop-launch-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(payload), encoding="utf-8")

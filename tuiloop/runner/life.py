@@ -36,7 +36,8 @@ from tuiloop.engine.events import Event, Failed, Finished, Message
 from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
-from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, read_json, update_info, who, write_summary
+from tuiloop.rundir.handle import RunDir
+from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, read_json_in, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.system import SystemSampler, interval_from_env
@@ -97,6 +98,8 @@ class RunLife:
     def __init__(self, run_dir: Path, lock: RunLock) -> None:
         self.run_dir = run_dir
         self.lock = lock
+        self.home = lock.home  # every file of the run is written through this handle, never a link
+        self._checkpoints: RunDir | None = None
         self.log: EventLog | None = None  # opened by open_log() or start()
         self.session = new_session()
         self.started = time.time()  # this start of the run (a resumed run started earlier: see run.json)
@@ -115,24 +118,35 @@ class RunLife:
         """Take ``run_dir``'s lock (``lock``: one already held for it).
 
         ``create``: make the directory, owner-only, with ``checkpoints/``, if it is missing.
-        Raises :class:`RunInUse` if another process holds the lock; nothing is written then.
+        Raises :class:`RunInUse` if another process holds the lock; nothing is written then, and
+        :class:`~tuiloop.rundir.handle.RunDirError` for a directory that is a link or not this user's.
         """
-        if create:
-            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (run_dir / CHECKPOINTS).mkdir(mode=0o700, exist_ok=True)
         if lock is None:
+            home = RunDir.open(run_dir, create=create)
             try:
-                lock = RunLock.acquire(run_dir)
+                if create:
+                    home.subdir(CHECKPOINTS).close()
+                lock = RunLock.acquire(home)
             except RunIsLive:
+                home.close()
                 raise RunInUse(run_dir) from None
+            except BaseException:
+                home.close()
+                raise
         return cls(run_dir, lock)
 
     def open_log(self) -> EventLog:
         """The run's event log, opened on the first call (a full disk raises here: a set-up
         failure that :meth:`fail_setup` records as far as it can)."""
         if self.log is None:
-            self.log = self._logged = EventLog(self.run_dir)
+            self.log = self._logged = EventLog(self.home)
         return self.log
+
+    def checkpoint_folder(self) -> RunDir:
+        """The handle on ``checkpoints/`` the trainer saves through (made if missing; closed with the life)."""
+        if self._checkpoints is None:
+            self._checkpoints = self.home.subdir(CHECKPOINTS)
+        return self._checkpoints
 
     # ---- live ------------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -157,18 +171,18 @@ class RunLife:
         and SIGTERM calling ``stop`` / ``terminate``; a second Ctrl+C or the force command ends
         the process through :meth:`force`. The machine is sampled from RunStarted to Finished.
         Returns run.json as written."""
-        self.info = update_info(
-            self.run_dir, pid=os.getpid(), session=self.session, versions=versions(), **who(), **info
-        )
+        self.info = update_info(self.home, pid=os.getpid(), session=self.session, versions=versions(), **who(), **info)
         log = self.open_log()
         self._sampler = SystemSampler(log, interval_from_env(), device=device)
         self._logged = self._sampler.gate(log)
         commands.on_force = self.force
-        self._server = ControlServer(self.run_dir, commands, warn=lambda text: log(Message("warning", text)))
+        self._server = ControlServer(self.home, commands, warn=lambda text: log(Message("warning", text)))
         self._server.start()
         self._signals = Signals(stop, self.force, terminate=terminate)
         if handle_signals:
             self._signals.install()
+        if self.home.warning:  # a folder others may write to: they can rename or remove the run
+            self.emit(Message("warning", self.home.warning))
         return self.info
 
     def _quiet_server(self) -> None:
@@ -179,13 +193,14 @@ class RunLife:
     @property
     def first_started(self) -> float:
         """When the run first started (run.json), across resumes."""
-        return self.info.get("started") or (read_json(self.run_dir / RUN_INFO) or {}).get("started") or self.started
+        started = self.info.get("started") or (read_json_in(self.home, RUN_INFO) or {}).get("started")
+        return started if isinstance(started, (int, float)) else self.started
 
     # ---- endings ---------------------------------------------------------------------------------
     def summarize(self, f: Finished, metrics: dict[str, float], epochs: int | None = None) -> None:
         """summary.json of a run that ended as ``f`` says."""
         write_summary(
-            self.run_dir,
+            self.home,
             {
                 "status": f.status,
                 "reason": f.reason,
@@ -262,7 +277,9 @@ class RunLife:
             self._signals.restore()
         if self.log is not None:
             self.log.close()
-        self.lock.release()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+        self.lock.release()  # and the handle on the directory
 
     def __enter__(self) -> RunLife:
         return self

@@ -9,6 +9,7 @@ output goes (the terminal, or output.log).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from tuiloop.engine.distributed import ERROR_FILE, Ranks
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
 from tuiloop.engine.plain import PlainSink
+from tuiloop.rundir.handle import RunDir
 from tuiloop.rundir.layout import RANKS
 from tuiloop.rundir.lock import RunLock
 from tuiloop.runner.launch import RUN_DIR_ENV, SPEC_FILE_ENV
@@ -57,15 +59,15 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
                 lock = lock_for_resume(run_dir)
             else:
                 run_dir, lock = new_run_dir(spec)
-            if (
-                run_dir is not None
-            ):  # a failed session's errors are not this session's (the ranks learn the folder next)
-                for old in (run_dir / RANKS).glob(ERROR_FILE.format(rank="*")):
-                    old.unlink(missing_ok=True)
+            if lock is not None:  # a failed session's errors are not this session's (the ranks learn the folder next)
+                with lock.home.subdir(RANKS) as logs:
+                    for name in fnmatch.filter(logs.names(), ERROR_FILE.format(rank="*")):
+                        logs.unlink(name)
         run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
-        ranks.log_dir = run_dir / RANKS
-        ranks.log_dir.mkdir(mode=0o700, exist_ok=True)
-        plain = _redirect_output(ranks.log_dir / f"rank-{ranks.rank}.log")
+        with RunDir.open(run_dir) as home:  # each rank writes through a handle of its own, never a link
+            logs = home.subdir(RANKS)  # held open for the process's life
+        ranks.log_dir = logs.via()
+        plain = _redirect_output(logs, f"rank-{ranks.rank}.log")
         if ranks.is_main:
             sinks = [PlainSink(plain)]
             if resume:
@@ -96,12 +98,12 @@ def run_rank(spec: Spec, run_dir: Path | None, resume: bool, launched: bool = Fa
     os._exit(code)  # no waiting on a process group whose other members may be gone
 
 
-def _redirect_output(path: Path) -> IO[str]:
-    """Send this process's stdout and stderr to ``path``; return a stream to where stdout went before."""
+def _redirect_output(logs: RunDir, name: str) -> IO[str]:
+    """Send this process's stdout and stderr to ``logs/name``; return a stream to where stdout went before."""
     sys.stdout.flush()
     sys.stderr.flush()
     before = os.dup(1)
-    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log = logs.open_fd(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)

@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuiloop.engine.events import SettingChanged
+from tuiloop.engine import checkpoint as ckpt
+from tuiloop.engine.events import Message, SettingChanged
+from tuiloop.engine.exceptions import ResumeError
 from tuiloop.engine.lr import scale_lr
 from tuiloop.engine.trainer import Trainer
+from tuiloop.rundir.checkpoints import Checked, CheckpointRefused, read_checked
+from tuiloop.rundir.handle import RunDir
 from tuiloop.spec import SpecError
 from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, SCHEMA, SECTIONS
 
@@ -119,13 +123,47 @@ def _set_scheduler(trainer: Trainer, key: str, new: Any) -> None:
     setattr(sched, name, new)
 
 
-def check_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resume continues from; raises :class:`SpecError` when there is none."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise SpecError(
-            f"--resume {run_dir}",
-            "there is no checkpoints/last.pt to resume from",
-            "Resume needs a run that saved its last state ([checkpoint] last = true).",
+def checked_checkpoint(home: RunDir, run_dir: Path) -> Checked:
+    """last.pt, read once and checked against the log's records; refused as one paragraph (exit 2)."""
+    try:
+        return read_checked(home)
+    except CheckpointRefused as e:
+        raise SpecError(f"--resume {run_dir}", e.problem, f"{e.fix}.") from None
+
+
+def load_checkpoint(trainer: Any, run_dir: Path, last: Checked) -> None:
+    """Restore ``trainer`` from the checked bytes of last.pt, its problems told as one paragraph
+    (exit status 2). Bytes the log has no record of are loaded only if they are a newer save than
+    the last one recorded (a process killed between writing last.pt and logging it); else refused."""
+    where = f"--resume {run_dir}"
+    try:
+        state = ckpt.load(last.data)
+    except ResumeError as e:
+        problem = f"{last.mismatch()}; and {e}" if last.unrecorded else f"{last.name} cannot be resumed from: {e}"
+        raise SpecError(where, problem, f"{last.fix()}.") from None
+    if last.unrecorded:
+        assert last.latest is not None
+        if not state["step"] > last.latest.step:
+            why = last.mismatch()
+            try:  # a checkpoint of another run (copied in by mistake) says so too
+                trainer.load_state_dict(state)
+            except ResumeError as e:
+                why = f"{why}; and {str(e).rstrip('.')}"
+            except Exception:
+                pass
+            raise SpecError(where, why, f"{last.fix()}.")
+        trainer.announcements.append(
+            Message(
+                "warning",
+                f"{last.name} is newer (step {state['step']}) than the last save the log records of it (step {last.latest.step}): the run was killed while it logged that save, so the file could not be checked against its SHA-256",
+            )
         )
-    return last
+    try:
+        trainer.load_state_dict(state)
+    except ResumeError as e:
+        raise SpecError(where, str(e)) from None
+    except Exception as e:  # a checkpoint of the right shape whose contents do not fit (a damaged value)
+        raise SpecError(
+            where, f"{last.name} cannot be resumed from ({type(e).__name__}: {e})", f"{last.fix()}."
+        ) from None
+    trainer.resumed_from = str(run_dir / last.name)

@@ -17,10 +17,21 @@ from typing import Any
 
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Failed, Finished, Message, Starting
-from tuiloop.engine.exceptions import ResumeError
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who
+from tuiloop.rundir.handle import RunDir, RunDirError
+from tuiloop.rundir.history import TENSORBOARD_DIR
+from tuiloop.rundir.layout import (
+    CHECKPOINTS,
+    RUN_INFO,
+    SPEC,
+    SUMMARY,
+    create_run_dir,
+    read_json_in,
+    update_info,
+    who,
+)
 from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.rundir.records import read_info
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.tensorboard import TensorBoardSink, check_spec
@@ -33,19 +44,27 @@ LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for 
 
 # ---- the run directory before training ----------------------------------------------------
 def new_run_dir(spec: Spec) -> tuple[Path, RunLock]:
-    """Create a run directory for ``spec``, locked from its first instant, with spec.toml and run.json."""
+    """Create a run directory for ``spec``, locked from its first instant, with spec.toml and
+    run.json; the lock holds the handle it is written through. An ``out_dir`` that every user
+    may write to (without the sticky bit) is refused."""
     _check_tensorboard(spec)  # the one need of the spec a background run would meet only after this
-    run_dir = create_run_dir(Path(spec.run.out_dir), spec.run.name)
-    lock = RunLock.acquire(run_dir)
-    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
-    update_info(run_dir, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
-    return run_dir, lock
+    try:
+        home = create_run_dir(Path(spec.run.out_dir), spec.run.name)
+    except RunDirError as e:
+        raise SpecError(f"[run] out_dir = {e.where}", e.problem, f"{e.fix}.") from None
+    lock = RunLock.acquire(home)
+    home.write_atomic(SPEC, dump_toml(spec.raw).encode())
+    update_info(home, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+    return home.path, lock
 
 
 def lock_for_resume(run_dir: Path) -> RunLock:
-    """The lock of a run to resume; a live run refuses (exit 2) and is left untouched."""
+    """The lock of a run to resume; a live run refuses (exit 2) and is left untouched, and so
+    does a run directory that is a link or another user's."""
     try:
         return RunLock.acquire(run_dir)
+    except RunDirError as e:
+        raise SpecError(f"--resume {run_dir}", e.problem, f"{e.fix}.") from None
     except RunIsLive:
         raise SpecError(
             f"--resume {run_dir}",
@@ -57,7 +76,7 @@ def lock_for_resume(run_dir: Path) -> RunLock:
 def load_run_spec(run_dir: Path) -> Spec:
     """The resolved spec saved in a run directory, with file targets resolved as at the start."""
     path = run_dir / SPEC
-    info = read_json(run_dir / RUN_INFO) or {}
+    info, _ = read_info(run_dir)  # a damaged field reads as absent
     if not path.is_file() and info.get("tracked"):
         raise SpecError(
             f"--resume {run_dir}",
@@ -156,10 +175,11 @@ def _resume(
 
     lock = lock or lock_for_resume(run_dir)
     try:
+        last = resume.checked_checkpoint(lock.home, run_dir)  # read once, checked before the spec is built
         edits = resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
         trainer = _build(spec, _tell(sinks), ranks)
         _tell(sinks)("loading the checkpoint")
-        _load_checkpoint(trainer, run_dir)
+        resume.load_checkpoint(trainer, run_dir, last)
         resume.apply(trainer, edits, "resume with new settings")
         if trainer.train_batches.persistent_workers:
             trainer.announcements.append(
@@ -174,32 +194,15 @@ def _resume(
     # Everything checked: from here on the run directory changes.
     if on_ready is not None:
         on_ready()
-    from tuiloop.engine.checkpoint import remove_stale_temps  # lazy: torch; the monitor's R key loads this module
-
-    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
-    info = read_json(run_dir / RUN_INFO) or {}
-    update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec))
-    (run_dir / SUMMARY).unlink(missing_ok=True)
-    remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
+    home = lock.home
+    home.write_atomic(SPEC, dump_toml(spec.raw).encode())
+    info = read_json_in(home, RUN_INFO) or {}
+    resumes: list[Any] = info["resumes"] if isinstance(info.get("resumes"), list) else []
+    update_info(home, resumes=[*resumes, time.time()], **_spec_origin(spec))
+    home.unlink(SUMMARY)
+    with home.subdir(CHECKPOINTS) as checkpoints:
+        checkpoints.remove_stale_temps()  # half-written files of a killed run
     return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
-
-
-def _load_checkpoint(trainer: Any, run_dir: Path) -> None:
-    """``trainer.resume(last.pt)``, its problems told as one paragraph (exit status 2)."""
-    from tuiloop.runner import resume  # lazy: torch; the monitor's R key loads this module
-
-    where = f"--resume {run_dir}"
-    last = resume.check_checkpoint(run_dir)
-    try:
-        trainer.resume(last)
-    except ResumeError as e:
-        raise SpecError(where, str(e)) from None
-    except (KeyError, RuntimeError, OSError, ValueError) as e:
-        raise SpecError(
-            where,
-            f"checkpoints/last.pt cannot be read ({type(e).__name__}: {e})",
-            "Resume from another checkpoint: copy it over checkpoints/last.pt.",
-        ) from None
 
 
 def check_resume(spec: Spec, run_dir: Path) -> None:
@@ -210,13 +213,17 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
     """
     from tuiloop.runner import resume  # lazy: torch; the monitor's R key loads this module
 
+    with RunDir.open(run_dir) as home:
+        last = resume.checked_checkpoint(home, run_dir)
     resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
     raw = {
         **spec.raw,
         "run": {**spec.raw.get("run", {}), "device": "cpu"},
         "train": {**spec.raw.get("train", {}), "precision": "32-true", "compile": False},
     }
-    _load_checkpoint(_build(validate(raw, spec.where, spec.base_dir, spec.path), lambda phase: None), run_dir)
+    resume.load_checkpoint(
+        _build(validate(raw, spec.where, spec.base_dir, spec.path), lambda phase: None), run_dir, last
+    )
 
 
 def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> Any:
@@ -245,7 +252,8 @@ def _train(life: RunLife, trainer: Any, sinks: list[Sink], handle_signals: bool,
     life.sinks = sinks
     mirror = None
     if tensorboard:  # [run] tensorboard = true: the scalars mirrored live into RUN_DIR/tensorboard
-        mirror = TensorBoardSink(life.run_dir)
+        life.home.subdir(TENSORBOARD_DIR).close()  # owner-only; the mirror writes there through the handle
+        mirror = TensorBoardSink(life.home.via())
         life.sinks = [*sinks, mirror]
     try:
         finished = train_in(life, trainer, handle_signals)
@@ -264,6 +272,7 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
         life.on_forced = lambda: _end_node(trainer)
     try:
         trainer.run_dir = life.run_dir
+        trainer.checkpoints.folder = life.checkpoint_folder()  # saved through the run's handle
         trainer.session = life.session
         trainer.subscribe(life.emit)
         life.start(
@@ -282,6 +291,7 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
     finally:
         if life.emit in trainer.sinks:  # a Trainer run again later must not write into a closed log
             trainer.sinks.remove(life.emit)
+        trainer.checkpoints.folder = None  # nor through a closed handle
         life.close()
 
 

@@ -42,7 +42,8 @@ from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.commands import obeyed_by
 from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, Validated
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
-from tuiloop.rundir.layout import RUN_INFO, SUMMARY, is_run_dir, read_json
+from tuiloop.rundir.layout import SUMMARY, is_run_dir
+from tuiloop.rundir.records import read_info
 from tuiloop.runner.life import RunLife, Standing
 from tuiloop.runner.obeying import Obeying
 from tuiloop.runner.steps import StepWriter
@@ -154,10 +155,8 @@ class Run:
         fields: dict[str, Any] = {"tracked": True, "config": config}
         if not is_run_dir(self.run_dir):
             return {**fields, "name": self.name, "started": self._life.started}
-        info = read_json(self.run_dir / RUN_INFO) or {}
-        (self.run_dir / SUMMARY).unlink(
-            missing_ok=True
-        )  # live again: a crash from here must not read as the old ending
+        info, _ = read_info(self.run_dir)  # a damaged field reads as absent
+        self._life.home.unlink(SUMMARY)  # live again: a crash from here must not read as the old ending
         resumes = [*info.get("resumes", []), self._life.started]
         return {**fields, "name": name or info.get("name") or self.name, "resumes": resumes}
 

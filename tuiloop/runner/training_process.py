@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from tuiloop.engine.plain import PlainSink
+from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import OUTPUT
 from tuiloop.rundir.lock import RunLock
 from tuiloop.runner.life import SESSION_ENV
@@ -67,7 +68,8 @@ def start(
     elif inherit_output or run_dir is None:
         out = None
     else:
-        out = open(run_dir / OUTPUT, "ab")
+        assert lock is not None
+        out = lock.home.append(OUTPUT)  # through the run's handle: owner-only, never through a link
     try:
         proc = subprocess.Popen(
             cmd,
@@ -117,7 +119,7 @@ def read_spec(payload: dict[str, str | None]) -> Spec:
     )
 
 
-def switch_output_to_log(run_dir: Path) -> None:
+def switch_output_to_log(run_dir: Path | RunDir) -> None:
     """Say READY on the pipe the parent reads, wait until it has logged what came before (it
     closes the spec's pipe), then send this process's output to output.log."""
     global _go_ahead
@@ -128,7 +130,11 @@ def switch_output_to_log(run_dir: Path) -> None:
             pass
         os.close(_go_ahead)
         _go_ahead = None
-    out = os.open(run_dir / OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    home, done = held(run_dir)
+    try:
+        out = home.open_fd(OUTPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    finally:
+        done()
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -146,8 +152,8 @@ def wait_ready(proc: subprocess.Popen, echo: IO[str], run_dir: Path) -> bool:
                 line = raw.decode("utf-8", errors="replace")
                 if line == READY:
                     if said:
-                        with open(run_dir / OUTPUT, "a", encoding="utf-8") as log:
-                            log.writelines(said)
+                        with RunDir.open(run_dir) as home, home.append(OUTPUT) as log:
+                            log.write("".join(said).encode())
                     return True
                 said.append(line)
                 echo.write(line)
@@ -186,7 +192,7 @@ def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
         code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)
         return code
     code, _ = execute(
-        spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(run_dir)
+        spec, resume=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock, on_ready=lambda: switch_output_to_log(lock.home)
     )
     return code
 

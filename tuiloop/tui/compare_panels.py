@@ -108,6 +108,13 @@ def _best_cell(cmp: Comparison, run: RunHistory, metric: str) -> str:
     return "-" if best is None else f"{fmt.value(best[1])} @{best[0]}"
 
 
+def _unread(run: RunHistory) -> str:
+    """What of a run could not be read: its log's lines, and run.json / summary.json fields."""
+    parts = [fmt.plural(run.skipped, "log line")] if run.skipped else []
+    parts += [fmt.plural(len(run.problems), "file field")] if run.problems else []
+    return ", ".join(parts) or "-"
+
+
 def _rows(cmp: Comparison, metric: str) -> tuple[list[_Row], list[_Row]]:
     """The rows about the runs (always shown), and one per differing spec key."""
     runs = cmp.runs
@@ -122,6 +129,8 @@ def _rows(cmp: Comparison, metric: str) -> tuple[list[_Row], list[_Row]]:
         ),
         _Row(f"best {metric}", [_best_cell(cmp, r, metric) for r in runs], colors, False),
     ]
+    if any(r.skipped or r.problems for r in runs):  # what could not be read is said, not dropped silently
+        fixed.append(_Row("unreadable", [_unread(r) for r in runs], ["yellow"] * len(runs), False))
     spec = [_Row(key, values, [""] * len(runs), True) for key, values in cmp.differing()]
     return fixed, spec
 
