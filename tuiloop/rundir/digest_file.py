@@ -21,6 +21,7 @@ This module does not import the digest (which imports numpy): ``ls`` reads the f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -94,9 +95,14 @@ def save_digest(run_dir: Path, snap: SavedDigest[Any], last_line: bytes) -> None
     }
     path = run_dir / DIGEST_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, allow_nan=True, separators=(",", ":"))
-    os.replace(tmp, path)  # no fsync: a saved digest lost with the machine only makes the next read slower
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, allow_nan=True, separators=(",", ":"))
+        os.replace(tmp, path)  # no fsync: a saved digest lost with the machine only makes the next read slower
+    except BaseException:  # a full disk: the older digest.json stays, and no temp file
+        with contextlib.suppress(OSError):  # on a read-only folder even this fails
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_digest_file(run_dir: Path) -> dict[str, Any] | None:

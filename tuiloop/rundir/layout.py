@@ -15,6 +15,7 @@ Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>-<4 hex>/``::
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -48,19 +49,52 @@ def create_run_dir(out_dir: Path, name: str) -> Path:
             path.mkdir(mode=0o700)
         except FileExistsError:
             continue
-        (path / CHECKPOINTS).mkdir(mode=0o700)
+        try:
+            (path / CHECKPOINTS).mkdir(mode=0o700)
+        except BaseException:  # a full disk: no half-made run directory
+            path.rmdir()
+            raise
         return path.resolve()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file and ``os.replace`` so readers never see half a file."""
+    write_atomic(path, json_bytes(data))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` through a temp file and ``os.replace``; a failure leaves ``path`` as it was."""
+    tmp = stage(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def json_bytes(data: Any) -> bytes:
+    """A JSON file's bytes as tuiloop writes them (indented, one newline at the end)."""
+    return (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
+
+
+def stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` into a temp file beside ``path``, flushed and fsynced, and return the temp:
+    ``os.replace`` puts it in place. On a full disk or a read-only folder it raises the
+    OSError (naming ``path``) and leaves no temp behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # on a read-only folder even this fails
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            e.filename = str(path)  # the file meant, not its temp
+        raise
+    return tmp
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -18,10 +18,21 @@ from typing import Any
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Failed, Finished, Message, Starting
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, SPEC, SUMMARY, create_run_dir, read_json, update_info, who
+from tuiloop.rundir.layout import (
+    CHECKPOINTS,
+    RUN_INFO,
+    SPEC,
+    SUMMARY,
+    create_run_dir,
+    read_json,
+    update_info,
+    who,
+    write_atomic,
+)
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.signals import Signals
+from tuiloop.runner.writable import check_out_dir, out_dir_error, remove_half_made, resume_error, stage_resume
 from tuiloop.spec import Spec, SpecError, resolve
 from tuiloop.spec.dump import dump_toml
 
@@ -32,10 +43,25 @@ LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for 
 def new_run_dir(spec: Spec) -> tuple[Path, RunLock]:
     """Create a run directory for ``spec``, locked from its first instant, with spec.toml and run.json."""
     _check_tensorboard(spec)  # the one need of the spec a background run would meet only after this
-    run_dir = create_run_dir(Path(spec.run.out_dir), spec.run.name)
-    lock = RunLock.acquire(run_dir)
-    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
-    update_info(run_dir, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+    out_dir = Path(spec.run.out_dir)
+    check_out_dir(out_dir, spec.run.name, spec.where)
+    try:
+        run_dir = create_run_dir(out_dir, spec.run.name)
+    except OSError as e:
+        raise out_dir_error(spec.where, out_dir, e) from None
+    try:
+        lock = RunLock.acquire(run_dir)
+        try:
+            write_atomic(run_dir / SPEC, dump_toml(spec.raw).encode())
+            update_info(run_dir, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+        except BaseException:
+            lock.release()
+            raise
+    except BaseException as e:  # a disk that filled since the check: leave nothing half-made
+        remove_half_made(run_dir)
+        if isinstance(e, OSError):
+            raise out_dir_error(spec.where, out_dir, e) from None
+        raise
     return run_dir, lock
 
 
@@ -49,6 +75,8 @@ def lock_for_resume(run_dir: Path) -> RunLock:
             "the run is live: its training process is still running",
             f"Watch and steer it with: tuiloop attach {run_dir}",
         ) from None
+    except OSError as e:  # a read-only run directory: run.lock cannot even be opened for writing
+        raise resume_error(run_dir, e) from None
 
 
 def load_run_spec(run_dir: Path) -> Spec:
@@ -111,6 +139,7 @@ def execute(
     if resume is not None:
         return _resume(spec, resume.resolve(), sinks, handle_signals, lock, on_ready, ranks)
     if run_dir is None:
+        check_out_dir(Path(spec.run.out_dir), spec.run.name, spec.where)  # before the data loads
         trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
         return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
@@ -169,17 +198,24 @@ def _resume(
                     "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run",
                 )
             )
+        # Everything checked. The new spec.toml and run.json are written beside the old ones
+        # first: on a full or read-only disk that fails, and the run directory is as it was.
+        info = read_json(run_dir / RUN_INFO) or {}
+        info.update(resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec))
+        files = stage_resume(run_dir, dump_toml(spec.raw), info)
     except BaseException:
         lock.release()
         raise
-    # Everything checked: from here on the run directory changes.
-    if on_ready is not None:
-        on_ready()
+    try:
+        if on_ready is not None:
+            on_ready()
+    except BaseException:
+        files.discard()
+        lock.release()
+        raise
     from tuiloop.engine.checkpoint import remove_stale_temps
 
-    (run_dir / SPEC).write_text(dump_toml(spec.raw), encoding="utf-8")
-    info = read_json(run_dir / RUN_INFO) or {}
-    update_info(run_dir, resumes=[*info.get("resumes", []), time.time()], **_spec_origin(spec))
+    files.commit()  # from here on the run directory changes
     (run_dir / SUMMARY).unlink(missing_ok=True)
     remove_stale_temps(run_dir / CHECKPOINTS)  # half-written files of a killed run
     return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
