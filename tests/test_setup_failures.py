@@ -69,7 +69,7 @@ def assert_failed_and_released(run_dir: Path) -> None:
 def test_an_event_log_that_cannot_be_opened_ends_the_headless_run_as_failed(workdir: Path) -> None:
     done = run_broken(workdir, "eventlog", "run", str(write_spec(workdir)), "--headless")
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "error: OSError: [Errno 28] No space left on device" in done.stdout, done.stdout
+    assert "error: no space left on device writing events.jsonl  [setup]" in done.stdout, done.stdout
     assert "Traceback" not in done.stderr, done.stderr
     run_dir = only_run(workdir / "runs")
     assert_failed_and_released(run_dir)
@@ -83,7 +83,7 @@ def test_an_event_log_that_cannot_be_opened_ends_a_background_run_as_failed(work
     run_dir = only_run(workdir / "runs")
     wait_until(lambda: summary(run_dir) and not is_locked(run_dir), 60, "the training process to end")
     assert_failed_and_released(run_dir)
-    assert "error: OSError: [Errno 28] No space left on device" in (run_dir / "output.log").read_text()
+    assert "error: no space left on device writing events.jsonl  [setup]" in (run_dir / "output.log").read_text()
 
 
 def test_signal_handlers_that_cannot_be_installed_end_the_headless_run_as_failed(workdir: Path) -> None:

@@ -201,6 +201,16 @@ class Batches:
         except TypeError:
             return None
 
+    def empty(self) -> str:
+        """Why the split is known to give no batch ('0 samples', ...); '' when it gives some, or
+        when an iterable dataset of unknown length does not say."""
+        samples, batches = self.num_samples, self.steps()
+        if samples == 0:
+            return "0 samples"
+        if batches == 0:
+            return f"{samples} samples, fewer than one batch of {self.batch_size} with drop_last"
+        return ""
+
     def __len__(self) -> int:
         if self._tensors is not None:
             assert self.batch_size is not None  # tensors are always batched by tuiloop

@@ -8,6 +8,7 @@ either the old or the new checkpoint, both loadable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -100,7 +101,8 @@ def save_atomic(obj: dict[str, Any] | bytes, path: Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder even this fails
+            tmp.unlink(missing_ok=True)
         raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)

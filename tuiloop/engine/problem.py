@@ -215,7 +215,11 @@ class MetricTotals:
         if ranks is not None:
             ranks.sum_(sums)
         loss_sum, loss_count, metric_sum, metric_count = sums.tolist()
-        out = {"val_loss": loss_sum / max(loss_count, 1)}
+        if not loss_count:  # an iterable split that gave nothing: no check, never a perfect score of nothing
+            raise SetupError(
+                "the validation data gave no batch; return None as the validation split to train without validation"
+            )
+        out = {"val_loss": loss_sum / loss_count}
         names = metric_names(self.problem)
         if names:
             out[names[0]] = metric_sum / max(metric_count, 1.0)

@@ -30,6 +30,12 @@ class Progress:
         """Optimizer steps done in the current epoch (a last, shorter group of batches is one too)."""
         return -(-self.batch_in_epoch // accumulate)
 
+    def at(self) -> str:
+        """Where the run stands, as a sentence says it: 'epoch 8' at an epoch's end, else 'step 70 (epoch 9)'."""
+        if self.batch_in_epoch == 0:
+            return f"epoch {self.epoch}" if self.epoch else "the start"
+        return f"step {self.step} (epoch {self.epoch + 1})"
+
     def end_epoch(self) -> None:
         """The current epoch is done: count it and start the next one from nothing."""
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0

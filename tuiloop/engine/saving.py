@@ -21,7 +21,7 @@ from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.epoch_end import EpochEnd
 from tuiloop.engine.events import CheckpointSaved, Event, Message
-from tuiloop.engine.exceptions import ResumeError
+from tuiloop.engine.exceptions import ResumeError, StorageError
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.progress import Progress
 from tuiloop.engine.steering import Steering
@@ -61,6 +61,7 @@ class Checkpoints:
         self.run_dir: Path | None = None  # where checkpoints/ goes (None: nowhere); the Trainer's run_dir
         # what writes there: the run's handle on it while a run's life holds the directory; else its path
         self.folder: ckpt.Folder | None = None
+        self.good: dict[str, str] = {}  # file name -> where the run was when it was written (or resumed from)
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """A complete, weights_only-loadable checkpoint of the run (``rng_states``: every rank's)."""
@@ -142,12 +143,37 @@ class Checkpoints:
                     f"epoch-{epoch:04d}.pt" if tag == "periodic" else f"manual-step{step:07d}.pt"
                 )
                 path = run_dir / "checkpoints" / name
-                folder.write_atomic(name, data)
+                try:
+                    folder.write_atomic(name, data)
+                except OSError as e:  # a full disk, a read-only folder: the file before it is intact
+                    raise StorageError(f"checkpoints/{name}", e) from e
+                self.good[name] = self.progress.at()
                 self.emit(
                     CheckpointSaved(tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest)
                 )
         ranks.barrier()
         return path
+
+    def safe(self, error: StorageError) -> str:
+        """What is safe after ``error``: the checkpoint a resume goes on from, and the fix first."""
+        fix = {
+            "no space left on device": "free some space",
+            "disk quota exceeded": "free some space",
+            "the file system is read-only": "make the run directory writable",
+            "permission denied": "make the run directory writable",
+        }.get(error.reason, "fix the file system")
+        if "last.pt" in self.good:
+            return f"the last good checkpoint is {self.good['last.pt']} (last.pt): {fix}, then resume from it"
+        if self.good:
+            name = next(reversed(self.good))
+            return (
+                f"the last good checkpoint is {self.good[name]} ({name}), and there is no last.pt to resume from: {fix}"
+            )
+        return f"no checkpoint was written before it: {fix}, then start the run again"
+
+    def restored(self, path: Path) -> None:
+        """The run was resumed from ``path``: that file holds where it now stands."""
+        self.good[path.name] = self.progress.at()
 
     def save_last_good(self) -> str | None:
         """last.pt of the state before a step that went wrong; where it is in the run directory."""

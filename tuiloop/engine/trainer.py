@@ -43,7 +43,7 @@ from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.epoch_end import EpochEnd
 from tuiloop.engine.epoch_loop import EpochLoop
 from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
-from tuiloop.engine.exceptions import NonFiniteLoss, SetupError
+from tuiloop.engine.exceptions import NonFiniteLoss, SetupError, StorageError
 from tuiloop.engine.failure import failure_reason, failure_report
 from tuiloop.engine.first_batch import FirstBatch
 from tuiloop.engine.objective import LossFunction, ModelLoss
@@ -88,6 +88,14 @@ class Trainer:
     ) -> None:
         self.device = device = device or train.device
         self.ranks = ranks
+        if why := train.empty():
+            raise SetupError(f"the training data is empty ({why}); training needs at least one batch")
+        self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
+        if val is not None and (why := val.empty()):  # no validation, never a perfect score of nothing
+            self.announcements.append(
+                Message("warning", f"the validation data is empty ({why}): training without validation")
+            )
+            val = None
         opt = options or Options()
         monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
         self.opt = o = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or default_mode(monitor))
@@ -114,7 +122,6 @@ class Trainer:
         self.commands = Commands()
         self.sinks: list[Sink] = []
         self.resumed_from: str | None = None
-        self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
         self.session = ""  # set by the session that runs it: tells this start of the run from earlier ones
         self.ending = threading.Lock()  # a distributed run's failure: held by whoever tells it (a new one each run)
         # The parts of the loop, each given what it uses.
@@ -232,6 +239,7 @@ class Trainer:
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
         self.load_state_dict(ckpt.load(data if data is not None else path, map_location="cpu"))
         self.resumed_from = str(path)
+        self.checkpoints.restored(Path(path))
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> Finished:
@@ -252,6 +260,8 @@ class Trainer:
             while progress.epoch < self.opt.epochs:
                 where = "training"
                 self.epoch_loop.run()
+                if progress.batch_in_epoch == 0 and steering.state != "stopping":  # an iterable split
+                    raise SetupError(f"the training data gave no batch in epoch {progress.epoch + 1}")
                 if steering.state == "stopping":
                     status = "suspended" if steering.suspending else "stopped"
                     reason = steering.stop_reason or "stopped by request"
@@ -279,6 +289,9 @@ class Trainer:
         except SetupError as e:
             status, reason = "failed", "setup error"
             self.emit(Failed(str(e), f"{where}, first batch", ""))
+        except StorageError as e:  # a full disk or a read-only run directory: no traceback, and no
+            status, reason = "failed", str(e)  # save after it (it would meet the same disk)
+            self.emit(Failed(e.sentence(progress.at(), self.checkpoints.safe(e)), where, ""))
         except Exception as e:
             if steering.stop_reason and worker_died(e):  # the same Ctrl+C reached a DataLoader worker
                 status, reason = "stopped", steering.stop_reason
@@ -320,7 +333,7 @@ class Trainer:
                 steps_per_epoch=self.steps_per_epoch(),
                 batch_size=self.train_batches.batch_size,
                 train_size=self.train_batches.num_samples,
-                val_size=self.val_batches.num_samples if self.val_batches else None,
+                val_size=self.val_batches.num_samples if self.val_batches is not None else None,
                 problem=self.objective.problem or "unknown",
                 metrics=reported_metrics(self.objective.problem, self.val_batches is not None),
                 monitor=self.opt.monitor,

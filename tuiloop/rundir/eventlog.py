@@ -56,6 +56,7 @@ class EventLog:
         self._snap: SavedDigest[RunDigest] | None = self._restore() if digest_every is not None else None
         self._saved_at: float | None = None  # event time of the last save (at first: of the first event)
         self._unsaved: bytes | None = None  # the last line written, if written since that save
+        self.error: OSError | None = None  # the write that failed (a full disk): nothing is written after it
 
     def _last_byte(self, size: int) -> bytes:
         with self.home.reader(EVENTS) as f:
@@ -85,13 +86,17 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         line = encode(event)
         with self._lock:
-            if self._file.closed:
+            if self._file.closed or self.error is not None:
                 return
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+                if type(event) is Finished:  # flushed lines survive a killed process; this, a lost machine
+                    os.fsync(self._file.fileno())
+            except OSError as e:  # the line may be half written: later lines would only be torn ones
+                self.error = e
+                raise
             self._offset += len(line)
-            if type(event) is Finished:  # flushed lines survive a killed process; this, a lost machine
-                os.fsync(self._file.fileno())
             if self._snap is not None:
                 self._keep(event, line)
 
@@ -120,9 +125,12 @@ class EventLog:
     def close(self) -> None:
         """Save the saved digest (if events came since the last save) and close the log."""
         with self._lock:
-            if not self._file.closed:
+            if not self._file.closed and self.error is None:
                 self._save()
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # what a failed write left in the buffer: the error was told when it came
+                pass
             self._done()
 
 

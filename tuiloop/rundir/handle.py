@@ -197,8 +197,9 @@ class RunDir:
                 if durable:
                     os.fsync(f.fileno())
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            self.unlink(tmp)
+        except BaseException:  # a full disk: the old file stays, and no temp file
+            with contextlib.suppress(OSError):  # on a read-only folder even this fails
+                self.unlink(tmp)
             raise
         if durable:
             self.sync()

@@ -18,8 +18,10 @@ one handle on the directory (:mod:`tuiloop.rundir.handle`), never through a symb
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
 import platform
 import socket
 import sys
@@ -42,23 +44,50 @@ RANKS = "ranks"  # the other ranks' output in a distributed run: ranks/rank-N.lo
 
 def create_run_dir(out_dir: Path, name: str) -> RunDir:
     """Make a fresh, uniquely named, owner-only run directory and hold it open (its path is
-    absolute: views read it from anywhere); raises :class:`~tuiloop.rundir.handle.RunDirError` for an unsafe ``out_dir``."""
+    absolute: views read it from anywhere); raises :class:`~tuiloop.rundir.handle.RunDirError` for an unsafe ``out_dir``.
+    On a full disk it leaves no half-made directory."""
     home = RunDir.create(out_dir, name)
-    home.subdir(CHECKPOINTS).close()
+    try:
+        home.subdir(CHECKPOINTS).close()
+    except BaseException:
+        home.close()
+        with contextlib.suppress(OSError):
+            home.path.rmdir()
+        raise
     return home
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file and ``os.replace`` so readers never see half a file."""
     home, done = held(path.parent)
     try:
-        home.write_atomic(path.name, _json_bytes(data))
+        home.write_atomic(path.name, json_bytes(data))
     finally:
         done()
+
+
+def json_bytes(data: Any) -> bytes:
+    """A JSON file's bytes as tuiloop writes them (indented, one newline at the end)."""
+    return (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
+
+
+def stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` into a temp file beside ``path``, flushed and fsynced, and return the temp:
+    ``os.replace`` puts it in place. On a full disk or a read-only folder it raises the
+    OSError (naming ``path``) and leaves no temp behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # on a read-only folder even this fails
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            e.filename = str(path)  # the file meant, not its temp
+        raise
+    return tmp
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -87,7 +116,7 @@ def update_info(where: Path | RunDir, **fields: Any) -> dict[str, Any]:
     try:
         info = read_json_in(home, RUN_INFO) or {}
         info.update(fields)
-        home.write_atomic(RUN_INFO, _json_bytes(info))
+        home.write_atomic(RUN_INFO, json_bytes(info))
         return info
     finally:
         done()
@@ -107,7 +136,7 @@ def write_summary(where: Path | RunDir, summary: dict[str, Any]) -> None:
     """summary.json: written once, when the run has ended."""
     home, done = held(where)
     try:
-        home.write_atomic(SUMMARY, _json_bytes(summary))
+        home.write_atomic(SUMMARY, json_bytes(summary))
     finally:
         done()
 

@@ -22,6 +22,7 @@ from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.compiling import CompileError
 from tuiloop.engine.device import DeviceError, resolve_device
 from tuiloop.engine.distributed import SINGLE, Ranks
+from tuiloop.engine.events import Message
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.spec.errors import SpecError, type_name
@@ -230,6 +231,16 @@ def build_trainer(
         )
     except ValueError as e:  # a DataLoader that cannot be sharded
         raise SpecError(f"{where}, [data] target", str(e)) from None
+    if why := train.empty():
+        raise SpecError(
+            f"{where}, [data] target",
+            f"{spec.data.target} returned an empty training split ({why})",
+            "Check what it loads (a path or a filter that matched nothing?); training needs at least one batch.",
+        )
+    no_val = ""
+    if val is not None and (why := val.empty()):  # no validation, never a perfect score of nothing
+        no_val = f"{spec.data.target} returned an empty validation split ({why}): training without validation"
+        val = None
 
     es = spec.early_stopping
     monitor, mode = spec.checkpoint.monitor, spec.checkpoint.mode
@@ -246,8 +257,11 @@ def build_trainer(
     if spec.train.compile:
         progress("preparing torch.compile")
     try:
-        return Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks)
+        trainer = Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks)
     except PrecisionError as e:
         raise SpecError(f"{where}, [train] precision", str(e)) from None
     except CompileError as e:
         raise SpecError(f"{where}, [train] compile", str(e)) from None
+    if no_val:
+        trainer.announcements.append(Message("warning", no_val))
+    return trainer

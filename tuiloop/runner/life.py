@@ -18,6 +18,8 @@ differ only in the loop that feeds it events and obeys its commands::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import platform
 import sys
@@ -33,16 +35,18 @@ from typing import Any
 from tuiloop import __version__
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.events import Event, Failed, Finished, Message
+from tuiloop.engine.exceptions import StorageError
 from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.handle import RunDir
-from tuiloop.rundir.layout import CHECKPOINTS, RUN_INFO, read_json_in, update_info, who, write_summary
+from tuiloop.rundir.layout import CHECKPOINTS, EVENTS, RUN_INFO, SUMMARY, read_json_in, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.system import SystemSampler, interval_from_env
 from tuiloop.spec import SpecError
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk, not the code: told without a traceback
 SESSION_ENV = "TUILOOP_SESSION"  # which start of the run this is; the monitor follows that one
 Sink = Callable[[Event], None]
 
@@ -112,6 +116,7 @@ class RunLife:
         self._server: ControlServer | None = None
         self._signals: Signals | None = None
         self._closed = False
+        self.unwritable: StorageError | None = None  # the first write of the run directory that failed
 
     @classmethod
     def open(cls, run_dir: Path, lock: RunLock | None = None, create: bool = False) -> RunLife:
@@ -150,10 +155,32 @@ class RunLife:
 
     # ---- live ------------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
-        """An event of the run: into the log, then to every sink."""
+        """An event of the run: into the log, then to every sink.
+
+        A log that cannot be written (a full disk, a read-only folder; met here or by another
+        writer of the log, the machine sampler) raises :class:`StorageError` once, after the
+        sinks have the event, so that a loop still training ends the run with it and says what
+        is safe, to the sinks alone from then on. An event that tells the run's end (a failure,
+        an error, the last event) is not interrupted: the sinks have it."""
         if isinstance(event, Finished):
             self._quiet_server()
-        self._logged(event)
+        failed = None
+        if self.unwritable is None:
+            with contextlib.suppress(OSError):  # the log keeps its error
+                self._logged(event)
+            if self.log is not None and self.log.error is not None:
+                failed = self.unwritable = StorageError(EVENTS, self.log.error)
+        for sink in self.sinks:
+            sink(event)
+        if failed is None:
+            return
+        if type(event) is Finished:
+            self._tell(Message("error", f"{failed}: the event log ends before the run did"))
+        elif not (type(event) is Failed or (type(event) is Message and event.level == "error")):
+            raise failed
+
+    def _tell(self, event: Event) -> None:
+        """``event`` to the sinks alone (the terminal's lines, the TensorBoard mirror)."""
         for sink in self.sinks:
             sink(event)
 
@@ -198,7 +225,19 @@ class RunLife:
 
     # ---- endings ---------------------------------------------------------------------------------
     def summarize(self, f: Finished, metrics: dict[str, float], epochs: int | None = None) -> None:
-        """summary.json of a run that ended as ``f`` says."""
+        """summary.json of a run that ended as ``f`` says; if it cannot be written, that is told
+        (unless a write of the run directory already failed and was told)."""
+        try:
+            self._write_summary(f, metrics, epochs)
+        except OSError as e:
+            if self.unwritable is None:
+                self.unwritable = StorageError(SUMMARY, e)
+                text = f"{self.unwritable}: the run ended {f.status}, and ls will list it as crashed"
+                with contextlib.suppress(OSError):
+                    self._logged(Message("error", text))
+                self._tell(Message("error", text))
+
+    def _write_summary(self, f: Finished, metrics: dict[str, float], epochs: int | None) -> None:
         write_summary(
             self.home,
             {
@@ -241,7 +280,12 @@ class RunLife:
         """The run failed before it could train: the log, the sinks and ``also`` are told, and
         summary.json says so."""
         frames = traceback.format_exception(error)
-        text = str(error) if isinstance(error, SpecError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # a full disk: no traceback needed
+            name = os.path.relpath(error.filename, self.run_dir) if error.filename else "the run directory"
+            error = StorageError(str(name), error)
+        if isinstance(error, StorageError):
+            frames = []
+        text = str(error) if isinstance(error, (SpecError, StorageError)) else f"{type(error).__name__}: {error}"
         finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
         told: list[Sink] = [*([self.log] if self.log is not None else []), *self.sinks, *also]
         self.record_end(finished, {}, None, told, Failed(text, "setup", "".join(frames)))

@@ -35,6 +35,7 @@ from tuiloop.rundir.records import read_info
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.tensorboard import TensorBoardSink, check_spec
+from tuiloop.runner.writable import check_out_dir, out_dir_error, remove_half_made, resume_error, stage_resume
 from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.dump import dump_toml
 from tuiloop.spec.load import parse_spec, validate
@@ -48,13 +49,27 @@ def new_run_dir(spec: Spec) -> tuple[Path, RunLock]:
     run.json; the lock holds the handle it is written through. An ``out_dir`` that every user
     may write to (without the sticky bit) is refused."""
     _check_tensorboard(spec)  # the one need of the spec a background run would meet only after this
+    out_dir = Path(spec.run.out_dir)
+    check_out_dir(out_dir, spec.run.name, spec.where)
     try:
-        home = create_run_dir(Path(spec.run.out_dir), spec.run.name)
+        home = create_run_dir(out_dir, spec.run.name)
     except RunDirError as e:
         raise SpecError(f"[run] out_dir = {e.where}", e.problem, f"{e.fix}.") from None
-    lock = RunLock.acquire(home)
-    home.write_atomic(SPEC, dump_toml(spec.raw).encode())
-    update_info(home, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+    except OSError as e:
+        raise out_dir_error(spec.where, out_dir, e) from None
+    try:
+        lock = RunLock.acquire(home)
+        try:
+            home.write_atomic(SPEC, dump_toml(spec.raw).encode())
+            update_info(home, name=spec.run.name, started=time.time(), **_spec_origin(spec), **who())
+        except BaseException:
+            lock.release()
+            raise
+    except BaseException as e:  # a disk that filled since the check: leave nothing half-made
+        remove_half_made(home.path)
+        if isinstance(e, OSError):
+            raise out_dir_error(spec.where, out_dir, e) from None
+        raise
     return home.path, lock
 
 
@@ -71,6 +86,8 @@ def lock_for_resume(run_dir: Path) -> RunLock:
             "the run is live: its training process is still running",
             f"Watch and steer it with: tuiloop attach {run_dir}",
         ) from None
+    except OSError as e:  # a read-only run directory: run.lock cannot even be opened for writing
+        raise resume_error(run_dir, e) from None
 
 
 def load_run_spec(run_dir: Path) -> Spec:
@@ -129,6 +146,7 @@ def execute(
     if resume is not None:
         return _resume(spec, resume.resolve(), sinks, handle_signals, lock, on_ready, ranks)
     if run_dir is None:
+        check_out_dir(Path(spec.run.out_dir), spec.run.name, spec.where)  # before the data loads
         trainer = _build(spec, _tell(sinks), ranks)
         run_dir, lock = new_run_dir(spec)
         return _train(RunLife.open(run_dir, lock), trainer, sinks, handle_signals, spec.run.tensorboard)
@@ -188,17 +206,24 @@ def _resume(
                     "this resume is not exact: persistent DataLoader workers restart with new random streams, so random augmentation in them differs from an uninterrupted run",
                 )
             )
+        # Everything checked. The new spec.toml and run.json are written beside the old ones
+        # first: on a full or read-only disk that fails, and the run directory is as it was.
+        info = read_json_in(lock.home, RUN_INFO) or {}
+        resumes: list[Any] = info["resumes"] if isinstance(info.get("resumes"), list) else []
+        info.update(resumes=[*resumes, time.time()], **_spec_origin(spec))
+        files = stage_resume(run_dir, dump_toml(spec.raw), info)
     except BaseException:
         lock.release()
         raise
-    # Everything checked: from here on the run directory changes.
-    if on_ready is not None:
-        on_ready()
+    try:
+        if on_ready is not None:
+            on_ready()
+    except BaseException:
+        files.discard()
+        lock.release()
+        raise
+    files.commit()  # from here on the run directory changes
     home = lock.home
-    home.write_atomic(SPEC, dump_toml(spec.raw).encode())
-    info = read_json_in(home, RUN_INFO) or {}
-    resumes: list[Any] = info["resumes"] if isinstance(info.get("resumes"), list) else []
-    update_info(home, resumes=[*resumes, time.time()], **_spec_origin(spec))
     home.unlink(SUMMARY)
     with home.subdir(CHECKPOINTS) as checkpoints:
         checkpoints.remove_stale_temps()  # half-written files of a killed run

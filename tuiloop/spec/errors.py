@@ -50,7 +50,7 @@ def type_name(value: object) -> str:
 
 def from_override(err: SpecError, overrides: Iterable[str]) -> SpecError:
     """The same error, saying which ``--set`` gave the bad value (the file does not show it)."""
-    for item in overrides:
+    for item in reversed(list(overrides)):  # the last --set of a key is the one that counts
         key = item.partition("=")[0].strip()
         section, _, name = key.partition(".")
         if name and err.where.endswith(f"[{section}] {name}"):

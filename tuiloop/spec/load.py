@@ -9,6 +9,7 @@ from typing import Any
 
 import tomli_w
 
+import tuiloop.spec.checks as checks
 from tuiloop.engine.best import default_mode
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.keys import NUMBER, Key
@@ -159,7 +160,11 @@ def _check_choice(where: str, declared: Key, value: Any) -> None:
 
 
 def _check_value(here: str, declared: Key, value: Any) -> Any:
-    """The key's lowest value and its own check; a number key's value as a float."""
+    """A number's range (finite, 64-bit), the key's lowest value and its own check; a number
+    key's value as a float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        example = declared.default if isinstance(declared.default, (int, float)) else 1
+        checks.number(here, value, f"For example {declared.name} = {example}.")
     if declared.low and (problem := declared.low.problem(value)):
         raise SpecError(here, problem, declared.low.fix)
     if declared.check:
@@ -195,7 +200,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
                 f'Add [{name}] with target = "..."; see the spec reference in docs/spec.md.',
             )
     # the saved spec keeps the run's name
-    raw.setdefault("run", {}).setdefault("name", path.stem if path else "run")
+    raw.setdefault("run", {}).setdefault("name", checks.default_run_name(path.stem) if path else "run")
     values = {name: _section(raw, name, where) for name in SECTIONS if name in raw or name not in OPTIONAL_SECTIONS}
 
     # what follows from other keys: the modes from the monitors, the checkpoint's monitor from early stopping's
@@ -214,6 +219,10 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             '[loss] target = "model" takes the loss from the model, so [loss] has no other keys',
             f"Remove {extra} from [loss] (give it to your model in [model]).",
         )
+
+    for name in values:
+        if SECTIONS[name].finite_kwargs:
+            checks.finite_kwargs(where, name, _kwargs(raw, name))
 
     sections: dict[str, Any] = dict.fromkeys(OPTIONAL_SECTIONS)
     for name, v in values.items():

@@ -196,6 +196,7 @@ class Section:
     presence: str = "default"  # "required": the spec must have it; "optional": None when absent; "default": defaults
     kwargs_resume: bool = False  # every keyword argument of its target may change on resume
     comes_and_goes: bool = False  # an optional section that a resume may add or remove
+    finite_kwargs: bool = False  # its target's numbers (torch's hyperparameters: lr, betas, ...) must be finite
 
 
 # In the order the spec reference and the error messages list them.
@@ -203,15 +204,22 @@ SECTIONS: dict[str, Section] = {
     "run": Section(RunSpec, "the data order and the random draws so far follow it"),
     "model": Section(TargetSpec, "the checkpoint holds the weights of the model it describes", "required"),
     "data": Section(DataSpec, "the run replays the data in the order these settings give", "required"),
-    "loss": Section(TargetSpec, "the losses and best values so far were measured with it", "required"),
+    "loss": Section(
+        TargetSpec, "the losses and best values so far were measured with it", "required", finite_kwargs=True
+    ),
     "optimizer": Section(
-        TargetSpec, "the checkpoint's optimizer state belongs to the optimizer it names", "required", kwargs_resume=True
+        TargetSpec,
+        "the checkpoint's optimizer state belongs to the optimizer it names",
+        "required",
+        kwargs_resume=True,
+        finite_kwargs=True,
     ),
     "scheduler": Section(
         SchedulerSpec,
         "the checkpoint's scheduler state belongs to the scheduler it names",
         "optional",
         kwargs_resume=True,
+        finite_kwargs=True,
     ),
     "train": Section(TrainSpec, "the checkpoint counts optimizer steps of that many batches"),
     "early_stopping": Section(

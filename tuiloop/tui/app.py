@@ -20,6 +20,7 @@ from textual.message import Message
 
 import tuiloop.tui.bindings as bindings
 from tuiloop.engine.events import Event
+from tuiloop.rundir.filesystem import unwritable
 from tuiloop.tui.figures import X_AXES, ZOOMS, View, loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.bars import progress_text, title_text
@@ -174,7 +175,8 @@ class MonitorApp(RunKeys):
             self.model.note(time.time(), "warning", f"skipped a line of events.jsonl: {text}")
 
     def on_process_gone(self, message: ProcessGone) -> None:
-        self.model.process_gone(message.exit_code, time.time())
+        disk = unwritable(Path(self.model.run_dir)) if self.model.run_dir and message.exit_code else ""
+        self.model.process_gone(message.exit_code, time.time(), disk)
         if self.forced:
             self.exit("forced")  # only now: the process is gone
             return

@@ -127,6 +127,7 @@ class MonitorModel(EventReader):
         self.best_point: tuple[float, float] | None = None  # (step, value) of the monitored metric at its best check
         self.early: EarlyStopUpdate | None = None
         self.failure: Failed | None = None
+        self.last_saved: CheckpointSaved | None = None  # the newest last.pt
         self.last_error: str | None = None
         self.finished: Finished | None = None
         self.exit_code: int | None = None  # of the training process, when it is gone
@@ -230,6 +231,7 @@ class MonitorModel(EventReader):
 
     @on(CheckpointSaved)
     def _checkpoint(self, ev: CheckpointSaved) -> None:
+        self.last_saved = ev if ev.tag == "last" else self.last_saved
         prev = self.log[-1] if self.log else None
         if ev.tag == "last" and prev is not None and prev.key.startswith(f"ckpt@{ev.step}:"):
             prev.text += sentences.ALSO_LAST  # the same moment's best/periodic save: one line for both
@@ -276,8 +278,9 @@ class MonitorModel(EventReader):
         self._log(ev.time, level, f"finished: {sentences.finished(ev)}")
 
     # ---- outside the event log --------------------------------------------------------------
-    def process_gone(self, exit_code: int | None, now: float) -> None:
-        """The training process is gone; without a Finished event the run crashed or was killed."""
+    def process_gone(self, exit_code: int | None, now: float, disk: str = "") -> None:
+        """The training process is gone; without a Finished event the run crashed or was killed.
+        ``disk``: what is wrong with the run directory's file system ('its file system is full')."""
         self.exit_code = exit_code
         if self.finished is None:
             self.version += 1
@@ -285,7 +288,11 @@ class MonitorModel(EventReader):
             self.state = self.gone_status
             code = f" with status {exit_code}" if exit_code is not None else ""
             self.state_reason = f"the training process exited{code} without finishing"
-            self._log(now, "error", self.state_reason + " (see output.log in the run directory)")
+            if disk:  # then neither its log nor its output.log could say why
+                last = self.last_saved
+                safe = f"the last good checkpoint is epoch {last.epoch} ({last.path})" if last else "no last.pt"
+                self.state_reason += f": the run directory cannot be written ({disk}); {safe}"
+            self._log(now, "error", self.state_reason + ("" if disk else " (see output.log in the run directory)"))
 
     def note(self, now: float, level: str, text: str) -> None:
         """A line from the monitor itself (a command sent, a command refused)."""
