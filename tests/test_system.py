@@ -360,7 +360,8 @@ def test_a_run_logs_system_samples_between_its_start_and_its_end(
 def test_a_run_in_this_process_stops_its_sampler(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(system.INTERVAL_ENV, str(FAST))
     seen: list[Event] = []
-    code, run_dir = run_spec(write_spec(workdir, run={"epochs": 5}), sinks=[seen.append])
+    # 20 epochs: the sampler thread gets its turns even on a loaded machine (5 left none once, under a parallel run)
+    code, run_dir = run_spec(write_spec(workdir, run={"epochs": 20}), sinks=[seen.append])
     assert code == 0
     assert not [t for t in threading.enumerate() if t.name == "tuiloop-system"]
     logged = of(read_events(run_dir)[0], SystemSample)
