@@ -165,18 +165,23 @@ def process_gone(pid: int) -> bool:
     """True once ``pid`` has exited: a zombie waiting for its parent counts as gone, but not while
     any of its threads is still tearing down (a SIGKILLed process's main thread shows as a zombie
     first, while the other threads still hold its open files, the run's lock among them)."""
+    return all(state in (b"Z", b"X") for state in thread_states(pid))
+
+
+def thread_states(pid: int) -> list[bytes]:
+    """The state letter of each live thread of ``pid`` (Linux /proc); none once it has gone."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return True
+        return []
+    states = []
     for task in tasks:
         try:
             stat = (task / "stat").read_bytes()
         except OSError:
             continue  # that thread is gone
-        if stat.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
-            return False
-    return True
+        states.append(stat.rsplit(b")", 1)[1].split()[0])
+    return states
 
 
 def run_processes(run_dir: Path) -> list[Any]:
@@ -291,15 +296,9 @@ def freeze(pid: int, timeout: float = 10) -> None:
     """SIGSTOP ``pid`` and wait until every one of its threads has stopped: on a loaded machine
     a thread may run on for a while after the signal was sent (Linux /proc)."""
 
-    def stopped() -> bool:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                stat = (task / "stat").read_bytes()
-            except OSError:
-                continue  # that thread is gone
-            if stat.rsplit(b")", 1)[1].split()[0] not in (b"T", b"t"):
-                return False
-        return True
-
     os.kill(pid, signal.SIGSTOP)
-    wait_until(stopped, timeout, f"every thread of process {pid} to stop")
+    wait_until(
+        lambda: all(state in (b"T", b"t") for state in thread_states(pid)),
+        timeout,
+        f"every thread of process {pid} to stop",
+    )

@@ -90,6 +90,7 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     raises :class:`ControlError`."""
     run_dir = Path(run_dir)
     stale = f"{run_dir} is not live: its process has gone and left a stale control socket"
+    no_answer = f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)"
     deadline = time.monotonic() + timeout
     try:
         s = _connect(run_dir, deadline, timeout)
@@ -98,7 +99,7 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     except PermissionError as e:
         raise ControlError(f"permission denied: only the user who started {run_dir} can control it") from e
     except TimeoutError as e:
-        raise ControlError(f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)") from e
+        raise ControlError(no_answer) from e
     except OSError as e:
         raise ControlError(f"could not reach {run_dir}: {e}") from e
     try:
@@ -114,7 +115,7 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
             raise ControlError(stale) from e
         raise ControlError(f"{run_dir} closed the connection without answering {cmd!r}") from e
     except TimeoutError as e:
-        raise ControlError(f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)") from e
+        raise ControlError(no_answer) from e
     except OSError as e:
         raise ControlError(f"could not reach {run_dir}: {e}") from e
     finally:
