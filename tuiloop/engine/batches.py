@@ -26,6 +26,11 @@ worker that died of it would fail the run that is stopping gracefully. So worker
 SIGINT blocked (``fork`` keeps the mask), ignore it once they run (``spawn`` and ``forkserver``
 start with a fresh mask), and a worker that dies while a stop is under way ends the run as
 stopped (:func:`worker_died`).
+
+A worker ends with its training process, however that ends: on Linux the kernel kills it when
+its parent dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the training process leaves no worker
+behind, not even one stuck in the user's ``__getitem__`` (the DataLoader's own watchdog looks for
+its parent only between samples, every 5 s).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sized
 from typing import Any, cast
@@ -240,6 +247,9 @@ class Batches:
         state = rng_state() if start else None
         if start and epoch_rng is not None and self.order_from_global_rng:
             set_rng_state(epoch_rng)  # the user's sampler draws the epoch's order from it
+        quiet = self._loader.worker_init_fn  # type: ignore[union-attr]
+        if isinstance(quiet, QuietWorker):
+            quiet.started_here()
         with _no_sigint():
             it = iter(self._loader)  # type: ignore[arg-type]  # a loader without _tensors; workers start here
         if state is not None:
@@ -311,13 +321,39 @@ class QuietWorker:
 
     def __init__(self, then: Callable[[int], None] | None) -> None:
         self.then = then
+        self.parent = 0  # the process that starts the workers, and
+        self.from_main_thread = False  # whether its main thread does (it outlives the workers)
+
+    def started_here(self) -> None:
+        """Workers are about to start from this process and thread (before ``iter(loader)``)."""
+        self.parent = os.getpid()
+        self.from_main_thread = threading.current_thread() is threading.main_thread()
 
     def __call__(self, worker_id: int) -> None:
         signal.set_wakeup_fd(-1)  # a forked copy of the training process's: not this process's to write
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the DataLoader ends stuck workers with it
+        if self.from_main_thread:  # the kernel's "parent" is the thread that started us
+            _die_with_parent(self.parent)
         if self.then is not None:
             self.then(worker_id)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when ``parent``, the training process, dies; if it died
+    meanwhile, go now. A worker of a ``forkserver`` is the server's child: the DataLoader's
+    watchdog ends it."""
+    if not sys.platform.startswith("linux") or os.getppid() != parent:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the kernel was told
+        os._exit(1)
 
 
 def worker_died(error: BaseException) -> bool:

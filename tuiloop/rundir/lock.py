@@ -6,6 +6,16 @@ all ask the lock, with the same answer on Linux and macOS.
 
 The process that creates a run directory takes the lock and hands the open file to the training
 process it starts (``pass_fds``), so the run is live from its first instant.
+
+A ``flock`` belongs to the open file, and a forked child shares its parent's open files: a
+DataLoader worker forked by the training process would hold the run's lock for as long as it
+lives, after its parent was forced out or killed (until its own watchdog notices, 5 s; forever
+if it hangs in the user's ``__getitem__``). So a forked child closes its copies of the locks this
+process holds at once (:func:`os.register_at_fork`); ``exec`` closes them anyway (``O_CLOEXEC``),
+except for the one copy handed on on purpose. POSIX record locks (``lockf``) are not inherited
+by ``fork``, but they cannot be handed to the training process either, and closing *any*
+descriptor of the file drops them: a view that tests the lock from the holding process would
+release it.
 """
 
 from __future__ import annotations
@@ -17,6 +27,21 @@ from pathlib import Path
 
 from tuiloop.rundir.handle import RunDir, RunDirError
 from tuiloop.rundir.layout import LOCK
+
+_held: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close our copies of the parent's locks (the parent keeps them)."""
+    for fd in _held:
+        try:
+            os.close(fd)  # a flock ends with its last descriptor, not with this one
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunIsLive(Exception):
@@ -32,6 +57,8 @@ class RunLock:
         self.home = home
         self.run_dir = home.path
         self.fd = fd
+        if fd >= 0:
+            _held.add(fd)
 
     @classmethod
     def acquire(cls, where: Path | RunDir, wait: float = 2.0) -> RunLock:
@@ -85,6 +112,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd >= 0:
+            _held.discard(self.fd)
             os.close(self.fd)  # closing the last copy of the file releases the lock
             self.fd = -1
         self.home.close()

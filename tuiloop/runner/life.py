@@ -42,6 +42,7 @@ from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.handle import RunDir
 from tuiloop.rundir.layout import CHECKPOINTS, EVENTS, RUN_INFO, SUMMARY, read_json_in, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.system import SystemSampler, interval_from_env
 from tuiloop.spec import SpecError
@@ -293,7 +294,8 @@ class RunLife:
 
     def force(self) -> None:
         """End the process now, without saving (a second Ctrl+C, or the force command); the log
-        and summary.json say so first, and ``on_forced`` ends what must go with it."""
+        and summary.json say so first, and ``on_forced`` ends what must go with it; every process
+        this one started goes too (a DataLoader worker stuck in the user's ``__getitem__``)."""
         try:
             s = self.standing() if self.standing is not None else Standing(0, 0, None, None, None, None, {})
             wall = time.time() - self.started
@@ -305,6 +307,7 @@ class RunLife:
             if self.on_forced is not None:
                 self.on_forced()
         finally:
+            end_children()
             os._exit(EXIT_FORCED)
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from tuiloop.rundir.layout import (
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.rundir.records import read_info
 from tuiloop.runner.life import RunLife, Sink, Standing
+from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.tensorboard import TensorBoardSink, check_spec
 from tuiloop.runner.writable import check_out_dir, out_dir_error, remove_half_made, resume_error, stage_resume
@@ -171,13 +172,19 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
     trainer = _build(spec, lambda phase: None, ranks)
     if resume is not None:
         trainer.resume(resume / CHECKPOINTS / "last.pt")
-    signals = Signals(trainer.request_stop, lambda: os._exit(EXIT_FORCED), terminate=lambda: _terminated(trainer, None))
+    signals = Signals(trainer.request_stop, _forced_out, terminate=lambda: _terminated(trainer, None))
     signals.install()
     try:
         finished = trainer.loop()
     finally:
         signals.restore()
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
+
+
+def _forced_out() -> None:
+    """A rank other than 0 forced to go: its DataLoader workers go with it."""
+    end_children()
+    os._exit(EXIT_FORCED)
 
 
 def _resume(
@@ -367,6 +374,7 @@ def _terminated(trainer: Any, life: RunLife | None) -> None:
             life.record_end(finished, s.metrics, s.epochs, list(trainer.sinks) or [life.emit], failed)
             sys.stdout.flush()
     finally:
+        end_children()
         os._exit(EXIT_FAILED)
 
 
