@@ -77,9 +77,11 @@ def test_an_event_log_that_cannot_be_opened_ends_the_headless_run_as_failed(work
 
 
 def test_an_event_log_that_cannot_be_opened_ends_a_background_run_as_failed(workdir: Path) -> None:
-    """``tuiloop run --detach``: the training process it starts meets the failure."""
+    """``tuiloop run --detach``: the training process it starts meets the failure, and the
+    command, which waits until the run has imported the spec's targets, says so."""
     done = run_broken(workdir, "eventlog", "run", str(write_spec(workdir)), "--detach")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "error: OSError: [Errno 28] No space left on device" in done.stderr, done.stderr
     run_dir = only_run(workdir / "runs")
     wait_until(lambda: summary(run_dir) and not is_locked(run_dir), 60, "the training process to end")
     assert_failed_and_released(run_dir)

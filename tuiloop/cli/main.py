@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return EXIT_USAGE
     debug = getattr(args, "debug", False)
+    if args.command in ("run", "_train", "_rank"):
+        _report_crashes()
     try:
         if args.command == "run":
             from tuiloop.cli.run import cmd_run  # lazy: import only the command run
@@ -248,6 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     return EXIT_USAGE
+
+
+def _report_crashes() -> None:
+    """A process that runs the user's code prints the Python stack when it crashes (SIGSEGV,
+    SIGABRT, ...): on the terminal, or into output.log where the training process's watcher
+    finds the user's line (:mod:`tuiloop.runner.watch`)."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        try:
+            faulthandler.enable()
+        except (OSError, ValueError, AttributeError):
+            pass  # a stderr without a file descriptor (an embedding application)
 
 
 def _quiet_broken_pipe() -> int:

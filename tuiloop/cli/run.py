@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import tuiloop.runner.training_process as training_process
+from tuiloop.cli.say import error
+from tuiloop.engine.events import Failed, Finished, RunStarted, Starting
 from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.control import ControlError, send_command
-from tuiloop.rundir.layout import RUN_INFO
+from tuiloop.rundir.eventlog import EventTail
+from tuiloop.rundir.layout import OUTPUT, RUN_INFO
 from tuiloop.runner.processes import kill_tree
 from tuiloop.runner.rank import run_rank, under_a_launcher
-from tuiloop.runner.spec_run import execute, load_run_spec, lock_for_resume, new_run_dir
+from tuiloop.runner.spec_run import IMPORTING, execute, load_run_spec, lock_for_resume, new_run_dir
 from tuiloop.runner.torchrun import processes_for, torchrun_args
 from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.load import apply_override, validate
@@ -57,9 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if headless and not args.detach and torchrun is None:
         code, _ = execute(spec, resume=args.resume, sinks=[PlainSink(sys.stdout)])
         return code
-    resolve(spec)  # import errors show here, before anything starts
+    # The user's module is imported once, by the training process: the monitor opens at once and
+    # shows the import with its time so far; --detach waits for it (below) to report its errors.
     session = uuid.uuid4().hex[:12]
     if torchrun is not None and args.node_rank > 0:  # rank 0 and the run directory are on node 0
+        resolve(spec)  # import errors show here, before this node's ranks start
         return _supervise(
             training_process.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None
         )
@@ -83,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None and not inherit and not training_process.wait_ready(proc, sys.stderr, run_dir):
         return proc.returncode  # it said why (relayed above); the run directory is as it was
     if args.detach:
+        if args.resume is None and not _past_imports(proc, run_dir):
+            return proc.returncode  # it failed while it started, and we said why
         print(f"started {run_dir} (pid {proc.pid})")
         print(f"  watch it:  tuiloop attach {run_dir}")
         print(f"  its log:   {run_dir / 'output.log'}")
@@ -92,6 +99,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tuiloop.cli.monitor import monitor_run  # lazy: keeps textual out of headless and detached runs
 
     return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish, session=session)
+
+
+def _past_imports(proc: Any, run_dir: Path) -> bool:
+    """Wait until a detached run has imported the spec's targets (True), or has ended (False,
+    after telling why: a spec mistake in the user's module is said here, as without --detach)."""
+    tail = EventTail(run_dir)
+    failure: Failed | None = None
+    while True:
+        ended = proc.poll() is not None
+        for ev in tail.poll():
+            if isinstance(ev, RunStarted) or (isinstance(ev, Starting) and ev.phase not in IMPORTING):
+                return True
+            if isinstance(ev, Failed):
+                failure = ev
+            if isinstance(ev, Finished):
+                proc.wait()
+                ended = True
+        if ended:
+            if failure is None:  # its event log could not say it: its output does
+                said = [line for line in _output(run_dir).splitlines() if line.startswith("error: ")]
+                error(
+                    f"{said[-1].removeprefix('error: ') if said else 'the run ended while it started'}; its output is in {run_dir / OUTPUT}"
+                )
+            else:
+                error(failure.error + ("" if failure.where == "setup" else f"\n  where: {failure.where}"))
+            return False
+        time.sleep(0.05)
+
+
+def _output(run_dir: Path) -> str:
+    try:
+        return (run_dir / OUTPUT).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:

@@ -90,7 +90,7 @@ def save_atomic(obj: dict[str, Any] | bytes, path: Path) -> None:
     """Write a checkpoint (or its :func:`serialize`d bytes) so a crash never leaves a torn or
     missing file; owner-only (0600), never written through a symbolic link."""
     data = obj if isinstance(obj, bytes) else serialize(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)  # never its parents: a deleted run directory stays deleted
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -14,13 +14,13 @@ import torch
 
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.events import Failed
-from tuiloop.engine.origin import describe_where, format_frames, user_frames
+from tuiloop.engine.origin import describe_where, error_text, format_frames, user_frames
 
 
-def failure_report(e: Exception, where: str, epoch: int, step: int, ranks: Ranks) -> Failed:
+def failure_report(e: BaseException, where: str, epoch: int, step: int, ranks: Ranks) -> Failed:
     """The failure ``e`` raised in ``where`` (epoch and step counted from 1), called while handling it."""
     failed = Failed(
-        f"{type(e).__name__}: {e}",
+        error_text(e),
         describe_where(e, where, epoch, step),
         traceback.format_exc(),
         format_frames(user_frames(e)),
@@ -53,7 +53,7 @@ def failure_report(e: Exception, where: str, epoch: int, step: int, ranks: Ranks
     )
 
 
-def failure_reason(failed: Failed, e: Exception, where: str) -> str:
+def failure_reason(failed: Failed, e: BaseException, where: str) -> str:
     """The summary's reason for a failure: the rank that failed, else the error's type and place."""
     return (
         failed.error.split(":")[0] + " failed" if failed.error.startswith("rank ") else f"{type(e).__name__} in {where}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import site
 import sys
 import sysconfig
@@ -63,8 +64,56 @@ def format_frames(frames: list[traceback.FrameSummary]) -> list[str]:
     return out
 
 
+def error_text(e: BaseException) -> str:
+    """'TypeError: ...'; a ``sys.exit(3)`` in the user's code says so (its str() is just '3')."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit: the code called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
 def describe_where(e: BaseException, phase: str, epoch: int, step: int) -> str:
     """'training, epoch 3, step 120: models.py:42 in forward' (the innermost user frame)."""
     frames = user_frames(e)
     loc = f": {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
     return f"{phase}, epoch {epoch}, step {step}{loc}"
+
+
+FATAL = "Fatal Python error: "  # how faulthandler starts a dump (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL)
+_FAULT_FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
+
+
+def fault_dump(output: str) -> str:
+    """The last fatal-error dump that :mod:`faulthandler` wrote into ``output``, or ''."""
+    at = output.rfind(FATAL)
+    if at < 0:
+        return ""
+    lines = output[at:].splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith("Extension modules:")), len(lines))
+    return "\n".join(lines[:end]).rstrip() + "\n"
+
+
+def fault_frames(dump: str) -> list[traceback.FrameSummary]:
+    """The frames of the crashing thread in a :func:`fault_dump` that are the user's, outermost first."""
+    frames: list[traceback.FrameSummary] = []
+    current = False
+    for line in dump.splitlines():
+        if line.startswith("Current thread"):
+            current = True
+        elif current and (m := _FAULT_FRAME.match(line)):
+            frames.append(
+                traceback.FrameSummary(
+                    m.group(1), int(m.group(2)), m.group(3), line=_source(m.group(1), int(m.group(2)))
+                )
+            )
+        elif current and frames:
+            break
+    frames.reverse()  # faulthandler prints the most recent call first
+    ours, others = _roots()
+    users = [f for f in frames if _outside(f.filename, ours + others)]
+    return users or [f for f in frames if _outside(f.filename, ours)]
+
+
+def _source(filename: str, lineno: int) -> str:
+    import linecache
+
+    return linecache.getline(filename, lineno).strip()

@@ -292,7 +292,7 @@ class Trainer:
         except StorageError as e:  # a full disk or a read-only run directory: no traceback, and no
             status, reason = "failed", str(e)  # save after it (it would meet the same disk)
             self.emit(Failed(e.sentence(progress.at(), self.checkpoints.safe(e)), where, ""))
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in the user's code fails the run as an exception does
             if steering.stop_reason and worker_died(e):  # the same Ctrl+C reached a DataLoader worker
                 status, reason = "stopped", steering.stop_reason
                 self.emit(Message("warning", f"a DataLoader worker ended with the interrupt ({e}); stopping as asked"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from tuiloop.engine.events import Event, Finished, event_from_dict, line_prefix
@@ -42,11 +43,20 @@ class EventLog:
     and reads only the lines after it (a log without one: all of it, once).
     """
 
-    def __init__(self, run_dir: Path | RunDir, digest_every: float | None = DIGEST_EVERY_S) -> None:
+    def __init__(
+        self,
+        run_dir: Path | RunDir,
+        digest_every: float | None = DIGEST_EVERY_S,
+        on_gone: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_gone``: called once, with why, if the run directory (or its log) is deleted while the
+        log is open; nothing more is written then."""
         self.home, self._done = held(run_dir)  # written through this handle, never through a link
         self.run_dir = self.home.path
         self._lock = threading.Lock()
         self._file = self.home.append(EVENTS)
+        self._on_gone = on_gone
+        self.gone = ""  # why the run directory is gone, once it is
         size = os.fstat(self._file.fileno()).st_size
         if size and self._last_byte(size) != b"\n":  # a killed process may have left half a line: end it
             self._file.write(b"\n")
@@ -86,7 +96,7 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         line = encode(event)
         with self._lock:
-            if self._file.closed or self.error is not None:
+            if self._file.closed or self.error is not None or self.gone or self._went():
                 return
             try:
                 self._file.write(line)
@@ -99,6 +109,31 @@ class EventLog:
             self._offset += len(line)
             if self._snap is not None:
                 self._keep(event, line)
+
+    def _went(self) -> bool:
+        """True (once ``on_gone`` is told) if the log was unlinked or its directory replaced."""
+        if os.fstat(self._file.fileno()).st_nlink > 0:
+            try:
+                if _identity(os.stat(self.run_dir)) == self._where:
+                    return False
+                self.gone = f"{self.run_dir} was replaced by another directory while the run was live"
+            except FileNotFoundError:
+                self.gone = f"{self.run_dir} was moved away while the run was live"
+        else:
+            self.gone = f"{self.run_dir} was deleted while the run was live (its event log is gone)"
+        if self._on_gone is not None:
+            self._on_gone(self.gone)
+        return True
+
+    def _went(self) -> bool:
+        """True (once ``on_gone`` is told) if the log or the run directory was deleted. A directory
+        moved elsewhere is still the run's own: the handle writes into it wherever it is."""
+        if os.fstat(self._file.fileno()).st_nlink > 0 and os.fstat(self.home.fd).st_nlink > 0:
+            return False
+        self.gone = f"{self.run_dir} was deleted while the run was live (its event log is gone)"
+        if self._on_gone is not None:
+            self._on_gone(self.gone)
+        return True
 
     def _keep(self, event: Event, line: bytes) -> None:
         assert self._snap is not None and self._every is not None

@@ -50,6 +50,7 @@ class Progress:
         self.skipped += 1
         if len(self.problems) < 3:
             self.problems.append(why)
+    step: int = 0  # the last optimizer step logged
 
 
 def scan(run_dir: Path) -> Progress:
@@ -71,9 +72,8 @@ def scan(run_dir: Path) -> Progress:
                 for line in f.read(end - start).splitlines(keepends=True):
                     _scan_line(p, line)
             digest = snap.get("digest")
-            _scan_steps(
-                p, digest.get("epoch") if isinstance(digest, dict) else None, snap.get("time")
-            )  # the epoch of the last step, or later
+            digest = digest if isinstance(digest, dict) else {}
+            _scan_steps(p, digest.get("epoch"), snap.get("time"), digest.get("step"))  # the last step's epoch, or later
             f.seek(snap["offset"])
         for line in f:
             if line.startswith(_STEPS_PREFIX):
@@ -84,8 +84,10 @@ def scan(run_dir: Path) -> Progress:
                 _scan_line(p, line)
     for last in (last_steps, last_sample):
         ev = _decode(p, last) if last is not None else None
-        if ev is not None:
-            _scan_steps(p, ev.epoch if isinstance(ev, TrainSteps) else None, ev.time)
+        if isinstance(ev, TrainSteps):
+            _scan_steps(p, ev.epoch, ev.time, ev.first_step + len(ev.losses) - 1)
+        elif ev is not None:
+            _scan_steps(p, None, ev.time)
     return p
 
 
@@ -129,8 +131,10 @@ def _scan_line(p: Progress, line: bytes) -> None:
         p.paused = ev.state == "paused"
 
 
-def _scan_steps(p: Progress, epoch: object, time: object) -> None:
-    """Steps of epoch k were logged at ``time``: the epochs before k are done."""
+def _scan_steps(p: Progress, epoch: object, time: object, step: object = None) -> None:
+    """Steps of epoch k, up to ``step``, were logged at ``time``: the epochs before k are done."""
+    if isinstance(step, int):
+        p.step = max(p.step, step)
     if isinstance(epoch, int):
         p.done = max(p.done, epoch - 1)
     if isinstance(time, (int, float)):

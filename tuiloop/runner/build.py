@@ -46,7 +46,7 @@ def seed_everything(seed: int) -> None:
 def _call(where: str, section: str, target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in the user's factory too
         shown = ", ".join(f"{k}={v.tolist() if isinstance(v, torch.Tensor) else v!r}" for k, v in kwargs.items())
         raise SpecError(
             f"{where}, [{section}]",

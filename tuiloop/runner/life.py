@@ -36,7 +36,8 @@ from tuiloop import __version__
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.events import Event, Failed, Finished, Message
 from tuiloop.engine.exceptions import StorageError
-from tuiloop.engine.exits import EXIT_FORCED
+from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED
+from tuiloop.engine.origin import error_text
 from tuiloop.rundir.control import ControlServer
 from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.handle import RunDir
@@ -145,7 +146,7 @@ class RunLife:
         """The run's event log, opened on the first call (a full disk raises here: a set-up
         failure that :meth:`fail_setup` records as far as it can)."""
         if self.log is None:
-            self.log = self._logged = EventLog(self.home)
+            self.log = self._logged = EventLog(self.home, on_gone=self._gone)
         return self.log
 
     def checkpoint_folder(self) -> RunDir:
@@ -277,7 +278,7 @@ class RunLife:
                     pass
         self.summarize(finished, metrics, epochs)
 
-    def fail_setup(self, error: Exception, also: Iterable[Sink] = ()) -> Finished:
+    def fail_setup(self, error: BaseException, also: Iterable[Sink] = ()) -> Finished:
         """The run failed before it could train: the log, the sinks and ``also`` are told, and
         summary.json says so."""
         frames = traceback.format_exception(error)
@@ -286,7 +287,7 @@ class RunLife:
             error = StorageError(str(name), error)
         if isinstance(error, StorageError):
             frames = []
-        text = str(error) if isinstance(error, (SpecError, StorageError)) else f"{type(error).__name__}: {error}"
+        text = str(error) if isinstance(error, (SpecError, StorageError)) else error_text(error)
         finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
         told: list[Sink] = [*([self.log] if self.log is not None else []), *self.sinks, *also]
         self.record_end(finished, {}, None, told, Failed(text, "setup", "".join(frames)))
@@ -309,6 +310,16 @@ class RunLife:
         finally:
             end_children()
             os._exit(EXIT_FORCED)
+
+    def _gone(self, why: str) -> None:
+        """The run directory was deleted or moved: nothing can be recorded, and every later
+        write would create it again, without its log. End the process at once."""
+        try:
+            os.write(2, f"\ntuiloop: error: {why}; the run ends here, writing nothing more\n".encode())
+        except OSError:
+            pass
+        end_children()
+        os._exit(EXIT_FAILED)
 
     def close(self) -> None:
         """Stop sampling, close the socket, restore the signals, close the log, release the lock.

@@ -41,6 +41,7 @@ from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.dump import dump_toml
 from tuiloop.spec.load import parse_spec, validate
 
+IMPORTING = ("importing torch", "importing the spec's targets")  # the start-up phases before the user's code is in
 LAUNCHER_ENV = "TUILOOP_LAUNCHER_PID"  # the torchrun process of this node, for a forced end
 
 
@@ -156,7 +157,7 @@ def execute(
     try:
         life.open_log()  # first, so that a build error is in the log too
         trainer = _build(spec, _tell([life.emit]), ranks)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         life.fail_setup(e)
         life.close()
         return (EXIT_USAGE if isinstance(e, SpecError) else EXIT_FAILED), run_dir
@@ -261,10 +262,10 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
 def _build(spec: Spec, tell: Callable[[str], None], ranks: Ranks = SINGLE) -> Any:
     if ranks.is_main:
         _check_tensorboard(spec)
-    tell("importing torch")
+    tell(IMPORTING[0])
     from tuiloop.runner.build import build_trainer  # lazy: imports torch, after the run says "importing torch"
 
-    tell("importing the spec's targets")
+    tell(IMPORTING[1])
     return build_trainer(resolve(spec), progress=tell, ranks=ranks)
 
 
@@ -318,7 +319,10 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
         finished = trainer.loop()
         life.summarize(finished, trainer.last_metrics, trainer.opt.epochs)
         return finished
-    except Exception as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
+    except (
+        Exception,
+        SystemExit,
+    ) as e:  # set-up inside the run directory failed (event log, socket, signals, announcement)
         return life.fail_setup(e, also=[s for s in trainer.sinks if s != life.emit])
     finally:
         if life.emit in trainer.sinks:  # a Trainer run again later must not write into a closed log

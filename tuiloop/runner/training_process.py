@@ -2,7 +2,8 @@
 terminal (a dropped SSH connection) does not end it.
 
 The parent creates (or, to resume, locks) the run directory and hands the training process its lock as an
-open file, so the run is live without a gap. The spec travels on the training process's stdin: a resume
+open file, so the run is live without a gap. The training process forks at once: its parent
+watches the child that trains and records an ending the child could not (:mod:`tuiloop.runner.watch`). The spec travels on the training process's stdin: a resume
 must not touch spec.toml before it is known to work. A resumed training process first writes to a pipe
 its parent relays to the terminal; once the checkpoint is loaded it says so, waits until the
 parent has put what it relayed into output.log (the parent closes the pipe the spec came on), and
@@ -30,6 +31,7 @@ from tuiloop.rundir.lock import RunLock
 from tuiloop.runner.life import SESSION_ENV
 from tuiloop.runner.spec_run import execute, load_run_spec, lock_for_resume
 from tuiloop.runner.torchrun import processes_for, torchrun_args
+from tuiloop.runner.watch import fork_watched
 from tuiloop.spec import Spec
 from tuiloop.spec.dump import dump_toml
 from tuiloop.spec.load import parse_spec
@@ -185,8 +187,17 @@ def resume_in_background(run_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main(run_dir: Path, lock_fd: int, resume: bool) -> int:
-    """The training process: read the spec from stdin and train."""
-    spec = read_spec(read_payload(wait_go_ahead=resume))
+    """The training process: read the spec from stdin and train, watched by a parent of its own
+    that records an ending it could not write (:mod:`tuiloop.runner.watch`)."""
+    global _go_ahead
+    payload = read_payload(wait_go_ahead=resume)
+    code = fork_watched(run_dir, lock_fd, resume)
+    if code is not None:  # the watcher
+        if _go_ahead is not None:
+            os.close(_go_ahead)
+            _go_ahead = None
+        return code
+    spec = read_spec(payload)
     lock = RunLock.adopt(run_dir, lock_fd)
     if not resume:
         code, _ = execute(spec, run_dir=run_dir, sinks=[PlainSink(sys.stdout)], lock=lock)

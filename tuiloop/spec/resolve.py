@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import tuiloop.spec.userfiles as userfiles
-from tuiloop.engine.origin import user_frames
+from tuiloop.engine.origin import error_text, user_frames
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
 from tuiloop.spec.schema import SCHEMA, Spec, TargetSpec
 
@@ -61,7 +61,7 @@ def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
 def _import_file(file: Path, where: str, target: str) -> Any:
     try:
         return userfiles.import_file(file)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a script that calls sys.exit() (argparse, say) on import
         raise SpecError(
             where,
             f"importing {file} (target = {target!r}) raised {describe_exception(e)}",
@@ -76,7 +76,7 @@ def describe_exception(e: BaseException) -> str:
     if isinstance(e, SyntaxError) and e.filename:
         loc = f" ({Path(e.filename).name}, line {e.lineno})"
         return f"SyntaxError: {e.msg}{loc}"
-    return f"{type(e).__name__}: {e}{loc}"
+    return f"{error_text(e)}{loc}"
 
 
 def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Callable[..., Any]:
@@ -129,7 +129,7 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
             raise SpecError(
                 here, f"importing {module_part} raised {describe_exception(e)}", "Install the missing package."
             ) from e
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise SpecError(
                 here,
                 f"importing {module_part} raised {describe_exception(e)}",

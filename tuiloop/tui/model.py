@@ -24,6 +24,7 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
+    Starting,
     StateChanged,
     TrainSteps,
     Validated,
@@ -143,6 +144,7 @@ class MonitorModel(EventReader):
         self._t_last: float | None = None
         self.last_event_time: float | None = None
         self.first_event_time: float | None = None  # the run's first event: its wall clock starts here
+        self.phase_since: float | None = None  # when the start-up phase shown began (a slow import shows its time)
         self.train_time = 0.0  # seconds spent training (running), all sessions, pauses and start-up left out
 
     # ---- feeding ----------------------------------------------------------------------------
@@ -178,6 +180,10 @@ class MonitorModel(EventReader):
         # clock above sums the same running time as a full read (the ETA, the training time).
         self.digest = ev.digest
         self.events_seen += ev.skipped - 1  # the lines it stands for, not itself
+
+    @on(Starting)
+    def _starting(self, ev: Starting) -> None:
+        self.phase_since = ev.time
 
     @on(RunStarted)
     def _run_started(self, ev: RunStarted) -> None:
@@ -292,6 +298,8 @@ class MonitorModel(EventReader):
                 last = self.last_saved
                 safe = f"the last good checkpoint is epoch {last.epoch} ({last.path})" if last else "no last.pt"
                 self.state_reason += f": the run directory cannot be written ({disk}); {safe}"
+            elif self.run_dir and not os.path.isdir(self.run_dir):
+                self.state_reason += ": its run directory was deleted while it ran"
             self._log(now, "error", self.state_reason + ("" if disk else " (see output.log in the run directory)"))
 
     def note(self, now: float, level: str, text: str) -> None:

@@ -67,8 +67,10 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
     s = model.started
     lines = []
     if s is None:
+        since = f" {fmt.clock(now - model.phase_since)}" if model.phase and model.phase_since is not None else ""
         first = Text(
-            f"starting: {model.phase}…" if model.phase else "waiting for the training process to start…", style="yellow"
+            f"starting: {model.phase}…{since}" if model.phase else "waiting for the training process to start…",
+            style="yellow",
         )
         if model.over:
             first = Text(model.state_reason or model.state, style="bold red")
