@@ -111,21 +111,6 @@ class EventLog:
                 self._keep(event, line)
 
     def _went(self) -> bool:
-        """True (once ``on_gone`` is told) if the log was unlinked or its directory replaced."""
-        if os.fstat(self._file.fileno()).st_nlink > 0:
-            try:
-                if _identity(os.stat(self.run_dir)) == self._where:
-                    return False
-                self.gone = f"{self.run_dir} was replaced by another directory while the run was live"
-            except FileNotFoundError:
-                self.gone = f"{self.run_dir} was moved away while the run was live"
-        else:
-            self.gone = f"{self.run_dir} was deleted while the run was live (its event log is gone)"
-        if self._on_gone is not None:
-            self._on_gone(self.gone)
-        return True
-
-    def _went(self) -> bool:
         """True (once ``on_gone`` is told) if the log or the run directory was deleted. A directory
         moved elsewhere is still the run's own: the handle writes into it wherever it is."""
         if os.fstat(self._file.fileno()).st_nlink > 0 and os.fstat(self.home.fd).st_nlink > 0:

@@ -50,6 +50,7 @@ class Progress:
         self.skipped += 1
         if len(self.problems) < 3:
             self.problems.append(why)
+
     step: int = 0  # the last optimizer step logged
 
 
