@@ -65,8 +65,8 @@ class GpuStat:
 _SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughput", "step_times", "cpu_history")
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
 _SCALARS: dict[str, Callable[[Any], Any]] = {
-    "phase": _optional(str), "epoch": int, "step_in_epoch": int, "step": int, "lr": _optional(float),
-    "samples_per_s": _optional(float), "loss_scale": _optional(float), "skipped_steps": int, "active_steps": int,
+    "phase": _optional(str), "phase_since": _optional(float), "epoch": int, "step_in_epoch": int, "step": int,
+    "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float), "skipped_steps": int, "active_steps": int,
     "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
 }  # fmt: skip
 
@@ -78,6 +78,7 @@ class RunDigest(EventReader):
 
     def __init__(self, resolution: int = 512) -> None:
         self.phase: str | None = None  # what a starting run is doing (importing torch, loading the data, ...)
+        self.phase_since: float | None = None  # since when
         self.epoch = 1  # the epoch in progress, or the last one (from 1)
         self.step_in_epoch = 0
         self.step = 0  # global optimizer steps done
@@ -108,7 +109,7 @@ class RunDigest(EventReader):
 
     @on(Starting)
     def _starting(self, ev: Starting) -> None:
-        self.phase = ev.phase
+        self.phase, self.phase_since = ev.phase, ev.time  # a slow import shows its time so far
 
     @on(RunStarted)
     def _run_started(self, ev: RunStarted) -> None:

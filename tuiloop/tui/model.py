@@ -24,7 +24,6 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
-    Starting,
     StateChanged,
     TrainSteps,
     Validated,
@@ -85,6 +84,7 @@ class MonitorModel(EventReader):
     """
 
     phase = _digested("phase")  # what a starting run is doing (importing torch, loading the data, ...)
+    phase_since = _digested("phase_since")
     epoch = _digested("epoch")  # the epoch in progress, or the last one (from 1)
     step_in_epoch = _digested("step_in_epoch")
     step = _digested("step")  # global optimizer steps done
@@ -144,7 +144,6 @@ class MonitorModel(EventReader):
         self._t_last: float | None = None
         self.last_event_time: float | None = None
         self.first_event_time: float | None = None  # the run's first event: its wall clock starts here
-        self.phase_since: float | None = None  # when the start-up phase shown began (a slow import shows its time)
         self.train_time = 0.0  # seconds spent training (running), all sessions, pauses and start-up left out
 
     # ---- feeding ----------------------------------------------------------------------------
@@ -180,10 +179,6 @@ class MonitorModel(EventReader):
         # clock above sums the same running time as a full read (the ETA, the training time).
         self.digest = ev.digest
         self.events_seen += ev.skipped - 1  # the lines it stands for, not itself
-
-    @on(Starting)
-    def _starting(self, ev: Starting) -> None:
-        self.phase_since = ev.time
 
     @on(RunStarted)
     def _run_started(self, ev: RunStarted) -> None:
