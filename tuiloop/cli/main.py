@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import traceback
@@ -256,8 +257,6 @@ def _report_crashes() -> None:
     """A process that runs the user's code prints the Python stack when it crashes (SIGSEGV,
     SIGABRT, ...): on the terminal, or into output.log where the training process's watcher
     finds the user's line (:mod:`tuiloop.runner.watch`)."""
-    import faulthandler
-
     if not faulthandler.is_enabled():
         try:
             faulthandler.enable()

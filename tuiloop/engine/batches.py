@@ -36,6 +36,7 @@ its parent only between samples, every 5 s).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import math
 import os
@@ -345,8 +346,6 @@ def _die_with_parent(parent: int) -> None:
     watchdog ends it."""
     if not sys.platform.startswith("linux") or os.getppid() != parent:
         return
-    import ctypes
-
     pr_set_pdeathsig = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)

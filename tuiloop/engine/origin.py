@@ -9,6 +9,7 @@ packages too.
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import re
 import site
@@ -114,6 +115,4 @@ def fault_frames(dump: str) -> list[traceback.FrameSummary]:
 
 
 def _source(filename: str, lineno: int) -> str:
-    import linecache
-
     return linecache.getline(filename, lineno).strip()

@@ -19,8 +19,6 @@ def end_children() -> None:
     """SIGKILL every descendant of this process (DataLoader workers, whatever the user's code
     started): a process about to end at once leaves nothing behind, not even a worker stuck in
     ``__getitem__`` that would never notice its parent is gone."""
-    import psutil
-
     try:
         family = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -29,8 +27,6 @@ def end_children() -> None:
 
 
 def _kill(family: list) -> None:
-    import psutil
-
     for p in family:
         try:
             p.kill()

@@ -19,13 +19,22 @@ lock, so a run resumed in the meantime is left alone.
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
 import os
+import resource
 import signal
 import sys
 import time
 from pathlib import Path
 
-from tuiloop.rundir.layout import EVENTS, OUTPUT, RUN_INFO, SUMMARY, read_json
+from tuiloop.engine.events import Failed, Finished
+from tuiloop.engine.origin import fault_dump, fault_frames, format_frames
+from tuiloop.rundir.eventlog import EventLog
+from tuiloop.rundir.layout import EVENTS, OUTPUT, RUN_INFO, SUMMARY, read_json, write_summary
+from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.rundir.scan import scan
+from tuiloop.runner.processes import end_children
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -65,8 +74,6 @@ def _watch(
         said = True
         _say(f"tuiloop: the training process ended ({_how(code)}), and recording that failed: {e}")
     if said or code < 0:
-        from tuiloop.runner.processes import end_children
-
         end_children()  # a worker stuck in __getitem__, whatever the user's code started
         _reap()
     if code < 0:
@@ -86,8 +93,6 @@ def _record(
     if resume and _size(run_dir / EVENTS) <= size[EVENTS]:  # it died before the run was its own again
         _say(f"tuiloop: error: the training process {_how(code)} before the run could resume")
         return False
-    from tuiloop.rundir.lock import RunIsLive, RunLock
-
     try:
         lock = RunLock.acquire(run_dir, wait=0)
     except RunIsLive:  # resumed already, in the instant since the child died: that run writes here now
@@ -102,12 +107,6 @@ def _record(
 
 def _write_failure(run_dir: Path, code: int, output_offset: int, started: float) -> None:
     """The log's Failed and Finished events and summary.json of a child that vanished."""
-    from tuiloop.engine.events import Failed, Finished
-    from tuiloop.engine.origin import fault_dump, fault_frames, format_frames
-    from tuiloop.rundir.eventlog import EventLog
-    from tuiloop.rundir.layout import write_summary
-    from tuiloop.rundir.scan import scan
-
     dump = fault_dump(_tail(run_dir / OUTPUT, output_offset))
     frames = fault_frames(dump) if dump else []
     p = scan(run_dir)
@@ -202,8 +201,6 @@ def _become_subreaper() -> None:
     """Linux: the child's orphans (a DataLoader worker whose parent died) become ours to end."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
@@ -224,9 +221,6 @@ def _reap(timeout: float = 2.0) -> None:
 
 def _die_of(signum: int) -> None:
     """End as the child did, by the same signal (without a core dump or a faulthandler report)."""
-    import faulthandler
-    import resource
-
     faulthandler.disable()
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
