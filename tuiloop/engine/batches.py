@@ -248,7 +248,7 @@ class Batches:
         state = rng_state() if start else None
         if start and epoch_rng is not None and self.order_from_global_rng:
             set_rng_state(epoch_rng)  # the user's sampler draws the epoch's order from it
-        quiet = self._loader.worker_init_fn  # type: ignore[union-attr]
+        quiet = self._loader.worker_init_fn  # type: ignore[union-attr]  # a loader without _tensors
         if isinstance(quiet, QuietWorker):
             quiet.started_here()
         with _no_sigint():
