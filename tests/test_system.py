@@ -97,6 +97,36 @@ def test_a_failing_log_or_sample_never_raises_into_the_caller(monkeypatch: pytes
     assert all(s.ram_total == 0 and s.rss == 0 for s in of(events, SystemSample)) and raised == []
 
 
+def test_out_of_file_descriptors_for_a_moment_skips_samples_and_sampling_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of clients once took every descriptor: /proc/stat could not be opened, and CPU
+    sampling stopped for good. An OSError skips that sample; the next ones come as before."""
+    real = psutil.virtual_memory
+    failures = [OSError(24, "Too many open files")] * 3
+
+    def flaky() -> Any:
+        if failures:
+            raise failures.pop()
+        return real()
+
+    monkeypatch.setattr(psutil, "virtual_memory", flaky)
+    events, sampler = collect({"gpus": False}, samples=3)
+    assert failures == [] and sampler._cpu_on
+    assert [w.text for w in of(events, Message)] == [
+        "CPU and memory could not be sampled ([Errno 24] Too many open files); trying again"
+    ]
+    assert all(s.ram_total > 0 for s in of(events, SystemSample)), "no sample of zeros for the skipped ones"
+
+    monkeypatch.setattr(system, "CPU_GIVE_UP_S", 0.0)  # a minute of errors in a row: off, and said
+    failures[:] = [OSError(24, "Too many open files")] * 1000
+    events, sampler = collect({"gpus": False}, samples=2)
+    assert not sampler._cpu_on
+    assert "CPU and memory are no longer sampled (OSError: [Errno 24] Too many open files, for a minute)" in [
+        w.text for w in of(events, Message)
+    ]
+
+
 def test_without_nvml_the_sampler_tries_once_silently_and_samples_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 

@@ -6,9 +6,11 @@
 
 GPU figures come from NVML (the ``nvidia-ml-py`` package, module ``pynvml``; about 0.1 ms a
 GPU), never from spawning ``nvidia-smi``. A machine without NVIDIA GPUs or without the driver's
-library samples the CPU part only: NVML's start is tried once, silently. Any other error in a
-part of the sampling turns that part off and is told once, as a warning in the log; sampling
-never raises into training.
+library samples the CPU part only: NVML's start is tried once, silently. An OSError reading the
+CPU and memory figures (the process out of file descriptors for a moment, say) skips that sample
+and is told once; sampling goes on, and stops only after a minute of such errors in a row. Any
+other error in a part of the sampling turns that part off and is told once, as a warning in the
+log; sampling never raises into training.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import psutil
 from tuiloop.engine.events import Event, EventReader, Finished, Message, RunStarted, SystemSample, on
 
 INTERVAL_S = 2.0
+CPU_GIVE_UP_S = 60.0  # OSErrors in a row for this long turn CPU sampling off
 INTERVAL_ENV = "TUILOOP_SYSTEM_INTERVAL"  # seconds between samples; 0 turns sampling off (tests set it short)
 _VENDOR = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 Emit = Callable[[Event], None]
@@ -54,6 +57,7 @@ class SystemSampler:
         self.samples = 0  # emitted so far
         self._process = psutil.Process()
         self._cpu_on = True
+        self._cpu_failing_since: float | None = None  # the first of the OSErrors in a row, if any
         self._torch_on = True
         self._nvml: Any = None  # the pynvml module once NVML started; None: not (yet) or not available
         self._nvml_tried = not gpus
@@ -98,6 +102,8 @@ class SystemSampler:
                 except Exception as e:  # sample() guards each part; this is a last resort
                     self._tell("sampler", f"the machine's load is no longer sampled ({type(e).__name__}: {e})")
                     return
+                if sample is None:
+                    continue
                 with self._lock:
                     if self._halted:
                         return
@@ -110,8 +116,9 @@ class SystemSampler:
             self._shutdown_nvml()  # only this thread touches NVML once it runs
 
     # ---- one sample ----------------------------------------------------------------------------------
-    def sample(self) -> SystemSample:
-        """The machine now (any thread; in the sampler's thread, off the training step)."""
+    def sample(self) -> SystemSample | None:
+        """The machine now (any thread; in the sampler's thread, off the training step); None when
+        the CPU figures cannot be read this time (an OSError: try again at the next sample)."""
         cpu, proc_cpu, ram_used, ram_total, rss = 0.0, None, 0, 0, 0
         if self._cpu_on:
             try:
@@ -121,6 +128,15 @@ class SystemSampler:
                 with self._process.oneshot():
                     rss = int(self._process.memory_info().rss)
                     proc_cpu = float(self._process.cpu_percent(interval=None))
+                self._cpu_failing_since = None
+            except OSError as e:  # out of file descriptors for a moment (/proc/stat cannot be opened)
+                now = time.monotonic()
+                self._cpu_failing_since = self._cpu_failing_since or now
+                if now - self._cpu_failing_since < CPU_GIVE_UP_S:
+                    self._tell("cpu-retry", f"CPU and memory could not be sampled ({e}); trying again")
+                    return None
+                self._cpu_on = False
+                self._tell("cpu", f"CPU and memory are no longer sampled ({type(e).__name__}: {e}, for a minute)")
             except Exception as e:
                 self._cpu_on = False
                 self._tell("cpu", f"CPU and memory are no longer sampled ({type(e).__name__}: {e})")
