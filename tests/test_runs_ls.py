@@ -192,6 +192,28 @@ def test_liveness_is_the_lock_not_the_pid(runs: dict[str, Path], workdir: Path) 
     assert row_of(lines, crashed).split()[1] == "crashed"
 
 
+def test_a_run_whose_summary_could_not_be_written_is_listed_as_its_log_says_it_ended(
+    runs: dict[str, Path], workdir: Path
+) -> None:
+    """A full disk took summary.json but not the log's finished line: ``ls`` said crashed.
+    Now the log's last session says how it ended; a session started after it (a resume killed
+    before it finished) is crashed again."""
+    out_dir = workdir / "no-summary"
+    out_dir.mkdir()
+    for key in ("finished", "stopped"):
+        copy = shutil.copytree(runs[key], out_dir / runs[key].name)
+        (copy / "summary.json").unlink()
+        st = run_state(copy)
+        assert st.state == key and st.detail == "from its event log: no summary.json (it could not be written)"
+        assert row_of(ls_lines(out_dir, workdir), copy).split()[1] == key
+    resumed = out_dir / runs["stopped"].name
+    started = [line for line in (resumed / "events.jsonl").read_text().splitlines() if '"run_started"' in line]
+    with open(resumed / "events.jsonl", "a") as log:
+        log.write(started[0] + "\n")
+    assert run_state(resumed).state == "crashed"
+    assert row_of(ls_lines(out_dir, workdir), resumed).split()[1] == "crashed"
+
+
 def test_ls_shows_a_paused_run_as_paused(runs: dict[str, Path], workdir: Path) -> None:
     running = runs["running"]
     send_command(running, "pause")

@@ -1,19 +1,24 @@
-"""How a run stands, from its directory alone: live (its lock is held), ended (its summary), or crashed."""
+"""How a run stands, from its directory alone: live (its lock is held), ended (its summary, or
+the event log's last ``finished`` line when summary.json could not be written), or crashed."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuiloop.engine.events import Finished, RunStarted, event_from_dict, line_prefix
 from tuiloop.rundir.layout import CONTROL, EVENTS
 from tuiloop.rundir.lock import is_locked
 from tuiloop.rundir.records import read_info, read_summary
 
 # A run on another machine (a shared filesystem) is taken as live while its log is this fresh.
 REMOTE_QUIET_S = 600.0
+ENDING_TAIL = 64 << 10  # bytes at the log's end where its last session's finished line is looked for
 
 
 @dataclass
@@ -54,12 +59,39 @@ def run_state(run_dir: Path) -> RunState:
         st = _ended(info, summary)
         st.problems = problems
         return st
+    ended = logged_ending(run_dir)
+    if ended is not None:  # the end was logged, and then summary.json could not be written (a full disk)
+        why = more[0] if more else "it could not be written"
+        return RunState(
+            _ended(info, {"status": ended}).state, info, None, f"from its event log: no summary.json ({why})", problems
+        )
     pid = info.get("pid") or "?"
     stale = " and left a stale control socket" if (run_dir / CONTROL).exists() else ""
     unread = f" (its summary.json cannot be read: {more[0]})" if more else ""
     return RunState(
         "crashed", info, None, f"its process (pid {pid}) is gone{stale}, without writing a summary{unread}", problems
     )
+
+
+def logged_ending(run_dir: Path) -> str | None:
+    """The status of the event log's last ``finished`` line, if no session started after it."""
+    try:
+        with open(run_dir / EVENTS, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - ENDING_TAIL, 0))
+            tail = f.read()
+    except OSError:
+        return None
+    finished, started = line_prefix(Finished.kind), line_prefix(RunStarted.kind)
+    for line in reversed(tail.splitlines()):
+        if line.startswith(started):
+            return None
+        if line.startswith(finished):
+            try:
+                ev = event_from_dict(json.loads(line))
+            except (ValueError, RecursionError):
+                return None
+            return ev.status if isinstance(ev, Finished) else None
+    return None
 
 
 def _elsewhere(run_dir: Path, info: dict[str, Any], host: str) -> RunState:
