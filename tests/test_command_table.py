@@ -12,7 +12,7 @@ from test_tui_screen import T0, epochs, monitor, run_async, screen_text, wait_fo
 
 from tuiloop.engine.commands import AGREED, COMMAND, COMMANDS, Commands, obeyed_by
 from tuiloop.engine.distributed import SLOTS
-from tuiloop.engine.events import StateChanged
+from tuiloop.engine.events import SettingChanged, StateChanged
 from tuiloop.rundir.control import ControlError, ControlServer, send_command
 from tuiloop.tui.app import MonitorApp
 from tuiloop.tui.bindings import KEYS
@@ -46,9 +46,9 @@ def test_the_keys_list_has_a_row_for_each_key_of_the_table_with_its_help() -> No
 async def test_footer_and_question_mark_show_the_table_and_each_key_asks_as_it_says() -> None:
     async with monitor(epochs(2), (200, 50)) as (run, app, pilot, screen):
         bar = screen.splitlines()[-1]
-        for c in KEYED:  # p is Pause on a running run (Resume on a paused one: tests/test_pause_idempotent.py)
+        for c in KEYED:  # p Pause on a running run (Resume on a paused one: tests/test_pause_idempotent.py); e likewise
             shown = f"{c.shown or c.key} {c.label}" in bar
-            assert shown == (c.name != "resume"), (c.name, bar)
+            assert shown == (c.name not in ("resume", "go_on")), (c.name, bar)
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, KeysScreen))
         box = app.screen.query_one("#dialog").region
@@ -64,6 +64,9 @@ async def test_footer_and_question_mark_show_the_table_and_each_key_asks_as_it_s
                 state = "running" if c.name == "pause" else "paused"
                 run.push(StateChanged(state, time=T0 + 30))
                 await wait_for(pilot, lambda: app.model.state == state, what=state)  # noqa: B023
+            if c.name == "go_on":  # e sends go_on once the run is set to stop after its epoch
+                run.push(SettingChanged("stop_after_epoch", False, True, 1, 5, "command", time=T0 + 31))
+                await wait_for(pilot, lambda: app.model.stop_after_epoch, what="set to stop")
             await pilot.press(c.key)
             if c.asks:
                 await wait_for(pilot, lambda: isinstance(app.screen, Confirm), what=f"the question before {c.name}")

@@ -15,7 +15,7 @@ from conftest import assert_same_weights, cli_env, load_ckpt, write_spec
 from torch import nn
 
 from tuiloop.engine.batches import Batches
-from tuiloop.engine.events import Event, Failed, Finished, Message, Starting, TrainSteps, Validated
+from tuiloop.engine.events import Event, Failed, Finished, Message, SettingChanged, Starting, TrainSteps, Validated
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.runner.build import build_trainer
 from tuiloop.runner.spec_run import run_spec
@@ -79,6 +79,25 @@ def _make(workdir: Path, tag: str, *sets: str, **sections: Any) -> Trainer:
     trainer.run_dir = workdir / tag
     (trainer.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return trainer
+
+
+def test_stop_after_epoch_and_go_on_each_sent_twice_do_what_once_does(workdir: Path) -> None:
+    """A command retried (its first answer timed out on a frozen run) changes nothing: e twice
+    still stops after the epoch, and go_on twice still goes on (they were one toggle before)."""
+    for sends, stops in ((["stop_after_epoch"] * 2, True), (["stop_after_epoch", "go_on", "go_on"], False)):
+        trainer = _make(workdir, f"twice-{len(sends)}", "run.epochs=3")
+        seen: list[Event] = []
+        trainer.subscribe(seen.append)
+
+        def send_in_epoch_2(module: nn.Module, args: Any, trainer: Trainer = trainer, sends: list = sends) -> None:
+            if module.training and trainer.epoch == 1 and sends:
+                trainer.commands.send(sends.pop(0))
+
+        trainer.model.register_forward_pre_hook(send_in_epoch_2)
+        finished = trainer.run()
+        assert (finished.status, finished.epochs_done) == (("stopped", 2) if stops else ("completed", 3))
+        changes = [(e.old, e.new) for e in of(seen, SettingChanged) if e.key == "stop_after_epoch"]
+        assert changes == ([(False, True)] if stops else [(False, True), (True, False)])
 
 
 @pytest.mark.parametrize("val_every", [1, 3])

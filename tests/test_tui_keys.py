@@ -28,13 +28,18 @@ T0 = 1_700_000_000.0
 
 
 @run_async
-async def test_e_toggles_stop_after_this_epoch_and_the_progress_line_says_so() -> None:
+async def test_e_stops_after_this_epoch_then_goes_on_and_the_progress_line_says_so() -> None:
     async with monitor(epochs(3), (120, 40)) as (run, app, pilot, _):
         await pilot.press("e")
         await wait_for(pilot, lambda: run.sent == ["stop_after_epoch"], what="the command")
-        assert not isinstance(app.screen, Confirm), "e does not ask: pressing it again cancels"
+        assert not isinstance(app.screen, Confirm), "e does not ask: pressed again, it cancels"
         run.push(SettingChanged("stop_after_epoch", False, True, 4, 24, "command", time=T0 + 9))
         await wait_for(pilot, lambda: "stops after epoch 4" in screen_text(app), what="the progress line")
+        await wait_for(
+            pilot, lambda: "e Go on" in screen_text(app).splitlines()[-1], what="the key bar to offer e Go on"
+        )
+        await pilot.press("e")  # the view says the run is set to stop: e sends go_on, never a toggle
+        await wait_for(pilot, lambda: run.sent == ["stop_after_epoch", "go_on"], what="the cancel")
         run.push(SettingChanged("stop_after_epoch", True, False, 4, 25, "command", time=T0 + 10))
         await wait_for(
             pilot, lambda: "stop after this epoch cancelled" in screen_text(app), what="the cancel in the log"

@@ -48,6 +48,9 @@ class Command:
 
 
 PAUSE_HELP = "pause at the next step boundary; on a paused run, resume"
+STOP_AFTER_HELP = (
+    "stop after this epoch (validation, checkpoints and early stopping run first); on a run set to stop, go on"
+)
 LR_HELP = "halve / double the learning rate of every parameter group from the next step (asks first)"
 COMMANDS = (
     # p sends the one of the two that the monitor's view of the run calls for: the commands
@@ -63,13 +66,9 @@ COMMANDS = (
         asks=True,
     ),
     Command("force", "exit at once, without saving (a second Ctrl+C)", at_once=True, agreed=False),
-    Command(
-        "stop_after_epoch",
-        "stop after this epoch: validation, checkpoints and early stopping run first; again cancels",
-        key="e",
-        label="Stop@epoch",
-        obeyed_by=SPEC_LOOPS,
-    ),
+    # e, as p: the one the view calls for; sent twice, either does what it does once
+    Command("stop_after_epoch", STOP_AFTER_HELP, key="e", label="Stop@epoch", obeyed_by=SPEC_LOOPS),
+    Command("go_on", STOP_AFTER_HELP, key="e", label="Go on", obeyed_by=SPEC_LOOPS),
     Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=SPEC_LOOPS, asks=True),
     Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=SPEC_LOOPS, asks=True),
     Command(

@@ -97,8 +97,8 @@ class Steering:
             default = "suspended to disk" if self.suspending else "stopped by request"
             self.stop_reason = self.stop_reason or default  # a signal set its own
             self.emit(StateChanged("stopping", self.stop_reason, step=progress.step))
-        elif cmd == "stop_after_epoch":
-            self.stop_after_epoch = not self.stop_after_epoch
+        elif cmd in ("stop_after_epoch", "go_on") and self.stop_after_epoch != (cmd == "stop_after_epoch"):
+            self.stop_after_epoch = cmd == "stop_after_epoch"
             self.emit(
                 SettingChanged(
                     "stop_after_epoch",
@@ -147,7 +147,7 @@ class Steering:
         if any(decided[SLOT[name]] for name in ("flush", "save", "pause", "stop", "suspend")):
             telemetry.flush()
             telemetry.next_flush = time.perf_counter() + telemetry.interval
-        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "pause"):
+        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "pause"):
             if decided[SLOT[cmd]]:
                 self.apply(cmd)
         while self.state == "paused":
@@ -157,7 +157,7 @@ class Steering:
         """One round while paused: rank 0 waits up to half a second for a command, the others wait in the collective."""
         flags = self._flags(wait=PAUSED_AGREE_S if self.ranks.is_main else 0.0)
         decided = self.ranks.agree(flags, self.device)
-        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "suspend", "stop", "resume"):
+        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "resume"):
             if decided[SLOT[cmd]]:
                 self.apply(cmd)
 

@@ -93,7 +93,7 @@ class MonitorApp(RunKeys):
         self._plotted = -1  # the model's plot_version the plots show
         self._drawn_clock = 0.0
         self._was_over = False
-        self._was_paused = False  # the key bar shows p as Pause or Resume
+        self._keys_for = (False, False)  # paused, set to stop after the epoch: p Pause or Resume, e Stop@epoch or Go on
         self._quit_reader = threading.Event()
         self._watch_again = threading.Event()  # a resumed run has a new process: the reader watches it
         self._log_shown = (0, -1)  # (entries in the log pane, the model's log_rev then)
@@ -194,8 +194,9 @@ class MonitorApp(RunKeys):
                 self.screen.dismiss(False)
             self.refresh_bindings()
             self._redraw()
-        if (self.model.state == "paused") != self._was_paused:
-            self._was_paused = not self._was_paused
+        shown = (self.model.state == "paused", self.model.stop_after_epoch)
+        if shown != self._keys_for:  # p and e send the one the run's state calls for
+            self._keys_for = shown
             self.refresh_bindings()
 
     # ---- drawing --------------------------------------------------------------------------------

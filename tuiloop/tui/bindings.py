@@ -49,7 +49,7 @@ KEYS = (
         ),
         first=True,
     ),
-    steering("stop_after_epoch"),
+    steering("stop_after_epoch", "go_on"),
     steering("lr_down", "lr_up"),
     steering("suspend"),
     Key(

@@ -69,6 +69,8 @@ class RunKeys(App[str]):
             obeyed = self.model.started.commands if self.model.started is not None else None
             if action in ("pause", "resume") and (self.model.state == "paused") != (action == "resume"):
                 return False  # p sends the one the run's state calls for: pause, or resume a paused run
+            if action in ("stop_after_epoch", "go_on") and self.model.stop_after_epoch != (action == "go_on"):
+                return False  # e likewise: stop after this epoch, or go on when the run is set to stop
             return not self.read_only and not over and (obeyed is None or action in obeyed)
         if action == "resume_run":
             return self.resumer is not None and self.model.state == "suspended" and not self.resuming
@@ -114,7 +116,10 @@ class RunKeys(App[str]):
         self.steer("stop", self._request_stop)
 
     def action_stop_after_epoch(self) -> None:
-        self.steer("stop_after_epoch")  # the run logs it (and a second press cancels it)
+        self.steer("stop_after_epoch")  # the run logs it
+
+    def action_go_on(self) -> None:
+        self.steer("go_on")
 
     def action_lr_down(self) -> None:
         self.steer("lr_down")
