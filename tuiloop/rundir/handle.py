@@ -189,6 +189,20 @@ class RunDir:
         """Replace ``name`` with ``data`` through a temp file and ``os.replace``: a reader sees the
         old file or the new one, never half of one. ``durable``: flushed to the disk first, and
         the rename itself after."""
+        tmp = self.stage(name, data, durable)
+        try:
+            self.put(tmp, name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.unlink(tmp)
+            raise
+        if durable:
+            self.sync()
+
+    def stage(self, name: str, data: bytes, durable: bool = True) -> str:
+        """Write ``data`` into a temp file beside ``name`` and return the temp's name, for
+        :meth:`put`. On a full disk or a read-only folder it raises the OSError (naming ``name``,
+        not its temp) and leaves no temp behind."""
         tmp = f".{name}.{os.getpid()}.tmp"
         try:
             with os.fdopen(self.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
@@ -196,13 +210,17 @@ class RunDir:
                 f.flush()
                 if durable:
                     os.fsync(f.fileno())
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:  # a full disk: the old file stays, and no temp file
+        except BaseException as e:
             with contextlib.suppress(OSError):  # on a read-only folder even this fails
                 self.unlink(tmp)
+            if isinstance(e, OSError):
+                e.filename = str(self.path / name)
             raise
-        if durable:
-            self.sync()
+        return tmp
+
+    def put(self, tmp: str, name: str) -> None:
+        """Rename the staged ``tmp`` to ``name`` (it needs no more space)."""
+        os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def unlink(self, name: str) -> None:
         """Remove ``name`` (a link itself, never what it points to); missing is fine."""

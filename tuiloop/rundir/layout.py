@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import platform
 import socket
 import sys
@@ -69,25 +68,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def json_bytes(data: Any) -> bytes:
     """A JSON file's bytes as tuiloop writes them (indented, one newline at the end)."""
     return (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
-
-
-def stage(path: Path, data: bytes) -> Path:
-    """Write ``data`` into a temp file beside ``path``, flushed and fsynced, and return the temp:
-    ``os.replace`` puts it in place. On a full disk or a read-only folder it raises the
-    OSError (naming ``path``) and leaves no temp behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        with contextlib.suppress(OSError):  # on a read-only folder even this fails
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            e.filename = str(path)  # the file meant, not its temp
-        raise
-    return tmp
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

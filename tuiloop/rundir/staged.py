@@ -2,42 +2,43 @@
 
 A resume rewrites ``spec.toml`` and ``run.json``. On a full disk or a read-only folder the first
 write fails; written in place one by one, the files before it would already have changed. So
-each new file is staged first (a temp file beside it, flushed and fsynced) and only when all of
-them are written are they put in place; a failure removes the temps and changes nothing.
+each new file is staged first (a temp file beside it, flushed and fsynced, through the run
+directory's handle) and only when all of them are written are they put in place; a failure
+removes the temps and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
-from tuiloop.rundir.layout import stage
+from tuiloop.rundir.handle import RunDir
 
 
 class StagedFiles:
-    """New contents for files of one folder: :meth:`write` each, then :meth:`commit` or :meth:`discard`."""
+    """New contents for files of one run directory: :meth:`write` each, then :meth:`commit` or :meth:`discard`."""
 
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []  # (temp, its place)
+    def __init__(self, home: RunDir) -> None:
+        self.home = home
+        self._staged: list[tuple[str, str]] = []  # (temp, its place)
 
-    def write(self, path: Path, data: bytes) -> None:
-        """Stage ``data`` for ``path``; raises OSError (naming ``path``) after discarding everything staged."""
+    def write(self, name: str, data: bytes) -> None:
+        """Stage ``data`` for ``name``; raises OSError (naming it) after discarding everything staged."""
         try:
-            self._staged.append((stage(path, data), path))
+            self._staged.append((self.home.stage(name, data), name))
         except BaseException:
             self.discard()
             raise
 
     def commit(self) -> None:
         """Put every staged file in place (renames: they need no more space)."""
-        for tmp, path in self._staged:
-            os.replace(tmp, path)
+        for tmp, name in self._staged:
+            self.home.put(tmp, name)
         self._staged = []
+        self.home.sync()
 
     def discard(self) -> None:
-        """Remove the temps; the folder is as it was."""
+        """Remove the temps; the run directory is as it was."""
         for tmp, _ in self._staged:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                self.home.unlink(tmp)
         self._staged = []

@@ -219,7 +219,7 @@ def _resume(
         info = read_json_in(lock.home, RUN_INFO) or {}
         resumes: list[Any] = info["resumes"] if isinstance(info.get("resumes"), list) else []
         info.update(resumes=[*resumes, time.time()], **_spec_origin(spec))
-        files = stage_resume(run_dir, dump_toml(spec.raw), info)
+        files = stage_resume(lock.home, dump_toml(spec.raw), info)
     except BaseException:
         lock.release()
         raise

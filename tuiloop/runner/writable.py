@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuiloop.engine.exceptions import os_reason
+from tuiloop.rundir.handle import RunDir
 from tuiloop.rundir.layout import RUN_INFO, SPEC, json_bytes
 from tuiloop.rundir.staged import StagedFiles
 from tuiloop.spec.errors import SpecError
@@ -93,20 +94,21 @@ def remove_half_made(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def stage_resume(run_dir: Path, spec_text: str, info: dict[str, Any]) -> StagedFiles:
+def stage_resume(home: RunDir, spec_text: str, info: dict[str, Any]) -> StagedFiles:
     """A resumed run's spec.toml and run.json, staged; raises :class:`SpecError` if they cannot
     be written (then no file in ``run_dir`` has changed; a disk seen to be full or read-only
     is refused before a temp file is made)."""
+    run_dir = home.path
     data = {SPEC: spec_text.encode(), RUN_INFO: json_bytes(info)}
-    stat = os.statvfs(run_dir)
+    stat = os.fstatvfs(home.fd)
     if stat.f_flag & os.ST_RDONLY:
         raise resume_error(run_dir, OSError(errno.EROFS, "Read-only file system", str(run_dir / SPEC)))
     if stat.f_bfree * stat.f_frsize < sum(len(d) for d in data.values()):
         raise resume_error(run_dir, OSError(errno.ENOSPC, "No space left on device", str(run_dir / SPEC)))
-    files = StagedFiles()
+    files = StagedFiles(home)
     try:
         for name, content in data.items():
-            files.write(run_dir / name, content)
+            files.write(name, content)
     except OSError as e:
         raise resume_error(run_dir, e) from None
     return files
