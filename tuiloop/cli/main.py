@@ -70,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
         help="continue a run from its checkpoints/last.pt, appending to its event log",
     )
     r.add_argument(
+        "--fork",
+        metavar="RUN_DIR",
+        type=Path,
+        help="start a new run from a checkpoint of RUN_DIR (edits as for --resume; the parent is only read)",
+    )
+    r.add_argument(
+        "--from",
+        dest="source",
+        metavar="best|last|NAME",
+        help="with --fork: the checkpoint to start from (default last; NAME: a file of RUN_DIR/checkpoints)",
+    )
+    r.add_argument(
         "--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key"
     )
     r.add_argument("--debug", action="store_true", help="show Python tracebacks for spec and setup errors")

@@ -21,16 +21,42 @@ from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.control import ControlError, send_command
 from tuiloop.rundir.eventlog import EventTail
 from tuiloop.rundir.layout import OUTPUT, RUN_INFO
+from tuiloop.runner.fork import fork_run
 from tuiloop.runner.processes import kill_tree
 from tuiloop.runner.rank import run_rank, under_a_launcher
 from tuiloop.runner.spec_run import IMPORTING, execute, load_run_spec, lock_for_resume, new_run_dir
 from tuiloop.runner.torchrun import processes_for, torchrun_args
+from tuiloop.runner.writable import remove_half_made
 from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.load import apply_override, validate
 
+_FORK_FIRST = "Fork on one machine first (tuiloop run --fork RUN --detach, then stop it), then resume the fork on them."
+
 
 def load(args: argparse.Namespace) -> Spec:
-    """The spec to run: the file given (with --set), or for --resume without one the run's own."""
+    """The spec to run: the file given (with --set), or for --resume or --fork without one the
+    run's own (a fork without one goes beside its parent, unless --set run.out_dir says where)."""
+    if args.fork is not None:
+        if args.resume is not None:
+            raise SpecError(
+                "--fork", "--fork and --resume together", "Resume a run, or fork it into a new one: not both."
+            )
+        if not (args.fork / RUN_INFO).is_file():
+            raise SpecError(
+                f"--fork {args.fork}",
+                "not a tuiloop run directory (no run.json)",
+                "Pass a folder under your runs directory; `tuiloop ls` lists them.",
+            )
+        args.fork = args.fork.resolve()
+        if args.spec:
+            return load_spec(args.spec, args.overrides)
+        spec = load_run_spec(args.fork)
+        spec.raw.setdefault("run", {})["out_dir"] = str(args.fork.parent)
+        return _overridden(spec, args.overrides)
+    elif args.source is not None:
+        raise SpecError(
+            "--from", "--from without --fork", "Use it with --fork RUN: the checkpoint of RUN to start from."
+        )
     if args.resume is not None:
         if not (args.resume / RUN_INFO).is_file():
             raise SpecError(
@@ -43,22 +69,38 @@ def load(args: argparse.Namespace) -> Spec:
         return load_spec(args.spec, args.overrides)
     if args.resume is None:
         raise SpecError("tuiloop run", "no spec file given", "Usage: tuiloop run SPEC.toml (or --resume RUN_DIR).")
-    spec = load_run_spec(args.resume)
-    if args.overrides:
-        for item in args.overrides:
-            apply_override(spec.raw, item)
-        spec = validate(spec.raw, spec.where, spec.base_dir, spec.path)
-    return spec
+    return _overridden(load_run_spec(args.resume), args.overrides)
+
+
+def _overridden(spec: Spec, overrides: list[str]) -> Spec:
+    """A run's own spec with ``--set`` applied."""
+    for item in overrides:
+        apply_override(spec.raw, item)
+    return validate(spec.raw, spec.where, spec.base_dir, spec.path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load(args)
     if under_a_launcher():  # torchrun or srun started this process as one rank: join
+        if args.fork is not None:
+            raise SpecError("--fork", "a fork is made before its ranks start", _FORK_FIRST)
         return run_rank(spec, args.resume, args.resume is not None)
     torchrun = _torchrun_args(args, spec)
     headless = args.headless or not sys.stdout.isatty() or (torchrun is not None and args.node_rank > 0)
+    if args.fork is not None:
+        if args.nnodes > 1:
+            raise SpecError("--fork", "a fork of a run on several machines", _FORK_FIRST)
+        forked, fork_lock = fork_run(args.fork, spec, args.source or "last")
+        args.resume = forked  # from here a fork is a resume of its new directory
     if headless and not args.detach and torchrun is None:
-        code, _ = execute(spec, resume=args.resume, sinks=[PlainSink(sys.stdout)])
+        if args.fork is None:
+            code, _ = execute(spec, resume=args.resume, sinks=[PlainSink(sys.stdout)])
+            return code
+        try:
+            code, _ = execute(spec, resume=forked, sinks=[PlainSink(sys.stdout)], lock=fork_lock)
+        except BaseException:
+            remove_half_made(forked)  # it never trained: no fork is left behind
+            raise
         return code
     # The user's module is imported once, by the training process: the monitor opens at once and
     # shows the import with its time so far; --detach waits for it (below) to report its errors.
@@ -68,7 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _supervise(
             training_process.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None
         )
-    if args.resume is not None:
+    if args.fork is not None:
+        run_dir, lock = forked, fork_lock
+    elif args.resume is not None:
         run_dir, lock = args.resume, lock_for_resume(args.resume)
     else:
         run_dir, lock = new_run_dir(spec)
@@ -86,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         lock.release()  # our copy: the training process holds the lock now
     if args.resume is not None and not inherit and not training_process.wait_ready(proc, sys.stderr, run_dir):
+        if args.fork is not None:
+            remove_half_made(run_dir)  # it never trained: no fork is left behind
         return proc.returncode  # it said why (relayed above); the run directory is as it was
     if args.detach:
         if args.resume is None and not _past_imports(proc, run_dir):
