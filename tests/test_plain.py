@@ -19,6 +19,7 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
+    Stalled,
     StateChanged,
     TrainSteps,
     Validated,
@@ -73,6 +74,10 @@ def test_every_sentence_of_the_monitors_log_is_a_plain_line_too() -> None:
         SettingChanged("run.epochs", 3, 5, 2, 10, "resume --set", time=T0 + 14),
         StateChanged("paused", step=11, time=T0 + 15),
         StateChanged("running", step=11, time=T0 + 16),
+        Stalled(
+            301.5, 300.0, 11, "data.py:41 in __getitem__", ['  File "data.py", line 41', "    read()"], time=T0 + 16
+        ),
+        StateChanged("running", "moving again after 5:12", step=11, time=T0 + 16),
         CheckpointSaved("manual", "checkpoints/manual-step0000012.pt", 2, 12, None, "val_loss", time=T0 + 17),
         StateChanged("stopping", "stopped by request", step=12, time=T0 + 18),
         Message("warning", "a DataLoader worker ended with the interrupt", time=T0 + 19),
@@ -80,12 +85,15 @@ def test_every_sentence_of_the_monitors_log_is_a_plain_line_too() -> None:
         Finished("failed", "ValueError: bad batch", 1, 12, 0.4, 1, "val_loss", 20.0, time=T0 + 21),
     ]
     plain, logged = both(events)
-    assert len(logged) == 13
+    assert len(logged) == 15
     for text in logged:  # each of the monitor's sentences, as a plain line (with its frame)
         assert any(text in line or text.removesuffix(")") in line for line in plain), (text, plain)
     assert "saved best checkpoints/best.pt  epoch 1  val_loss 0.4000 + last.pt" in plain
     assert "learning rate 0.01 -> 0.001 (epoch 2)" in plain
     assert "error: ValueError: bad batch  [training, epoch 2, step 12]" in plain
+    assert "stalled: no step for 5:02 (stalled after 5:00), at step 11: data.py:41 in __getitem__" in logged
+    assert plain[plain.index(next(p for p in plain if p.startswith("stalled:"))) + 1] == '    File "data.py", line 41'
+    assert any(p.startswith("state: running again at step 11 (moving again after 5:12)") for p in plain), plain
     assert (
         plain[-1]
         == "finished: failed (ValueError: bad batch) after 1 epoch, 12 steps in 20.0s, best val_loss 0.4000 at epoch 1"
@@ -141,7 +149,7 @@ def test_a_resumed_start_says_where_from_in_both_views() -> None:
 
 
 def test_every_logged_event_type_is_registered_by_its_kind_and_round_trips() -> None:
-    assert set(EVENT_TYPES) == {cls.kind for cls in EVENT_TYPES.values()} and len(EVENT_TYPES) == 13
+    assert set(EVENT_TYPES) == {cls.kind for cls in EVENT_TYPES.values()} and len(EVENT_TYPES) == 14
     assert "digest_loaded" not in EVENT_TYPES  # a reader's stand-in, never in the log
     ev = epoch(1, 0.4, True)[1]
     assert event_from_dict(ev.to_dict()) == ev

@@ -13,7 +13,18 @@ from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
 from tuiloop.rundir.catalog import RunRow, list_runs
 
-STATES = ("running", "paused", "finished", "early_stopped", "stopped", "suspended", "failed", "forced", "crashed")
+STATES = (
+    "running",
+    "paused",
+    "stalled",
+    "finished",
+    "early_stopped",
+    "stopped",
+    "suspended",
+    "failed",
+    "forced",
+    "crashed",
+)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

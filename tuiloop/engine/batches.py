@@ -94,6 +94,7 @@ class Batches:
         self._tensors: tuple[torch.Tensor, ...] | None = None
         self._loader: DataLoader | None = None
         self._generator = torch.Generator()
+        self.served = 0  # batches handed out so far, every epoch
         self.user_loader = isinstance(source, DataLoader)
         if self.user_loader and world_size > 1:
             rebuilt = self._shard_user_loader(cast(DataLoader, source))  # user_loader: source is one
@@ -242,7 +243,7 @@ class Batches:
         if self._loader is not None and isinstance(self._loader.sampler, DistributedSampler):
             self._loader.sampler.set_epoch(epoch)
         if self._tensors is not None:
-            return self._tensor_batches(start)
+            return self._served(self._tensor_batches(start))
         # Skipping loads the batches; a dataset that draws random numbers (augmentation)
         # must not advance the RNGs a resumed checkpoint has just restored.
         state = rng_state() if start else None
@@ -257,7 +258,13 @@ class Batches:
             for _ in itertools.islice(it, start):
                 pass
             set_rng_state(state)
-        return (to_device(b, self.device, self.non_blocking) for b in it)
+        return self._served(to_device(b, self.device, self.non_blocking) for b in it)
+
+    def _served(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches``, counted in :attr:`served` as each is handed out (the stall watch's heartbeat)."""
+        for batch in batches:
+            self.served += 1
+            yield batch
 
     def close(self) -> None:
         """Shut down worker processes this object started (a user's DataLoader is left alone)."""

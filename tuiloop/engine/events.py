@@ -203,6 +203,21 @@ class StateChanged(Event):
 
 
 @dataclass(frozen=True)
+class Stalled(Event):
+    """No training step and no validation batch for ``quiet_s`` seconds (``after_s``: the limit);
+    the loop's thread was in ``where`` (the innermost frame of the user's code, else the innermost
+    outside tuiloop), ``stack`` its frames as a traceback prints them, innermost last. A
+    ``state`` event (running) follows once steps come again."""
+
+    kind: ClassVar[str] = "stalled"
+    quiet_s: float
+    after_s: float
+    step: int
+    where: str
+    stack: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Message(Event):
     """A line for the log: ``level`` is info, warning or error."""
 

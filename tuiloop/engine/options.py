@@ -18,6 +18,7 @@ class Options:
     epochs: int = 10
     val_every: int = 1
     log_interval: float = 0.25
+    stall_after: float | None = None  # seconds without a step or a validation batch; None: automatic
     run_name: str = "run"
     scheduler_interval: str = "epoch"
     scheduler_monitor: str | None = None

@@ -55,6 +55,17 @@ def user_frames(e: BaseException) -> list[traceback.FrameSummary]:
     return users or [f for f in frames if _outside(f.filename, ours)]
 
 
+def stuck_frames(stack: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """Of a thread's stack (outermost first), the frames that say where it waits: the user's, else
+    those outside tuiloop and torch (a library's), else the innermost one."""
+    ours, others = _roots()
+    return (
+        [f for f in stack if _outside(f.filename, ours + others)]
+        or [f for f in stack if _outside(f.filename, ours)]
+        or stack[-1:]
+    )
+
+
 def format_frames(frames: list[traceback.FrameSummary]) -> list[str]:
     """Lines as a traceback prints them: the location, then the code."""
     out = []

@@ -17,6 +17,7 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
+    Stalled,
     StateChanged,
     TrainSteps,
     Validated,
@@ -132,6 +133,10 @@ class PlainSink(EventReader):
     @on(StateChanged)
     def _state(self, ev: StateChanged) -> None:
         self._print(f"state: {sentences.state_changed(ev)}, {_clock(ev.time)}")
+
+    @on(Stalled)
+    def _stalled(self, ev: Stalled) -> None:
+        self._print("\n  ".join([f"stalled: {sentences.stalled(ev)}, {_clock(ev.time)}", *ev.stack]))
 
     @on(Message)
     def _message(self, ev: Message) -> None:

@@ -61,6 +61,7 @@ class Checkpoints:
         self.run_dir: Path | None = None  # where checkpoints/ goes (None: nowhere); the Trainer's run_dir
         # what writes there: the run's handle on it while a run's life holds the directory; else its path
         self.folder: ckpt.Folder | None = None
+        self.writing = False  # a checkpoint is being written (a slow disk is not a stalled run)
         self.good: dict[str, str] = {}  # file name -> where the run was when it was written (or resumed from)
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -131,6 +132,16 @@ class Checkpoints:
             return None
         rng_states = ranks.gather(ckpt.rng_state()) if ranks.distributed else None
         path = None
+        self.writing = True
+        try:
+            path = self._write(tags, rng_states)
+        finally:
+            self.writing = False
+        ranks.barrier()
+        return path
+
+    def _write(self, tags: tuple[str, ...], rng_states: list[dict[str, Any]] | None) -> Path | None:
+        ranks, run_dir, path = self.ranks, self.run_dir, None
         if run_dir is not None and ranks.is_main:
             data = ckpt.serialize(self.state_dict(rng_states))
             digest = ckpt.sha256(data)  # recorded with each save; a resume checks the file against it
@@ -151,7 +162,6 @@ class Checkpoints:
                 self.emit(
                     CheckpointSaved(tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest)
                 )
-        ranks.barrier()
         return path
 
     def safe(self, error: StorageError) -> str:

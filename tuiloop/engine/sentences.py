@@ -17,12 +17,14 @@ from tuiloop.engine.events import (
     LRChanged,
     RunStarted,
     SettingChanged,
+    Stalled,
     StateChanged,
 )
 
 # A last.pt written at the same step as a best or periodic save joins that save's sentence.
 ALSO_LAST = " + last.pt"
 _STATES = {"running": "resumed"}  # a state, as a sentence says it happened (others: its own name)
+MOVING_AGAIN = "moving again after"  # the reason a stalled run is running again (the stall watch's)
 
 
 def started(ev: RunStarted) -> str:
@@ -58,6 +60,11 @@ def setting_changed(ev: SettingChanged, when: str = "") -> str:
     return f"{ev.key}: {ev.old!r} -> {ev.new!r} ({ev.source}, {at})"
 
 
+def stalled(ev: Stalled) -> str:
+    """'no step for 5:12 (stalled after 5:00), at step 120: tiny.py:245 in __getitem__'."""
+    return f"no step for {fmt.clock(ev.quiet_s)} (stalled after {fmt.clock(ev.after_s)}), at step {ev.step}: {ev.where}"
+
+
 def checkpoint_saved(ev: CheckpointSaved) -> str:
     """'saved best checkpoints/best.pt  epoch 3  val_loss 0.0866'."""
     metric = f"  {ev.monitor} {fmt.value(ev.metric)}" if ev.metric is not None and ev.monitor else ""
@@ -77,7 +84,8 @@ def early_stop_triggered(ev: EarlyStopUpdate) -> str:
 def state_changed(ev: StateChanged) -> str:
     """'paused at step 120', 'resumed at step 120', 'stopping at step 130 (stopped by request)'."""
     at = f" at step {ev.step}" if ev.step else ""
-    return _STATES.get(ev.state, ev.state) + at + (f" ({ev.reason})" if ev.reason else "")
+    name = "running again" if ev.state == "running" and ev.reason.startswith(MOVING_AGAIN) else ev.state
+    return _STATES.get(name, name) + at + (f" ({ev.reason})" if ev.reason else "")
 
 
 def failed(ev: Failed) -> str:

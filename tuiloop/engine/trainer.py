@@ -179,6 +179,15 @@ class Trainer:
         """Optimizer steps done."""
         return self.progress.step
 
+    def heartbeat(self) -> tuple[int, int, int]:
+        """What moves while the loop does: steps done, train and validation batches served."""
+        val = self.val_batches.served if self.val_batches is not None else 0
+        return self.progress.step, self.train_batches.served, val
+
+    def idle(self) -> bool:
+        """Paused, or writing a checkpoint: no step is due (the stall watch does not count it)."""
+        return self.steering.state == "paused" or self.checkpoints.writing
+
     @property
     def last_metrics(self) -> dict[str, float]:
         """The metrics of the last check (train_loss, val_loss, ...)."""

@@ -17,6 +17,7 @@ from typing import Any
 from tuiloop.engine.fmt import plural
 from tuiloop.rundir.handle import owner_name
 from tuiloop.rundir.layout import EVENTS, RUN_INFO, SPEC, is_run_dir
+from tuiloop.rundir.liveness import frozen_for
 from tuiloop.rundir.records import read_info
 from tuiloop.rundir.scan import Progress, scan
 from tuiloop.rundir.state import run_state
@@ -28,7 +29,7 @@ class RunRow:
     """One run as ``tuiloop ls`` shows it."""
 
     path: Path
-    state: str  # running | paused | finished | stopped | early_stopped | failed | forced | crashed
+    state: str  # running | paused | stalled | finished | stopped | early_stopped | failed | forced | crashed
     epochs_done: int | None
     epochs: int | None
     monitor: str | None
@@ -93,7 +94,11 @@ def describe(run_dir: Path, now: float | None = None) -> RunRow:
             st.problems,
         )
     p = scan(run_dir)
-    state = "paused" if st.state == "running" and p.paused else st.state
+    if st.state == "running":
+        frozen = frozen_for(p.last_time, p.sampled, now or time.time())
+        state = "paused" if p.paused else "stalled" if p.stalled or frozen else "running"
+    else:
+        state = st.state
     live_until = (now or time.time()) if st.state == "running" else None  # crashed: it ran until its last word
     return RunRow(
         run_dir,

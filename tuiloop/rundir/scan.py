@@ -17,6 +17,7 @@ from tuiloop.engine.events import (
     CheckpointSaved,
     Event,
     RunStarted,
+    Stalled,
     StateChanged,
     SystemSample,
     TrainSteps,
@@ -41,6 +42,8 @@ class Progress:
     best: float | None = None
     best_epoch: int | None = None  # counted from 1
     paused: bool = False
+    stalled: bool = False  # the run's stall watch said so, and no state event came since
+    sampled: bool = False  # the log holds machine samples (written every 2 s while the process runs)
     last_time: float | None = None
     session_started: float | None = None  # the time of the latest run_started: the session that ran last
     skipped: int = 0  # whole lines of the log that could not be read
@@ -83,6 +86,7 @@ def scan(run_dir: Path) -> Progress:
                 last_sample = line
             else:
                 _scan_line(p, line)
+    p.sampled = last_sample is not None
     for last in (last_steps, last_sample):
         ev = _decode(p, last) if last is not None else None
         if isinstance(ev, TrainSteps):
@@ -129,7 +133,9 @@ def _scan_line(p: Progress, line: bytes) -> None:
     elif isinstance(ev, CheckpointSaved):
         p.done = max(p.done, ev.epoch)
     elif isinstance(ev, StateChanged):
-        p.paused = ev.state == "paused"
+        p.paused, p.stalled = ev.state == "paused", False
+    elif isinstance(ev, Stalled):
+        p.stalled = True
 
 
 def _scan_steps(p: Progress, epoch: object, time: object, step: object = None) -> None:

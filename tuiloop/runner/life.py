@@ -34,7 +34,7 @@ from typing import Any
 
 from tuiloop import __version__
 from tuiloop.engine.commands import Commands
-from tuiloop.engine.events import Event, Failed, Finished, Message
+from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
 from tuiloop.engine.exceptions import StorageError
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED
 from tuiloop.engine.origin import error_text
@@ -45,6 +45,7 @@ from tuiloop.rundir.layout import CHECKPOINTS, EVENTS, RUN_INFO, SUMMARY, read_j
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
+from tuiloop.runner.stall import StallWatch
 from tuiloop.runner.system import SystemSampler, interval_from_env
 from tuiloop.spec import SpecError
 
@@ -115,6 +116,7 @@ class RunLife:
         self.info: dict[str, Any] = {}
         self._logged: Sink = _unopened  # the log, through the sampler's gate once started
         self._sampler: SystemSampler | None = None
+        self.watch: StallWatch | None = None  # started with RunStarted, stopped before Finished
         self._server: ControlServer | None = None
         self._signals: Signals | None = None
         self._closed = False
@@ -166,6 +168,10 @@ class RunLife:
         an error, the last event) is not interrupted: the sinks have it."""
         if isinstance(event, Finished):
             self._quiet_server()
+            if self.watch is not None:
+                self.watch.stop()
+        elif isinstance(event, RunStarted) and self.watch is not None:
+            self.watch.start()  # from the loop's thread: the one whose stack a stall shows
         failed = None
         if self.unwritable is None:
             with contextlib.suppress(OSError):  # the log keeps its error
@@ -329,6 +335,8 @@ class RunLife:
         self._closed = True
         if self._sampler is not None:
             self._sampler.stop()
+        if self.watch is not None:
+            self.watch.stop()
         if self._server is not None:
             self._server.close()
         if self._signals is not None:

@@ -35,6 +35,7 @@ from tuiloop.rundir.records import read_info
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
+from tuiloop.runner.stall import StallWatch
 from tuiloop.runner.tensorboard import TensorBoardSink, check_spec
 from tuiloop.runner.writable import check_out_dir, out_dir_error, remove_half_made, resume_error, stage_resume
 from tuiloop.spec import Spec, SpecError, load_spec, resolve
@@ -308,6 +309,9 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
         trainer.checkpoints.folder = life.checkpoint_folder()  # saved through the run's handle
         trainer.session = life.session
         trainer.subscribe(life.emit)
+        life.watch = StallWatch(
+            life.emit, trainer.heartbeat, trainer.idle, lambda: trainer.step, trainer.opt.stall_after
+        )
         life.start(
             trainer.commands,
             stop=trainer.request_stop,

@@ -52,6 +52,13 @@ class RunSpec:
         low=positive("For example log_interval = 0.25.", unit="seconds"),
         help="seconds between batched step-loss events (one device sync each)",
     )
+    stall_after: float | None = key(
+        option="stall_after",
+        resume=True,
+        low=positive("For example stall_after = 600.", unit="seconds"),
+        help="seconds without a step or a validation batch before the run counts as stalled; "
+        "default: automatic (10x the longest wait seen, at least 300)",
+    )
     nproc_per_node: int | str = key(
         1, check=checks.nproc, help='processes per machine (torchrun); "auto": one per visible GPU'
     )

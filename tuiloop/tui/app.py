@@ -19,8 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 
 import tuiloop.tui.bindings as bindings
+from tuiloop.engine import fmt
 from tuiloop.engine.events import Event
 from tuiloop.rundir.filesystem import unwritable
+from tuiloop.rundir.liveness import frozen_for
 from tuiloop.tui.figures import X_AXES, ZOOMS, View, loss_figure, lr_figure
 from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.bars import progress_text, title_text
@@ -93,6 +95,7 @@ class MonitorApp(RunKeys):
         self._plotted = -1  # the model's plot_version the plots show
         self._drawn_clock = 0.0
         self._was_over = False
+        self._frozen = False  # stalled by the monitor's own judgement (the run writes nothing)
         self._keys_for = (False, False)  # paused, set to stop after the epoch: p Pause or Resume, e Stop@epoch or Go on
         self._quit_reader = threading.Event()
         self._watch_again = threading.Event()  # a resumed run has a new process: the reader watches it
@@ -201,11 +204,26 @@ class MonitorApp(RunKeys):
 
     # ---- drawing --------------------------------------------------------------------------------
     def _tick(self) -> None:
+        self._judge_frozen()
         now = time.monotonic()
         if self.model.version != self._drawn_version or now - self._drawn_clock >= 1.0:
             self._redraw()
             if isinstance(self.screen, (OutputScreen, EpochsScreen)):
                 self.screen.refresh_from_model()
+
+    def _judge_frozen(self) -> None:
+        """A live run that writes nothing, not even its machine samples, is frozen: stalled until it writes."""
+        m = self.model
+        quiet = frozen_for(m.last_event_time, bool(m.system_samples), time.time()) if not self.read_only else None
+        if quiet is not None and m.state == "running":
+            self._frozen, m.state = True, "stalled"
+            m.state_reason = f"nothing written for {fmt.clock(quiet)}: the training process is frozen"
+            m.version += 1
+        elif self._frozen and quiet is None:
+            self._frozen = False
+            if m.state == "stalled":
+                m.state, m.state_reason = "running", ""
+                m.version += 1
 
     def _redraw(self, force: bool = False) -> None:
         """Refresh the panels from the model (at most every FRAME_S, and on big changes)."""

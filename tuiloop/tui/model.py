@@ -24,6 +24,7 @@ from tuiloop.engine.events import (
     Message,
     RunStarted,
     SettingChanged,
+    Stalled,
     StateChanged,
     TrainSteps,
     Validated,
@@ -116,8 +117,7 @@ class MonitorModel(EventReader):
         # their ending must not end this view before the new one announces itself.
         self.expect_session = expect_session
         self.started: RunStarted | None = None
-        self.state = "starting"
-        self.state_reason = ""
+        self.state, self.state_reason = "starting", ""
         self.digest = RunDigest(resolution)
         self.epochs_done = 0
         self.epoch_rows: list[Validated] = []  # every validation, for the epoch table
@@ -243,8 +243,11 @@ class MonitorModel(EventReader):
         key = "ckpt-last" if ev.tag == "last" else f"ckpt@{ev.step}:{ev.tag}"
         self._log(ev.time, level, sentences.checkpoint_saved(ev), key=key)
 
-    @on(StateChanged)
-    def _state(self, ev: StateChanged) -> None:
+    @on(StateChanged, Stalled)
+    def _state(self, ev: StateChanged | Stalled) -> None:
+        if isinstance(ev, Stalled):  # the sentence ends with the user's line it waits in
+            self.state, self.state_reason = "stalled", sentences.stalled(ev)
+            return self._log(ev.time, "error", "stalled: " + self.state_reason)
         self.state, self.state_reason = ev.state, ev.reason
         self._log(ev.time, "warning" if ev.state == "stopping" else "info", sentences.state_changed(ev))
 

@@ -12,6 +12,7 @@ STATE_STYLE = {
     "starting": ("STARTING", "bold black on yellow"),
     "running": ("RUNNING", "bold black on green"),
     "paused": ("PAUSED", "bold black on yellow"),
+    "stalled": ("STALLED", "bold white on dark_orange3"),
     "stopping": ("STOPPING", "bold white on dark_orange3"),
     "completed": ("COMPLETED", "bold black on green"),
     "early_stopped": ("EARLY STOPPED", "bold black on cyan"),

@@ -1,0 +1,99 @@
+"""Noticing a stuck run: no training step and no validation batch for too long.
+
+A run blocked in a data read from a dead network share, in a collective waiting for a lost rank
+or in a driver call looks, from outside, like a run that is merely slow. :class:`StallWatch`
+looks from inside: a daemon thread of the training process compares the loop's heartbeat (the
+steps done and the batches served, train and validation) every few seconds. When it has not
+moved for ``stall_after`` seconds it logs a :class:`~tuiloop.engine.events.Stalled` event with
+the Python stack of the loop's thread, the user's innermost frame first in ``where``; when it
+moves again, a ``state`` event says the run is running again. Paused time does not count.
+
+``stall_after`` (``[run] stall_after``) None is automatic: ten times the longest wait between
+heartbeats seen so far in this session, and never under five minutes.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from tuiloop.engine import fmt
+from tuiloop.engine.events import Event, Stalled, StateChanged
+from tuiloop.engine.origin import format_frames, stuck_frames
+from tuiloop.engine.sentences import MOVING_AGAIN
+
+MIN_STALL_S = 300.0  # the automatic limit is never under this
+GENEROUS = 10.0  # ... and is this many times the longest wait seen
+POLL_S = 5.0  # how often the heartbeat is read (a tenth of an explicit limit, if shorter)
+
+
+class StallWatch:
+    """Watches ``beat()`` (any value that changes while the loop moves) from a thread of its own
+    and tells ``emit`` when it stops moving and when it moves again. ``idle()`` true (paused, or
+    writing a checkpoint) does not count as stalled. The loop's thread is the one that starts it."""
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        beat: Callable[[], Any],
+        idle: Callable[[], bool],
+        step: Callable[[], int],
+        after: float | None = None,
+    ) -> None:
+        self.emit, self.beat, self.idle, self.step, self.after = emit, beat, idle, step, after
+        self.poll = min(POLL_S, after / 10) if after else POLL_S
+        self.stalled = False
+        self._loop_thread = threading.current_thread()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching (from the loop's own thread); a second call does nothing."""
+        if self._thread is None:
+            self._loop_thread = threading.current_thread()
+            self._thread = threading.Thread(target=self._watch, name="tuiloop-stall", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; nothing is emitted after this returns (up to the join's timeout)."""
+        self._halt.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+
+    def limit(self, longest: float) -> float:
+        return self.after if self.after is not None else max(MIN_STALL_S, GENEROUS * longest)
+
+    def _watch(self) -> None:
+        last, since, longest = self.beat(), time.monotonic(), 0.0
+        while not self._halt.wait(self.poll):
+            now, beat = time.monotonic(), self.beat()
+            if beat != last or self.idle():
+                if not self.stalled:
+                    longest = max(longest, now - since) if beat != last else longest
+                else:
+                    self.stalled = False
+                    self._tell(StateChanged("running", f"{MOVING_AGAIN} {fmt.clock(now - since)}", self.step()))
+                last, since = beat, now
+                continue
+            quiet = now - since
+            if not self.stalled and quiet >= self.limit(longest):
+                self.stalled = True
+                self._tell(self._stalled(quiet, self.limit(longest)))
+
+    def _stalled(self, quiet: float, after: float) -> Stalled:
+        frame = sys._current_frames().get(self._loop_thread.ident or -1)
+        frames = stuck_frames(traceback.extract_stack(frame)) if frame is not None else []
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+        return Stalled(quiet, after, self.step(), where, format_frames(frames))
+
+    def _tell(self, event: Event) -> None:
+        if self._halt.is_set():
+            return
+        try:
+            self.emit(event)
+        except Exception:
+            pass  # the log failed (a full disk): the run says that, not the watch
