@@ -117,8 +117,50 @@ def test_ctl_refuses_with_an_exit_status_that_says_why(live: tuple[Path, Path], 
     assert done.returncode == 2 and "takes no KEY=VALUE" in done.stderr, done.stderr
 
 
+def test_ctl_set_changes_settings_from_the_next_step_and_refuses_what_may_not_change(live: tuple[Path, Path]) -> None:
+    folder, run_dir = live
+    done = ctl(
+        folder, run_dir, "set", "optimizer.lr=0.005", "train.gradient_clip_val=1.0", "checkpoint.every_n_epochs=0"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" from step ")[0] for line in lines] == [
+        "optimizer.lr: 0.01 -> 0.005",
+        "train.gradient_clip_val: 0.0 -> 1.0",
+        "checkpoint.every_n_epochs: 0 -> 0",
+    ], done.stdout
+    changed = {e["key"]: e for e in events(run_dir) if e["event"] == "setting_changed" and e["source"] == "ctl set"}
+    assert (changed["optimizer.lr"]["old"], changed["optimizer.lr"]["new"]) == (0.01, 0.005)
+    step = changed["optimizer.lr"]["step"]
+    assert lines[0].endswith(f"from step {step + 1}")
+    wait_until(lambda: last_step(run_dir) > step + 1, 30, "steps after the change")
+    later = [e for e in events(run_dir) if e["event"] == "train_steps" and e["first_step"] > step]
+    assert later and {e["lr"] for e in later} == {0.005}, "the new rate from the next step"
+    assert status(folder, run_dir)["lr"] == 0.005
+
+    refused = {
+        "run.seed=1": "[run] seed: it cannot change while the run trains, nor on resume: the data order",
+        "run.device=cpu": "[run] device: it may change on resume but not live: the run reads it only when it starts",
+        "run.epohcs=3": "'epohcs' is not a key of [run]. Did you mean 'epochs'?",
+        "optimzer.lr=1": "ctl set optimzer.lr=1: there is no section [optimzer]. Did you mean 'optimizer'?",
+        "optimizer.weight_decy=0.1": "Adam has no setting 'weight_decy'; did you mean 'weight_decay'?",
+        "early_stopping.patience=2": "the run has no [early_stopping], and one cannot be added while it trains",
+        "run.epochs=0": "[run] epochs: must be at least 1, got 0",
+        "model.hidden=8": "[model] hidden: it cannot change while the run trains, nor on resume",
+    }
+    for item, why in refused.items():
+        done = ctl(folder, run_dir, "set", item)
+        assert done.returncode == 2, (item, done.stdout, done.stderr)
+        assert why in done.stderr and len(done.stderr.splitlines()) == 1, (item, done.stderr)
+    assert status(folder, run_dir)["lr"] == 0.005, "a refused setting changes nothing"
+
+
 def test_ctl_stop_waits_for_the_end_then_the_run_is_not_live(live: tuple[Path, Path]) -> None:
     folder, run_dir = live
+    epochs = status(folder, run_dir)["epoch"] + 15  # run.epochs set live is kept by the checkpoint, for a resume
+    done = ctl(folder, run_dir, "set", f"run.epochs={epochs}")
+    assert done.returncode == 0 and done.stdout.startswith(f"run.epochs: 500 -> {epochs} from step "), done.stderr
+    assert status(folder, run_dir)["epochs"] == epochs
     done = ctl(folder, run_dir, "stop", "--wait")
     assert done.returncode == 0, done.stderr
     stopping, ended = done.stdout.splitlines()
@@ -137,6 +179,17 @@ def test_ctl_stop_waits_for_the_end_then_the_run_is_not_live(live: tuple[Path, P
     (row,) = json.loads(run_cli("ls", "--json", cwd=folder).stdout)
     assert row["state"] == "stopped" and row["steps"] == s["step"]
     assert json.loads(run_cli("ls", "--json", "--state", "crashed", cwd=folder).stdout) == []
+    assert row["epochs"] == epochs
+
+    # resumed without a spec or --set: the settings changed live go on (run.epochs, and the learning rate)
+    done = run_cli("run", "--resume", run_dir, "--headless", cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = status(folder, run_dir)
+    assert (s["state"], s["epochs_done"], s["epochs"]) == ("finished", epochs, epochs)
+    resumed = [e for e in events(run_dir) if e["event"] == "run_started"][-1]
+    assert resumed["epochs"] == epochs
+    after = [e for e in events(run_dir) if e["event"] == "train_steps" and e["time"] > resumed["time"]]
+    assert after and {e["lr"] for e in after} == {0.005}
 
 
 TRACKED = """
@@ -162,6 +215,8 @@ def test_ctl_refuses_what_a_tracked_loop_does_not_obey(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert "does not obey stop-after-epoch; it obeys pause, resume, stop, save, force" in done.stderr
         assert status(tmp_path, "mine")["commands"] == ["pause", "resume", "save", "stop", "force"]
+        done = ctl(tmp_path, "mine", "set", "optimizer.lr=0.1")
+        assert done.returncode == 2 and "(tuiloop.track): its settings are your code's" in done.stderr, done.stderr
         done = ctl(tmp_path, "mine", "stop")
         assert done.returncode == 0 and done.stdout.startswith("stopping at step"), done.stderr
         assert proc.wait(30) == 0

@@ -17,6 +17,7 @@ from tuiloop.engine.events import (
     CheckpointSaved,
     Event,
     RunStarted,
+    SettingChanged,
     StateChanged,
     SystemSample,
     TrainSteps,
@@ -127,6 +128,8 @@ def _scan_line(p: Progress, line: bytes) -> None:
         p.done = max(p.done, ev.epoch)
     elif isinstance(ev, StateChanged):
         p.paused = ev.state == "paused"
+    elif isinstance(ev, SettingChanged) and ev.key == "run.epochs" and isinstance(ev.new, int):  # ctl set
+        p.epochs = ev.new
 
 
 def _scan_steps(p: Progress, epoch: object, time: object) -> None:
