@@ -186,10 +186,6 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     run_dir, code = live_run(args.run, args.out_dir)
     if code:
         return code
-    if args.action == "set":
-        from tuiloop.cli.ctl_set import ctl_set  # lazy: only `ctl set` reads the spec
-
-        return ctl_set(run_dir, args.settings, args.timeout)
     if args.settings:
         error(
             f"ctl {args.action} takes no KEY=VALUE ({' '.join(args.settings)}); `ctl RUN set KEY=VALUE` changes settings"

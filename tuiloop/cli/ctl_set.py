@@ -10,12 +10,13 @@ SettingChanged event, which is what this command waits for and prints.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import time
 from pathlib import Path
 from typing import Any
 
-from tuiloop.cli.ctl import EXIT_NOT_LIVE, EXIT_TIMEOUT, Follow, send
+from tuiloop.cli.ctl import EXIT_NOT_LIVE, EXIT_TIMEOUT, Follow, live_run, send
 from tuiloop.cli.say import error
 from tuiloop.cli.status import read_model
 from tuiloop.engine.events import Event, Message, SettingChanged
@@ -76,6 +77,12 @@ def settings_for(run_dir: Path, items: list[str]) -> dict[str, Any]:
         values = getattr(spec, section)
         out[f"{section}.{key}"] = values.kwargs[key] if key in getattr(values, "kwargs", {}) else getattr(values, key)
     return out
+
+
+def cmd_ctl_set(args: argparse.Namespace) -> int:
+    """``tuiloop ctl RUN set KEY=VALUE ...``."""
+    run_dir, code = live_run(args.run, args.out_dir)
+    return code or ctl_set(run_dir, args.settings, args.timeout)
 
 
 def ctl_set(run_dir: Path, items: list[str], timeout: float) -> int:

@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.cli.ls import cmd_ls  # lazy: import only the command run
 
             code = cmd_ls(args)
+        elif args.command == "ctl" and args.action == "set":
+            from tuiloop.cli.ctl_set import cmd_ctl_set  # lazy: import only the command run
+
+            code = cmd_ctl_set(args)
         elif args.command == "ctl":
             from tuiloop.cli.ctl import cmd_ctl  # lazy: import only the command run
 
