@@ -85,7 +85,10 @@ def test_the_control_server_accepts_exactly_the_commands_of_the_table(tmp_path: 
     server = ControlServer(tmp_path, commands).start()
     try:
         for c in COMMANDS:
-            assert send_command(tmp_path, c.name) == {"ok": True}, c.name
+            settings = {"settings": {"optimizer.lr": 0.1}} if c.name == "set" else {}  # set carries settings
+            assert send_command(tmp_path, c.name, **settings) == {"ok": True}, c.name
+        with pytest.raises(ControlError, match='a "set" without a "settings" object'):
+            send_command(tmp_path, "set")
         for name in ("lr", "quit", "Pause"):
             with pytest.raises(ControlError, match=f"unknown command {name!r}"):
                 send_command(tmp_path, name)
@@ -93,6 +96,7 @@ def test_the_control_server_accepts_exactly_the_commands_of_the_table(tmp_path: 
         server.close()
     assert commands.take() == [c.name for c in COMMANDS if not c.at_once]
     assert forced == [True] * sum(c.at_once for c in COMMANDS)
+    assert commands.take_settings() == {"optimizer.lr": 0.1}
     with pytest.raises(ValueError, match="unknown command"):
         Commands().send("lr")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import time
@@ -41,12 +43,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = listing.rows
     hidden = [] if args.all or args.state else [r for r in rows if failed_at_setup(r)]
     rows = [r for r in rows if r not in hidden and (not wanted or r.state in wanted)]
-    if not rows:
+    if args.json:
+        print(json.dumps([row_object(r) for r in rows], indent=2))
+    elif not rows:
         print(f"no {' or '.join(sorted(wanted))} runs in {out_dir}" if wanted else f"no runs in {out_dir}")
     else:
         width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else None
         print(format_table(rows, width))
-    if hidden:
+    if hidden and not args.json:
         print(
             f"({fmt.plural(len(hidden), 'run')} that failed at setup hidden; --all shows {'it' if len(hidden) == 1 else 'them'})"
         )
@@ -70,6 +74,23 @@ def tell_skipped(rows: list[RunRow], unreadable: list[Path]) -> None:
             f"tuiloop: warning: {fmt.plural(len(unreadable), 'folder')} you may not read skipped ({names}{', ...' if len(unreadable) > 3 else ''}): other users' runs are private to them",
             file=sys.stderr,
         )
+
+
+def row_object(row: RunRow) -> dict[str, object]:
+    """One run of ``ls --json``: the table's columns, whole (docs/commands.md lists the fields)."""
+    return {
+        "run_dir": os.path.abspath(row.path),
+        "name": row.name,
+        "state": row.state,
+        "epochs_done": row.epochs_done,
+        "epochs": row.epochs,
+        "monitor": row.monitor,
+        "best": row.best,
+        "best_epoch": row.best_epoch,
+        "duration_s": row.duration_s,
+        "started": row.started,
+        "steps": row.steps,
+    }
 
 
 def _states(text: str | None) -> set[str] | None:

@@ -27,7 +27,13 @@ examples:
   tuiloop show ab12                             a past run, read-only (any unique part of its name)
   tuiloop compare 1c2e ab12                     val_loss by epoch of several runs, and the spec values that differ
   tuiloop export ab12 --format tensorboard      its scalars as TensorBoard event files (or --format csv)
+  tuiloop ctl ab12 pause                        the key's command from a script: returns once the run paused
+  tuiloop ctl ab12 set optimizer.lr=1e-4        change a setting of a live run from its next step
+  tuiloop status ab12 --json                    how a run stands, as one JSON object
 """
+
+# `tuiloop ctl RUN ACTION`: the monitor's commands as a script types them (tuiloop/cli/ctl.py maps them)
+CTL_ACTIONS = ("pause", "resume", "stop", "stop-after-epoch", "go-on", "save", "suspend", "force")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,7 +173,34 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument(
         "--all", action="store_true", help="also list runs that failed before their first step (hidden by default)"
     )
+    ls.add_argument(
+        "--json", action="store_true", help="a JSON list of objects, one per run (fields: docs/commands.md)"
+    )
 
+    ctl = sub.add_parser(
+        "ctl",
+        help="send a live run a command (the monitor's keys) or new settings, and wait until it has acted",
+        description="Send a live run one of the monitor's commands, or change its settings (set KEY=VALUE ...), "
+        "and return once its event log shows the effect. Exit status: 0 done (or already so), 1 the run is not "
+        "live, 2 no such run / a command or setting it does not take, 3 it did not act within --timeout.",
+    )
+    ctl.add_argument("run", metavar="RUN", help="a run directory, or a unique part of a run name under ./runs")
+    ctl.add_argument("action", choices=(*CTL_ACTIONS, "set"), metavar="ACTION", help=f"{', '.join(CTL_ACTIONS)} or set")
+    ctl.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="with set: spec keys and TOML values, as --set")
+    ctl.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="seconds to wait for the run to act (default: 60)"
+    )
+    ctl.add_argument(
+        "--wait", action="store_true", help="stop, suspend, stop-after-epoch: also wait for the run to end"
+    )
+    ctl.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
+    st = sub.add_parser(
+        "status", help="how one run stands: state, epoch and step, lr, last and best metrics, ETA, pid and host"
+    )
+    st.add_argument("run", metavar="RUN", help="a run directory, or a unique part of a run name under ./runs")
+    st.add_argument("--json", action="store_true", help="one JSON object (its fields: docs/commands.md)")
+    st.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
     return p
 
 
@@ -241,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.cli.ls import cmd_ls  # lazy: import only the command run
 
             code = cmd_ls(args)
+        elif args.command == "ctl" and args.action == "set":
+            from tuiloop.cli.ctl_set import cmd_ctl_set  # lazy: import only the command run
+
+            code = cmd_ctl_set(args)
+        elif args.command == "ctl":
+            from tuiloop.cli.ctl import cmd_ctl  # lazy: import only the command run
+
+            code = cmd_ctl(args)
+        elif args.command == "status":
+            from tuiloop.cli.status import cmd_status  # lazy: import only the command run
+
+            code = cmd_status(args)
         elif args.command == "export":
             from tuiloop.cli.export import cmd_export  # lazy: import only the command run
 

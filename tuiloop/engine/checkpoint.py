@@ -42,6 +42,7 @@ KEYS = (
     "world_size",
     "epoch_rng_state",
     "lr_scale",
+    "settings",
     "tuiloop_version",
 )
 

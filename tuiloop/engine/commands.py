@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tuiloop.engine.exits import EXIT_FORCED
 
@@ -80,6 +80,8 @@ COMMANDS = (
         obeyed_by=SPEC_LOOPS,
         asks=True,
     ),
+    # It carries settings (spec key -> value: Commands.send_settings); no key of the monitor sends it.
+    Command("set", "change settings from the next step (tuiloop ctl RUN set KEY=VALUE)", obeyed_by=SPEC_LOOPS),
 )
 COMMAND = {c.name: c for c in COMMANDS}
 AGREED = tuple(c.name for c in COMMANDS if c.agreed and "distributed" in c.obeyed_by)
@@ -103,6 +105,7 @@ class Commands:
         # RLock: a signal handler may call send() on the main thread while it holds the lock.
         self._cond = threading.Condition(threading.RLock())
         self.pending = False
+        self._settings: dict[str, Any] = {}  # what `set` commands brought, not yet taken (the newest value wins)
         # What ``force`` does; a session replaces it to record the forced end before exiting.
         self.on_force: Callable[[], None] = _exit_now
 
@@ -117,6 +120,20 @@ class Commands:
             self._queue.append(command)
             self.pending = True
             self._cond.notify_all()
+
+    def send_settings(self, settings: dict[str, Any]) -> None:
+        """Queue a ``set`` command with the settings it brings (spec key -> value)."""
+        with self._cond:
+            self._settings.update(settings)
+            self._queue.append("set")
+            self.pending = True
+            self._cond.notify_all()
+
+    def take_settings(self) -> dict[str, Any]:
+        """The settings the ``set`` commands brought since the last call."""
+        with self._cond:
+            out, self._settings = self._settings, {}
+        return out
 
     def take(self) -> list[str]:
         """Everything queued so far, oldest first."""

@@ -22,6 +22,7 @@ from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.epoch_end import EpochEnd
 from tuiloop.engine.events import CheckpointSaved, Event, Message
 from tuiloop.engine.exceptions import ResumeError, StorageError
+from tuiloop.engine.live import Live
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.progress import Progress
 from tuiloop.engine.steering import Steering
@@ -55,6 +56,7 @@ class Checkpoints:
         self.progress = progress
         self.ends = ends
         self.steering = steering
+        self.live: Live | None = None  # the settings changed while it trained (the Trainer's)
         self.ranks = ranks
         self.emit = emit
         self.save_last = save_last
@@ -79,6 +81,7 @@ class Checkpoints:
             "rng_states": rng_states or [rng],
             "world_size": self.ranks.world_size,
             "lr_scale": self.steering.lr_scale,
+            "settings": dict(self.live.kept) if self.live is not None else {},
             "tuiloop_version": __version__,
         }
         return {key: state[key] for key in ckpt.KEYS}
@@ -111,6 +114,8 @@ class Checkpoints:
         self.ends.load_state_dict(state)
         self.objective.problem = state.get("problem")
         self.steering.lr_scale = float(state.get("lr_scale", 1.0))
+        if self.live is not None and isinstance(state.get("settings"), dict):  # ctl set, kept across a resume
+            self.live.restore(state["settings"])
         ranks = self.ranks
         saved_world = state.get("world_size", 1)
         states = state.get("rng_states") or [state["rng_state"]]

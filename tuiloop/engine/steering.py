@@ -60,6 +60,8 @@ class Steering:
         self.suspending = False  # a stop that frees the machine, to be resumed (status "suspended")
         self.stop_after_epoch = False
         self.stop_reason = ""  # why the loop stops: a signal's words, or the command's
+        # `set`: applies settings (tuiloop.engine.live.Live.change, installed by the Trainer)
+        self.change: Callable[[dict[str, Any]], None] = lambda settings: None
         self.lr_scale = 1.0  # what the - and + keys did to the spec's learning rate, all together (checkpointed)
         # the distributed agreement's schedule: steps until the next one, and the last one's time and step
         self.until_agree = 1
@@ -109,6 +111,9 @@ class Steering:
                     "command",
                 )
             )
+        elif cmd == "set":  # every rank takes rank 0's settings (its control socket received them)
+            settings = self.commands.take_settings() if self.ranks.is_main else {}
+            self.change(self.ranks.broadcast(settings))
         elif cmd in LR_FACTORS:
             optimizer = self.optimizer
             before = optimizer.param_groups[0]["lr"]
@@ -147,7 +152,7 @@ class Steering:
         if any(decided[SLOT[name]] for name in ("flush", "save", "pause", "stop", "suspend")):
             telemetry.flush()
             telemetry.next_flush = time.perf_counter() + telemetry.interval
-        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "pause"):
+        for cmd in ("save", "set", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "pause"):
             if decided[SLOT[cmd]]:
                 self.apply(cmd)
         while self.state == "paused":
@@ -157,7 +162,7 @@ class Steering:
         """One round while paused: rank 0 waits up to half a second for a command, the others wait in the collective."""
         flags = self._flags(wait=PAUSED_AGREE_S if self.ranks.is_main else 0.0)
         decided = self.ranks.agree(flags, self.device)
-        for cmd in ("save", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "resume"):
+        for cmd in ("save", "set", "lr_down", "lr_up", "stop_after_epoch", "go_on", "suspend", "stop", "resume"):
             if decided[SLOT[cmd]]:
                 self.apply(cmd)
 

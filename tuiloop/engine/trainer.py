@@ -46,6 +46,7 @@ from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
 from tuiloop.engine.exceptions import NonFiniteLoss, SetupError, StorageError
 from tuiloop.engine.failure import failure_reason, failure_report
 from tuiloop.engine.first_batch import FirstBatch
+from tuiloop.engine.live import Live
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -148,6 +149,9 @@ class Trainer:
             self.model, optimizer, scheduler, stepper, objective, progress, ends, steering, ranks, emit, o.save_last
         )
         self.checkpoints.run_dir = Path(run_dir) if run_dir else None
+        self.live = Live(o, stepper, telemetry, self.checkpoints, ends, progress, emit)
+        steering.change = self.live.change
+        self.checkpoints.live = self.live
         first_batch = FirstBatch(self.model, objective, o, val is not None, emit)
         self.epoch_loop = EpochLoop(
             self.model,
@@ -290,6 +294,7 @@ class Trainer:
                     break
             else:
                 progress.batch_in_epoch = 0
+                reason = f"{fmt.plural(self.opt.epochs, 'epoch')} done"
             if status == "suspended" or (status == "stopped" and self.opt.save_last and not saved):
                 self.save("last")
         except NonFiniteLoss as e:

@@ -1,7 +1,9 @@
 """The control channel of a live run: a Unix socket in the run directory, owner-only.
 
 Protocol: the client sends one JSON line ``{"cmd": "pause"}`` and reads one JSON line back,
-``{"ok": true}`` or ``{"ok": false, "error": "..."}``. The socket file is mode 0600 inside a
+``{"ok": true}`` or ``{"ok": false, "error": "..."}``. ``{"cmd": "set", "settings": {"optimizer.lr":
+0.001}}`` brings settings (spec key -> TOML value, checked by ``tuiloop ctl RUN set`` first).
+``ping`` answers the run's pid and :data:`PROTOCOL`, the version of this protocol (2: ``set``). The socket file is mode 0600 inside a
 0700 run directory, and on Linux the server also checks the peer's uid (``SO_PEERCRED``).
 The client is in :mod:`tuiloop.rundir.control_client`.
 
@@ -43,6 +45,7 @@ from tuiloop.rundir.handle import RunDir, held
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.rate_limit import RateLimitedWarnings
 
+PROTOCOL = 2  # 1: the commands of the table; 2: and `set` with its settings
 IDLE_S = 5.0  # a client's time to send its request, from its connection
 MAX_CLIENTS = 64  # connections held at once, whatever the limit on open files
 MAX_LINE = 4096  # a request longer than this is read no further
@@ -77,16 +80,24 @@ def peer_allowed(uid: int | None, owner: int) -> bool:
 
 def parse_request(line: bytes) -> tuple[str, str]:
     """(command, "") for a valid request line, or ("", what is wrong with it)."""
+    cmd, problem, _ = parse_request_fields(line)
+    return cmd, problem
+
+
+def parse_request_fields(line: bytes) -> tuple[str, str, dict]:
+    """(command, "", the request) for a valid request line, or ("", what is wrong with it, {})."""
     try:
         request = json.loads(line)
     except ValueError:
-        return "", "is not JSON"
+        return "", "is not JSON", {}
     if not isinstance(request, dict):
-        return "", f"is a JSON {type(request).__name__}, not an object"
+        return "", f"is a JSON {type(request).__name__}, not an object", {}
     cmd = request.get("cmd")
     if not isinstance(cmd, str):
-        return "", 'has no "cmd" string'
-    return cmd, ""
+        return "", 'has no "cmd" string', {}
+    if cmd == "set" and not isinstance(request.get("settings"), dict):
+        return "", 'is a "set" without a "settings" object', {}
+    return cmd, "", request
 
 
 def _plural(n: int, word: str) -> str:
@@ -260,12 +271,15 @@ class ControlServer:
                 self._handle(client.sock, bytes(client.line[: end + 1] if end >= 0 else client.line))
 
     def _handle(self, conn: socket.socket, line: bytes) -> None:
-        cmd, problem = parse_request(line)
+        cmd, problem, request = parse_request_fields(line)
         if problem:
             self._bad(f"control socket: ignored a request that {problem}: {line[:80]!r}")
             self._answer(conn, {"ok": False, "error": f"bad request: it {problem}"})
         elif cmd == "ping":
-            self._answer(conn, {"ok": True, "pid": os.getpid()})
+            self._answer(conn, {"ok": True, "pid": os.getpid(), "protocol": PROTOCOL})
+        elif cmd == "set":
+            self.commands.send_settings(request["settings"])
+            self._answer(conn, {"ok": True})
         elif cmd in COMMAND:
             if COMMAND[cmd].at_once:  # answer first: the process ends as soon as it is told
                 self._answer(conn, {"ok": True})

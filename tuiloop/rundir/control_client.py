@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tuiloop.rundir.layout import CONTROL
 from tuiloop.rundir.lock import is_locked
@@ -48,6 +49,10 @@ class ControlError(Exception):
     """The run could not be reached or refused the command."""
 
 
+class ControlTimeout(ControlError):
+    """The run is live but did not take the connection, or did not answer, in time."""
+
+
 def _live(run_dir: Path) -> bool:
     try:
         return is_locked(run_dir)
@@ -74,7 +79,7 @@ def _connect(run_dir: Path, deadline: float, timeout: float) -> socket.socket:
                     f"{run_dir} is not live: its process has gone and left a stale control socket"
                 ) from e
             if time.monotonic() + wait >= deadline:
-                raise ControlError(
+                raise ControlTimeout(
                     f"{run_dir} is live but did not take the connection within {timeout:g}s "
                     "(its control socket is busy, or its process is stopped)"
                 ) from e
@@ -85,9 +90,10 @@ def _connect(run_dir: Path, deadline: float, timeout: float) -> socket.socket:
             raise
 
 
-def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
+def send_command(run_dir: Path, cmd: str, timeout: float = 3.0, **fields: Any) -> dict:
     """Send one command to a live run and return its reply, all within ``timeout`` seconds;
-    raises :class:`ControlError`."""
+    ``fields`` go in the request beside ``cmd`` (``set``'s settings). Raises :class:`ControlError`
+    (:class:`ControlTimeout` when a live run did not answer in time)."""
     run_dir = Path(run_dir)
     stale = f"{run_dir} is not live: its process has gone and left a stale control socket"
     no_answer = f"{run_dir} did not answer {cmd!r} within {timeout:g}s (is its process stopped?)"
@@ -99,13 +105,13 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
     except PermissionError as e:
         raise ControlError(f"permission denied: only the user who started {run_dir} can control it") from e
     except TimeoutError as e:
-        raise ControlError(no_answer) from e
+        raise ControlTimeout(no_answer) from e
     except OSError as e:
         raise ControlError(f"could not reach {run_dir}: {e}") from e
     try:
         try:
             s.settimeout(max(deadline - time.monotonic(), 0.001))
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the run refused us before reading; its reason is waiting to be read
         s.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -115,7 +121,7 @@ def send_command(run_dir: Path, cmd: str, timeout: float = 3.0) -> dict:
             raise ControlError(stale) from e
         raise ControlError(f"{run_dir} closed the connection without answering {cmd!r}") from e
     except TimeoutError as e:
-        raise ControlError(no_answer) from e
+        raise ControlTimeout(no_answer) from e
     except OSError as e:
         raise ControlError(f"could not reach {run_dir}: {e}") from e
     finally:

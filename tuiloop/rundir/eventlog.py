@@ -213,6 +213,19 @@ class EventTail:
         self.lines += len(lines)
         return events
 
+    def skip_to_end(self) -> None:
+        """Go on from the log as it is now: the next poll returns only the lines appended after
+        this call (and a line still being written, whole)."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(size - (1 << 16), 0))
+                tail = f.read()
+        except FileNotFoundError:
+            return
+        self._from_digest, self._partial = False, b""
+        self._offset = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size - len(tail)
+
     def _catch_up(self, snap: SavedDigest[RunDigest]) -> list[Event]:
         """The lines the saved digest's ranges point to, then the saved digest; on from its offset."""
         events: list[Event] = []

@@ -17,6 +17,7 @@ from tuiloop.engine.events import (
     CheckpointSaved,
     Event,
     RunStarted,
+    SettingChanged,
     Stalled,
     StateChanged,
     SystemSample,
@@ -136,6 +137,8 @@ def _scan_line(p: Progress, line: bytes) -> None:
         p.paused, p.stalled = ev.state == "paused", False
     elif isinstance(ev, Stalled):
         p.stalled = True
+    elif isinstance(ev, SettingChanged) and ev.key == "run.epochs" and isinstance(ev.new, int):  # ctl set
+        p.epochs = ev.new
 
 
 def _scan_steps(p: Progress, epoch: object, time: object, step: object = None) -> None:

@@ -20,18 +20,7 @@ from tuiloop.engine.trainer import Trainer
 from tuiloop.rundir.checkpoints import Checked, CheckpointRefused, read_checked
 from tuiloop.rundir.handle import RunDir
 from tuiloop.spec import SpecError
-from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, SCHEMA, SECTIONS
-
-# Read from the declarations in tuiloop/spec/schema.py: (section, key) pairs that may change (a
-# key's ``resume``); None as the key: every keyword argument of the target (``kwargs_resume``).
-MUTABLE: dict[str, set[str | None]] = {
-    name: {k for k, declared in SCHEMA[name].items() if declared.resume} | ({None} if s.kwargs_resume else set())
-    for name, s in SECTIONS.items()
-}
-# Optional sections that may appear or go on resume (their state starts fresh or is dropped).
-OPTIONAL = {name for name, s in SECTIONS.items() if s.comes_and_goes}
-# Why the other keys of a section may not change.
-WHY = {name: s.why for name, s in SECTIONS.items()}
+from tuiloop.spec.schema import KWARG_SECTIONS, MUTABLE, OPTIONAL, OPTIONAL_SECTIONS, SCHEMA, WHY
 
 Change = tuple[str, str, Any, Any]  # section, key, old, new
 _ABSENT = object()
@@ -90,6 +79,11 @@ def changes(old_raw: dict[str, Any], new_raw: dict[str, Any], where: str) -> lis
 def apply(trainer: Trainer, edits: list[Change], source: str) -> None:
     """Apply changed optimizer and scheduler settings over the restored state; announce every change."""
     for section, key, old, new in edits:
+        if (
+            f"{section}.{key}" in trainer.live.kept
+        ):  # set live (ctl set) and kept by the checkpoint: the resume's value wins
+            old = trainer.live.kept[f"{section}.{key}"]
+            trainer.live.restore({f"{section}.{key}": new})
         if section == "optimizer":
             old = _set_optimizer(trainer, key, old, new)
         elif section == "scheduler":

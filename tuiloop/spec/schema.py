@@ -240,6 +240,22 @@ SCHEMA: dict[str, dict[str, Key]] = {name: keys_of(name, s.keys) for name, s in 
 KWARG_SECTIONS = {name for name, s in SECTIONS.items() if issubclass(s.keys, TargetSpec)}
 REQUIRED_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "required")
 OPTIONAL_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "optional")
+# What may change on resume (tuiloop/runner/resume.py) and so live (tuiloop ctl RUN set): the keys
+# declared with ``resume``; None as the key: every keyword argument of the target (``kwargs_resume``).
+MUTABLE: dict[str, set[str | None]] = {
+    name: {k for k, declared in SCHEMA[name].items() if declared.resume} | ({None} if s.kwargs_resume else set())
+    for name, s in SECTIONS.items()
+}
+# Optional sections that may appear or go on resume (their state starts fresh or is dropped).
+OPTIONAL = {name for name, s in SECTIONS.items() if s.comes_and_goes}
+# Why the other keys of a section may not change.
+WHY = {name: s.why for name, s in SECTIONS.items()}
+
+
+def may_change(section: str, key: str) -> bool:
+    """True if ``[section] key`` may change on resume (the resume rule)."""
+    allowed = MUTABLE.get(section, set())
+    return key in allowed or (None in allowed and key not in SCHEMA.get(section, {}))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tuiloop.engine import fmt, sentences
 from tuiloop.engine.best import higher_is_better
@@ -222,6 +222,8 @@ class MonitorModel(EventReader):
     def _setting_changed(self, ev: SettingChanged) -> None:
         if ev.key == "stop_after_epoch":
             self.stop_after_epoch = bool(ev.new)
+        elif ev.key == "run.epochs" and self.started is not None and isinstance(ev.new, int):  # ctl set
+            self.started = replace(self.started, epochs=ev.new)
         self._log(ev.time, "warning", sentences.setting_changed(ev))
 
     @on(EarlyStopUpdate)
