@@ -17,6 +17,7 @@ from tuiloop.engine.batches import Batches
 from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Validated
+from tuiloop.engine.metrics import MetricSet
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -40,8 +41,10 @@ class EpochEnd:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         emit: Callable[[Event], None],
+        metrics: MetricSet | None = None,
     ) -> None:
         self.opt = opt
+        self.metrics = metrics  # the user's [metrics]
         self.progress = progress
         self.objective = objective
         self.model = model  # the module validation runs on
@@ -74,7 +77,7 @@ class EpochEnd:
         epoch = progress.epoch + 1
         metrics = {"train_loss": progress.epoch_loss()}
         if self.val_batches is not None:
-            metrics.update(self._validate())
+            metrics.update(self.evaluate(self.val_batches, "val_"))
         self.last_metrics = metrics
         is_best = self.best.update(metrics[self.best.monitor], epoch)
         self.emit(Validated(epoch, progress.step, metrics, is_best, time.perf_counter() - started))
@@ -106,17 +109,29 @@ class EpochEnd:
             return ""
         return f"{es.monitor} did not improve for {es.patience} checks"
 
-    def _validate(self) -> dict[str, float]:
-        model, objective = self.model, self.objective
+    def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+        """The loss and every metric over one split (each sample once, on every rank's shard),
+        named ``<prefix>loss``, ``<prefix>acc``, ...; the user's metrics update on the device."""
+        model, objective, user = self.model, self.objective, self.metrics
         model.eval()
-        totals = MetricTotals(objective.problem or "other", objective.loss_fn, self.device)
+        totals = MetricTotals(
+            objective.problem or "other", objective.loss_fn, self.device, objective.perplexity, prefix
+        )
+        if user:
+            user.start()
         with torch.inference_mode(), self.precision.autocast():
-            for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]  # check() validates only with a split
+            for batch in batches.epoch(0):
                 args, kwargs, target = objective.split(batch)
                 output = model(*args, **kwargs)
-                totals.add(objective.loss(output, target), output, target, objective.count(batch, target))
+                n = objective.count(batch, target)
+                totals.add(objective.loss(output, target), output, target, n)
+                if user:
+                    user.update(*objective.metric_inputs(args, kwargs, output, target), n)
         model.train()
-        return totals.result(self.ranks)
+        out = totals.result(self.ranks)
+        if user:
+            out.update(user.result(prefix))
+        return out
 
     def _step_scheduler(self, metrics: dict[str, float] | None) -> None:
         """An epoch scheduler's step (a plateau scheduler's only with a check's metrics)."""

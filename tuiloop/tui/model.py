@@ -311,8 +311,14 @@ class MonitorModel(EventReader):
     def _metric(self, name: str) -> MetricStat:
         stat = self.metrics.get(name)
         if stat is None:
-            mode_max = self.started is not None and name == self.started.monitor and self.started.mode == "max"
-            stat = self.metrics[name] = MetricStat(name, mode_max or higher_is_better(name))
+            started = self.started
+            if started is not None and name == started.monitor:
+                better = started.mode == "max"
+            elif started is not None and name in started.modes:
+                better = started.modes[name] == "max"  # the metric's own word (torchmetrics' higher_is_better)
+            else:
+                better = higher_is_better(name)
+            stat = self.metrics[name] = MetricStat(name, better)
         return stat
 
     # ---- derived values -----------------------------------------------------------------------
