@@ -91,6 +91,10 @@ def test_f1_and_auroc_on_rare_positives_equal_scikit_learn_on_the_best_checkpoin
     negatives = 1 - tiny.rare()[1].tensors[1].mean().item()
     assert first["val_f1"] == 0.0 and first["val_acc"] == pytest.approx(negatives)
     assert any(v["metrics"]["val_f1"] > 0.3 for v in vals)
+    # ... and the run says so, once
+    warned = [line for line in done.stdout.splitlines() if "is exactly the share of the most common class" in line]
+    assert len(warned) == 1 and "predicts that one class for every sample" in warned[0], done.stdout
+    assert "Watch val_f1 and val_auroc." in warned[0]
 
 
 def test_the_best_checkpoint_and_early_stopping_follow_val_f1_upwards(rare_run: tuple[Path, Any]) -> None:

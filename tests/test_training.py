@@ -4,7 +4,6 @@ precision, torch.compile, and models that compute their own loss."""
 from __future__ import annotations
 
 import math
-
 import subprocess
 import sys
 from pathlib import Path

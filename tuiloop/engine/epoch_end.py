@@ -16,7 +16,7 @@ import torch
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.distributed import Ranks
-from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Validated
+from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Message, Validated
 from tuiloop.engine.metrics import MetricSet
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
@@ -59,6 +59,8 @@ class EpochEnd:
         self.es = opt.early_stopping
         self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # subclasses too
         self.last_metrics: dict[str, float] = {}  # of the last check
+        self.majority: float | None = None  # the share of the most common class in the last evaluated split
+        self._warned_majority = False
         self._pending_best = False  # the last check was a new best: best.pt is due
 
     def end(self, stop_after: bool) -> None:
@@ -81,6 +83,7 @@ class EpochEnd:
         self.last_metrics = metrics
         is_best = self.best.update(metrics[self.best.monitor], epoch)
         self.emit(Validated(epoch, progress.step, metrics, is_best, time.perf_counter() - started))
+        self._one_class_warning(metrics)
         es = self.es
         if es is not None:
             value = metrics[es.monitor]
@@ -88,6 +91,29 @@ class EpochEnd:
             self.emit(EarlyStopUpdate(epoch, es.monitor, value, es.best, es.counter, es.patience or 0, es.triggered))
         self._step_scheduler(metrics)
         self._pending_best = is_best
+
+    def _one_class_warning(self, metrics: dict[str, float]) -> None:
+        """Once a run: a classifier whose val_acc is the most common class's share predicts that class
+        for every sample, and accuracy hides it (rare positives: 0.95 for a model that finds none)."""
+        acc, share = metrics.get("val_acc"), self.majority
+        if self._warned_majority or acc is None or share is None or share >= 1.0 or abs(acc - share) > 1e-9:
+            return
+        self._warned_majority = True
+        have = [n for n in metrics if n.removeprefix("val_") in ("f1", "auroc")]
+        advice = (
+            f"watch {' and '.join(have)}"
+            if have
+            else 'add F1 or AUROC under [metrics] (f1 = "torchmetrics.classification:BinaryF1Score", '
+            'auroc = "torchmetrics.classification:BinaryAUROC"; their Multiclass* kinds take num_classes) '
+            "and monitor val_f1"
+        )
+        self.emit(
+            Message(
+                "warning",
+                f"val_acc {acc:.4f} is exactly the share of the most common class in the validation data: "
+                f"the model predicts that one class for every sample, and accuracy cannot tell. {advice[0].upper()}{advice[1:]}.",
+            )
+        )
 
     def checkpoint_tags(self) -> list[str]:
         """The checkpoints the epoch just counted writes: best (after a new best), periodic, last."""
@@ -129,6 +155,7 @@ class EpochEnd:
                     user.update(*objective.metric_inputs(args, kwargs, output, target), n)
         model.train()
         out = totals.result(self.ranks)
+        self.majority = totals.majority
         if user:
             out.update(user.result(prefix))
         return out

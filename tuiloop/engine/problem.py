@@ -202,6 +202,8 @@ class MetricTotals:
         self.ignore_index = getattr(loss_fn, "ignore_index", -100)
         zero = torch.zeros((), dtype=sum_dtype(device), device=device)
         self.loss_sum, self.metric_sum, self.loss_count, self.metric_count = zero.clone(), zero.clone(), 0, zero.clone()
+        self.classes: torch.Tensor | None = None  # samples per class (classification), for the majority's share
+        self.majority: float | None = None  # after result(): the share of the most common class
 
     def add(self, loss: torch.Tensor, output: object, target: object, n: int) -> None:
         """One batch of ``n`` samples: its mean loss, and what the metric needs of its outputs."""
@@ -216,27 +218,44 @@ class MetricTotals:
             keep = target != self.ignore_index
             self.metric_sum += ((pred == target) & keep).sum()
             self.metric_count += keep.sum()
+            if target.ndim == 1:  # per sample (not per token of a sequence): count the classes
+                self._count_classes(torch.where(keep, target, 0), keep, output.shape[1])
         elif self.problem in ("binary", "multilabel"):
             pred = output > (0.5 if self.probabilities else 0.0)
             self.metric_sum += (pred == (target > 0.5)).sum()
             self.metric_count += target.numel()
+            if self.problem == "binary":
+                self._count_classes((target > 0.5).long().flatten(), None, 2)
         elif self.problem == "regression":
             self.metric_sum += (output.detach() - target).abs().sum()
             self.metric_count += target.numel()
 
+    def _count_classes(self, labels: torch.Tensor, keep: torch.Tensor | None, classes: int) -> None:
+        counts = torch.bincount(
+            labels.flatten(),
+            weights=None if keep is None else keep.flatten().to(self.loss_sum.dtype),
+            minlength=classes,
+        )
+        if self.classes is None:
+            self.classes = torch.zeros(classes, dtype=self.loss_sum.dtype, device=self.loss_sum.device)
+        if counts.numel() == self.classes.numel():  # out-of-range labels: check_batch refuses them at the first batch
+            self.classes += counts.to(self.classes.dtype)
+
     def result(self, ranks: Any = None) -> dict[str, float]:
         """The metrics; in a distributed run the sums of every rank's shard (each sample once)."""
-        sums = torch.stack(
-            [
-                self.loss_sum,
-                torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device),
-                self.metric_sum,
-                self.metric_count.to(self.loss_sum.dtype),
-            ]
-        )
+        parts = [
+            self.loss_sum,
+            torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device),
+            self.metric_sum,
+            self.metric_count.to(self.loss_sum.dtype),
+        ]
+        sums = torch.cat([torch.stack(parts), self.classes if self.classes is not None else parts[0].new_zeros(0)])
         if ranks is not None:
             ranks.sum_(sums)
-        loss_sum, loss_count, metric_sum, metric_count = sums.tolist()
+        values = sums.tolist()
+        loss_sum, loss_count, metric_sum, metric_count = values[:4]
+        counts = values[4:]
+        self.majority = max(counts) / sum(counts) if counts and sum(counts) else None
         if not loss_count:  # an iterable split that gave nothing: no check, never a perfect score of nothing
             raise SetupError(
                 "the validation data gave no batch; return None as the validation split to train without validation"

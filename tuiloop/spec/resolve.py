@@ -21,7 +21,7 @@ from tuiloop.spec.schema import SCHEMA, MetricSpec, Spec, TargetSpec
 # Arguments tuiloop passes itself, by section: the user must not set them.
 SUPPLIED = {"optimizer": ("params",), "scheduler": ("optimizer",), "model": (), "loss": (), "data": ()}
 # [data] keys a data target may also accept (then they are passed on).
-DATA_PASSTHROUGH = ("batch_size", "num_workers", "seed")
+DATA_PASSTHROUGH = ("batch_size", "val_batch_size", "num_workers", "seed")
 
 
 @dataclass
@@ -244,13 +244,18 @@ def _init_parameters(cls: type) -> list[str] | None:
 
 
 def data_kwargs(spec: Spec, fn: Callable[..., Any]) -> dict[str, Any]:
-    """The data target's kwargs, plus batch_size/num_workers/seed when it asks for them."""
+    """The data target's kwargs, plus batch_size/val_batch_size/num_workers/seed when it asks for them."""
     kwargs = dict(spec.data.kwargs)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return kwargs
-    values = {"batch_size": spec.data.batch_size, "num_workers": spec.data.num_workers, "seed": spec.run.seed}
+    values = {
+        "batch_size": spec.data.batch_size,
+        "val_batch_size": spec.data.val_batch_size or spec.data.batch_size,
+        "num_workers": spec.data.num_workers,
+        "seed": spec.run.seed,
+    }
     for key in DATA_PASSTHROUGH:
         if key in params and key not in kwargs:
             kwargs[key] = values[key]
