@@ -61,3 +61,22 @@ def wine(val_fraction: float = 0.3, seed: int = 0) -> tuple[TensorDataset, Tenso
     x = torch.tensor(d.data, dtype=torch.float32)
     y = torch.tensor(d.target, dtype=torch.long)
     return _split(x, y, val_fraction, seed)
+
+
+def rare_cancer(
+    positives: float = 0.05, val_fraction: float = 0.3, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset]:
+    """Wisconsin breast cancer with malignant tumours made rare: every benign sample and as many
+    malignant ones (the positives, 1.0) as make ``positives`` of the whole, chosen by ``seed``."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    malignant = torch.tensor(d.target == 0)
+    benign_idx, malignant_idx = (~malignant).nonzero().squeeze(1), malignant.nonzero().squeeze(1)
+    keep = round(len(benign_idx) * positives / (1 - positives))
+    g = torch.Generator().manual_seed(seed)
+    chosen = malignant_idx[torch.randperm(len(malignant_idx), generator=g)[:keep]]
+    idx = torch.cat([benign_idx, chosen])
+    y = malignant[idx].float().unsqueeze(1)
+    return _split(x[idx], y, val_fraction, seed)

@@ -61,7 +61,7 @@ def test_a_finished_run_directory_holds_its_spec_info_log_summary_and_checkpoint
     assert summary["monitor"] == "val_acc" and summary["best_value"] is not None and summary["best_epoch"] in (1, 2, 3)
     assert summary["wall_time_s"] > 0 and summary["ended"] >= summary["started"]
     assert summary["versions"]["torch"] == torch.__version__
-    assert set(summary["final_metrics"]) == {"train_loss", "val_loss", "val_acc"}
+    assert set(summary["final_metrics"]) == {"train_loss", "val_loss", "val_acc", "val_ppl"}
     assert run_state(run_dir).state == "finished"
 
     logged, tail = read_events(run_dir)

@@ -29,6 +29,15 @@ def test_the_classifier_demos_reach_95_percent_validation_accuracy(tmp_path: Pat
     assert best["val_acc"] >= 0.95, best
 
 
+@pytest.mark.slow
+def test_the_rare_positive_demo_early_stops_on_f1(tmp_path: Path) -> None:
+    """5% positives: val_acc sits at the negatives' share while the model finds none; val_f1 decides."""
+    pytest.importorskip("torchmetrics", reason="the demo's F1 and AUROC come from torchmetrics (the [metrics] extra)")
+    events, f, best = run_demo("rare_cancer.toml", tmp_path)
+    assert (f.status, f.monitor) == ("early_stopped", "val_f1")
+    assert best["val_f1"] >= 0.8 and best["val_auroc"] >= 0.8, best
+
+
 def test_diabetes_regression_beats_the_mean(tmp_path: Path) -> None:
     _, f, best = run_demo("diabetes.toml", tmp_path)
     assert f.monitor == "val_mae"

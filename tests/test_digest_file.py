@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import only_run, run_cli, write_spec
 
-from tuiloop.cli.views import print_log
+from tuiloop.cli.views import print_log, system_summary
 from tuiloop.engine.events import (
     CheckpointSaved,
     EarlyStopUpdate,
@@ -225,7 +225,7 @@ def picture(m: MonitorModel, now: float) -> dict[str, Any]:
         "metrics": {k: (v.last, v.best, v.best_epoch, v.history.points()) for k, v in m.metrics.items()},
         "system": (
             m.system,
-            m.system_summary(),
+            system_summary(m),
             {i: (g.util.points(), g.mem_peak, g.mean_util) for i, g in m.gpus.items()},
         ),
         "events_seen": m.events_seen,

@@ -503,7 +503,7 @@ def test_tuple_dataset_and_user_dataloaders(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("problem", "sections", "metric"),
     [
-        ("multiclass", {}, "val_acc"),
+        ("multiclass", {}, "val_acc"),  # and val_ppl: a cross-entropy
         (
             "binary",
             {
@@ -535,11 +535,13 @@ def test_problem_type_and_metric_match_a_hand_computation(
     code, events, run_dir = train(workdir, "run.epochs=2", **sections)
     assert code == 0
     val = of(events, Validated)[-1]
-    assert set(val.metrics) == {"train_loss", "val_loss", metric}
+    ppl = ["val_ppl"] if problem == "multiclass" else []
+    assert set(val.metrics) == {"train_loss", "val_loss", metric, *ppl}
     ckpt = load_ckpt(run_dir / "checkpoints" / "last.pt")
     assert ckpt["problem"] == problem
     (said,) = [m.text for m in of(events, Message) if m.level == "info"]  # what the run decided, once
-    assert said.startswith(PROBLEM_TEXT[problem]) and said.endswith(f"metrics: train_loss, val_loss, {metric}")
+    reported = ", ".join(["train_loss", "val_loss", metric, *ppl])
+    assert said.startswith(PROBLEM_TEXT[problem]) and said.endswith(f"metrics: {reported}")
     model = tiny.MLP(4, sections.get("model", {}).get("out_features", 3), 16)
     model.load_state_dict(ckpt["model_state_dict"])
     data_fn = getattr(tiny, sections.get("data", {}).get("target", "tiny.py:classes").split(":")[1])

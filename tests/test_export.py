@@ -168,9 +168,15 @@ def check_scalars(
     """The scalars hold every step of the log once (as last logged), and every validation."""
     steps = logged_steps(log)
     vals = validations(log)
-    expected = {"train/loss", "train/lr", "train/samples_per_s", "train/epoch_loss", "val/loss", "val/acc"} | (
-        {"train/grad_norm"} if grad_norm else set()
-    )
+    expected = {
+        "train/loss",
+        "train/lr",
+        "train/samples_per_s",
+        "train/epoch_loss",
+        "val/loss",
+        "val/acc",
+        "val/ppl",
+    } | ({"train/grad_norm"} if grad_norm else set())
     assert set(scalars) == expected
     for tag, key in (
         ("train/loss", "loss"),
@@ -183,14 +189,19 @@ def check_scalars(
         assert [p[0] for p in scalars[tag]] == sorted(steps), tag
         assert [p[1] for p in scalars[tag]] == pytest.approx([steps[s][key] for s in sorted(steps)], rel=1e-6), tag
         assert [p[2] for p in scalars[tag]] == [steps[s]["time"] for s in sorted(steps)], tag
-    for tag, metric in (("val/loss", "val_loss"), ("val/acc", "val_acc"), ("train/epoch_loss", "train_loss")):
+    for tag, metric in (
+        ("val/loss", "val_loss"),
+        ("val/acc", "val_acc"),
+        ("val/ppl", "val_ppl"),
+        ("train/epoch_loss", "train_loss"),
+    ):
         assert [(p[0], p[2]) for p in scalars[tag]] == [(v["step"], v["time"]) for v in vals], tag
         assert [p[1] for p in scalars[tag]] == pytest.approx([v["metrics"][metric] for v in vals], rel=1e-6), tag
 
 
 def check_csv(text: str, log: list[dict[str, Any]]) -> list[dict[str, str]]:
     columns, rows = read_csv(text)
-    assert columns == [*FIXED, "val_loss", "val_acc"]
+    assert columns == [*FIXED, "val_loss", "val_acc", "val_ppl"]  # val_ppl: a cross-entropy's perplexity
     steps = logged_steps(log)
     step_rows = [r for r in rows if r["kind"] == "step"]
     assert [int(r["step"]) for r in step_rows] == sorted(steps)
@@ -204,7 +215,7 @@ def check_csv(text: str, log: list[dict[str, Any]]) -> list[dict[str, str]]:
             float(r["samples_per_s"]),
         ) == (s["epoch"], s["time"], s["loss"], s["lr"], s["rate"])
         assert r["grad_norm"] == ("" if s["grad_norm"] is None else str(s["grad_norm"]))
-        assert r["val_loss"] == r["val_acc"] == ""
+        assert r["val_loss"] == r["val_acc"] == r["val_ppl"] == ""
     val_rows = [r for r in rows if r["kind"] == "validation"]
     assert [(int(r["epoch"]), int(r["step"]), float(r["time"])) for r in val_rows] == [
         (v["epoch"], v["step"], v["time"]) for v in validations(log)
@@ -248,7 +259,7 @@ def test_tensorboard_export_holds_the_scalars_of_the_log(finished: Path, workdir
     assert done.returncode == 0, done.stderr
     logdir = finished / "tensorboard"
     assert done.stdout.splitlines() == [
-        f"wrote {24 * 4 + 3 * 3} scalars (24 steps, 3 validations) to {logdir}/",
+        f"wrote {24 * 4 + 3 * 4} scalars (24 steps, 3 validations) to {logdir}/",
         f"  view them: tensorboard --logdir {logdir}",
     ]
     check_scalars(read_scalars(logdir), events(finished), grad_norm=True)

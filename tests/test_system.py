@@ -15,6 +15,7 @@ import pynvml
 import pytest
 from conftest import only_run, run_cli, write_spec
 
+from tuiloop.cli.views import system_summary
 from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
 from tuiloop.rundir.eventlog import decode, encode, line_prefix, read_events
 from tuiloop.runner import system
@@ -287,7 +288,7 @@ def test_the_event_round_trips_through_json() -> None:
 
 def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
     m = MonitorModel()
-    assert m.system is None and m.system_summary() == []
+    assert m.system is None and system_summary(m) == []
     m.apply_all(
         [
             two_gpus(1000.0, util0=90, used0=70.0, rss=2.5, torch_peak=12.3),
@@ -304,7 +305,7 @@ def test_the_model_keeps_the_latest_sample_history_and_peaks() -> None:
     assert (
         m.rss_peak == int(2.5 * GiB) and m.torch_peak == int(12.3 * GiB) and m.cpu_history.points()[1] == [12.0, 12.0]
     )
-    assert m.system_summary() == [
+    assert system_summary(m) == [
         "GPU0 H100 80GB HBM3: peak memory 70.0/79.6 GiB, mean util 70%",
         "GPU1 H100 80GB HBM3: peak memory 1.0/79.6 GiB, mean util 3%",
         "peak RSS 2.5 GiB, mean CPU 12%, torch peak 12.3 GiB (2 samples)",

@@ -3,6 +3,7 @@ precision, torch.compile, and models that compute their own loss."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -276,7 +277,8 @@ def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, mo
     )
     assert code == 0, of(events, Failed)
     vals = [v.metrics for v in of(events, Validated)]
-    assert set(vals[0]) == {"train_loss", "val_loss"} and vals[-1]["val_loss"] < vals[0]["val_loss"]
+    assert set(vals[0]) == {"train_loss", "val_loss", "val_ppl"} and vals[-1]["val_loss"] < vals[0]["val_loss"]
+    assert vals[-1]["val_ppl"] == pytest.approx(math.exp(vals[-1]["val_loss"]))  # a cross-entropy: its perplexity
     # val_loss is the model's own loss on the validation split, as a hand computation gives it
     net = tiny.OwnLoss(style)
     net.load_state_dict(weights(run_dir))
@@ -285,7 +287,7 @@ def test_a_model_that_computes_its_own_loss_from_a_tuple_batch(workdir: Path, mo
         hand = nn.functional.cross_entropy(net.net(x), y).item()
     assert vals[-1]["val_loss"] == pytest.approx(hand, rel=1e-5)
     said = [m.text for m in of(events, Message) if m.level == "info"]
-    assert "a model that computes its own loss (the model's own loss); metrics: train_loss, val_loss" in said
+    assert "a model that computes its own loss (the model's own loss); metrics: train_loss, val_loss, val_ppl" in said
 
 
 def test_a_hugging_face_style_dict_batch_goes_to_forward_by_name(workdir: Path) -> None:

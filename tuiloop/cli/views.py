@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tuiloop.cli.say import error, some
+from tuiloop.engine import fmt
 from tuiloop.engine.events import Event
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.plain import PlainSink
@@ -121,5 +122,22 @@ def print_system(events: list[Event]) -> None:
     utilisation per GPU, peak RSS, mean CPU, torch's peak (nothing if none was sampled)."""
     model = MonitorModel()
     model.apply_all([e for e in events if e.kind in ("system_sample", "digest_loaded")])
-    for line in model.system_summary():
+    for line in system_summary(model):
         print(f"system: {line}")
+
+
+def system_summary(model: MonitorModel) -> list[str]:
+    """The machine's load over the run, as ``show`` prints it: one line per GPU, then the host."""
+    if not model.system_samples:
+        return []
+    gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
+    lines = []
+    for g in model.gpus.values():
+        util = f", mean util {g.mean_util:.0f}%" if g.mean_util is not None else ""
+        lines.append(f"GPU{g.index} {g.name}: peak memory {gib(g.mem_peak)}/{gib(g.mem_total)} GiB{util}")
+    torch_peak = f", torch peak {gib(model.torch_peak)} GiB" if model.torch_peak is not None else ""
+    samples = fmt.plural(model.system_samples, "sample")
+    lines.append(
+        f"peak RSS {gib(model.rss_peak)} GiB, mean CPU {model.cpu_sum / model.system_samples:.0f}%{torch_peak} ({samples})"
+    )
+    return lines

@@ -16,7 +16,8 @@ import torch
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.distributed import Ranks
-from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Validated
+from tuiloop.engine.events import EarlyStopUpdate, Event, LRChanged, Message, Validated
+from tuiloop.engine.metrics import MetricSet
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -40,8 +41,10 @@ class EpochEnd:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         emit: Callable[[Event], None],
+        metrics: MetricSet | None = None,
     ) -> None:
         self.opt = opt
+        self.metrics = metrics  # the user's [metrics]
         self.progress = progress
         self.objective = objective
         self.model = model  # the module validation runs on
@@ -56,6 +59,8 @@ class EpochEnd:
         self.es = opt.early_stopping
         self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # subclasses too
         self.last_metrics: dict[str, float] = {}  # of the last check
+        self.majority: float | None = None  # the share of the most common class in the last evaluated split
+        self._warned_majority = False
         self._pending_best = False  # the last check was a new best: best.pt is due
 
     def end(self, stop_after: bool) -> None:
@@ -74,10 +79,11 @@ class EpochEnd:
         epoch = progress.epoch + 1
         metrics = {"train_loss": progress.epoch_loss()}
         if self.val_batches is not None:
-            metrics.update(self._validate())
+            metrics.update(self.evaluate(self.val_batches, "val_"))
         self.last_metrics = metrics
         is_best = self.best.update(metrics[self.best.monitor], epoch)
         self.emit(Validated(epoch, progress.step, metrics, is_best, time.perf_counter() - started))
+        self._one_class_warning(metrics)
         es = self.es
         if es is not None:
             value = metrics[es.monitor]
@@ -85,6 +91,29 @@ class EpochEnd:
             self.emit(EarlyStopUpdate(epoch, es.monitor, value, es.best, es.counter, es.patience or 0, es.triggered))
         self._step_scheduler(metrics)
         self._pending_best = is_best
+
+    def _one_class_warning(self, metrics: dict[str, float]) -> None:
+        """Once a run: a classifier whose val_acc is the most common class's share predicts that class
+        for every sample, and accuracy hides it (rare positives: 0.95 for a model that finds none)."""
+        acc, share = metrics.get("val_acc"), self.majority
+        if self._warned_majority or acc is None or share is None or share >= 1.0 or abs(acc - share) > 1e-9:
+            return
+        self._warned_majority = True
+        have = [n for n in metrics if n.removeprefix("val_") in ("f1", "auroc")]
+        advice = (
+            f"watch {' and '.join(have)}"
+            if have
+            else 'add F1 or AUROC under [metrics] (f1 = "torchmetrics.classification:BinaryF1Score", '
+            'auroc = "torchmetrics.classification:BinaryAUROC"; their Multiclass* kinds take num_classes) '
+            "and monitor val_f1"
+        )
+        self.emit(
+            Message(
+                "warning",
+                f"val_acc {acc:.4f} is exactly the share of the most common class in the validation data: "
+                f"the model predicts that one class for every sample, and accuracy cannot tell. {advice[0].upper()}{advice[1:]}.",
+            )
+        )
 
     def checkpoint_tags(self) -> list[str]:
         """The checkpoints the epoch just counted writes: best (after a new best), periodic, last."""
@@ -106,17 +135,30 @@ class EpochEnd:
             return ""
         return f"{es.monitor} did not improve for {es.patience} checks"
 
-    def _validate(self) -> dict[str, float]:
-        model, objective = self.model, self.objective
+    def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+        """The loss and every metric over one split (each sample once, on every rank's shard),
+        named ``<prefix>loss``, ``<prefix>acc``, ...; the user's metrics update on the device."""
+        model, objective, user = self.model, self.objective, self.metrics
         model.eval()
-        totals = MetricTotals(objective.problem or "other", objective.loss_fn, self.device)
+        totals = MetricTotals(
+            objective.problem or "other", objective.loss_fn, self.device, objective.perplexity, prefix
+        )
+        if user:
+            user.start()
         with torch.inference_mode(), self.precision.autocast():
-            for batch in self.val_batches.epoch(0):  # type: ignore[union-attr]  # check() validates only with a split
+            for batch in batches.epoch(0):
                 args, kwargs, target = objective.split(batch)
                 output = model(*args, **kwargs)
-                totals.add(objective.loss(output, target), output, target, objective.count(batch, target))
+                n = objective.count(batch, target)
+                totals.add(objective.loss(output, target), output, target, n)
+                if user:
+                    user.update(*objective.metric_inputs(args, kwargs, output, target), n)
         model.train()
-        return totals.result(self.ranks)
+        out = totals.result(self.ranks)
+        self.majority = totals.majority
+        if user:
+            out.update(user.result(prefix))
+        return out
 
     def _step_scheduler(self, metrics: dict[str, float] | None) -> None:
         """An epoch scheduler's step (a plateau scheduler's only with a check's metrics)."""

@@ -107,6 +107,7 @@ class RunStarted(Event):
     backend: str = ""  # gloo | nccl in a distributed run
     nodes: list[str] = field(default_factory=list)  # their machines
     commands: list[str] | None = None  # the commands the run obeys (None: every one; tuiloop.track: fewer)
+    modes: dict[str, str] = field(default_factory=dict)  # which way each metric improves: "max" | "min"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 
 from tuiloop.engine.events import Event, Message, Starting
 from tuiloop.engine.exceptions import SetupError
+from tuiloop.engine.metrics import MetricSet
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.problem import check_batch, check_inputs, reported_metrics
@@ -38,9 +39,11 @@ class FirstBatch:
         opt: Options,
         validated: bool,
         emit: Callable[[Event], None],
+        metrics: MetricSet | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
+        self.metrics = metrics  # the user's [metrics], tried on the first batch
         self.compiling = bool(opt.compile)
         self.validated = validated  # the run has a validation split
         self.emit = emit
@@ -56,6 +59,8 @@ class FirstBatch:
         """The model's output on the first batch, checked before its loss (the loss's own error would be less clear)."""
         output = self._forward(args, kwargs)
         self._learn_problem(output, target)
+        if self.metrics and self.validated:
+            self.metrics.probe(*self.objective.metric_inputs(args, kwargs, output, target))
         return output
 
     def _forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -70,6 +75,15 @@ class FirstBatch:
             if problem:
                 raise SetupError(problem) from e
             raise
+        except TypeError as e:
+            if self.objective.model_computes_loss and "positional argument" in str(e) and "given" in str(e):
+                parts = ", ".join(["x", "y"] if len(args) == 2 else [f"arg{i + 1}" for i in range(len(args))])
+                raise SetupError(
+                    f'with [loss] target = "model" the whole batch goes to forward, as model({parts or "**batch"}), '
+                    f"and this model does not take it ({e}). A model that returns only its outputs needs a loss: "
+                    'set [loss] target = "CrossEntropyLoss" (or the loss that fits the problem).'
+                ) from e
+            raise
 
     def _learn_problem(self, output: Any, target: Any) -> None:
         """Set ``objective.problem`` from the first output, check the batch and the monitors
@@ -79,7 +93,8 @@ class FirstBatch:
         if not objective.model_computes_loss:
             for text in check_batch(objective.loss_fn, output, target, problem):
                 self.emit(Message("warning", text))
-        available = reported_metrics(problem, self.validated)
+        user = self.metrics.names if self.metrics else []
+        available = reported_metrics(problem, self.validated, objective.perplexity, user)
         for name, monitor in self.monitors:
             if monitor is not None and monitor not in available:
                 if not self.validated:

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from tuiloop.engine.exceptions import SetupError
-from tuiloop.engine.problem import infer_problem
+from tuiloop.engine.metrics import logits_of, metric_inputs
+from tuiloop.engine.problem import has_perplexity, infer_problem
 
 TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
@@ -73,6 +74,15 @@ class LossFunction:
     def count(self, batch: Any, target: Any) -> int:
         return len(target) if isinstance(target, torch.Tensor) and target.ndim else _count(batch)
 
+    @property
+    def perplexity(self) -> bool:
+        """A cross-entropy: val_ppl = exp(val_loss) is reported."""
+        return has_perplexity(self.loss_fn)
+
+    def metric_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, target: Any) -> tuple[Any, Any]:
+        """(preds, targets) for the metrics of [metrics], as the problem type asks for them."""
+        return metric_inputs(self.problem or "other", output, target)
+
 
 class ModelLoss:
     """The model computes its own loss from the whole batch."""
@@ -98,6 +108,27 @@ class ModelLoss:
 
     def count(self, batch: Any, target: Any) -> int:
         return _count(batch)
+
+    perplexity = True  # the model's own loss is a language model's cross-entropy, as a rule
+
+    def metric_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, target: Any) -> tuple[Any, Any]:
+        """The model's logits (``output.logits``, or the tensor that is not the loss) and the batch's
+        labels (a dict's labels/targets/..., a tuple's last item)."""
+        logits = logits_of(output)
+        if logits is None:
+            raise SetupError(
+                f"[metrics] need the model's predictions, but it returned {describe(output)}. "
+                'Return them with the loss: (logits, loss), output.logits or output["logits"].'
+            )
+        labels = next((kwargs[k] for k in TARGET_KEYS if k in kwargs), None)
+        if labels is None and len(args) >= 2:
+            labels = args[-1]
+        if labels is None:
+            raise SetupError(
+                "[metrics] need the batch's labels, and this batch has none: "
+                "give a dict batch a labels (or targets, y, ...) key, or make a tuple batch (inputs, labels)."
+            )
+        return metric_inputs("model", logits, labels)
 
 
 def loss_from_output(output: Any) -> torch.Tensor:

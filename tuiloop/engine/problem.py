@@ -6,10 +6,14 @@
 | binary      | BCEWithLogitsLoss (1 output)  | float 0/1         | acc (logit > 0)        |
 | multilabel  | BCEWithLogitsLoss (N outputs) | float 0/1 each    | acc (per label)        |
 | regression  | MSE / L1 / Huber / SmoothL1   | float             | mae                    |
+
+A cross-entropy (CrossEntropyLoss, NLLLoss, or a model that computes its own loss) also reports
+``ppl = exp(loss)``, the perplexity of a language model.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,6 +23,7 @@ from tuiloop.engine.exceptions import SetupError
 MULTICLASS = ("CrossEntropyLoss", "NLLLoss")
 BCE = ("BCEWithLogitsLoss", "BCELoss")
 REGRESSION = ("MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss")
+CROSS_ENTROPY = ("CrossEntropyLoss", "NLLLoss")
 
 
 def loss_name(loss_fn: object) -> str:
@@ -36,18 +41,31 @@ def infer_problem(loss_fn: object, output: torch.Tensor) -> str:
     return "other"
 
 
-def metric_names(problem: str) -> list[str]:
+def metric_names(problem: str, prefix: str = "val_") -> list[str]:
     """The validation metrics reported for a problem type, besides the losses."""
-    return {"multiclass": ["val_acc"], "binary": ["val_acc"], "multilabel": ["val_acc"], "regression": ["val_mae"]}.get(
-        problem, []
-    )
+    names = {"multiclass": ["acc"], "binary": ["acc"], "multilabel": ["acc"], "regression": ["mae"]}.get(problem, [])
+    return [prefix + n for n in names]
 
 
-def reported_metrics(problem: str | None, validated: bool) -> list[str]:
-    """Every metric a run reports: train_loss, and with a validation split val_loss and the problem's own."""
+def has_perplexity(loss_fn: object, model_computes_loss: bool = False) -> bool:
+    """A cross-entropy loss (or a model's own, a language model's as a rule): ppl = exp(loss) is reported."""
+    return model_computes_loss or loss_name(loss_fn) in CROSS_ENTROPY
+
+
+def reported_metrics(
+    problem: str | None, validated: bool, perplexity: bool = False, user: tuple[str, ...] | list[str] = ()
+) -> list[str]:
+    """Every metric a run reports: train_loss, and with a validation split val_loss, the problem's own,
+    val_ppl for a cross-entropy and val_<name> of each metric of [metrics]."""
     if not validated:
         return ["train_loss"]
-    return ["train_loss", "val_loss", *metric_names(problem or "")]
+    return ["train_loss", *split_metrics(problem, perplexity, user, "val_")]
+
+
+def split_metrics(problem: str | None, perplexity: bool, user: tuple[str, ...] | list[str], prefix: str) -> list[str]:
+    """The metrics of one evaluated split (val_ or test_): its loss, the problem's own, ppl, the user's."""
+    ppl = [prefix + "ppl"] if perplexity else []
+    return [prefix + "loss", *metric_names(problem or "", prefix), *ppl, *(prefix + n for n in user)]
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -174,12 +192,18 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 class MetricTotals:
     """Validation sums kept on the device; one sync at :meth:`result`."""
 
-    def __init__(self, problem: str, loss_fn: object, device: torch.device) -> None:
+    def __init__(
+        self, problem: str, loss_fn: object, device: torch.device, perplexity: bool = False, prefix: str = "val_"
+    ) -> None:
         self.problem = problem
+        self.perplexity = perplexity
+        self.prefix = prefix
         self.probabilities = loss_name(loss_fn) == "BCELoss"
         self.ignore_index = getattr(loss_fn, "ignore_index", -100)
         zero = torch.zeros((), dtype=sum_dtype(device), device=device)
         self.loss_sum, self.metric_sum, self.loss_count, self.metric_count = zero.clone(), zero.clone(), 0, zero.clone()
+        self.classes: torch.Tensor | None = None  # samples per class (classification), for the majority's share
+        self.majority: float | None = None  # after result(): the share of the most common class
 
     def add(self, loss: torch.Tensor, output: object, target: object, n: int) -> None:
         """One batch of ``n`` samples: its mean loss, and what the metric needs of its outputs."""
@@ -194,33 +218,53 @@ class MetricTotals:
             keep = target != self.ignore_index
             self.metric_sum += ((pred == target) & keep).sum()
             self.metric_count += keep.sum()
+            if target.ndim == 1:  # per sample (not per token of a sequence): count the classes
+                self._count_classes(torch.where(keep, target, 0), keep, output.shape[1])
         elif self.problem in ("binary", "multilabel"):
             pred = output > (0.5 if self.probabilities else 0.0)
             self.metric_sum += (pred == (target > 0.5)).sum()
             self.metric_count += target.numel()
+            if self.problem == "binary":
+                self._count_classes((target > 0.5).long().flatten(), None, 2)
         elif self.problem == "regression":
             self.metric_sum += (output.detach() - target).abs().sum()
             self.metric_count += target.numel()
 
+    def _count_classes(self, labels: torch.Tensor, keep: torch.Tensor | None, classes: int) -> None:
+        counts = torch.bincount(
+            labels.flatten(),
+            weights=None if keep is None else keep.flatten().to(self.loss_sum.dtype),
+            minlength=classes,
+        )
+        if self.classes is None:
+            self.classes = torch.zeros(classes, dtype=self.loss_sum.dtype, device=self.loss_sum.device)
+        if counts.numel() == self.classes.numel():  # out-of-range labels: check_batch refuses them at the first batch
+            self.classes += counts.to(self.classes.dtype)
+
     def result(self, ranks: Any = None) -> dict[str, float]:
         """The metrics; in a distributed run the sums of every rank's shard (each sample once)."""
-        sums = torch.stack(
-            [
-                self.loss_sum,
-                torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device),
-                self.metric_sum,
-                self.metric_count.to(self.loss_sum.dtype),
-            ]
-        )
+        parts = [
+            self.loss_sum,
+            torch.as_tensor(float(self.loss_count), dtype=self.loss_sum.dtype, device=self.loss_sum.device),
+            self.metric_sum,
+            self.metric_count.to(self.loss_sum.dtype),
+        ]
+        sums = torch.cat([torch.stack(parts), self.classes if self.classes is not None else parts[0].new_zeros(0)])
         if ranks is not None:
             ranks.sum_(sums)
-        loss_sum, loss_count, metric_sum, metric_count = sums.tolist()
+        values = sums.tolist()
+        loss_sum, loss_count, metric_sum, metric_count = values[:4]
+        counts = values[4:]
+        self.majority = max(counts) / sum(counts) if counts and sum(counts) else None
         if not loss_count:  # an iterable split that gave nothing: no check, never a perfect score of nothing
             raise SetupError(
                 "the validation data gave no batch; return None as the validation split to train without validation"
             )
-        out = {"val_loss": loss_sum / loss_count}
-        names = metric_names(self.problem)
+        loss = loss_sum / loss_count
+        out = {self.prefix + "loss": loss}
+        names = metric_names(self.problem, self.prefix)
         if names:
             out[names[0]] = metric_sum / max(metric_count, 1.0)
+        if self.perplexity:
+            out[self.prefix + "ppl"] = math.inf if loss > 709 else math.exp(loss)  # exp overflows a float past 709
         return out

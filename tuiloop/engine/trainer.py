@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +48,7 @@ from tuiloop.engine.exceptions import NonFiniteLoss, SetupError, StorageError
 from tuiloop.engine.failure import failure_reason, failure_report
 from tuiloop.engine.first_batch import FirstBatch
 from tuiloop.engine.live import Live
+from tuiloop.engine.metrics import MetricSet
 from tuiloop.engine.objective import LossFunction, ModelLoss
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
@@ -72,6 +74,10 @@ class Trainer:
     ``ranks`` places it in a distributed run (one process per rank, torchrun): the model is
     wrapped in DistributedDataParallel, the batches should be this rank's shard, and losses,
     metrics and decisions are shared between ranks.
+
+    ``metrics`` maps a name to a metric of your choice, reported as ``val_<name>``: an object with
+    update/compute/reset (a torchmetrics ``Metric``) or a function ``(outputs, targets) -> tensor``
+    (:mod:`tuiloop.engine.metrics`).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class Trainer:
         device: torch.device | None = None,
         run_dir: Path | None = None,
         ranks: Ranks = SINGLE,
+        metrics: Mapping[str, Any] | None = None,
     ) -> None:
         self.device = device = device or train.device
         self.ranks = ranks
@@ -98,10 +105,13 @@ class Trainer:
             )
             val = None
         opt = options or Options()
-        monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
-        self.opt = o = dataclasses.replace(opt, monitor=monitor, mode=opt.mode or default_mode(monitor))
         # Module.to moves parameters in place, so an optimizer built on them stays valid.
         model = model.to(device)
+        self.metrics = user = MetricSet(metrics or {}, device, ranks)
+        self.modes = {f"{p}{name}": m for name, m in user.modes().items() for p in ("val_", "test_")}
+        monitor = opt.monitor or ("val_loss" if val is not None else "train_loss")
+        mode = opt.mode or self.modes.get(monitor) or default_mode(monitor)
+        self.opt = o = dataclasses.replace(opt, monitor=monitor, mode=mode)
         self.precision = precision = Precision(o.precision, device)
         self._ddp: Any = None
         wrapped: torch.nn.Module = model
@@ -143,7 +153,7 @@ class Trainer:
         )
         evaluated = model if ranks.distributed else self.model  # validation: no collectives in its forward
         self.ends = ends = EpochEnd(
-            o, progress, objective, evaluated, val, precision, ranks, device, optimizer, scheduler, emit
+            o, progress, objective, evaluated, val, precision, ranks, device, optimizer, scheduler, emit, user
         )
         self.checkpoints = Checkpoints(
             self.model, optimizer, scheduler, stepper, objective, progress, ends, steering, ranks, emit, o.save_last
@@ -152,7 +162,7 @@ class Trainer:
         self.live = Live(o, stepper, telemetry, self.checkpoints, ends, progress, emit)
         steering.change = self.live.change
         self.checkpoints.live = self.live
-        first_batch = FirstBatch(self.model, objective, o, val is not None, emit)
+        first_batch = FirstBatch(self.model, objective, o, val is not None, emit, user)
         self.epoch_loop = EpochLoop(
             self.model,
             self._ddp,
@@ -182,15 +192,6 @@ class Trainer:
     def step(self) -> int:
         """Optimizer steps done."""
         return self.progress.step
-
-    def heartbeat(self) -> tuple[int, int, int]:
-        """What moves while the loop does: steps done, train and validation batches served."""
-        val = self.val_batches.served if self.val_batches is not None else 0
-        return self.progress.step, self.train_batches.served, val
-
-    def idle(self) -> bool:
-        """Paused, or writing a checkpoint: no step is due (the stall watch does not count it)."""
-        return self.steering.state == "paused" or self.checkpoints.writing
 
     @property
     def last_metrics(self) -> dict[str, float]:
@@ -349,7 +350,8 @@ class Trainer:
                 train_size=self.train_batches.num_samples,
                 val_size=self.val_batches.num_samples if self.val_batches is not None else None,
                 problem=self.objective.problem or "unknown",
-                metrics=reported_metrics(self.objective.problem, self.val_batches is not None),
+                metrics=self.reported_metrics(),
+                modes=self.metric_modes(),
                 monitor=self.opt.monitor,
                 mode=self.best.mode,
                 patience=es.patience if es else None,
@@ -369,6 +371,15 @@ class Trainer:
         for event in self.announcements:
             self.emit(event)
         self.announcements = []
+
+    def reported_metrics(self) -> list[str]:
+        """Every metric the run reports (the problem's own once the first batch has told it)."""
+        validated = self.val_batches is not None
+        return reported_metrics(self.objective.problem, validated, self.objective.perplexity, self.metrics.names)
+
+    def metric_modes(self) -> dict[str, str]:
+        """Which way each reported metric improves: the metric's own word (higher_is_better), else its name."""
+        return {name: self.modes.get(name) or default_mode(name) for name in self.reported_metrics()}
 
     def steps_per_epoch(self) -> int | None:
         """Optimizer steps per epoch (a last, shorter group of batches is a step too)."""

@@ -125,6 +125,7 @@ class RunHistory(EventReader):
     best_flags: dict[int, bool] = field(default_factory=dict)  # epoch -> whether the engine called it best
     monitor: str | None = None
     mode: str = "min"
+    modes: dict[str, str] = field(default_factory=dict)  # which way each metric improves, as the run said
     epochs: int | None = None  # planned
     epochs_done: int = 0
     paused: bool = False
@@ -173,6 +174,7 @@ class RunHistory(EventReader):
         """A (re)start: a resumed session trains again from its checkpoint, so what the earlier
         session logged after that point belongs to a timeline that no longer exists."""
         self.monitor, self.mode, self.epochs = ev.monitor, ev.mode, ev.epochs
+        self.modes = dict(ev.modes)
         self.epochs_done = ev.start_epoch
         self.paused = False
         for series in self.values.values():
@@ -342,7 +344,9 @@ class Comparison:
         return names[0] if names else "val_loss"
 
     def higher_is_better(self, run: RunHistory, metric: str) -> bool:
-        return run.mode == "max" if metric == run.monitor else higher_is_better(metric)
+        if metric == run.monitor:
+            return run.mode == "max"
+        return run.modes[metric] == "max" if metric in run.modes else higher_is_better(metric)
 
     def best(self, run: RunHistory, metric: str) -> tuple[int, float] | None:
         return run.best(metric, self.higher_is_better(run, metric))

@@ -6,6 +6,7 @@ The glue between the spec and the engine: spec mistakes found while building are
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import re
@@ -23,6 +24,7 @@ from tuiloop.engine.compiling import CompileError
 from tuiloop.engine.device import DeviceError, resolve_device
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.events import Message
+from tuiloop.engine.metrics import direction, is_stateful
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
 from tuiloop.spec.errors import SpecError, type_name
@@ -146,6 +148,35 @@ def _array_kind(value: Any) -> str:
     return "tensors" if isinstance(value, torch.Tensor) else f"{type(value).__module__.split('.')[0]} arrays"
 
 
+def build_metrics(resolved: Resolved) -> dict[str, Any]:
+    """The objects of [metrics]: a class built with its keyword arguments, a function given them."""
+    spec = resolved.spec
+    out: dict[str, Any] = {}
+    for name, target in resolved.metrics.items():
+        entry = spec.metrics[name]
+        if isinstance(target, type):
+            try:
+                metric = target(**entry.kwargs)
+            except Exception as e:
+                shown = ", ".join(f"{k}={v!r}" for k, v in entry.kwargs.items())
+                raise SpecError(
+                    f"{spec.where}, [metrics] {name}",
+                    f"building {entry.target}({shown}) raised {describe_exception(e)}",
+                    f"Fix the arguments of {name} in [metrics]; pass --debug for the traceback.",
+                ) from e
+        else:
+            metric = functools.partial(target, **entry.kwargs) if entry.kwargs else target
+        if not is_stateful(metric) and not callable(metric):
+            raise SpecError(
+                f"{spec.where}, [metrics] {name}",
+                f"{entry.target} built a {type(metric).__name__}, which is neither a metric object nor a function",
+                "Point it at a class with update, compute and reset (a torchmetrics Metric) "
+                "or a function (outputs, targets) -> tensor.",
+            )
+        out[name] = metric
+    return out
+
+
 def build_trainer(
     resolved: Resolved, run_dir: Path | None = None, progress: Progress = lambda phase: None, ranks: Ranks = SINGLE
 ) -> Trainer:
@@ -242,22 +273,28 @@ def build_trainer(
         no_val = f"{spec.data.target} returned an empty validation split ({why}): training without validation"
         val = None
 
+    metrics = build_metrics(resolved)
+    # a metric that says which way is better (torchmetrics' higher_is_better) decides a mode the spec leaves out
+    own = {f"val_{name}": way for name, m in metrics.items() if (way := direction(m)) is not None}
     es = spec.early_stopping
+    es_mode = (es.mode if es.explicit_mode else own.get(es.monitor, es.mode)) if es else "min"
     monitor, mode = spec.checkpoint.monitor, spec.checkpoint.mode
+    if not spec.checkpoint.explicit_mode:
+        mode = es_mode if es and es.monitor == monitor else own.get(monitor, mode)
     if val is None and not spec.checkpoint.explicit_monitor:
         # no validation split: the best checkpoint follows what there is (early stopping's monitor, else the train loss)
         monitor = es.monitor if es else "train_loss"
-        mode = es.mode if es else "min"
+        mode = es_mode if es else "min"
     options = Options(
         **spec.loop_options(),  # every key declared with an Options field (tuiloop/spec/schema.py)
         monitor=monitor,
         mode=mode,
-        early_stopping=MetricMonitor(es.monitor, es.mode, es.min_delta, es.patience) if es else None,
+        early_stopping=MetricMonitor(es.monitor, es_mode, es.min_delta, es.patience) if es else None,
     )
     if spec.train.compile:
         progress("preparing torch.compile")
     try:
-        trainer = Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks)
+        trainer = Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks, metrics)
     except PrecisionError as e:
         raise SpecError(f"{where}, [train] precision", str(e)) from None
     except CompileError as e:

@@ -309,9 +309,7 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
         trainer.checkpoints.folder = life.checkpoint_folder()  # saved through the run's handle
         trainer.session = life.session
         trainer.subscribe(life.emit)
-        life.watch = StallWatch(
-            life.emit, trainer.heartbeat, trainer.idle, lambda: trainer.step, trainer.opt.stall_after
-        )
+        life.watch = StallWatch.of(trainer, life.emit)
         life.start(
             trainer.commands,
             stop=trainer.request_stop,

@@ -90,6 +90,19 @@ class StallWatch:
         where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
         return Stalled(quiet, after, self.step(), where, format_frames(frames))
 
+    @classmethod
+    def of(cls, trainer: Any, emit: Callable[[Event], None]) -> StallWatch:
+        """The watch of a :class:`~tuiloop.engine.trainer.Trainer`'s loop: its steps and the
+        batches its splits served; idle while paused or writing a checkpoint."""
+        val = trainer.val_batches
+        return cls(
+            emit,
+            lambda: (trainer.step, trainer.train_batches.served, val.served if val is not None else 0),
+            lambda: trainer.steering.state == "paused" or trainer.checkpoints.writing,
+            lambda: trainer.step,
+            trainer.opt.stall_after,
+        )
+
     def _tell(self, event: Event) -> None:
         if self._halt.is_set():
             return

@@ -5,14 +5,16 @@ Each takes ``where`` (``"spec.toml, [run] name"``) and the value, and raises :cl
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 from typing import Any
 
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
 
 # Every metric the engine can report (tuiloop.engine.problem.metric_names); monitors must name one.
-METRICS = ("train_loss", "val_loss", "val_acc", "val_mae")
+METRICS = ("train_loss", "val_loss", "val_acc", "val_mae", "val_ppl")
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -88,16 +90,98 @@ def nproc(where: str, value: int | str) -> None:
         )
 
 
-def metric(where: str, value: str) -> None:
-    """A monitor names a metric the engine reports."""
-    if value not in METRICS:
+# Metrics users ask for by name that tuiloop does not report by itself: how to add each under [metrics].
+KNOWN = {
+    "f1": '"torchmetrics.classification:BinaryF1Score"',
+    "auroc": '"torchmetrics.classification:BinaryAUROC"',
+    "auc": '"torchmetrics.classification:BinaryAUROC"',
+    "roc_auc": '"torchmetrics.classification:BinaryAUROC"',
+    "ap": '"torchmetrics.classification:BinaryAveragePrecision"',
+    "average_precision": '"torchmetrics.classification:BinaryAveragePrecision"',
+    "precision": '"torchmetrics.classification:BinaryPrecision"',
+    "recall": '"torchmetrics.classification:BinaryRecall"',
+    "mcc": '"torchmetrics.classification:BinaryMatthewsCorrCoef"',
+    "top5": '{ target = "torchmetrics.classification:MulticlassAccuracy", num_classes = 100, top_k = 5 }',
+    "top_5": '{ target = "torchmetrics.classification:MulticlassAccuracy", num_classes = 100, top_k = 5 }',
+    "r2": '"torchmetrics.regression:R2Score"',
+    "rmse": '{ target = "torchmetrics.regression:MeanSquaredError", squared = false }',
+    "mse": '"torchmetrics.regression:MeanSquaredError"',
+}
+# Other words for tuiloop's own metrics: the same kind, so a did-you-mean may propose them.
+SYNONYMS = {"accuracy": "acc", "perplexity": "ppl", "mean_absolute_error": "mae", "l1": "mae"}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'val_f1' -> ('val_', 'f1'); a name without a known prefix -> ('', name)."""
+    for prefix in ("val_", "train_", "test_"):
+        if name.startswith(prefix):
+            return prefix, name[len(prefix) :]
+    return "", name
+
+
+def monitorable(user: list[str] | tuple[str, ...]) -> list[str]:
+    """Every metric a monitor may name: tuiloop's own (some reported only for a kind of problem) and val_<name> of [metrics]."""
+    return [*METRICS, *(f"val_{n}" for n in user)]
+
+
+def close_metric(value: str, names: list[str]) -> str:
+    """The reported metric ``value`` is a misspelling of, or '': a did-you-mean that never proposes
+    a metric of another kind (val_f1 is not val_mae): the names must agree but for a typo."""
+    prefix, stem = split_name(value.lower())
+    if (synonym := prefix + SYNONYMS.get(stem, stem)) in names:
+        return synonym
+    best, score = "", 0.0
+    for name in names:
+        p, s = split_name(name)
+        ratio = difflib.SequenceMatcher(None, stem, s).ratio() if p == prefix else 0.0
+        whole = difflib.SequenceMatcher(None, value.lower(), name).ratio()
+        r = max(ratio if ratio >= 0.75 else 0.0, whole if whole >= 0.9 else 0.0)
+        if r > score:
+            best, score = name, r
+    return best
+
+
+def monitor(where: str, value: str, user: list[str] | tuple[str, ...]) -> None:
+    """A monitor names a metric the run can report: tuiloop's own, or one of [metrics]."""
+    names = monitorable(user)
+    if value in names:
+        return
+    listed = ", ".join(names)
+    close = close_metric(value, names)
+    if close:
+        fix = f"Did you mean '{close}'? The run can report {listed}."
+    else:
+        prefix, stem = split_name(value)
+        example = KNOWN.get(stem.lower())
+        if example is not None:
+            fix = (
+                f"No metric named {stem!r} is configured: add it under [metrics] as {stem} = {example} "
+                f"(pip install 'tuiloop[metrics]'), and it is reported as val_{stem}. The run can report {listed}."
+            )
+        else:
+            fix = (
+                f"Use one of {listed} (val_acc for classification, val_mae for regression, val_ppl for a cross-entropy), "
+                "or add the metric under [metrics] and monitor val_<name>."
+            )
+    raise SpecError(where, f"{value!r} is not a metric this run reports", fix)
+
+
+METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def metric_name(where: str, name: str) -> None:
+    """A [metrics] name: an identifier, and not one of tuiloop's own (val_loss, val_acc, ...)."""
+    if not METRIC_NAME.fullmatch(name):
         raise SpecError(
             where,
-            f"{value!r} is not a metric tuiloop reports",
-            join_fix(
-                did_you_mean(value, METRICS),
-                f"Use one of {', '.join(METRICS)} (val_acc for classification, val_mae for regression).",
-            ),
+            f"{name!r} is not a usable metric name (it is reported as val_{name})",
+            "Use letters, digits and _, starting with a letter, e.g. f1 or top5.",
+        )
+    if name in ("loss", "acc", "mae", "ppl"):
+        raise SpecError(
+            where,
+            f"val_{name} is one of tuiloop's own metrics, so [metrics] cannot name another {name!r}",
+            f"Give it another name, e.g. my_{name}.",
         )
 
 

@@ -13,7 +13,17 @@ import tuiloop.spec.checks as checks
 from tuiloop.engine.best import default_mode
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix, type_name
 from tuiloop.spec.keys import NUMBER, Key
-from tuiloop.spec.schema import KWARG_SECTIONS, OPTIONAL_SECTIONS, REQUIRED_SECTIONS, SCHEMA, SECTIONS, Spec, TargetSpec
+from tuiloop.spec.schema import (
+    KWARG_SECTIONS,
+    NAMED_SECTIONS,
+    OPTIONAL_SECTIONS,
+    REQUIRED_SECTIONS,
+    SCHEMA,
+    SECTIONS,
+    MetricSpec,
+    Spec,
+    TargetSpec,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,16 +211,28 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
             )
     # the saved spec keeps the run's name
     raw.setdefault("run", {}).setdefault("name", checks.default_run_name(path.stem) if path else "run")
-    values = {name: _section(raw, name, where) for name in SECTIONS if name in raw or name not in OPTIONAL_SECTIONS}
+    values = {
+        name: _section(raw, name, where)
+        for name in SECTIONS
+        if (name in raw or name not in OPTIONAL_SECTIONS) and name not in NAMED_SECTIONS
+    }
+    metrics = _metrics(raw.get("metrics", {}), where)
 
     # what follows from other keys: the modes from the monitors, the checkpoint's monitor from early stopping's
     es = values.get("early_stopping")
     if es is not None:
+        es["explicit_mode"] = es["mode"] is not None
         es["mode"] = es["mode"] or default_mode(es["monitor"])
     c = values["checkpoint"]
     c["explicit_monitor"] = c["monitor"] is not None
+    c["explicit_mode"] = c["mode"] is not None
     c["monitor"] = c["monitor"] or (es["monitor"] if es else "val_loss")
     c["mode"] = c["mode"] or (es["mode"] if es and es["monitor"] == c["monitor"] else default_mode(c["monitor"]))
+    # a monitor names a metric the run can report ([checkpoint]'s follows early stopping's: that one is named first)
+    sch = values.get("scheduler")
+    for name, table in (("early_stopping", es), ("scheduler", sch), ("checkpoint", c)):
+        if table is not None and table.get("monitor") is not None and (name != "checkpoint" or c["explicit_monitor"]):
+            checks.monitor(f"{where}, [{name}] monitor", table["monitor"], list(metrics))
 
     if raw["loss"].get("target") == "model" and _kwargs(raw, "loss"):
         extra = next(iter(_kwargs(raw, "loss")))
@@ -228,4 +250,37 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
     for name, v in values.items():
         cls = SECTIONS[name].keys
         sections[name] = cls(section=name, kwargs=_kwargs(raw, name), **v) if issubclass(cls, TargetSpec) else cls(**v)
+    sections["metrics"] = metrics
     return Spec(path=path, base_dir=base_dir, raw=raw, **sections)
+
+
+def _metrics(table: dict[str, Any], where: str) -> dict[str, MetricSpec]:
+    """[metrics]: each entry a target string, or an inline table with target and keyword arguments."""
+    out: dict[str, MetricSpec] = {}
+    for name, value in table.items():
+        here = f"{where}, [metrics] {name}"
+        checks.metric_name(here, name)
+        if isinstance(value, str):
+            target, kwargs = value, {}
+        elif isinstance(value, dict):
+            kwargs = dict(value)
+            target = kwargs.pop("target", None)
+            if not isinstance(target, str):
+                raise SpecError(
+                    here,
+                    "the table has no target string" if target is None else f"target must be a string, got {target!r}",
+                    f'Write {name} = {{ target = "module:attr", ... }}, e.g. '
+                    f'{name} = {{ target = "torchmetrics.classification:MulticlassAccuracy", num_classes = 10 }}.',
+                )
+        else:
+            raise SpecError(
+                here,
+                f"expected a target string or an inline table, got {value!r} ({type_name(value)})",
+                f'Write {name} = "module:attr" (e.g. "torchmetrics.classification:BinaryF1Score"), '
+                f'or {name} = {{ target = "module:attr", keyword = value }}.',
+            )
+        if not target.strip():
+            raise SpecError(here, "the target is empty", 'Write "module:attr" or "file.py:attr".')
+        checks.finite_kwargs(where, "metrics", kwargs)
+        out[name] = MetricSpec(name, target, kwargs)
+    return out

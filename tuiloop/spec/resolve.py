@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import tuiloop.spec.userfiles as userfiles
 from tuiloop.engine.origin import error_text, user_frames
 from tuiloop.spec.errors import SpecError, did_you_mean, join_fix
-from tuiloop.spec.schema import SCHEMA, Spec, TargetSpec
+from tuiloop.spec.schema import SCHEMA, MetricSpec, Spec, TargetSpec
 
 # Arguments tuiloop passes itself, by section: the user must not set them.
 SUPPLIED = {"optimizer": ("params",), "scheduler": ("optimizer",), "model": (), "loss": (), "data": ()}
 # [data] keys a data target may also accept (then they are passed on).
-DATA_PASSTHROUGH = ("batch_size", "num_workers", "seed")
+DATA_PASSTHROUGH = ("batch_size", "val_batch_size", "num_workers", "seed")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Resolved:
     loss: Callable[..., Any] | None  # None: the model computes its own loss ([loss] target = "model")
     optimizer: Callable[..., Any]
     scheduler: Callable[..., Any] | None
+    metrics: dict[str, Callable[..., Any]] = field(default_factory=dict)  # [metrics]: name -> class or function
 
 
 def _torch_namespace(section: str) -> tuple[Any, str, Callable[[Any], bool]]:
@@ -79,16 +80,20 @@ def describe_exception(e: BaseException) -> str:
     return f"{error_text(e)}{loc}"
 
 
-def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Callable[..., Any]:
-    """Import the object a target string names; raises :class:`SpecError` explaining what failed."""
-    here = f"{where}, [{section}] target"
+def resolve_target(
+    section: str, target: str, base_dir: Path, where: str, here: str | None = None
+) -> Callable[..., Any]:
+    """Import the object a target string names; raises :class:`SpecError` explaining what failed.
+    ``here`` names the key in the message (default: ``[section] target``)."""
+    here = here or f"{where}, [{section}] target"
     if ":" not in target:
         namespace, ns_name, accepts = _torch_namespace(section)
         if namespace is None:
+            example = f' (for example "torchmetrics.classification:{target}")' if section == "metrics" else ""
             raise SpecError(
                 here,
                 f"{target!r} does not say where {target} lives",
-                f'Write "file.py:{target}" (relative to the spec file) or "package.module:{target}".',
+                f'Write "file.py:{target}" (relative to the spec file) or "package.module:{target}"{example}.',
             )
         obj = getattr(namespace, target, None)
         if obj is not None and accepts(obj):
@@ -121,10 +126,11 @@ def resolve_target(section: str, target: str, base_dir: Path, where: str) -> Cal
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as e:
             if e.name and module_part.startswith(e.name):
+                install = "pip install 'tuiloop[metrics]'" if e.name == "torchmetrics" else "Install it"
                 raise SpecError(
                     here,
                     f"no module named {e.name!r} (from target = {target!r})",
-                    f'Install it, or for a file next to the spec write "{module_part.replace(".", "/")}.py:{attr}".',
+                    f'{install}, or for a file next to the spec write "{module_part.replace(".", "/")}.py:{attr}".',
                 ) from None
             raise SpecError(
                 here, f"importing {module_part} raised {describe_exception(e)}", "Install the missing package."
@@ -157,8 +163,10 @@ def check_kwargs(
     kwargs: dict[str, Any],
     where: str,
     supplied: tuple[str, ...] = (),
+    here: str | None = None,
 ) -> None:
-    """Every key must be a parameter of ``fn`` and every required parameter must be given."""
+    """Every key must be a parameter of ``fn`` and every required parameter must be given.
+    ``here`` names the section in messages (default: ``[section]``)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -168,18 +176,21 @@ def check_kwargs(
         params.pop(name, None)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if takes_any and isinstance(fn, type) and (passed_on := _init_parameters(fn)) is not None:
+        takes_any, named = False, passed_on  # a class whose **kwargs go to known bases (torchmetrics' Metric)
     ours = [k for k in SCHEMA.get(section, {}) if k != "target"]
+    at = here or f"[{section}]"
     for key, value in kwargs.items():
         if key in supplied:
             raise SpecError(
-                f"{where}, [{section}] {key}",
+                f"{where}, {at} {key}",
                 f"tuiloop passes {key} to {target} itself",
-                f"Remove {key} from [{section}].",
+                f"Remove {key} from {at}.",
             )
         if key not in named and not takes_any:
             own = f" tuiloop's own keys of [{section}]: {', '.join(ours)}." if ours else ""
             raise SpecError(
-                f"{where}, [{section}] {key}",
+                f"{where}, {at} {key}",
                 f"{key!r} is not a parameter of {target}",
                 join_fix(
                     did_you_mean(key, [*named, *ours]),
@@ -190,27 +201,61 @@ def check_kwargs(
         default = param.default if param is not None else None
         if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
             raise SpecError(
-                f"{where}, [{section}] {key}",
+                f"{where}, {at} {key}",
                 f"{key} was read as the string {value!r}, but {target} expects a number (its default is {default!r})",
                 f"Write a number without quotes, e.g. {key} = {default!r}.",
             )
     for name, p in params.items():
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs:
+            add = f'{at.split("] ")[-1]} = {{ target = "{target}", {name} = ... }}' if here else f"{name} = ... to {at}"
             raise SpecError(
-                f"{where}, [{section}]",
+                f"{where}, {at}",
                 f"{target} needs {name!r}, which has no default",
-                f"Add {name} = ... to [{section}].",
+                f"Add {add}.",
             )
 
 
+# What torchmetrics' Metric.__init__ takes through **kwargs (it refuses anything else).
+METRIC_BASE_KWARGS = (
+    "compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn", "distributed_available_fn",
+    "sync_on_compute", "compute_with_cache",
+)  # fmt: skip
+
+
+def _init_parameters(cls: type) -> list[str] | None:
+    """The keyword arguments a class takes when its ``**kwargs`` only go on to its bases: the named
+    parameters of each ``__init__`` up the MRO, to torchmetrics' ``Metric`` (whose own are known);
+    None when some base takes anything."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass.__name__ == "Metric" and klass.__module__.startswith("torchmetrics"):
+            return [*names, *METRIC_BASE_KWARGS]
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
 def data_kwargs(spec: Spec, fn: Callable[..., Any]) -> dict[str, Any]:
-    """The data target's kwargs, plus batch_size/num_workers/seed when it asks for them."""
+    """The data target's kwargs, plus batch_size/val_batch_size/num_workers/seed when it asks for them."""
     kwargs = dict(spec.data.kwargs)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return kwargs
-    values = {"batch_size": spec.data.batch_size, "num_workers": spec.data.num_workers, "seed": spec.run.seed}
+    values = {
+        "batch_size": spec.data.batch_size,
+        "val_batch_size": spec.data.val_batch_size or spec.data.batch_size,
+        "num_workers": spec.data.num_workers,
+        "seed": spec.run.seed,
+    }
     for key in DATA_PASSTHROUGH:
         if key in params and key not in kwargs:
             kwargs[key] = values[key]
@@ -232,4 +277,29 @@ def resolve(spec: Spec) -> Resolved:
         kwargs = data_kwargs(spec, fn) if sec.section == "data" else sec.kwargs
         check_kwargs(fn, sec.section, sec.target, kwargs, where, SUPPLIED[sec.section])
         out[sec.section] = fn
-    return Resolved(spec, out["model"], out["data"], out.get("loss"), out["optimizer"], out.get("scheduler"))
+    metrics = {name: resolve_metric(spec, m) for name, m in spec.metrics.items()}
+    return Resolved(spec, out["model"], out["data"], out.get("loss"), out["optimizer"], out.get("scheduler"), metrics)
+
+
+def resolve_metric(spec: Spec, metric: MetricSpec) -> Callable[..., Any]:
+    """Import one [metrics] target and check its keyword arguments: a class's against its
+    constructor, a function's against what follows its (outputs, targets)."""
+    here = f"[metrics] {metric.name}"
+    fn = resolve_target("metrics", metric.target, spec.base_dir, spec.where, f"{spec.where}, {here}")
+    supplied: tuple[str, ...] = ()
+    if not isinstance(fn, type):  # a function: tuiloop passes the first two arguments
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if params and len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params):
+            raise SpecError(
+                f"{spec.where}, {here}",
+                f"{metric.target} takes {len(positional)} positional argument(s), but a metric function is called "
+                "as fn(outputs, targets)",
+                "Give it the signature (outputs, targets) -> tensor, or point at a class with update/compute/reset.",
+            )
+        supplied = tuple(positional[:2])
+    check_kwargs(fn, "metrics", metric.target, metric.kwargs, spec.where, supplied, here)
+    return fn

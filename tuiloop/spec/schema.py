@@ -110,7 +110,6 @@ class SchedulerSpec(TargetSpec):
     )
     monitor: str | None = key(
         option="scheduler_monitor",
-        check=checks.metric,
         help="the metric ReduceLROnPlateau watches; default: the checkpoint monitor",
     )
 
@@ -157,8 +156,14 @@ class TrainSpec:
 class EarlyStoppingSpec:
     """[early_stopping]: stop when the monitored metric stops improving."""
 
-    monitor: str = key("val_loss", check=checks.metric, help="any reported metric: " + ", ".join(checks.METRICS))
-    mode: str = key(None, choices=MODES, help="min | max (default: max for accuracy-like metrics, min otherwise)")
+    monitor: str = key(
+        "val_loss", help="any reported metric: " + ", ".join(checks.METRICS) + ", or val_<name> of [metrics]"
+    )
+    mode: str = key(
+        None,
+        choices=MODES,
+        help="min | max (default: the metric's higher_is_better, else max for accuracy-like names, min otherwise)",
+    )
     patience: int = key(
         5,
         resume=True,
@@ -171,6 +176,7 @@ class EarlyStoppingSpec:
         low=not_negative("It is the smallest improvement that counts, e.g. 0.001."),
         help="the smallest improvement that counts",
     )
+    explicit_mode: bool = False  # the spec names it (else the metric's own direction, or its name's)
 
 
 @dataclass
@@ -187,11 +193,26 @@ class CheckpointSpec:
     )
     monitor: str = key(
         None,
-        check=checks.metric,
         help="default: the early-stopping monitor, else val_loss (train_loss without a validation split)",
     )
     mode: str = key(None, choices=MODES, help="min | max (default: as for early stopping)")
     explicit_monitor: bool = False  # the spec names it (else it follows early stopping, or val_loss)
+    explicit_mode: bool = False  # the spec names it (else early stopping's, the metric's own direction, or its name's)
+
+
+@dataclass
+class MetricsSpec:
+    """[metrics]: name = "module:attr" or { target = "module:attr", keyword = value, ... }; each is
+    reported as val_<name>. Its keys are the names you choose, so it declares none."""
+
+
+@dataclass
+class MetricSpec:
+    """One entry of [metrics]: a metric reported as ``val_<name>`` (and ``test_<name>``)."""
+
+    name: str
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,6 +222,7 @@ class Section:
     keys: type
     why: str  # why a resume may not change its other keys: the end of that error message
     presence: str = "default"  # "required": the spec must have it; "optional": None when absent; "default": defaults
+    named: bool = False  # its keys are names the user chooses ([metrics]), each a target of its own
     kwargs_resume: bool = False  # every keyword argument of its target may change on resume
     comes_and_goes: bool = False  # an optional section that a resume may add or remove
     finite_kwargs: bool = False  # its target's numbers (torch's hyperparameters: lr, betas, ...) must be finite
@@ -233,6 +255,9 @@ SECTIONS: dict[str, Section] = {
         EarlyStoppingSpec, "the best value and counter so far track that metric", "optional", comes_and_goes=True
     ),
     "checkpoint": Section(CheckpointSpec, "the best value so far tracks that metric"),
+    "metrics": Section(
+        MetricsSpec, "metrics are measured afresh at every check", "optional", comes_and_goes=True, named=True
+    ),
 }
 
 # Derived from the declarations above.
@@ -240,6 +265,7 @@ SCHEMA: dict[str, dict[str, Key]] = {name: keys_of(name, s.keys) for name, s in 
 KWARG_SECTIONS = {name for name, s in SECTIONS.items() if issubclass(s.keys, TargetSpec)}
 REQUIRED_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "required")
 OPTIONAL_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.presence == "optional")
+NAMED_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.named)
 # What may change on resume (tuiloop/runner/resume.py) and so live (tuiloop ctl RUN set): the keys
 # declared with ``resume``; None as the key: every keyword argument of the target (``kwargs_resume``).
 MUTABLE: dict[str, set[str | None]] = {
@@ -274,6 +300,7 @@ class Spec:
     early_stopping: EarlyStoppingSpec | None
     checkpoint: CheckpointSpec
     train: TrainSpec
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)  # [metrics], in the spec's order
 
     @property
     def monitor(self) -> str:
@@ -288,6 +315,6 @@ class Spec:
         out: dict[str, Any] = {}
         for name, keys in SCHEMA.items():
             values = getattr(self, name)
-            if values is not None:
+            if values is not None and name not in NAMED_SECTIONS:
                 out.update({k.option: getattr(values, k.name) for k in keys.values() if k.option})
         return out

@@ -11,7 +11,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from tuiloop.engine import fmt, sentences
+from tuiloop.engine import sentences
 from tuiloop.engine.best import higher_is_better
 from tuiloop.engine.events import (
     CheckpointSaved,
@@ -319,8 +319,9 @@ class MonitorModel(EventReader):
     def _metric(self, name: str) -> MetricStat:
         stat = self.metrics.get(name)
         if stat is None:
-            mode_max = self.started is not None and name == self.started.monitor and self.started.mode == "max"
-            stat = self.metrics[name] = MetricStat(name, mode_max or higher_is_better(name))
+            s = self.started  # the monitor's mode, else the metric's own word (torchmetrics' higher_is_better)
+            mode = (s.mode if name == s.monitor else s.modes.get(name)) if s is not None else None
+            stat = self.metrics[name] = MetricStat(name, mode == "max" if mode else higher_is_better(name))
         return stat
 
     # ---- derived values -----------------------------------------------------------------------
@@ -376,21 +377,6 @@ class MonitorModel(EventReader):
         return exit_status(
             self.state, self.state == "failed" and self.failure is not None and self.failure.where == "setup"
         )
-
-    def system_summary(self) -> list[str]:
-        """The machine's load over the run, as ``show`` prints it: one line per GPU, then the host."""
-        if not self.system_samples:
-            return []
-        gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
-        lines = []
-        for g in self.gpus.values():
-            util = f", mean util {g.mean_util:.0f}%" if g.mean_util is not None else ""
-            lines.append(f"GPU{g.index} {g.name}: peak memory {gib(g.mem_peak)}/{gib(g.mem_total)} GiB{util}")
-        torch_peak = f", torch peak {gib(self.torch_peak)} GiB" if self.torch_peak is not None else ""
-        lines.append(
-            f"peak RSS {gib(self.rss_peak)} GiB, mean CPU {self.cpu_sum / self.system_samples:.0f}%{torch_peak} ({fmt.plural(self.system_samples, 'sample')})"
-        )
-        return lines
 
     def summary_line(self) -> str:
         """One line on how the run stands, printed after the monitor closes."""
