@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ sys.path.insert(0, str(FIXTURES))  # tests import tiny directly for the Python A
 # exactly would meet those samples at random. Off here (the commands run inherit it), unless a
 # test turns it on: tests/test_system.py does.
 os.environ.setdefault("TUILOOP_SYSTEM_INTERVAL", "0")
+# The user's own ~/.config/tuiloop/config.toml (its [notify]) must not reach the tests' runs: an
+# empty config folder of the tests' own; a test that needs one writes it there or sets its own.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="tuiloop-test-config-")
 
 
 def pytest_configure(config: pytest.Config) -> None:

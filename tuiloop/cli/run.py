@@ -29,6 +29,7 @@ from tuiloop.runner.torchrun import processes_for, torchrun_args
 from tuiloop.runner.writable import remove_half_made
 from tuiloop.spec import Spec, SpecError, load_spec, resolve
 from tuiloop.spec.load import apply_override, validate
+from tuiloop.spec.userconfig import notify_settings
 
 _FORK_FIRST = "Fork on one machine first (tuiloop run --fork RUN --detach, then stop it), then resume the fork on them."
 
@@ -81,6 +82,7 @@ def _overridden(spec: Spec, overrides: list[str]) -> Spec:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load(args)
+    notify_settings(spec.raw.get("notify"))  # the user's config.toml checked too, before anything starts
     if under_a_launcher():  # torchrun or srun started this process as one rank: join
         if args.fork is not None:
             raise SpecError("--fork", "a fork is made before its ranks start", _FORK_FIRST)

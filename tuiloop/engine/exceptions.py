@@ -14,7 +14,10 @@ class ResumeError(ValueError):
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (its message, and the failed run's reason, start with NON_FINITE)."""
+
+
+NON_FINITE = "the training loss became"
 
 
 # What an OSError of a file write means for a person; the rest read as the system says them.

@@ -19,6 +19,7 @@ from tuiloop.engine.events import (
     SettingChanged,
     Stalled,
     StateChanged,
+    Validated,
 )
 
 # A last.pt written at the same step as a best or periodic save joins that save's sentence.
@@ -63,6 +64,17 @@ def setting_changed(ev: SettingChanged, when: str = "") -> str:
 def stalled(ev: Stalled) -> str:
     """'no step for 5:12 (stalled after 5:00), at step 120: tiny.py:245 in __getitem__'."""
     return f"no step for {fmt.clock(ev.quiet_s)} (stalled after {fmt.clock(ev.after_s)}), at step {ev.step}: {ev.where}"
+
+
+def new_best(ev: Validated, monitor: str) -> str:
+    """'new best val_loss 0.0866 at epoch 3 (step 96)'."""
+    return f"new best {monitor} {fmt.value(ev.metrics.get(monitor))} at epoch {ev.epoch} (step {ev.step})"
+
+
+def not_finite(ev: Validated, names: list[str]) -> str:
+    """'val_loss is nan at epoch 3 (step 96)': validation metrics that are not numbers."""
+    what = ", ".join(f"{n} is {ev.metrics[n]}" for n in names)
+    return f"{what} at epoch {ev.epoch} (step {ev.step})"
 
 
 def checkpoint_saved(ev: CheckpointSaved) -> str:

@@ -19,7 +19,7 @@ import torch
 from tuiloop.engine.compiling import compilations
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.events import Event, Message, TrainSteps
-from tuiloop.engine.exceptions import NonFiniteLoss
+from tuiloop.engine.exceptions import NON_FINITE, NonFiniteLoss
 from tuiloop.engine.options import MAX_SKIPPED_IN_A_ROW, Options
 from tuiloop.engine.precision import Precision
 from tuiloop.engine.progress import Progress
@@ -166,6 +166,6 @@ class StepTelemetry:
         else:
             kept = "the weights after it are not saved; the last good checkpoint is checkpoints/last.pt from the last finished epoch, if any"
         raise NonFiniteLoss(
-            f"the training loss became {value} at step {step}; training stopped and {kept}. "
+            f"{NON_FINITE} {value} at step {step}; training stopped and {kept}. "
             "Lower the learning rate, check the data for NaN/inf values, or clip gradients."
         )

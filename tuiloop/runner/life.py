@@ -43,6 +43,7 @@ from tuiloop.rundir.eventlog import EventLog
 from tuiloop.rundir.handle import RunDir
 from tuiloop.rundir.layout import CHECKPOINTS, EVENTS, RUN_INFO, SUMMARY, read_json_in, update_info, who, write_summary
 from tuiloop.rundir.lock import RunIsLive, RunLock
+from tuiloop.runner.notify import Notifier
 from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
 from tuiloop.runner.stall import StallWatch
@@ -117,6 +118,7 @@ class RunLife:
         self._logged: Sink = _unopened  # the log, through the sampler's gate once started
         self._sampler: SystemSampler | None = None
         self.watch: StallWatch | None = None  # started with RunStarted, stopped before Finished
+        self.notifier: Notifier | None = None  # [notify] and the user's config.toml: made with the log
         self._server: ControlServer | None = None
         self._signals: Signals | None = None
         self._closed = False
@@ -149,6 +151,7 @@ class RunLife:
         failure that :meth:`fail_setup` records as far as it can)."""
         if self.log is None:
             self.log = self._logged = EventLog(self.home, on_gone=self._gone)
+            self.notifier = Notifier.for_run(self.home, self.run_dir, self.emit)
         return self.log
 
     def checkpoint_folder(self) -> RunDir:
@@ -180,6 +183,8 @@ class RunLife:
                 failed = self.unwritable = StorageError(EVENTS, self.log.error)
         for sink in self.sinks:
             sink(event)
+        if self.notifier is not None:
+            self.notifier(event)
         if failed is None:
             return
         if type(event) is Finished:
@@ -296,6 +301,7 @@ class RunLife:
         text = str(error) if isinstance(error, (SpecError, StorageError)) else error_text(error)
         finished = Finished("failed", "setup error", 0, 0, None, None, None, 0.0)
         told: list[Sink] = [*([self.log] if self.log is not None else []), *self.sinks, *also]
+        told += [self.notifier] if self.notifier is not None else []
         self.record_end(finished, {}, None, told, Failed(text, "setup", "".join(frames)))
         return finished
 
@@ -337,6 +343,8 @@ class RunLife:
             self._sampler.stop()
         if self.watch is not None:
             self.watch.stop()
+        if self.notifier is not None:
+            self.notifier.close()  # the notices still queued are sent (within their timeout) while the log is open
         if self._server is not None:
             self._server.close()
         if self._signals is not None:

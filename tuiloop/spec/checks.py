@@ -195,3 +195,52 @@ def compile_mode(where: str, value: bool | str) -> None:
                 did_you_mean(value, COMPILE_MODES), f"Use true, false, or one of {', '.join(map(repr, COMPILE_MODES))}."
             ),
         )
+
+
+# [notify]: the events a notice can tell, and those told by default.
+NOTIFY_EVENTS = ("finished", "failed", "stalled", "nan", "best")
+NOTIFY_DEFAULT = ("finished", "failed", "stalled")
+APPRISE_MISSING = "pip install 'tuiloop[notify]' (Apprise), or tell yourself with command = \"...\" instead"
+
+
+def notify_events(where: str, value: list[Any]) -> None:
+    """[notify] on: names of events, each one of :data:`NOTIFY_EVENTS`."""
+    for name in value:
+        if name not in NOTIFY_EVENTS:
+            raise SpecError(
+                where,
+                f"{name!r} is not an event a notice tells",
+                join_fix(did_you_mean(str(name), NOTIFY_EVENTS), f"Events: {', '.join(NOTIFY_EVENTS)}."),
+            )
+
+
+def notify_command(where: str, value: str) -> None:
+    """[notify] command: a shell command line, not empty."""
+    if not value.strip():
+        raise SpecError(
+            where,
+            "the command is empty",
+            'Write a shell command, e.g. command = "notify-send tuiloop", or leave it out.',
+        )
+
+
+def notify_urls(where: str, value: list[Any]) -> None:
+    """[notify] urls: strings Apprise knows; Apprise must be installed (an optional extra)."""
+    for url in value:
+        if not isinstance(url, str) or "://" not in url:
+            raise SpecError(
+                where, f"{url!r} is not a service URL", 'Write URLs as Apprise does, e.g. urls = ["ntfy://my-topic"].'
+            )
+    if not value:
+        return
+    try:
+        import apprise  # lazy: an optional extra, loaded only by a spec that names URLs
+    except ImportError:
+        raise SpecError(where, "sending to URLs needs Apprise, which is not installed", APPRISE_MISSING) from None
+    for url in value:
+        if apprise.Apprise.instantiate(url) is None:
+            raise SpecError(
+                where,
+                f"Apprise does not understand {url!r}",
+                "Check the URL's scheme and form: https://github.com/caronc/apprise/wiki lists the services.",
+            )

@@ -120,6 +120,8 @@ def key(
     if option is not None and option not in _OPTION_DEFAULTS:
         raise TypeError(f"Options has no field {option!r}")
     declared = Key("", "", (), default, help, choices, aliases, low, check, resume, option)  # keys_of names it
+    if isinstance(default, list):  # an array key: each instance gets its own copy
+        return dataclasses.field(default_factory=lambda: list(default), metadata={_META: declared})
     return dataclasses.field(default=default, metadata={_META: declared})
 
 
@@ -131,6 +133,7 @@ def _toml_types(annotation: Any) -> tuple[type, ...]:
         parts = [annotation]
     out: list[type] = []
     for part in parts:
+        part = typing.get_origin(part) or part  # list[str] -> list (its items: the key's own check)
         out.extend(NUMBER if part is float else (part,))
     return tuple(out)
 

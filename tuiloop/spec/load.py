@@ -103,7 +103,9 @@ def _check_type(where: str, section: str, key: str, value: Any, types: tuple[typ
     if ok:
         return
     want = "a number" if types == NUMBER else " or ".join(type_name(t()) for t in types)
-    example = _meant(value, types) or {int: "1", float: "0.001", str: '"text"', bool: "true"}[types[0]]
+    example = (
+        _meant(value, types) or {int: "1", float: "0.001", str: '"text"', bool: "true", list: '["text"]'}[types[0]]
+    )
     raise SpecError(
         f"{where}, [{section}] {key}",
         f"expected {want}, got {value!r} ({type_name(value)})",
@@ -125,6 +127,11 @@ def _meant(value: Any, types: tuple[type, ...]) -> str | None:
     if str in types and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f'"{value}"'
     return None
+
+
+def section_values(name: str, table: dict[str, Any], where: str) -> dict[str, Any]:
+    """One section's keys from ``table``, checked as declared, with defaults filled in."""
+    return _section({name: table}, name, where)
 
 
 def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:

@@ -215,6 +215,40 @@ class MetricSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class NotifySpec:
+    """[notify]: being told when something happens, by a command of yours or any service Apprise knows.
+
+    A user-level default in ``~/.config/tuiloop/config.toml`` (:mod:`tuiloop.spec.userconfig`) applies
+    to every run; the spec's keys override its keys. Every key may change on resume (a notice changes
+    nothing of the training), but not live."""
+
+    on: list[str] = key(
+        list(checks.NOTIFY_DEFAULT),
+        resume=True,
+        check=checks.notify_events,
+        help="the events told: " + ", ".join(checks.NOTIFY_EVENTS),
+    )
+    command: str | None = key(
+        None,
+        resume=True,
+        check=checks.notify_command,
+        help="a shell command run on each event: the event as JSON on stdin, TUILOOP_* in its environment",
+    )
+    urls: list[str] = key(
+        [],
+        resume=True,
+        check=checks.notify_urls,
+        help="Apprise URLs (ntfy://topic, slack://..., mailto://...); needs pip install 'tuiloop[notify]'",
+    )
+    timeout: float = key(
+        10.0,
+        resume=True,
+        low=positive("For example timeout = 10.", unit="seconds"),
+        help="seconds a notice may take (the command is ended then); the run never waits on one but at its end",
+    )
+
+
 @dataclass(frozen=True)
 class Section:
     """A section of the spec: the dataclass that declares its keys, and how it behaves as a whole."""
@@ -258,6 +292,7 @@ SECTIONS: dict[str, Section] = {
     "metrics": Section(
         MetricsSpec, "metrics are measured afresh at every check", "optional", comes_and_goes=True, named=True
     ),
+    "notify": Section(NotifySpec, "notices change nothing of the training", "optional", comes_and_goes=True),
 }
 
 # Derived from the declarations above.
@@ -301,6 +336,7 @@ class Spec:
     checkpoint: CheckpointSpec
     train: TrainSpec
     metrics: dict[str, MetricSpec] = field(default_factory=dict)  # [metrics], in the spec's order
+    notify: NotifySpec | None = None  # [notify] as the spec writes it (the user's config.toml joins it at the run)
 
     @property
     def monitor(self) -> str:
