@@ -33,7 +33,7 @@ def monitor_run(
     run_dir = Path(run_dir)
     app = MonitorApp(
         RunSource(run_dir, proc),
-        None if read_only else (lambda cmd: send_command(run_dir, cmd)),
+        None if read_only else (lambda cmd, **fields: send_command(run_dir, cmd, **fields)),
         run_dir=str(run_dir),
         read_only=read_only,
         exit_on_finish=exit_on_finish,

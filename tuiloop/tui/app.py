@@ -37,6 +37,7 @@ from tuiloop.tui.steer import Commander, Resumer, RunKeys
 from tuiloop.tui.widgets import KeyBar, Panel
 
 FRAME_S = 0.25  # the screen redraws at most this often
+NEWS_S = 5.0  # an ending or a stall written this long before the monitor opened is history: no bell
 POLL_S = 0.2  # the reader looks for new events this often
 ALIVE_S = 1.0  # and checks the training process is still there this often
 
@@ -100,6 +101,8 @@ class MonitorApp(RunKeys):
         self._quit_reader = threading.Event()
         self._watch_again = threading.Event()  # a resumed run has a new process: the reader watches it
         self._log_shown = (0, -1)  # (entries in the log pane, the model's log_rev then)
+        self._opened = time.time()
+        self._alarm = (False, False)  # (over, stalled) as the bell last saw them
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -186,6 +189,7 @@ class MonitorApp(RunKeys):
         self._after_change()
 
     def _after_change(self) -> None:
+        self._ring()
         if (
             self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced
         ):  # forced: leave once the process is gone
@@ -211,6 +215,16 @@ class MonitorApp(RunKeys):
             if isinstance(self.screen, (OutputScreen, EpochsScreen)):
                 self.screen.refresh_from_model()
 
+    def _ring(self) -> None:
+        """The terminal's bell when the run shown ends (or fails) or stalls, once each time; not
+        for an ending or a stall the log already held when the monitor opened."""
+        m = self.model
+        alarm = (m.over, m.state == "stalled")
+        news = (alarm[0] and not self._alarm[0]) or (alarm[1] and not self._alarm[1])
+        self._alarm = alarm
+        if news and (self._frozen or (m.last_event_time or time.time()) >= self._opened - NEWS_S):
+            self.bell()
+
     def _judge_frozen(self) -> None:
         """A live run that writes nothing, not even its machine samples, is frozen: stalled until it writes."""
         m = self.model
@@ -219,6 +233,7 @@ class MonitorApp(RunKeys):
             self._frozen, m.state = True, "stalled"
             m.state_reason = f"nothing written for {fmt.clock(quiet)}: the training process is frozen"
             m.version += 1
+            self._ring()
         elif self._frozen and quiet is None:
             self._frozen = False
             if m.state == "stalled":

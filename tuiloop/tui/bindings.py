@@ -53,6 +53,11 @@ KEYS = (
     steering("lr_down", "lr_up"),
     steering("suspend"),
     Key(
+        ":",
+        "change settings of the live run from its next step: KEY=VALUE as tuiloop ctl RUN set takes them",
+        (Binding("colon", "settings", "Set", key_display=":"),),
+    ),
+    Key(
         "R",
         "resume a suspended run, exactly where it stopped",
         (Binding("R", "resume_run", "Resume", key_display="R"),),

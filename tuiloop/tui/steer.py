@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from textual import work
@@ -19,9 +20,12 @@ from textual.app import App
 from textual.message import Message
 
 from tuiloop.engine.commands import COMMAND
+from tuiloop.rundir.live_settings import refused_by_loop, settings_for
+from tuiloop.spec.errors import SpecError
+from tuiloop.tui.prompt import SettingsPrompt
 from tuiloop.tui.screens import Confirm, confirmation
 
-Commander = Callable[[str], Any]
+Commander = Callable[..., Any]  # (command, **fields): fields beside it in the request (set's settings)
 Resumer = Callable[[], tuple[Any, str]]  # starts a resumed training process: (process, session)
 FORCE_WAIT_S = 2.0  # a forced run that has not gone by then is killed
 
@@ -72,6 +76,8 @@ class RunKeys(App[str]):
             if action in ("stop_after_epoch", "go_on") and self.model.stop_after_epoch != (action == "go_on"):
                 return False  # e likewise: stop after this epoch, or go on when the run is set to stop
             return not self.read_only and not over and (obeyed is None or action in obeyed)
+        if action == "settings":  # a loop of your own refuses in the prompt, saying why
+            return not self.read_only and not over
         if action == "resume_run":
             return self.resumer is not None and self.model.state == "suspended" and not self.resuming
         if action == "leave":
@@ -126,6 +132,27 @@ class RunKeys(App[str]):
 
     def action_lr_up(self) -> None:
         self.steer("lr_up")
+
+    def action_settings(self) -> None:
+        """``:``: settings for the live run, checked as ``tuiloop ctl RUN set`` checks them, then sent."""
+        if self.read_only or self.model.over or isinstance(self.screen, (Confirm, SettingsPrompt)):
+            return
+        run_dir = Path(self.model.run_dir)
+        obeyed = self.model.started.commands if self.model.started is not None else None
+
+        def check(items: list[str]) -> dict[str, Any]:
+            refused = refused_by_loop(run_dir.name, obeyed)
+            if refused:
+                raise SpecError("", refused)
+            return settings_for(run_dir, items, where="set")
+
+        def chosen(settings: dict[str, Any] | None) -> None:
+            if settings and not self.model.over:
+                said = ", ".join(f"{k} = {v!r}" for k, v in settings.items())
+                self.model.note(time.time(), "info", f"set {said}: from the next step")
+                self.send("set", settings=settings)
+
+        self.push_screen(SettingsPrompt(check), chosen)
 
     def action_suspend(self) -> None:
         def suspend() -> None:
@@ -222,14 +249,15 @@ class RunKeys(App[str]):
 
     # ---- commands ---------------------------------------------------------------------------------
     @work(thread=True, group="commands")
-    def send(self, command: str) -> None:
-        """Deliver ``command`` to the run; while it is still starting (no socket yet), keep trying."""
+    def send(self, command: str, **fields: Any) -> None:
+        """Deliver ``command`` (``fields`` beside it) to the run; while it is still starting (no
+        socket yet), keep trying."""
         if self.commander is None:
             return
         deadline = time.monotonic() + 60.0
         while True:
             try:
-                self.commander(command)
+                self.commander(command, **fields)
             except Exception as e:
                 starting = self.model.started is None and isinstance(e.__cause__, FileNotFoundError)
                 if starting and time.monotonic() < deadline and not self._quit_reader.is_set():
