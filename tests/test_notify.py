@@ -209,3 +209,19 @@ def test_notify_settings_merge_key_by_key(tmp_path: Path) -> None:
     config.write_text('[notfy]\ncommand = "true"\n')
     with pytest.raises(SpecError, match=r"'notfy' is not a section of tuiloop's config file. Did you mean 'notify'\?"):
         notify_settings(None, config)
+
+
+def test_a_stall_is_told_with_the_line_the_run_waits_in(workdir: Path) -> None:
+    command, out = recorder(workdir)
+    spec = write_spec(
+        workdir,
+        run={"epochs": 1, "stall_after": 1.0},
+        data={"target": "tiny.py:stalling_classes", "marker": str(workdir / "stuck"), "after": 70, "hang": 2.5},
+        notify={"command": command},
+    )
+    headless(workdir, spec)
+    stalled, finished = told(out)
+    assert (stalled["stdin"]["event"], stalled["env"]["TUILOOP_STATUS"]) == ("stalled", "stalled")
+    assert "(stalled after 1.0s), at step 4: tiny.py:" in stalled["stdin"]["message"]
+    assert "in __getitem__" in stalled["stdin"]["message"] and stalled["stdin"]["details"]["stack"]
+    assert finished["stdin"]["event"] == "finished"
