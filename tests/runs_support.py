@@ -81,6 +81,12 @@ def summary(run_dir: Path) -> dict[str, Any] | None:
     return layout.read_json(run_dir / layout.SUMMARY)
 
 
+def ended(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary once the run has closed: summary.json comes before the run closes its
+    control socket and lets go of its lock, so a test that looks at what follows waits for this."""
+    return None if is_locked(run_dir) else summary(run_dir)
+
+
 def new_run_dir(out_dir: Path, before: set[Path], timeout: float = 60) -> Path:
     """The run directory that appeared under ``out_dir`` since ``before`` was taken."""
 
