@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from markers import mark
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -29,6 +28,11 @@ os.environ.setdefault("TUILOOP_SYSTEM_INTERVAL", "0")
 # empty config folder of the tests' own; a test that needs one writes it there or sets its own.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="tuiloop-test-config-")
 
+# Torch in this process on one thread, as in the processes the tests start (cli_env): the models
+# are tiny, and on busy cores threads that wait for each other spin (the in-process demo runs took
+# 150 s instead of 14 s on 2 busy cores). Set before anything imports torch; your own value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """In CI a missing tmux is an error: the real-terminal tests would be skipped silently."""
@@ -36,37 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("CI needs tmux: the tests that drive tuiloop in a real terminal would be skipped")
 
 
-# A test is `slow` when it starts processes (the real CLI, a training process, torchrun, ssh, a
-# terminal), and `tmux` when it drives a real terminal. Both are read from what the test and its
-# fixtures call, so a new test is marked by what it does: `pytest -m "not slow"` is the fast loop.
-STARTS_PROCESSES = re.compile(
-    r"\b(run_cli|subprocess|Popen|start_detached|start_training_process|resume_training_process|torchrun|ssh|tmux|Tmux)\b"
-)
-DRIVES_A_TERMINAL = re.compile(r"\b(tmux|Tmux)\b")
-
-
-def _sources(item: pytest.Item) -> str:
-    """The code of a test function and of every fixture it uses (conftest's own helpers excluded)."""
-    funcs = [getattr(item, "function", None)]
-    info = getattr(item, "_fixtureinfo", None)
-    for defs in info.name2fixturedefs.values() if info else ():
-        funcs += [d.func for d in defs if d.func.__module__ != __name__ or d.argname == "tmux"]
-    out = []
-    for f in funcs:
-        try:
-            out.append(inspect.getsource(f))  # type: ignore[arg-type]
-        except (TypeError, OSError):
-            pass
-    return "\n".join(out)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` and ``tmux`` by what each test uses (tests/markers.py): ``pytest -m "not slow"`` is the fast loop."""
     for item in items:
-        code = _sources(item)
-        if STARTS_PROCESSES.search(code):
-            item.add_marker(pytest.mark.slow)
-        if DRIVES_A_TERMINAL.search(code):
-            item.add_marker(pytest.mark.tmux)
+        mark(item)
 
 
 # A small multi-class run: 120 training samples, batch 16 -> 8 steps per epoch.

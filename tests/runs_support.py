@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import cli_env, run_cli
+from markers import drives_a_terminal, starts_processes
 
 from tuiloop.rundir import layout
 from tuiloop.rundir.control import ControlError, send_command
@@ -80,6 +81,12 @@ def summary(run_dir: Path) -> dict[str, Any] | None:
     return layout.read_json(run_dir / layout.SUMMARY)
 
 
+def ended(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary once the run has closed: summary.json comes before the run closes its
+    control socket and lets go of its lock, so a test that looks at what follows waits for this."""
+    return None if is_locked(run_dir) else summary(run_dir)
+
+
 def new_run_dir(out_dir: Path, before: set[Path], timeout: float = 60) -> Path:
     """The run directory that appeared under ``out_dir`` since ``before`` was taken."""
 
@@ -132,6 +139,7 @@ def kill_run(run_dir: Path) -> None:
             pass
 
 
+@starts_processes  # through tuiloop's own launcher
 def start_training_process(spec: Any) -> tuple[Path, subprocess.Popen]:
     """What ``tuiloop run SPEC`` does before it opens the monitor: a locked run directory, a worker."""
     import tuiloop.runner.training_process as training_process
@@ -144,6 +152,7 @@ def start_training_process(spec: Any) -> tuple[Path, subprocess.Popen]:
         lock.release()
 
 
+@starts_processes
 def resume_training_process(run_dir: Path, spec: Any, session: str = "resumed-session") -> subprocess.Popen:
     """What ``tuiloop run --resume RUN_DIR`` does before it opens the monitor (the resume is checked)."""
     import io
@@ -228,6 +237,7 @@ def children(pid: int) -> list[int]:
     return out
 
 
+@drives_a_terminal
 class Tmux:
     """A private tmux server (its own socket): real terminals the tests type into and read."""
 

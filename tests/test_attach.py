@@ -26,7 +26,7 @@ def states(run_dir: Path) -> list[str]:
 
 def steps_hold_still(run_dir: Path, seconds: float = 1.5) -> bool:
     before = last_step(run_dir)
-    time.sleep(seconds)
+    time.sleep(seconds)  # a span in which no step may come: the stillness is what is checked
     return last_step(run_dir) == before
 
 

@@ -147,7 +147,7 @@ def test_sigkilled_run_resumes_exactly(workdir: Path) -> None:
     try:
         run_dir = wait_for_run_dir(workdir / "cut", proc)
         wait_for_steps(run_dir, proc, lambda e: e.epoch >= 4)
-        time.sleep(random.uniform(0.0, 0.1))
+        time.sleep(random.uniform(0.0, 0.1))  # a random moment to kill it at (maybe mid-save): the point of the test
         proc.kill()
         proc.wait()
     finally:
@@ -172,7 +172,7 @@ def test_sigkilled_run_resumes_exactly(workdir: Path) -> None:
     assert read_json(run_dir / "summary.json")["status"] == "completed"  # type: ignore[index]
 
 
-def test_resume_errors_are_clear(workdir: Path) -> None:
+def test_resume_of_a_folder_that_is_no_run_is_a_one_line_error(workdir: Path) -> None:
     r = run_cli("run", "--resume", workdir, "--headless", cwd=workdir)
     assert r.returncode == 2 and "not a tuiloop run directory" in r.stderr and "Traceback" not in r.stderr
 

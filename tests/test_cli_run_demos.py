@@ -10,6 +10,8 @@ from conftest import DEMOS
 from tuiloop.engine.events import EarlyStopUpdate, Event, Finished, LRChanged, Validated
 from tuiloop.runner.spec_run import run_spec
 
+pytestmark = pytest.mark.slow  # whole demos trained to their scores: not the fast loop's business
+
 pytest.importorskip("sklearn", reason="the demos' data comes with scikit-learn (the [demos] extra)")
 
 

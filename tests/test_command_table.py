@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_tui_screen import T0, epochs, monitor, run_async, screen_text, wait_for
+from test_tui_screen import T0, epochs, keys_handled, monitor, run_async, screen_text, wait_for
 
 from tuiloop.engine.commands import AGREED, COMMAND, COMMANDS, Commands, obeyed_by
 from tuiloop.engine.distributed import SLOTS
@@ -72,7 +72,7 @@ async def test_footer_and_question_mark_show_the_table_and_each_key_asks_as_it_s
                 await wait_for(pilot, lambda: isinstance(app.screen, Confirm), what=f"the question before {c.name}")
                 await pilot.press("y")
             else:
-                await pilot.pause(0.2)
+                await keys_handled(pilot, app)
                 assert not isinstance(app.screen, Confirm), f"{c.name} does not ask"
             await wait_for(pilot, lambda: run.sent[-1:] == [c.name], what=c.name)  # noqa: B023
         assert run.sent == sorted((c.name for c in KEYED), key=lambda name: name == "stop")

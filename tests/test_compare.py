@@ -368,7 +368,7 @@ def test_piped_compare_prints_the_table_and_errors_say_what_to_do(tmp_path: Path
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-def test_compare_in_a_real_terminal(tmp_path: Path, tmux: Tmux) -> None:
+def test_compare_in_a_real_terminal_shows_both_runs_switches_metric_and_quits(tmp_path: Path, tmux: Tmux) -> None:
     out = tmp_path / "runs"
     fake_run(out, "baseline", "aaaa", [0.9, 0.6, 0.5], {"optimizer": {"lr": 0.01}})
     fake_run(out, "tuned", "bbbb", [0.8, 0.45, 0.5], {"optimizer": {"lr": 0.003}})

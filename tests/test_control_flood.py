@@ -76,6 +76,14 @@ def open_idle(run_dir: Path, n: int) -> tuple[list[socket.socket], int]:
     return held, refused
 
 
+def checkpoints_since(run_dir: Path, since: float) -> list[dict]:
+    return [e for e in events(run_dir) if e["event"] == "checkpoint" and e["time"] > since]
+
+
+def tags(checkpoints: list[dict]) -> list[str]:
+    return [e["tag"] for e in checkpoints]
+
+
 def warnings(run_dir: Path) -> list[str]:
     return [e["text"] for e in events(run_dir) if e["event"] == "message" and e["level"] == "warning"]
 
@@ -114,16 +122,15 @@ def flooded(tmp_path_factory: pytest.TempPathFactory):
             except ControlError as e:
                 out.save = f"error: {e}"
             out.save_s = time.monotonic() - t0
-            # the run's own checkpoints (last.pt each epoch) go on being written while the flood is held
-            held_until = time.monotonic() + 4.0
-            while time.monotonic() < held_until:
-                more, refused = open_idle(run_dir, 16)  # and the flood goes on
+            # the flood is held, and grows, until the run wrote its own checkpoint (last.pt, each
+            # epoch) through it; a minute without one and the test below fails, naming the tags seen
+            held_until = time.monotonic() + 60
+            while time.monotonic() < held_until and "last" not in tags(checkpoints_since(run_dir, flood_started)):
+                more, refused = open_idle(run_dir, 16)
                 idle += more
                 out.refused_idle += refused
-                time.sleep(0.1)
-            out.checkpoints_during_flood = [
-                e for e in events(run_dir) if e["event"] == "checkpoint" and e["time"] > flood_started
-            ]
+                time.sleep(0.1)  # the pace of the flood
+            out.checkpoints_during_flood = checkpoints_since(run_dir, flood_started)
             try:
                 out.stop = json.dumps(send_command(run_dir, "stop"))
             except ControlError as e:
@@ -143,8 +150,8 @@ def test_a_flood_of_idle_connections_leaves_the_run_its_files_and_its_commands(f
     assert flooded.refused_idle == 0, "every connection of the flood was taken (and the idle ones let go)"
     assert flooded.save == '{"ok": true}', flooded.save
     assert flooded.save_s < 2.0, f"the save took {flooded.save_s:.1f}s to get through the flood"
-    tags = [e["tag"] for e in flooded.checkpoints_during_flood]
-    assert "manual" in tags and "last" in tags, tags
+    saved = tags(flooded.checkpoints_during_flood)
+    assert "manual" in saved and "last" in saved, saved
     for e in flooded.checkpoints_during_flood:
         assert load_ckpt(run_dir / e["path"])["step"] > 0
     assert flooded.stop == '{"ok": true}', flooded.stop

@@ -169,7 +169,7 @@ def test_train_and_eval_modes_and_deterministic_validation() -> None:
 
 
 # ---- early stopping ----------------------------------------------------------------------------
-def test_metric_monitor_min_delta_and_modes() -> None:
+def test_the_metric_monitor_counts_checks_without_a_min_delta_gain_in_max_and_min_mode_and_restores() -> None:
     m = MetricMonitor("val_acc", "max", min_delta=0.01, patience=2)
     seen = [(m.update(v, i), m.counter, m.triggered) for i, v in enumerate([0.5, 0.505, 0.52, 0.52, 0.51])]
     assert seen == [(True, 0, False), (False, 1, False), (True, 0, False), (False, 1, False), (False, 2, True)]
@@ -256,7 +256,7 @@ def test_plateau_subclass_gets_the_scheduler_monitor() -> None:
     assert trainer.scheduler.seen == [v.metrics["val_acc"] for v in of(events, Validated)]
 
 
-def test_scheduler_per_step_and_per_epoch(workdir: Path) -> None:
+def test_a_scheduler_steps_per_batch_or_per_epoch_as_its_interval_says(workdir: Path) -> None:
     sched = {"target": "StepLR", "step_size": 1, "gamma": 0.9, "interval": "step"}
     code, events, _ = train(workdir, "run.epochs=2", scheduler=sched)
     assert code == 0 and finished(events).step == 16
@@ -471,7 +471,7 @@ def test_to_device_moves_nested_structures() -> None:
     assert moved["name"] == "keep" and isinstance(moved["parts"], list) and isinstance(moved["parts"][1], tuple)
 
 
-def test_dict_batches_through_the_dataloader_path(workdir: Path) -> None:
+def test_dict_batches_are_collated_and_passed_as_keyword_inputs_and_the_model_learns(workdir: Path) -> None:
     """A Dataset of dicts with a nested list: collated by a DataLoader, passed as keyword inputs."""
     code, events, run_dir = train(
         workdir,
@@ -492,7 +492,7 @@ def test_dict_batches_through_the_dataloader_path(workdir: Path) -> None:
     assert vals[-1].metrics["val_acc"] == pytest.approx(acc)
 
 
-def test_tuple_dataset_and_user_dataloaders(workdir: Path) -> None:
+def test_a_tuple_dataset_and_the_users_own_dataloaders_train_with_their_batch_counts(workdir: Path) -> None:
     code, events, _ = train(workdir, "run.epochs=2", data={"target": "tiny.py:noisy_classes"})
     assert code == 0 and finished(events).step == 16
     code, events, _ = train(workdir, "run.epochs=2", data={"target": "tiny.py:loaders", "batch_size": 20})

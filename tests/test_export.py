@@ -318,7 +318,9 @@ def test_crashed_and_live_runs_export_what_they_logged(resumed: dict[str, Any], 
 
 
 # ---- errors ----------------------------------------------------------------------------------------
-def test_errors_say_what_was_wrong(finished: Path, workdir: Path) -> None:
+def test_a_missing_run_an_unknown_format_and_o_dash_for_tensorboard_are_one_line_errors(
+    finished: Path, workdir: Path
+) -> None:
     missing = run_cli("export", "no-such-run", cwd=workdir)
     assert missing.returncode == 2 and missing.stderr.startswith("tuiloop: error: no run directory 'no-such-run'")
     bad = run_cli("export", finished, "--format", "parquet", cwd=workdir)
@@ -377,7 +379,9 @@ def test_the_mirror_turned_on_when_resuming_holds_the_whole_run(finished: Path, 
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-def test_export_in_a_real_terminal(finished: Path, workdir: Path, tmux: Tmux) -> None:
+def test_export_typed_in_a_real_terminal_says_what_it_wrote_in_both_formats(
+    finished: Path, workdir: Path, tmux: Tmux
+) -> None:
     """Typed at a shell prompt in a terminal: both formats say what they wrote, and the files read
     back (CSV with the csv module, the event files with tensorboardX's own records)."""
     term = tmux.new("export", "bash --norc --noprofile", width=120, height=40)

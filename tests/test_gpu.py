@@ -44,7 +44,7 @@ def make(workdir: Path, tag: str, *sets: str, **sections: Any):  # type: ignore[
     return trainer
 
 
-def test_a_run_on_cuda(workdir: Path) -> None:
+def test_a_run_on_cuda_learns_and_its_checkpoint_loads_on_cuda_and_cpu(workdir: Path) -> None:
     code, events, run_dir = train(workdir, "run.epochs=3", "optimizer.lr=0.05")
     assert code == 0, of(events, Failed)
     (started,) = [e for e in events if e.kind == "run_started"]
@@ -157,7 +157,9 @@ def test_steady_state_steps_do_not_sync_with_the_host(workdir: Path, precision: 
     assert steps and all((e.grad_norms is not None and len(e.grad_norms) == len(e.losses)) == (clip > 0) for e in steps)
 
 
-def test_pinned_memory_and_non_blocking_copies(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pinned_non_blocking_chunks_give_the_batches_of_the_cached_path(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A dataset too big to cache on the GPU is copied in pinned chunks, non_blocking: the batches
     equal those of the cached path, and a DataLoader pins its batches on CUDA."""
     cuda = torch.device("cuda")
@@ -177,7 +179,7 @@ def test_pinned_memory_and_non_blocking_copies(workdir: Path, monkeypatch: pytes
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_two_gpus_with_nccl(workdir: Path) -> None:
+def test_two_gpus_with_nccl_report_what_one_process_would(workdir: Path) -> None:
     """``--nproc-per-node 2`` on a box with two GPUs: one process per GPU, NCCL, rank 0's metrics
     equal to one process's on the same weights."""
     from conftest import only_run, run_cli

@@ -16,6 +16,8 @@ from conftest import FIXTURES, load_ckpt, write_spec
 from tuiloop.engine.events import Event, Finished, Validated
 from tuiloop.runner.spec_run import run_spec
 
+pytestmark = pytest.mark.slow  # transformers: seconds to import, a GPT-2 to train
+
 pytest.importorskip("transformers", reason="transformers is not installed (it is in the [test] extra)")
 
 

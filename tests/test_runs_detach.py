@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from conftest import run_cli, write_spec
-from runs_support import start_detached, summary, wait_until
+from runs_support import ended, start_detached, summary, wait_until
 
 from tuiloop.rundir.state import run_state
 
@@ -62,7 +62,7 @@ def test_a_detached_run_that_fails_is_listed_as_failed(workdir: Path, cleanup: l
     )
     run_dir = start_detached(spec, cwd=workdir)
     cleanup.append(run_dir)
-    wait_until(lambda: summary(run_dir), 90, "the summary")
+    wait_until(lambda: ended(run_dir), 90, "the run to fail and close")
     assert summary(run_dir)["status"] == "failed"
     listed = run_cli("ls", workdir / "runs", cwd=workdir)
     assert listed.stdout.splitlines()[1].split()[1] == "failed"

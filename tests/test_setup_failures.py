@@ -17,7 +17,7 @@ import pytest
 import tiny
 import torch
 from conftest import cli_env, only_run, write_spec
-from runs_support import events, summary, wait_until
+from runs_support import ended, events, summary, wait_until
 from torch import nn
 
 import tuiloop
@@ -83,7 +83,7 @@ def test_an_event_log_that_cannot_be_opened_ends_a_background_run_as_failed(work
     assert done.returncode == 1, done.stderr
     assert "error: OSError: [Errno 28] No space left on device" in done.stderr, done.stderr
     run_dir = only_run(workdir / "runs")
-    wait_until(lambda: summary(run_dir) and not is_locked(run_dir), 60, "the training process to end")
+    wait_until(lambda: ended(run_dir), 60, "the training process to end")
     assert_failed_and_released(run_dir)
     assert "error: no space left on device writing events.jsonl  [setup]" in (run_dir / "output.log").read_text()
 

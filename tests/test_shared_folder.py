@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, run_cli, write_spec
-from runs_support import events, kill_run, start_detached, summary, wait_until
+from runs_support import ended, events, kill_run, start_detached, summary, wait_until
 
 RUNUSER = shutil.which("runuser")
 
@@ -100,7 +100,7 @@ def test_a_neighbour_who_swaps_the_live_run_for_a_link_gets_nothing(neighbour: t
         assert swap.returncode == 0, swap.stderr
         assert run_dir.is_symlink()
 
-        wait_until(lambda: summary(moved), 90, "the moved run to finish")
+        wait_until(lambda: ended(moved), 90, "the moved run to finish and close")
         # Everything the run wrote after the swap went into its own (moved) directory...
         assert summary(moved)["status"] == "completed"
         assert [e["epoch"] for e in events(moved) if e["event"] == "validated"] == [1, 2, 3, 4, 5, 6]

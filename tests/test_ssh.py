@@ -19,6 +19,7 @@ from runs_support import (
     TUILOOP,
     Tmux,
     children,
+    ended,
     events,
     kill_run,
     new_run_dir,
@@ -89,7 +90,7 @@ def test_headless_run_survives_its_terminal(workdir: Path, tmux: Tmux, cleanup: 
     killed_at = kill_terminal_mid_run(tmux, session, run_dir)
 
     # The process that printed to the dead terminal trains on to the end.
-    wait_until(lambda: summary(run_dir), 90, "the summary of the run whose terminal died")
+    wait_until(lambda: ended(run_dir), 90, "the run whose terminal died to finish and close")
     assert summary(run_dir)["status"] == "completed"
     assert max(e["step"] for e in events(run_dir) if e["event"] == "validated") > killed_at
     assert not (run_dir / "control.sock").exists()

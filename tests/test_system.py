@@ -14,6 +14,7 @@ import psutil
 import pynvml
 import pytest
 from conftest import only_run, run_cli, write_spec
+from runs_support import wait_until
 
 from tuiloop.cli.views import system_summary
 from tuiloop.engine.events import Event, Finished, Message, SystemSample, event_from_dict
@@ -31,13 +32,13 @@ FAST = 0.02  # seconds between samples in these tests (2 s in a run)
 def collect(
     sampler_kwargs: dict[str, Any], samples: int = 3, timeout: float = 10.0
 ) -> tuple[list[Event], SystemSampler]:
-    """Run a sampler until it emitted ``samples`` samples, then stop it."""
+    """Run a sampler until it emitted ``samples`` samples (the test fails if it does not), then stop it."""
     events: list[Event] = []
     sampler = SystemSampler(events.append, FAST, **sampler_kwargs).start()
-    deadline = time.monotonic() + timeout
-    while sum(isinstance(e, SystemSample) for e in events) < samples and time.monotonic() < deadline:
-        time.sleep(0.01)
-    sampler.stop()
+    try:
+        wait_until(lambda: len(of(events, SystemSample)) >= samples, timeout, f"{samples} samples", every=0.01)
+    finally:
+        sampler.stop()
     return events, sampler
 
 
@@ -51,7 +52,7 @@ def test_the_sampler_samples_cpu_and_memory_and_stops_cleanly() -> None:
     samples = of(events, SystemSample)
     assert len(samples) >= 3 and sampler.samples == len(samples)
     assert not sampler._thread.is_alive()  # type: ignore[union-attr]
-    time.sleep(5 * FAST)
+    time.sleep(5 * FAST)  # five intervals in which nothing may come: the absence is what is checked
     assert len(events) == len(samples), "nothing is emitted after stop()"
     vm = psutil.virtual_memory()
     rss = psutil.Process().memory_info().rss
@@ -66,7 +67,7 @@ def test_the_sampler_samples_cpu_and_memory_and_stops_cleanly() -> None:
 def test_the_first_sample_waits_one_interval_and_a_zero_interval_turns_sampling_off() -> None:
     events: list[Event] = []
     sampler = SystemSampler(events.append, 0.5, gpus=False).start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # a fifth of the interval, in which no sample may come: the absence is what is checked
     sampler.stop()
     assert events == [] and not sampler._thread.is_alive()  # type: ignore[union-attr]
     off = SystemSampler(events.append, 0.0).start()
@@ -405,8 +406,9 @@ def test_a_tracked_loop_samples_too(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(system.INTERVAL_ENV, str(FAST))
     with tuiloop.track(tmp_path / "mine", epochs=1) as run:
         for step in range(1, 11):
-            time.sleep(0.02)
             run.log(step, 1.0 / step)
+        # the loop goes on until the sampler's thread logged a sample (however busy the machine)
+        wait_until(lambda: of(read_events(tmp_path / "mine")[0], SystemSample), 10, "a system sample in the log")
         run.validated(1, val_loss=0.5)
     events = read_events(tmp_path / "mine")[0]
     assert events[0].kind == "run_started" and events[-1].kind == "finished"

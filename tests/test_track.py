@@ -154,7 +154,7 @@ def test_a_tracked_loop_obeys_pause_save_and_stop_from_its_control_socket(tmp_pa
             lambda: any(e["event"] == "state" and e["state"] == "paused" for e in events(run_dir)), 10, "the pause"
         )
         held = last_step(run_dir)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a span in which no step may come: the stillness is what is checked
         assert last_step(run_dir) == held, "the loop went on while paused"
         assert send_command(run_dir, "resume") == {"ok": True}
         wait_until(lambda: last_step(run_dir) > held, 10, "steps after the resume")

@@ -334,6 +334,7 @@ def test_the_loss_section_of_a_model_loss_takes_no_keys(workdir: Path, capsys: p
 
 
 # ---- torch.compile ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the first compile on a machine costs ~30 s
 def test_compile_announces_the_first_step_counts_recompiles_and_saves_plain_keys(workdir: Path) -> None:
     """One compiled run (the first compile costs ~30 s here): 120 samples in batches of 16 end with a batch of 8."""
     code, events, run_dir = train(workdir, "run.epochs=2", "train.compile=true")

@@ -38,7 +38,7 @@ async def steer(run_dir: Path, proc) -> MonitorApp:  # type: ignore[no-untyped-d
         await pilot.press("p")
         await wait_for(pilot, lambda: states(run_dir)[-1:] == ["paused"], 20, "the paused state in the log")
         held = last_step(run_dir)
-        await pilot.pause(1.0)
+        await pilot.pause(1.0)  # a span in which no step may come: the stillness is what is checked
         assert last_step(run_dir) == held, "steps advanced while paused"
         await wait_for(pilot, lambda: "PAUSED" in screen_text(app), 5, "PAUSED on screen")
 

@@ -173,7 +173,7 @@ def test_model_eta_counts_running_time_only() -> None:
     assert m.eta(T0 + 100) is not None
 
 
-def test_model_end_states_and_exit_statuses() -> None:
+def test_the_model_gives_each_end_state_its_summary_line_and_exit_status() -> None:
     m = MonitorModel()
     m.apply(started())
     m.apply(

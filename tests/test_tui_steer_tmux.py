@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DEMOS, run_cli
-from runs_support import TUILOOP, Tmux, events, summary, wait_until
+from runs_support import TUILOOP, Tmux, ended, events, summary, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -128,7 +128,7 @@ def test_p_suspends_to_disk_and_r_resumes_in_the_same_monitor(workdir: Path, tmu
     tmux.wait_for(term, r"Suspend the run to disk\?", 10)
     tmux.send(term, "y")
     tmux.wait_for(term, r"(?s)SUSPENDED.*R Resume", 60)
-    s = wait_until(lambda: summary(run_dir), 20, "the summary")
+    s = wait_until(lambda: ended(run_dir), 20, "the run to suspend and close")
     assert s["status"] == "suspended"
     ls = run_cli("ls", workdir / "runs", cwd=workdir).stdout
     assert "suspended" in ls, ls
