@@ -148,6 +148,7 @@ class Tested(Event):
     and test_<metric>; ``epoch`` and ``step`` say where those weights are from."""
 
     kind: ClassVar[str] = "tested"
+    __test__: ClassVar[bool] = False  # its name starts with Test: not a class of tests for pytest
     checkpoint: str  # checkpoints/best.pt, or "" (the final weights)
     epoch: int
     step: int
