@@ -261,3 +261,29 @@ def one_process_test_default(ckpt: Path) -> float:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+# ---- two ranks: each tests its shard of the split, in lockstep, and the numbers are one process's ----------
+def test_two_ranks_test_an_odd_split_on_best_pt_exactly_as_one_process(workdir: Path) -> None:
+    """41 test samples in batches of 8 on 2 gloo ranks (21 and 20): rank 0 reads best.pt and sends its
+    weights; the loss sums, the accuracy count and the replayed own metric equal one process's."""
+    spec = write_spec(
+        workdir,
+        run={"nproc_per_node": 2},
+        data={"target": "tiny.py:classes_with_test", "n": N, "n_val": N_VAL, "n_test": N_TEST, "val_batch_size": 8},
+        metrics={"hits": "tiny.py:Hits"},
+        checkpoint={"monitor": "val_loss", "mode": "max"},  # the worst check: best.pt is not the final weights
+    )
+    done = run_cli("run", spec, "--headless", cwd=workdir)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    run_dir = only_run(workdir / "runs")
+    assert "distributed: 2 processes (gloo)" in done.stdout
+    s = summary(run_dir)
+    test = s["test"]
+    assert s["best_epoch"] < s["epochs_done"], s
+    assert (test["checkpoint"], test["epoch"], test["samples"]) == ("checkpoints/best.pt", s["best_epoch"], N_TEST)
+    expected = one_process_test(run_dir / "checkpoints" / "best.pt")
+    assert test["metrics"]["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)
+    assert test["metrics"]["test_acc"] == expected["test_acc"]
+    assert test["metrics"]["test_hits"] == pytest.approx(expected["test_hits"], rel=1e-6)
+    assert len([e for e in events(run_dir) if e["event"] == "tested"]) == 1  # rank 0 alone writes the log
