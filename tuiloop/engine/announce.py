@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Any
 
 from tuiloop.engine.device import device_name
 from tuiloop.engine.events import RunStarted
 
-if TYPE_CHECKING:
-    from tuiloop.engine.trainer import Trainer
 
-
-def run_started(trainer: Trainer) -> RunStarted:
-    """The run as it is about to train (again, on a resume): sizes, device, metrics, monitors."""
+def run_started(trainer: Any) -> RunStarted:
+    """The run of ``trainer`` (a :class:`~tuiloop.engine.trainer.Trainer`, not imported: no cycle)
+    as it is about to train (again, on a resume): sizes, device, metrics, monitors."""
     es = trainer.ends.es
     return RunStarted(
         run_name=trainer.opt.run_name,
