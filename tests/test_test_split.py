@@ -287,3 +287,21 @@ def test_two_ranks_test_an_odd_split_on_best_pt_exactly_as_one_process(workdir: 
     assert test["metrics"]["test_acc"] == expected["test_acc"]
     assert test["metrics"]["test_hits"] == pytest.approx(expected["test_hits"], rel=1e-6)
     assert len([e for e in events(run_dir) if e["event"] == "tested"]) == 1  # rank 0 alone writes the log
+
+
+def test_a_resumed_run_tests_the_best_pt_an_earlier_session_saved(workdir: Path) -> None:
+    """best.pt of the first session (the worst val_loss: epoch 1) is checked against the save its log
+    recorded, and tested when the resumed run ends."""
+    spec = write_spec(
+        workdir,
+        run={"epochs": 2},
+        data={"target": "tiny.py:classes_with_test"},
+        checkpoint={"monitor": "val_loss", "mode": "max"},
+    )
+    assert run_cli("run", spec, "--headless", cwd=workdir).returncode == 0
+    run_dir = only_run(workdir / "runs")
+    done = run_cli("run", "--resume", run_dir, "--set", "run.epochs=3", "--headless", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    tested = [e for e in events(run_dir) if e["event"] == "tested"]
+    assert [(t["checkpoint"], t["epoch"]) for t in tested] == [("checkpoints/best.pt", 1)] * 2
+    assert summary(run_dir)["test"]["epoch"] == 1 and "warning" not in done.stdout
