@@ -13,6 +13,7 @@ import io
 import json
 import math
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def one_process_test(ckpt: Path) -> dict[str, float]:
 @dataclass
 class Finished:
     work: Path
-    done: object
+    done: subprocess.CompletedProcess
 
     @property
     def run_dir(self) -> Path:
@@ -71,7 +72,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
 
 def test_the_test_split_is_evaluated_on_best_pt_when_the_run_ends(finished: Finished) -> None:
     done = finished.done
-    assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+    assert done.returncode == 0, done.stderr
     run_dir = finished.run_dir
     s = summary(run_dir)
     assert s["status"] == "completed" and s["best_epoch"] == 2, s  # best.pt is not the last epoch's weights
@@ -91,7 +92,7 @@ def test_the_test_split_is_evaluated_on_best_pt_when_the_run_ends(finished: Fini
     best_saves = [e for e in log if e["event"] == "checkpoint" and e["tag"] == "best"]
     assert tested["sha256"] == test["sha256"] == best_saves[-1]["sha256"]  # the file its save recorded
     assert tested["metrics"] == test["metrics"]
-    assert "test split on checkpoints/best.pt (epoch 2), 41 samples: test_loss" in done.stdout  # type: ignore[attr-defined]
+    assert "test split on checkpoints/best.pt (epoch 2), 41 samples: test_loss" in done.stdout
 
 
 def test_show_and_export_have_the_test_split(finished: Finished) -> None:
