@@ -65,8 +65,12 @@ def _csv(h: History, run_dir: Path, output: str | None) -> int:
     except OSError as e:
         error(f"cannot write {path}: {e.strerror or e}")
         return EXIT_USAGE
-    print(f"wrote {rows} rows ({len(h.steps)} steps, {len(h.validations)} validations) to {path}")
+    print(f"wrote {rows} rows ({len(h.steps)} steps, {len(h.validations)} validations{_test(h)}) to {path}")
     return 0
+
+
+def _test(h: History) -> str:
+    return ", the test split" if h.test is not None else ""
 
 
 def _tensorboard(h: History, run_dir: Path, output: str | None) -> int:
@@ -85,6 +89,6 @@ def _tensorboard(h: History, run_dir: Path, output: str | None) -> int:
     except OSError as e:
         error(f"cannot write TensorBoard event files into {logdir}: {e.strerror or e}")
         return EXIT_USAGE
-    print(f"wrote {n} scalars ({len(h.steps)} steps, {len(h.validations)} validations) to {logdir}/")
+    print(f"wrote {n} scalars ({len(h.steps)} steps, {len(h.validations)} validations{_test(h)}) to {logdir}/")
     print(f"  view them: tensorboard --logdir {logdir}")
     return 0

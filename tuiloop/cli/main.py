@@ -26,6 +26,7 @@ examples:
   tuiloop ls                                    list the runs in ./runs
   tuiloop show ab12                             a past run, read-only (any unique part of its name)
   tuiloop compare 1c2e ab12                     val_loss by epoch of several runs, and the spec values that differ
+  tuiloop eval ab12 --json                      best.pt on the test split: the metrics as one JSON object
   tuiloop export ab12 --format tensorboard      its scalars as TensorBoard event files (or --format csv)
   tuiloop ctl ab12 pause                        the key's command from a script: returns once the run paused
   tuiloop ctl ab12 set optimizer.lr=1e-4        change a setting of a live run from its next step
@@ -145,6 +146,33 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write (default: RUN_DIR/export.csv or RUN_DIR/tensorboard/); '-' writes the CSV to stdout",
     )
     e.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint of a run on its validation or test split, with the run's own spec (reads only)",
+        description="Evaluate a checkpoint of a run (checked against the SHA-256 its save recorded) on a split, "
+        "with the run's spec and --set edits, and print each metric. Writes nothing into the run directory; "
+        "works on finished, crashed and live runs. Exit status: 0 done, 1 the code raised, 2 refused.",
+    )
+    ev.add_argument("run", metavar="RUN", help="a run directory, or a unique part of a run name under ./runs")
+    ev.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="best|last|NAME",
+        help="best.pt (default), last.pt, or the name of another file of RUN/checkpoints",
+    )
+    ev.add_argument("--split", default="test", metavar="val|test", help="the split to evaluate (default: test)")
+    ev.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="edit the run's spec for this evaluation (other data arguments, run.device=cpu); repeatable",
+    )
+    ev.add_argument("--json", action="store_true", help="one JSON object; its metrics map each name to its value")
+    ev.add_argument("--debug", action="store_true", help="show the Python traceback when the code raises")
+    ev.add_argument("--out-dir", type=Path, default=Path("runs"), help="where to look for runs (default: ./runs)")
 
     c = sub.add_parser(
         "compare",
@@ -286,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             from tuiloop.cli.status import cmd_status  # lazy: import only the command run
 
             code = cmd_status(args)
+        elif args.command == "eval":
+            from tuiloop.cli.eval import cmd_eval  # lazy: import only the command run
+
+            code = cmd_eval(args)
         elif args.command == "export":
             from tuiloop.cli.export import cmd_export  # lazy: import only the command run
 

@@ -71,6 +71,8 @@ class Folder(Protocol):
 
     def write_atomic(self, name: str, data: bytes) -> None: ...
 
+    def read_bytes(self, name: str) -> bytes: ...
+
 
 class PathFolder:
     """A folder named by its path (the engine's Trainer given a ``run_dir`` outside a run's life)."""
@@ -80,6 +82,9 @@ class PathFolder:
 
     def write_atomic(self, name: str, data: bytes) -> None:
         save_atomic(data, self.path / name)
+
+    def read_bytes(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
 
 
 def sha256(data: bytes) -> str:

@@ -138,6 +138,14 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's values of ``tensors`` copied in place into every rank's (the same weights everywhere)."""
+        if self.distributed:
+            import torch.distributed as dist  # lazy: after the run says "importing torch"
+
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist  # lazy: after the run says "importing torch"

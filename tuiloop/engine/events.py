@@ -142,6 +142,23 @@ class Validated(Event):
 
 
 @dataclass(frozen=True)
+class Tested(Event):
+    """The test split, evaluated once when the run ended, on the weights of ``checkpoint`` (best.pt;
+    '' for the weights the run ended with, when there is no best.pt); ``metrics`` holds test_loss
+    and test_<metric>; ``epoch`` and ``step`` say where those weights are from."""
+
+    kind: ClassVar[str] = "tested"
+    __test__: ClassVar[bool] = False  # its name starts with Test: not a class of tests for pytest
+    checkpoint: str  # checkpoints/best.pt, or "" (the final weights)
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+    samples: int | None  # in the test split (None: an iterable of unknown length)
+    duration_s: float
+    sha256: str | None = None  # of the checkpoint's bytes, as its save recorded them
+
+
+@dataclass(frozen=True)
 class LRChanged(Event):
     """The learning rate of the first parameter group changed."""
 

@@ -19,6 +19,7 @@ from tuiloop.engine.events import (
     SettingChanged,
     Stalled,
     StateChanged,
+    Tested,
     TrainSteps,
     Validated,
     on,
@@ -141,6 +142,10 @@ class PlainSink(EventReader):
     @on(Message)
     def _message(self, ev: Message) -> None:
         self._print(f"{ev.level}: {ev.text}")
+
+    @on(Tested)
+    def _tested(self, ev: Tested) -> None:
+        self._print(sentences.tested(ev))
 
     @on(Failed)
     def _failed(self, ev: Failed) -> None:

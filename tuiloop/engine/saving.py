@@ -65,6 +65,8 @@ class Checkpoints:
         self.folder: ckpt.Folder | None = None
         self.writing = False  # a checkpoint is being written (a slow disk is not a stalled run)
         self.good: dict[str, str] = {}  # file name -> where the run was when it was written (or resumed from)
+        # file name -> its last recorded save (this run's, or its log's before a resume): what the end's test checks
+        self.saves: dict[str, CheckpointSaved] = {}
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """A complete, weights_only-loadable checkpoint of the run (``rng_states``: every rank's)."""
@@ -164,9 +166,11 @@ class Checkpoints:
                 except OSError as e:  # a full disk, a read-only folder: the file before it is intact
                     raise StorageError(f"checkpoints/{name}", e) from e
                 self.good[name] = self.progress.at()
-                self.emit(
-                    CheckpointSaved(tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest)
+                saved = CheckpointSaved(
+                    tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest
                 )
+                self.saves[name] = saved
+                self.emit(saved)
         return path
 
     def safe(self, error: StorageError) -> str:

@@ -19,6 +19,7 @@ from tuiloop.engine.events import (
     SettingChanged,
     Stalled,
     StateChanged,
+    Tested,
     Validated,
 )
 
@@ -81,6 +82,14 @@ def checkpoint_saved(ev: CheckpointSaved) -> str:
     """'saved best checkpoints/best.pt  epoch 3  val_loss 0.0866'."""
     metric = f"  {ev.monitor} {fmt.value(ev.metric)}" if ev.metric is not None and ev.monitor else ""
     return f"saved {ev.tag} {ev.path}  epoch {ev.epoch}{metric}"
+
+
+def tested(ev: Tested) -> str:
+    """'test split on checkpoints/best.pt (epoch 3), 41 samples: test_loss 0.6971  test_acc 0.7805'."""
+    weights = ev.checkpoint or "the final weights"
+    samples = f", {fmt.plural(ev.samples, 'sample')}" if ev.samples is not None else ""
+    values = "  ".join(f"{k} {fmt.value(v)}" for k, v in ev.metrics.items())
+    return f"test split on {weights} (epoch {ev.epoch}){samples}: {values}"
 
 
 def patience(ev: EarlyStopUpdate) -> str:

@@ -16,13 +16,13 @@ a module of its own and given what it uses:
   the epoch's scheduler step;
 * :class:`~tuiloop.engine.steering.Steering`: the commands obeyed between steps;
 * :class:`~tuiloop.engine.saving.Checkpoints`: writing checkpoints and resuming from one;
+* :class:`~tuiloop.engine.final_test.FinalTest`: the test split, evaluated on best.pt at the end;
 * :mod:`~tuiloop.engine.failure`: what failed and where, across ranks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 import warnings
@@ -35,17 +35,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine import fmt
+from tuiloop.engine.announce import run_started
 from tuiloop.engine.batches import Batches, worker_died
 from tuiloop.engine.best import default_mode
 from tuiloop.engine.commands import Commands
 from tuiloop.engine.compiling import compile_model
-from tuiloop.engine.device import device_name
 from tuiloop.engine.distributed import SINGLE, Ranks
 from tuiloop.engine.epoch_end import EpochEnd
 from tuiloop.engine.epoch_loop import EpochLoop
-from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
+from tuiloop.engine.events import Event, Failed, Finished, Message, Tested
 from tuiloop.engine.exceptions import NonFiniteLoss, SetupError, StorageError
 from tuiloop.engine.failure import failure_reason, failure_report
+from tuiloop.engine.final_test import TESTED_ENDINGS, FinalTest
 from tuiloop.engine.first_batch import FirstBatch
 from tuiloop.engine.live import Live
 from tuiloop.engine.metrics import MetricSet
@@ -77,7 +78,8 @@ class Trainer:
 
     ``metrics`` maps a name to a metric of your choice, reported as ``val_<name>``: an object with
     update/compute/reset (a torchmetrics ``Metric``) or a function ``(outputs, targets) -> tensor``
-    (:mod:`tuiloop.engine.metrics`).
+    (:mod:`tuiloop.engine.metrics`). ``test``: a split evaluated once when the run ends, on best.pt
+    (:mod:`tuiloop.engine.final_test`), reported as ``test_loss`` and ``test_<name>``.
     """
 
     def __init__(
@@ -93,17 +95,14 @@ class Trainer:
         run_dir: Path | None = None,
         ranks: Ranks = SINGLE,
         metrics: Mapping[str, Any] | None = None,
+        test: Batches | None = None,
     ) -> None:
         self.device = device = device or train.device
         self.ranks = ranks
         if why := train.empty():
             raise SetupError(f"the training data is empty ({why}); training needs at least one batch")
         self.announcements: list[Event] = []  # emitted right after RunStarted (e.g. settings a resume changed)
-        if val is not None and (why := val.empty()):  # no validation, never a perfect score of nothing
-            self.announcements.append(
-                Message("warning", f"the validation data is empty ({why}): training without validation")
-            )
-            val = None
+        val, test = self._unless_empty(val, "validation"), self._unless_empty(test, "test")
         opt = options or Options()
         # Module.to moves parameters in place, so an optimizer built on them stays valid.
         model = model.to(device)
@@ -159,6 +158,7 @@ class Trainer:
             self.model, optimizer, scheduler, stepper, objective, progress, ends, steering, ranks, emit, o.save_last
         )
         self.checkpoints.run_dir = Path(run_dir) if run_dir else None
+        self.final_test = FinalTest(test, evaluated, ends, self.checkpoints, ranks, emit) if test is not None else None
         self.live = Live(o, stepper, telemetry, self.checkpoints, ends, progress, emit)
         steering.change = self.live.change
         self.checkpoints.live = self.live
@@ -298,6 +298,9 @@ class Trainer:
                 reason = f"{fmt.plural(self.opt.epochs, 'epoch')} done"
             if status == "suspended" or (status == "stopped" and self.opt.save_last and not saved):
                 self.save("last")
+            if self.final_test is not None and status in TESTED_ENDINGS:
+                where = "testing"
+                self.final_test.run()
         except NonFiniteLoss as e:
             status, reason = "failed", str(e).split(";")[0]  # the summary's reason: what happened, not the advice
             self.emit(Message("error", str(e)))
@@ -337,37 +340,7 @@ class Trainer:
         return finished
 
     def _announce(self) -> None:
-        es = self.ends.es
-        self.emit(
-            RunStarted(
-                run_name=self.opt.run_name,
-                run_dir=str(self.run_dir or ""),
-                device=str(self.device),
-                device_name=device_name(self.device),
-                epochs=self.opt.epochs,
-                steps_per_epoch=self.steps_per_epoch(),
-                batch_size=self.train_batches.batch_size,
-                train_size=self.train_batches.num_samples,
-                val_size=self.val_batches.num_samples if self.val_batches is not None else None,
-                problem=self.objective.problem or "unknown",
-                metrics=self.reported_metrics(),
-                modes=self.metric_modes(),
-                monitor=self.opt.monitor,
-                mode=self.best.mode,
-                patience=es.patience if es else None,
-                num_params=sum(p.numel() for p in self.model.parameters()),
-                start_epoch=self.progress.epoch,
-                start_step=self.progress.step,
-                resumed_from=self.resumed_from,
-                pid=os.getpid(),
-                session=self.session,
-                precision=self.opt.precision,
-                accumulate_grad_batches=self.opt.accumulate_grad_batches,
-                world_size=self.ranks.world_size,
-                backend=self.ranks.backend,
-                nodes=list(self.ranks.nodes),
-            )
-        )
+        self.emit(run_started(self))
         for event in self.announcements:
             self.emit(event)
         self.announcements = []
@@ -386,7 +359,21 @@ class Trainer:
         batches = self.train_batches.steps()
         return None if batches is None else -(-batches // self.opt.accumulate_grad_batches)
 
+    @property
+    def tested(self) -> Tested | None:
+        """The test split's result when the run ended (None: no test split, or not evaluated)."""
+        return self.final_test.result if self.final_test is not None else None
+
+    def _unless_empty(self, split: Batches | None, name: str) -> Batches | None:
+        """``split``, or None with a warning when it is known to give no batch (never a perfect score of nothing)."""
+        if split is not None and (why := split.empty()):
+            without = "training without validation" if name == "validation" else "no test at the end"
+            self.announcements.append(Message("warning", f"the {name} data is empty ({why}): {without}"))
+            return None
+        return split
+
     def _close_loaders(self) -> None:
-        for batches in (self.train_batches, self.val_batches):
+        test = self.final_test.batches if self.final_test is not None else None
+        for batches in (self.train_batches, self.val_batches, test):
             if batches is not None:
                 batches.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tuiloop.engine.events import Event, EventReader, RunStarted, TrainSteps, Validated, on
+from tuiloop.engine.events import Event, EventReader, RunStarted, Tested, TrainSteps, Validated, on
 from tuiloop.rundir.eventlog import EventTail, read_events
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard: the live mirror's folder, and export's default
@@ -49,13 +49,22 @@ class ValidationRow:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class FinalTestRow(ValidationRow):
+    """The test split evaluated at the end: ``metrics`` holds test_loss, test_<metric>; ``epoch``
+    and ``step`` say where the tested weights (``checkpoint``; '' for the final ones) are from."""
+
+    checkpoint: str = ""
+
+
 @dataclass
 class History(EventReader):
-    """A run's steps and validations, each once: the last time it was logged."""
+    """A run's steps and validations, each once: the last time it was logged; and its test."""
 
     steps: dict[int, StepRow] = field(default_factory=dict)
     validations: dict[tuple[int, int], ValidationRow] = field(default_factory=dict)  # by (epoch, step)
     metrics: list[str] = field(default_factory=list)  # validation metric names, in the order first seen
+    test: FinalTestRow | None = None  # the last test of the split at a run's end
 
     add = EventReader.dispatch  # take one event (of any kind)
 
@@ -76,10 +85,16 @@ class History(EventReader):
         self.validations[(row.epoch, row.step)] = row
         self.metrics.extend(name for name in row.metrics if name not in self.metrics)
 
+    @on(Tested)
+    def _tested(self, ev: Tested) -> None:
+        self.test = test_row(ev)
+        self.metrics.extend(name for name in ev.metrics if name not in self.metrics)
+
     def rows(self) -> list[StepRow | ValidationRow]:
-        """Steps and validations in step order; a validation follows the step it ran after."""
+        """Steps and validations in step order (a validation follows the step it ran after), then the test."""
         rows: list[StepRow | ValidationRow] = [*self.steps.values(), *self.validations.values()]
-        return sorted(rows, key=lambda r: (r.step, isinstance(r, ValidationRow), r.epoch))
+        rows.sort(key=lambda r: (r.step, isinstance(r, ValidationRow), r.epoch))
+        return rows + ([self.test] if self.test is not None else [])
 
 
 def step_rows(event: TrainSteps) -> list[StepRow]:
@@ -102,6 +117,11 @@ def step_rows(event: TrainSteps) -> list[StepRow]:
 def validation_row(event: Validated) -> ValidationRow:
     """One ``validated`` event as a row."""
     return ValidationRow(event.epoch, event.step, event.time, dict(event.metrics))
+
+
+def test_row(event: Tested) -> FinalTestRow:
+    """One ``tested`` event as a row."""
+    return FinalTestRow(event.epoch, event.step, event.time, dict(event.metrics), event.checkpoint)
 
 
 def history(events: Iterable[Event]) -> History:
@@ -139,7 +159,8 @@ def csv_rows(h: History) -> Iterator[dict[str, Any]]:
                 "samples_per_s": row.samples_per_s,
             }
         else:
-            yield {"kind": "validation", "epoch": row.epoch, "step": row.step, "time": row.time, **row.metrics}
+            kind = "test" if isinstance(row, FinalTestRow) else "validation"
+            yield {"kind": kind, "epoch": row.epoch, "step": row.step, "time": row.time, **row.metrics}
 
 
 def write_csv(h: History, stream: IO[str]) -> int:
@@ -163,9 +184,11 @@ class Scalar:
 
 
 def metric_tag(name: str) -> str:
-    """The TensorBoard tag of a validation metric: val_loss -> val/loss, train_loss -> train/epoch_loss."""
+    """The TensorBoard tag of a metric: val_loss -> val/loss, test_acc -> test/acc, train_loss -> train/epoch_loss."""
     if name == "train_loss":
         return "train/epoch_loss"
+    if name.startswith("test_"):
+        return "test/" + name.removeprefix("test_")
     return "val/" + name.removeprefix("val_")
 
 

@@ -115,7 +115,7 @@ def _is_tensor_type(annotation: Any) -> bool:
 
 
 def _check_split(where: str, value: Any, name: str, target: str) -> None:
-    if value is None and name == "val":
+    if value is None and name in ("val", "test"):
         return
     here = f"{where}, [data] target"
     if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
@@ -207,7 +207,7 @@ def build_trainer(
 
     progress("loading the data")
     data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
         got = (
             f"a {type(data).__name__} of {len(data)} items"
             if isinstance(data, (tuple, list))
@@ -215,12 +215,13 @@ def build_trainer(
         )
         raise SpecError(
             f"{where}, [data] target",
-            f"{spec.data.target} must return (train, val), got {got}",
-            "Return a pair of Datasets or DataLoaders; val may be None.",
+            f"{spec.data.target} must return (train, val) or (train, val, test), got {got}",
+            "Return Datasets or DataLoaders: a pair, or three with a test split evaluated at the end; val may be None.",
         )
-    train_data, val_data = data
+    train_data, val_data, test_data = (*data, None) if len(data) == 2 else data
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)
+    _check_split(where, test_data, "test", spec.data.target)
     if ranks.distributed:  # the same weights and the same data split everywhere (a random_split on
         seed_everything(spec.run.seed + ranks.rank)  # the global RNG), then each rank's own random draws
 
@@ -255,10 +256,11 @@ def build_trainer(
     )  # fmt: skip
     try:
         train = Batches(train_data, batch_size=d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **batches)
-        val = (
-            Batches(val_data, batch_size=d.val_batch_size or d.batch_size, shuffle=False, even_shards=False, **batches)
-            if val_data is not None
+        val, test = (
+            Batches(split, batch_size=d.val_batch_size or d.batch_size, shuffle=False, even_shards=False, **batches)
+            if split is not None
             else None
+            for split in (val_data, test_data)
         )
     except ValueError as e:  # a DataLoader that cannot be sharded
         raise SpecError(f"{where}, [data] target", str(e)) from None
@@ -294,7 +296,9 @@ def build_trainer(
     if spec.train.compile:
         progress("preparing torch.compile")
     try:
-        trainer = Trainer(model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks, metrics)
+        trainer = Trainer(
+            model, train, val, loss_fn, optimizer, scheduler, options, device, run_dir, ranks, metrics, test
+        )
     except PrecisionError as e:
         raise SpecError(f"{where}, [train] precision", str(e)) from None
     except CompileError as e:

@@ -34,7 +34,7 @@ from typing import Any
 
 from tuiloop import __version__
 from tuiloop.engine.commands import Commands
-from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted
+from tuiloop.engine.events import Event, Failed, Finished, Message, RunStarted, Tested
 from tuiloop.engine.exceptions import StorageError
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_FORCED
 from tuiloop.engine.origin import error_text
@@ -89,6 +89,18 @@ def versions() -> dict[str, str]:
     import torch  # lazy: keeps torch out of the monitor, which loads this module (through training_process)
 
     return {"python": platform.python_version(), "torch": torch.__version__, "tuiloop": __version__}
+
+
+def test_summary(t: Tested) -> dict[str, Any]:
+    """summary.json's ``test``: the test split's metrics and the checkpoint they came from."""
+    return {
+        "metrics": t.metrics,
+        "checkpoint": t.checkpoint or None,
+        "sha256": t.sha256,
+        "epoch": t.epoch,
+        "step": t.step,
+        "samples": t.samples,
+    }
 
 
 def _unopened(event: Event) -> None:
@@ -237,11 +249,14 @@ class RunLife:
         return started if isinstance(started, (int, float)) else self.started
 
     # ---- endings ---------------------------------------------------------------------------------
-    def summarize(self, f: Finished, metrics: dict[str, float], epochs: int | None = None) -> None:
-        """summary.json of a run that ended as ``f`` says; if it cannot be written, that is told
-        (unless a write of the run directory already failed and was told)."""
+    def summarize(
+        self, f: Finished, metrics: dict[str, float], epochs: int | None = None, tested: Tested | None = None
+    ) -> None:
+        """summary.json of a run that ended as ``f`` says (``tested``: its test split's result);
+        if it cannot be written, that is told (unless a write of the run directory already failed
+        and was told)."""
         try:
-            self._write_summary(f, metrics, epochs)
+            self._write_summary(f, metrics, epochs, tested)
         except OSError as e:
             if self.unwritable is None:
                 self.unwritable = StorageError(SUMMARY, e)
@@ -250,7 +265,7 @@ class RunLife:
                     self._logged(Message("error", text))
                 self._tell(Message("error", text))
 
-    def _write_summary(self, f: Finished, metrics: dict[str, float], epochs: int | None) -> None:
+    def _write_summary(self, f: Finished, metrics: dict[str, float], epochs: int | None, tested: Tested | None) -> None:
         write_summary(
             self.home,
             {
@@ -263,6 +278,7 @@ class RunLife:
                 "best_value": f.best_value,
                 "best_epoch": f.best_epoch,
                 "final_metrics": metrics,
+                **({"test": test_summary(tested)} if tested is not None else {}),
                 "wall_time_s": f.wall_time_s,
                 "started": self.first_started,
                 "ended": time.time(),

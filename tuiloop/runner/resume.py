@@ -17,8 +17,9 @@ from tuiloop.engine.events import Message, SettingChanged
 from tuiloop.engine.exceptions import ResumeError
 from tuiloop.engine.lr import scale_lr
 from tuiloop.engine.trainer import Trainer
-from tuiloop.rundir.checkpoints import Checked, CheckpointRefused, read_checked
+from tuiloop.rundir.checkpoints import Checked, CheckpointRefused, read_checked, recorded_saves
 from tuiloop.rundir.handle import RunDir
+from tuiloop.rundir.layout import CHECKPOINTS
 from tuiloop.spec import SpecError
 from tuiloop.spec.schema import KWARG_SECTIONS, MUTABLE, OPTIONAL, OPTIONAL_SECTIONS, SCHEMA, WHY
 
@@ -123,6 +124,17 @@ def checked_checkpoint(home: RunDir, run_dir: Path) -> Checked:
         return read_checked(home)
     except CheckpointRefused as e:
         raise SpecError(f"--resume {run_dir}", e.problem, f"{e.fix}.") from None
+
+
+def recall_saves(trainer: Any, home: RunDir) -> None:
+    """The last recorded save of each checkpoint the run's folder still holds (best.pt's SHA-256
+    checks the file before the test split is evaluated on it)."""
+    with home.subdir(CHECKPOINTS) as folder:
+        there = set(folder.names())
+    for ev in recorded_saves(home):
+        name = ev.path.removeprefix(f"{CHECKPOINTS}/")
+        if name in there:
+            trainer.checkpoints.saves[name] = ev
 
 
 def load_checkpoint(trainer: Any, run_dir: Path, last: Checked) -> None:

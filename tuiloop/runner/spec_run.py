@@ -207,6 +207,7 @@ def _resume(
         trainer = _build(spec, _tell(sinks), ranks)
         _tell(sinks)("loading the checkpoint")
         resume.load_checkpoint(trainer, run_dir, last)
+        resume.recall_saves(trainer, lock.home)  # best.pt's record, for the test at the end
         resume.apply(trainer, edits, "resume with new settings")
         if trainer.train_batches.persistent_workers:
             trainer.announcements.append(
@@ -319,7 +320,7 @@ def train_in(life: RunLife, trainer: Any, handle_signals: bool = True, **info: A
             **info,
         )
         finished = trainer.loop()
-        life.summarize(finished, trainer.last_metrics, trainer.opt.epochs)
+        life.summarize(finished, trainer.last_metrics, trainer.opt.epochs, trainer.tested)
         return finished
     except (
         Exception,

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from tuiloop.engine.events import Event, EventReader, Finished, RunStarted, TrainSteps, Validated, on
+from tuiloop.engine.events import Event, EventReader, Finished, RunStarted, Tested, TrainSteps, Validated, on
 from tuiloop.rundir.history import (
     INSTALL,
     TENSORBOARD_DIR,
@@ -25,6 +25,7 @@ from tuiloop.rundir.history import (
     require_tensorboardx,
     row_scalars,
     step_rows,
+    test_row,
     validation_row,
 )
 from tuiloop.spec import Spec, SpecError
@@ -122,6 +123,10 @@ class TensorBoardSink(EventReader):
     @on(Validated)
     def _validated(self, ev: Validated) -> None:
         self._add(row_scalars(validation_row(ev)))
+
+    @on(Tested)
+    def _tested(self, ev: Tested) -> None:
+        self._add(row_scalars(test_row(ev)))
 
     @on(Finished)
     def _finished(self, ev: Finished) -> None:

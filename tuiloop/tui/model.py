@@ -26,6 +26,7 @@ from tuiloop.engine.events import (
     SettingChanged,
     Stalled,
     StateChanged,
+    Tested,
     TrainSteps,
     Validated,
     on,
@@ -131,6 +132,7 @@ class MonitorModel(EventReader):
         self.last_saved: CheckpointSaved | None = None  # the newest last.pt
         self.last_error: str | None = None
         self.finished: Finished | None = None
+        self.tested: Tested | None = None  # the test split, evaluated when the run ended
         self.exit_code: int | None = None  # of the training process, when it is gone
         self.log: deque[LogEntry] = deque(maxlen=LOG_LINES)
         self.log_count = 0  # entries ever logged: the newest is entry log_count - 1
@@ -185,7 +187,7 @@ class MonitorModel(EventReader):
         self.started = ev
         self.run_dir = ev.run_dir or self.run_dir
         self.state, self.state_reason = "running", ""
-        self.finished = None
+        self.finished = self.tested = None
         self.failure = None
         self.exit_code = None
         self.epochs_done = ev.start_epoch
@@ -270,6 +272,11 @@ class MonitorModel(EventReader):
             return
         self.failure = ev
         self._log(ev.time, "error", sentences.failed(ev))
+
+    @on(Tested)
+    def _tested(self, ev: Tested) -> None:
+        self.tested = ev
+        self._log(ev.time, "success", sentences.tested(ev))
 
     @on(Finished)
     def _finished(self, ev: Finished) -> None:

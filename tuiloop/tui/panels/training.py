@@ -14,9 +14,12 @@ from tuiloop.tui.panels.fit import fit, sparkline
 
 
 def metrics_text(model: MonitorModel, width: int) -> Text:
-    """One row per metric: name, last value, best value and its epoch, a sparkline if room."""
+    """One row per metric: name, last value, best value and its epoch, the test split's value
+    once the run has evaluated it (beside the val_ metric it matches), a sparkline if room."""
     if not model.metrics:
         return Text("no validation yet", style="dim")
+    tested = model.tested.metrics if model.tested is not None else {}
+    tests = {n: tested.get("test_" + n.removeprefix("val_")) if n.startswith("val_") else None for n in model.metrics}
     name_w = max(len(n) for n in model.metrics) + 1
     values = [
         (fmt.value(stat.last), fmt.value(stat.best), "" if stat.best_epoch is None else str(stat.best_epoch))
@@ -26,14 +29,16 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
     ep_w = max(2, *(len(row[2]) for row in values))
     # numbers are never cut: the sparkline goes first, then the epoch, then the names shrink, then "best"
     show_best = width >= 4 + val_w * 2 + 2
-    fixed = (val_w + 1) * (2 if show_best else 1)
+    show_test = bool(tested) and width >= 4 + val_w * (3 if show_best else 2) + 3
+    fixed = (val_w + 1) * ((2 if show_best else 1) + (1 if show_test else 0))
     show_ep = show_best and width >= name_w + fixed + ep_w + 1
     spark_w = width - (name_w + fixed + (ep_w + 1 if show_ep else 0))
     name_w = min(name_w, max(width - fixed - (ep_w + 1 if show_ep else 0), 1))
     header = Text(
         f"{'':<{name_w}}{'last':>{val_w}}"
         + (f" {'best':>{val_w}}" if show_best else "")
-        + (f" {'ep':>{ep_w}}" if show_ep else ""),
+        + (f" {'ep':>{ep_w}}" if show_ep else "")
+        + (f" {'test':>{val_w}}" if show_test else ""),
         style="dim",
     )
     rows = [header]
@@ -46,6 +51,9 @@ def metrics_text(model: MonitorModel, width: int) -> Text:
             row.append(f" {best:>{val_w}}", style="green" if just_best else "")
         if show_ep:
             row.append(f" {ep:>{ep_w}}", style="dim")
+        if show_test:
+            test = tests[name]
+            row.append(f" {'' if test is None else fmt.value(test):>{val_w}}", style="bold")
         if spark_w >= 6:
             row.append(" ")
             row.append_text(best_sparkline(stat, spark_w - 2))
