@@ -478,14 +478,6 @@ def test_numpy_arrays_instead_of_datasets_are_caught_at_the_start(
     )
 
 
-def test_a_data_function_returning_three_splits_is_described(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / "three.py").write_text(
-        "import tiny\ndef load():\n    train, val = tiny.classes()\n    return train, val, val\n"
-    )
-    err = run_error(capsys, write_spec(workdir, data={"target": "three.py:load"}))
-    has_all(err, "three.py:load must return (train, val), got a tuple of 3 items")
-
-
 # ---- the real command -------------------------------------------------------------------------
 def test_real_cli_spec_error_exit_2_no_traceback(workdir: Path) -> None:
     spec = write_spec(workdir, optimizer={"target": "Adamw"})
