@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 from conftest import write_spec
-from runs_support import events, freeze, last_step, start_training_process, summary
+from runs_support import events, freeze, kill_run, last_step, run_pid, start_training_process, summary
 from test_tui_screen import T0, epochs, keys_handled, monitor, run_async, screen_text, wait_for
 
 from tuiloop.engine.events import StateChanged
@@ -52,7 +52,9 @@ def test_a_pause_pressed_twice_on_a_frozen_run_leaves_it_paused(workdir: Path) -
         )
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: last_step(run_dir) >= 8 and app.model.step >= 8, 90, "the first epoch")
-            freeze(proc.pid)
+            trainer = run_pid(run_dir)  # the child of the watcher that proc is
+            assert trainer, "the run's process"
+            freeze(trainer)
             try:
                 for n in (1, 2):
                     await pilot.press("p")
@@ -63,7 +65,7 @@ def test_a_pause_pressed_twice_on_a_frozen_run_leaves_it_paused(workdir: Path) -
                         f"timed-out pause number {n} in the log",
                     )
             finally:
-                os.kill(proc.pid, signal.SIGCONT)
+                os.kill(trainer, signal.SIGCONT)
             await wait_for(pilot, lambda: states(run_dir)[-1:] == ["paused"], 20, "the run to pause")
             held = last_step(run_dir)
             # a save, sent after both pauses, is obeyed while paused: by then both pauses were taken
@@ -84,7 +86,10 @@ def test_a_pause_pressed_twice_on_a_frozen_run_leaves_it_paused(workdir: Path) -
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
+            trainer = run_pid(run_dir)
+            if trainer:
+                os.kill(trainer, signal.SIGCONT)
+            kill_run(run_dir)
             proc.kill()
             proc.wait()
     assert summary(run_dir)["status"] == "stopped"
