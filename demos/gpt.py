@@ -4,6 +4,14 @@ The model follows nanoGPT's convention: ``forward(idx, targets)`` returns ``(log
 so the spec says ``[loss] target = "model"`` and the batch ``(x, y)`` goes to it whole. The text
 is the help pages that ship with Python itself (``pydoc_data.topics``, about 465 kB of English):
 nothing is downloaded.
+
+Sample the trained model from its best checkpoint (from the repository root, after
+``tuiloop run demos/chargpt.toml``)::
+
+    cd demos && python -c "import torch, glob; from gpt import CharGPT; m = CharGPT(); \
+    m.load_state_dict(torch.load(sorted(glob.glob('../runs/chargpt-*/checkpoints/best.pt'))[-1], \
+    weights_only=True)['model_state_dict']); m.eval(); \
+    print(bytes(m.generate(torch.tensor([list(b'The for statement ')]), 200)[0].tolist()).decode(errors='replace'))"
 """
 
 from __future__ import annotations
