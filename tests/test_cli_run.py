@@ -278,7 +278,7 @@ def test_one_epoch_of_one_batch_reads_in_the_singular(workdir: Path) -> None:
 def test_help_and_usage_errors_name_only_the_public_commands(tmp_path: Path) -> None:
     """The subcommands tuiloop starts in its own processes (_train, _launch, _rank) are not offered
     to a person, in --help or in the error for an unknown command, and they still parse."""
-    public = ["run", "attach", "show", "export", "compare", "ls"]
+    public = ["run", "attach", "show", "export", "eval", "compare", "ls", "ctl", "status"]
     helped = run_cli("--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
     listed = re.findall(r"^    (\S+) ", helped.stdout, flags=re.MULTILINE)
@@ -286,7 +286,7 @@ def test_help_and_usage_errors_name_only_the_public_commands(tmp_path: Path) -> 
     assert "_train" not in helped.stdout and "SUPPRESS" not in helped.stdout and "_rank" not in helped.stdout
     unknown = run_cli("trian", cwd=tmp_path)
     assert unknown.returncode == 2 and not unknown.stdout
-    assert "invalid choice: 'trian' (choose from 'run', 'attach', 'show', 'export', 'compare', 'ls')" in unknown.stderr
+    assert f"invalid choice: 'trian' (choose from {', '.join(map(repr, public))})" in unknown.stderr
     assert "_launch" not in unknown.stderr
     for internal, option in (("_train", "--lock-fd"), ("_launch", "--report-ready"), ("_rank", "--resume")):
         own = run_cli(internal, "--help", cwd=tmp_path)
