@@ -24,10 +24,12 @@ from typing import Literal
 from tuiloop.engine.exits import EXIT_FORCED
 
 # The loops that obey commands: a spec run (or the Python Trainer) in one process, a spec run
-# over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track.
-Loop = Literal["spec", "distributed", "track"]
-EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track"})
+# over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track, the Hugging
+# Face Trainer through tuiloop's callback (one process or several).
+Loop = Literal["spec", "distributed", "track", "transformers"]
+EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track", "transformers"})
 SPEC_LOOPS: frozenset[Loop] = frozenset({"spec", "distributed"})
+STEERED_LOOPS: frozenset[Loop] = SPEC_LOOPS | {"transformers"}  # the loops whose epochs and optimizer tuiloop reaches
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,10 @@ COMMANDS = (
         "stop after this epoch: validation, checkpoints and early stopping run first; again cancels",
         key="e",
         label="Stop@epoch",
-        obeyed_by=SPEC_LOOPS,
+        obeyed_by=STEERED_LOOPS,
     ),
-    Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=SPEC_LOOPS, asks=True),
-    Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=SPEC_LOOPS, asks=True),
+    Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=STEERED_LOOPS, asks=True),
+    Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=STEERED_LOOPS, asks=True),
     Command(
         "suspend",
         "suspend to disk: save the full state and end the training process, freeing the GPU",

@@ -216,6 +216,8 @@ class MonitorApp(RunKeys):
             loss.show(loss_figure(m, loss.content_size.width, self.view))
             lr = self.query_one("#lr", PlotView)
             lr.show(lr_figure(m, lr.content_size.width))
+        # early stopping is a spec's: a loop of the user's own or a framework's stops itself
+        self.query_one("#early").display = m.started is None or m.started.loop == "spec"
         error = self.query_one("#error")
         error.display = (
             m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)

@@ -1,0 +1,136 @@
+"""What ``TuiloopCallback`` costs a Hugging Face ``Trainer`` step.
+
+The same tiny GPT-2 (2 layers, 32 wide, a vocabulary of 100, sequences of 32 tokens, batch 8,
+AdamW, linear schedule, one CPU thread) trained by ``transformers.Trainer`` with and without the
+callback, alternating, several rounds, in one process. A timing callback reads the clock at the
+end of every step; a training's time per step is the median over blocks of ``--block`` steps
+(after the first ``--warmup``) of the block's mean, so a moment when another process takes the
+CPU does not decide a round. With the callback every step also obeys the commands (a plain
+attribute read) and every ``logging_steps`` writes the Trainer's log as a step event; the run
+directory, its socket and the machine sampler live as they do in use. Evaluation and
+checkpoints are off in both.
+
+It prints each round, the median ratio (with / without; the target is under 1.01) and, measured
+directly, the time spent inside the callback's hooks per step (a figure that noise on a busy
+machine does not move).
+
+    python benchmarks/bench_hf.py
+    python benchmarks/bench_hf.py --rounds 9 --steps 400 --logging-steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def trainer_time(steps: int, logging_steps: int, warmup: int, block: int, with_tuiloop: bool) -> tuple[float, float]:
+    """Seconds per step of one training, and seconds per step inside tuiloop's hooks."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+    from tuiloop.integrations.transformers import TuiloopCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.times.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    ids = (torch.randint(0, 100, (steps * 8, 1)) + torch.arange(32)) % 100
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="tuiloop-bench-hf-") as tmp:
+        args = TrainingArguments(
+            str(Path(tmp) / "out"),
+            per_device_train_batch_size=8,
+            max_steps=steps,
+            logging_steps=logging_steps,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        callbacks: list[Any] = [clock]
+        inside = [0.0]
+        if with_tuiloop:
+            callbacks.append(timed(TuiloopCallback(run_dir=Path(tmp) / "run"), inside))
+        Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train()
+    t = clock.times[warmup:]
+    blocks = [(t[i + block] - t[i]) / block for i in range(0, len(t) - block, block)]
+    return statistics.median(blocks), inside[0] / steps
+
+
+def timed(callback: Any, total: list[float]) -> Any:
+    """``callback`` with the time spent in each of its step, log and epoch hooks added to ``total[0]``."""
+    for name in ("on_step_end", "on_log", "on_epoch_begin", "on_epoch_end"):
+        hook = getattr(callback, name)
+
+        def clocked(*args: Any, _hook: Any = hook, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _hook(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - t0
+
+        setattr(callback, name, clocked)
+    return callback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per training (default 600)")
+    parser.add_argument("--block", type=int, default=50, help="steps per timed block (default 50)")
+    parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the timing (default 20)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
+    parser.add_argument(
+        "--logging-steps", type=int, nargs="+", default=[10, 1], help="the Trainer's logging_steps (default: 10 1)"
+    )
+    args = parser.parse_args()
+    import torch
+    import transformers
+
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for every in args.logging_steps:
+        print(f"[logging_steps={every}] {args.steps} steps per training, {args.rounds} alternating rounds")
+        ratios, costs, insides, steps = [], [], [], []
+        run = lambda tuiloop, every=every: trainer_time(args.steps, every, args.warmup, args.block, tuiloop)  # noqa: E731
+        for r in range(args.rounds):
+            if r % 2 == 0:
+                (with_cb, inside), (without, _) = run(True), run(False)
+            else:
+                (without, _), (with_cb, inside) = run(False), run(True)
+            ratios.append(with_cb / without)
+            costs.append((with_cb - without) * 1e6)
+            insides.append(inside)
+            steps.append(without)
+            print(
+                f"  round {r + 1}: with the callback {with_cb * 1e3:6.3f} ms/step   without {without * 1e3:6.3f} ms/step   "
+                f"ratio {ratios[-1]:.4f}   in the callback {inside * 1e6:5.1f} us/step",
+                flush=True,
+            )
+        inside, step = statistics.median(insides), statistics.median(steps)
+        print(
+            f"  median ratio {statistics.median(ratios):.4f} (rounds {min(ratios):.4f}-{max(ratios):.4f}); "
+            f"median difference {statistics.median(costs):+.0f} us per step; "
+            f"in the callback {inside * 1e6:.1f} us per step, {inside / step:.2%} of a {step * 1e3:.2f} ms step"
+        )
+
+
+if __name__ == "__main__":
+    main()
