@@ -153,7 +153,7 @@ def test_the_socket_pauses_saves_scales_the_learning_rate_and_stops_after_the_ep
         held = last_step(run_dir)
         time.sleep(0.6)
         assert last_step(run_dir) == held and of(events(run_dir), "state")[-1]["state"] == "paused"
-        assert send_command(run_dir, "toggle_pause") == {"ok": True}
+        assert send_command(run_dir, "resume") == {"ok": True}
         wait_until(lambda: last_step(run_dir) > held, 20, "steps after the resume")
         assert send_command(run_dir, "save") == {"ok": True}
         manual = wait_until(
