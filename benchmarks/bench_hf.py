@@ -2,15 +2,17 @@
 
 The same tiny GPT-2 (2 layers, 32 wide, a vocabulary of 100, sequences of 32 tokens, batch 8,
 AdamW, linear schedule, one CPU thread) trained by ``transformers.Trainer`` with and without the
-callback, alternating, several rounds, in one process. A timing callback reads the clock at the
-end of every step; a training's time per step is the median over blocks of ``--block`` steps
-(after the first ``--warmup``) of the block's mean, so a moment when another process takes the
-CPU does not decide a round. With the callback every step also obeys the commands (a plain
+callback, alternating, several rounds, in one process. A timing callback reads two clocks at the
+end of every step: the CPU time of the whole process (every thread of it, tuiloop's socket,
+signal and sampler threads included) and the wall clock. A training's time per step is the
+median over blocks of ``--block`` steps (after the first ``--warmup``) of the block's mean. The
+CPU time is the figure that counts: another process that takes the CPU for a moment moves the
+wall clock of one round, not the CPU time this process spends on a step. With the callback every step also obeys the commands (a plain
 attribute read) and every ``logging_steps`` writes the Trainer's log as a step event; the run
 directory, its socket and the machine sampler live as they do in use. Evaluation and
 checkpoints are off in both.
 
-It prints each round, the median ratio (with / without; the target is under 1.01) and, measured
+It prints each round, the median ratios (with / without; the target is under 1.01) and, measured
 directly, the time spent inside the callback's hooks per step (a figure that noise on a busy
 machine does not move).
 
@@ -32,19 +34,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def trainer_time(steps: int, logging_steps: int, warmup: int, block: int, with_tuiloop: bool) -> tuple[float, float]:
-    """Seconds per step of one training, and seconds per step inside tuiloop's hooks."""
+def trainer_time(
+    steps: int, logging_steps: int, warmup: int, block: int, with_tuiloop: bool
+) -> tuple[float, float, float]:
+    """CPU seconds per step of one training, wall seconds per step, and seconds per step inside tuiloop's hooks."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from tuiloop.integrations.transformers import TuiloopCallback
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.cpu: list[float] = []
+            self.wall: list[float] = []
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.times.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+            self.wall.append(time.perf_counter())
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2))
@@ -68,23 +75,29 @@ def trainer_time(steps: int, logging_steps: int, warmup: int, block: int, with_t
         inside = [0.0]
         if with_tuiloop:
             callbacks.append(timed(TuiloopCallback(run_dir=Path(tmp) / "run"), inside))
-        Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train()
-    t = clock.times[warmup:]
-    blocks = [(t[i + block] - t[i]) / block for i in range(0, len(t) - block, block)]
-    return statistics.median(blocks), inside[0] / steps
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)  # its print of every log is the same work with or without tuiloop
+        trainer.train()
+    return per_step(clock.cpu[warmup:], block), per_step(clock.wall[warmup:], block), inside[0] / steps
+
+
+def per_step(t: list[float], block: int) -> float:
+    """The median over blocks of ``block`` steps of the block's time per step."""
+    return statistics.median((t[i + block] - t[i]) / block for i in range(0, len(t) - block, block))
 
 
 def timed(callback: Any, total: list[float]) -> Any:
-    """``callback`` with the time spent in each of its step, log and epoch hooks added to ``total[0]``."""
+    """``callback`` with the CPU time its step, log and epoch hooks take added to ``total[0]`` (this
+    thread's CPU time: a moment when the machine runs another process is not counted)."""
     for name in ("on_step_end", "on_log", "on_epoch_begin", "on_epoch_end"):
         hook = getattr(callback, name)
 
         def clocked(*args: Any, _hook: Any = hook, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             try:
                 return _hook(*args, **kwargs)
             finally:
-                total[0] += time.perf_counter() - t0
+                total[0] += time.thread_time() - t0
 
         setattr(callback, name, clocked)
     return callback
@@ -108,26 +121,29 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     for every in args.logging_steps:
         print(f"[logging_steps={every}] {args.steps} steps per training, {args.rounds} alternating rounds")
-        ratios, costs, insides, steps = [], [], [], []
+        cpu_ratios, wall_ratios, costs, insides, steps = [], [], [], [], []
         run = lambda tuiloop, every=every: trainer_time(args.steps, every, args.warmup, args.block, tuiloop)  # noqa: E731
         for r in range(args.rounds):
             if r % 2 == 0:
-                (with_cb, inside), (without, _) = run(True), run(False)
+                (cpu_with, wall_with, inside), (cpu_without, wall_without, _) = run(True), run(False)
             else:
-                (without, _), (with_cb, inside) = run(False), run(True)
-            ratios.append(with_cb / without)
-            costs.append((with_cb - without) * 1e6)
+                (cpu_without, wall_without, _), (cpu_with, wall_with, inside) = run(False), run(True)
+            cpu_ratios.append(cpu_with / cpu_without)
+            wall_ratios.append(wall_with / wall_without)
+            costs.append((cpu_with - cpu_without) * 1e6)
             insides.append(inside)
-            steps.append(without)
+            steps.append(cpu_without)
             print(
-                f"  round {r + 1}: with the callback {with_cb * 1e3:6.3f} ms/step   without {without * 1e3:6.3f} ms/step   "
-                f"ratio {ratios[-1]:.4f}   in the callback {inside * 1e6:5.1f} us/step",
+                f"  round {r + 1}: CPU {cpu_with * 1e3:6.3f} vs {cpu_without * 1e3:6.3f} ms/step (ratio {cpu_ratios[-1]:.4f})   "
+                f"wall {wall_with * 1e3:6.3f} vs {wall_without * 1e3:6.3f} ms/step (ratio {wall_ratios[-1]:.4f})   "
+                f"in the callback {inside * 1e6:5.1f} us/step",
                 flush=True,
             )
         inside, step = statistics.median(insides), statistics.median(steps)
         print(
-            f"  median ratio {statistics.median(ratios):.4f} (rounds {min(ratios):.4f}-{max(ratios):.4f}); "
-            f"median difference {statistics.median(costs):+.0f} us per step; "
+            f"  median CPU ratio {statistics.median(cpu_ratios):.4f} (rounds {min(cpu_ratios):.4f}-{max(cpu_ratios):.4f}); "
+            f"median wall ratio {statistics.median(wall_ratios):.4f}; "
+            f"median CPU difference {statistics.median(costs):+.0f} us per step; "
             f"in the callback {inside * 1e6:.1f} us per step, {inside / step:.2%} of a {step * 1e3:.2f} ms step"
         )
 

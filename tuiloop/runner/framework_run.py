@@ -124,17 +124,19 @@ class FrameworkRun:
         steering = self.steering = Steering(
             commands, ranks, device, self.progress, _Writes(self), optimizer, scheduler, self._emit, self._ask_save
         )
+        if ranks.distributed:  # where every rank runs: the machines for the monitor, the processes for a forced end
+            ranks.peers = tuple((str(h), int(p)) for h, p in ranks.gather((socket.gethostname(), os.getpid())))
+            ranks.nodes = tuple(dict.fromkeys(host for host, _ in ranks.peers))
         error: Exception | None = None
         if ranks.is_main:
             try:
                 self._open(plan, config, commands, steering)
             except Exception as e:
                 error = e
-        if ranks.distributed:  # the others learn whether it could, and where every rank runs (for a forced end)
+        if ranks.distributed:  # the others learn whether it could
             said = ranks.broadcast(f"{type(error).__name__}: {error}" if error is not None else None)
             if error is None and said is not None:
                 raise RuntimeError(f"the main process could not open the run directory: {said}")
-            ranks.peers = tuple(tuple(p) for p in ranks.gather((socket.gethostname(), os.getpid())))
             if self.life is not None:
                 self.life.on_forced = ranks.kill_local_peers
         if error is not None:
