@@ -20,6 +20,7 @@ import pytest
 from conftest import FIXTURES, cli_env, run_cli
 from runs_support import TUILOOP, Tmux, answers, events, last_step, summary, wait_until
 
+import tuiloop
 from tuiloop.engine.commands import obeyed_by
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.lock import is_locked
@@ -121,6 +122,15 @@ def test_a_trainer_run_writes_a_full_run_directory(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     rows = exported.stdout.splitlines()
     assert rows[0].startswith("kind,epoch,step") and len(rows) == 1 + 8 + 2, rows
+    other = tmp_path / "runs" / "mine"  # a run of another loop beside it
+    with tuiloop.track(other, epochs=2) as mine:
+        for epoch in (1, 2):
+            mine.log(epoch * 8, 4.0 - epoch)
+            mine.validated(epoch, val_loss=4.0 - epoch)
+    compared = run_cli("compare", run_dir, other, cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    assert "gpt2" in compared.stdout and "mine" in compared.stdout, compared.stdout
+    assert f"gpt2  finished  2/2     {s['best_value']:.4f} @2" in compared.stdout, compared.stdout
     again = run_cli("run", "--resume", run_dir, cwd=tmp_path)
     assert again.returncode == 2 and "resume=True" in again.stderr, again.stderr
 
@@ -210,6 +220,17 @@ def test_an_attached_monitor_offers_the_trainers_keys_and_p_and_q_steer_it(tmp_p
         assert "P Suspend" not in screen and "Early stopping" not in screen, screen
         tmux.send(term, "p")
         tmux.wait_for(term, r"(?s)PAUSED.*p Resume", 20)
+        held = last_step(run_dir)
+        time.sleep(0.5)
+        assert last_step(run_dir) == held, "the Trainer waits in on_step_end"
+        tmux.send(term, "p")
+        tmux.wait_for(term, r"(?s)RUNNING.*p Pause", 20)
+        tmux.send(term, "s")
+        manual = wait_until(
+            lambda: [c for c in of(events(run_dir), "checkpoint") if c["tag"] == "manual"], 30, "the save s asks for"
+        )[0]
+        assert (out / f"checkpoint-{manual['step']}").is_dir(), "the Trainer wrote its own checkpoint"
+        tmux.wait_for(term, r"saved manual", 20)
         tmux.send(term, "q")
         tmux.wait_for(term, r"Stop the run\?", 10)
         tmux.send(term, "y")
