@@ -65,6 +65,7 @@ def test_a_trainer_run_writes_a_full_run_directory(tmp_path: Path) -> None:
     assert {p.name for p in run_dir.iterdir()} >= {"run.json", "events.jsonl", "summary.json", "checkpoints"}
     assert not is_locked(run_dir) and not (run_dir / "control.sock").exists()
     info = json.loads((run_dir / "run.json").read_text())
+    started_at = info["started"]
     assert info["loop"] == "transformers" and info["name"] == "gpt2"
     assert info["config"]["learning_rate"] == 5e-3 and info["config"]["per_device_train_batch_size"] == 8
     assert info["config"]["lr_scheduler_type"] == "linear", "the TrainingArguments, as the Trainer has them"
@@ -133,6 +134,28 @@ def test_a_trainer_run_writes_a_full_run_directory(tmp_path: Path) -> None:
     assert f"gpt2  finished  2/2     {s['best_value']:.4f} @2" in compared.stdout, compared.stdout
     again = run_cli("run", "--resume", run_dir, cwd=tmp_path)
     assert again.returncode == 2 and "resume=True" in again.stderr, again.stderr
+
+    # the script run again on the same run directory: refused, nothing mixed into the run
+    logged = (run_dir / "events.jsonl").read_bytes()
+    proc, _, _ = start(tmp_path)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "RunExists" in stderr and "resume=True" in stderr, stderr[-3000:]
+    assert (run_dir / "events.jsonl").read_bytes() == logged and summary(run_dir)["status"] == "completed"  # type: ignore[index]
+    # resumed from the Trainer's last checkpoint for a third epoch: the same run, continued
+    proc, _, _ = start(tmp_path, "--epochs", "3", "--resume-from", str(out / "checkpoint-16"))
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "trained 24" in stdout, stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["started"] == started_at and len(info["resumes"]) == 1
+    resumed = of(events(run_dir), "run_started")[-1]
+    assert (resumed["start_step"], resumed["start_epoch"], resumed["resumed_from"]) == (
+        16,
+        2,
+        str(out / "checkpoint-16"),
+    )
+    s = summary(run_dir)
+    assert s is not None and (s["status"], s["epochs_done"], s["steps"]) == ("completed", 3, 24)
+    assert [v["epoch"] for v in of(events(run_dir), "validated")] == [1, 2, 3]
 
 
 def scheduled_lrs(base: float, steps: int) -> dict[int, float]:

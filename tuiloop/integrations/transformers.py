@@ -68,6 +68,8 @@ class TuiloopCallback(TrainerCallback):
         self.run = FrameworkRun("transformers", "TuiloopCallback", run_dir, name, resume, handle_signals, log_interval)
         self.epoch = 1  # the epoch in progress, from 1
         self._last_logged = 0  # the step of the Trainer's last loss
+        # a stop saves; with save_strategy="epoch" the Trainer saves at the epoch's end anyway, even cut short
+        self._save_on_stop = False
 
     # ---- beginning and end ----------------------------------------------------------------------
     def on_train_begin(
@@ -81,6 +83,7 @@ class TuiloopCallback(TrainerCallback):
         if not hasattr(scheduler, "base_lrs"):  # Accelerate's wrapper: the schedule lives in the one it wraps
             scheduler = getattr(scheduler, "scheduler", scheduler)
         self._last_logged = state.global_step
+        self._save_on_stop = _strategy(args) == "steps"
         self.epoch = int(state.epoch or 0) + 1
         run.begin(_plan(args, state, model, loader), _ranks(args), optimizer, scheduler, _config(args), args.device)
         if run.run_dir is not None and args.logging_steps and args.logging_strategy == "steps":
@@ -104,8 +107,7 @@ class TuiloopCallback(TrainerCallback):
         self.run.epoch_begins(self.epoch)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        # a stop saves; with save_strategy="epoch" the Trainer saves at the epoch's end anyway, even cut short
-        save, stop = self.run.step_end(state.global_step, _strategy(args) == "steps")
+        save, stop = self.run.step_end(state.global_step, self._save_on_stop)
         if save:
             control.should_save = True
         if stop:
@@ -116,7 +118,7 @@ class TuiloopCallback(TrainerCallback):
     ) -> None:
         if self.run.epoch_end(self.epoch):
             control.should_training_stop = True
-            control.should_save = control.should_save or _strategy(args) == "steps"
+            control.should_save = control.should_save or self._save_on_stop
 
     # ---- what the Trainer reports ---------------------------------------------------------------
     def on_log(
