@@ -5,19 +5,19 @@ AdamW, linear schedule, one CPU thread) trained by ``transformers.Trainer`` with
 callback, alternating, several rounds, in one process. A timing callback reads two clocks at the
 end of every step: the CPU time of the whole process (every thread of it, tuiloop's socket,
 signal and sampler threads included) and the wall clock. A training's time per step is the
-median over blocks of ``--block`` steps (after the first ``--warmup``) of the block's mean. The
-CPU time is the figure that counts: another process that takes the CPU for a moment moves the
-wall clock of one round, not the CPU time this process spends on a step. With the callback every step also obeys the commands (a plain
-attribute read) and every ``logging_steps`` writes the Trainer's log as a step event; the run
-directory, its socket and the machine sampler live as they do in use. Evaluation and
-checkpoints are off in both.
+median over blocks of ``--block`` steps (after the first ``--warmup``) of the block's mean.
+Another process that takes the CPU moves the wall clock of a round far more than its CPU time,
+but on a shared machine both spread by more than 1%. With the callback every step also obeys
+the commands (a plain attribute read) and every ``logging_steps`` writes the Trainer's log as a
+step event; the run directory, its socket and the machine sampler live as they do in use.
+Evaluation and checkpoints are off in both.
 
 It prints each round, the median ratios (with / without; the target is under 1.01) and, measured
-directly, the time spent inside the callback's hooks per step (a figure that noise on a busy
-machine does not move).
+directly, the CPU time spent inside the callback's hooks per step (less the cost of reading the
+clock), the figure that other work on the machine moves least.
 
     python benchmarks/bench_hf.py
-    python benchmarks/bench_hf.py --rounds 9 --steps 400 --logging-steps 1
+    python benchmarks/bench_hf.py --rounds 11 --steps 400 --logging-steps 1
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ pytestmark_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs
 
 
 @pytestmark_tmux
-def test_an_attached_monitor_offers_the_trainers_keys_and_p_and_q_steer_it(tmp_path: Path, tmux: Tmux) -> None:
+def test_an_attached_monitor_offers_the_trainers_keys_and_p_s_q_steer_it(tmp_path: Path, tmux: Tmux) -> None:
     proc, run_dir, out = start(tmp_path, "--epochs", "40", "--step-s", "0.03")
     try:
         wait_until(lambda: answers(run_dir) and last_step(run_dir) >= 2, 90, "the Trainer to train")
