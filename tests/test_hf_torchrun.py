@@ -107,3 +107,35 @@ def test_two_processes_obey_each_key_at_the_same_step_and_q_ends_both(tmp_path: 
     assert shown.returncode == 0 and "finished: stopped (stopped by request)" in shown.stdout, shown.stdout[-2000:]
     listed = run_cli("ls", tmp_path / "runs", cwd=tmp_path)
     assert run_dir.name in listed.stdout and "stopped" in listed.stdout, listed.stdout
+
+
+def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    """A SIGINT that reaches only the second process: the ranks agree on the stop, and both end
+    at the same step, the run recorded as stopped."""
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [*torchrun, SCRIPT, "-", out, "--epochs", "40", "--step-s", "0.03"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    try:
+        run_dir = wait_until(lambda: only_run(tmp_path / "runs"), 120, "the main process's run directory")
+        wait_until(lambda: answers(run_dir) and last_step(run_dir) >= 4, 120, "the ranks to train")
+        os.kill(json.loads((out / "rank-1.json").read_text())["pid"], signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, output[-4000:]
+    seen = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(process_gone(s["pid"]) for s in seen)
+    s = summary(run_dir)
+    assert s is not None and s["status"] == "stopped" and s["steps"] < 40 * STEPS_PER_EPOCH
+    assert seen[0]["global_step"] == seen[1]["global_step"] == s["steps"]
+    assert not is_locked(run_dir)
