@@ -24,6 +24,7 @@ from tuiloop.rundir.lock import is_locked
 
 pytest.importorskip("transformers", reason="transformers is not installed (it is in the [test] extra)")
 pytest.importorskip("accelerate", reason="accelerate is not installed (it is in the [test] extra)")
+pytestmark = pytest.mark.slow  # every test here starts the Trainer in a process of its own
 
 SCRIPT = FIXTURES / "hf_trainer.py"
 TIMEOUT_S = 4  # the process group's (TrainingArguments.ddp_timeout); the pause is held longer than this
