@@ -14,7 +14,9 @@ Evaluation and checkpoints are off in both.
 
 It prints each round, the median ratios (with / without; the target is under 1.01) and, measured
 directly, the CPU time spent inside the callback's hooks per step (less the cost of reading the
-clock), the figure that other work on the machine moves least.
+clock) and the CPU time per step of the process's other threads against the same without the
+callback (tuiloop's control socket, signal and machine-sampling threads): the figures that other
+work on the machine, and the spread between one training and the next, move least.
 
     python benchmarks/bench_hf.py
     python benchmarks/bench_hf.py --rounds 11 --steps 400 --logging-steps 1
@@ -36,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def trainer_time(
     steps: int, logging_steps: int, warmup: int, block: int, with_tuiloop: bool
-) -> tuple[float, float, float]:
-    """CPU seconds per step of one training, wall seconds per step, and seconds per step inside tuiloop's hooks."""
+) -> tuple[float, float, float, float]:
+    """CPU seconds per step of one training, wall seconds per step, seconds per step inside
+    tuiloop's hooks, and the CPU seconds per step of the process's threads but the main one."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -48,10 +51,12 @@ def trainer_time(
         def __init__(self) -> None:
             self.cpu: list[float] = []
             self.wall: list[float] = []
+            self.main: list[float] = []  # the main thread's CPU time
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.cpu.append(time.process_time())
             self.wall.append(time.perf_counter())
+            self.main.append(time.thread_time())
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2))
@@ -78,7 +83,9 @@ def trainer_time(
         trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)  # its print of every log is the same work with or without tuiloop
         trainer.train()
-    return per_step(clock.cpu[warmup:], block), per_step(clock.wall[warmup:], block), inside[0] / steps
+    cpu, main = clock.cpu[warmup:], clock.main[warmup:]
+    others = ((cpu[-1] - cpu[0]) - (main[-1] - main[0])) / (len(cpu) - 1)
+    return per_step(cpu, block), per_step(clock.wall[warmup:], block), inside[0] / steps, others
 
 
 def per_step(t: list[float], block: int) -> float:
@@ -132,30 +139,38 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     for every in args.logging_steps:
         print(f"[logging_steps={every}] {args.steps} steps per training, {args.rounds} alternating rounds")
-        cpu_ratios, wall_ratios, costs, insides, steps = [], [], [], [], []
+        cpu_ratios, wall_ratios, costs, insides, threads, steps = [], [], [], [], [], []
         run = lambda tuiloop, every=every: trainer_time(args.steps, every, args.warmup, args.block, tuiloop)  # noqa: E731
         for r in range(args.rounds):
             if r % 2 == 0:
-                (cpu_with, wall_with, inside), (cpu_without, wall_without, _) = run(True), run(False)
+                (cpu_with, wall_with, inside, others_with), (cpu_without, wall_without, _, others_without) = (
+                    run(True),
+                    run(False),
+                )
             else:
-                (cpu_without, wall_without, _), (cpu_with, wall_with, inside) = run(False), run(True)
+                (cpu_without, wall_without, _, others_without), (cpu_with, wall_with, inside, others_with) = (
+                    run(False),
+                    run(True),
+                )
             cpu_ratios.append(cpu_with / cpu_without)
             wall_ratios.append(wall_with / wall_without)
             costs.append((cpu_with - cpu_without) * 1e6)
             insides.append(inside)
+            threads.append(others_with - others_without)
             steps.append(cpu_without)
             print(
                 f"  round {r + 1}: CPU {cpu_with * 1e3:6.3f} vs {cpu_without * 1e3:6.3f} ms/step (ratio {cpu_ratios[-1]:.4f})   "
                 f"wall {wall_with * 1e3:6.3f} vs {wall_without * 1e3:6.3f} ms/step (ratio {wall_ratios[-1]:.4f})   "
-                f"in the callback {inside * 1e6:5.1f} us/step",
+                f"in the callback {inside * 1e6:5.1f} us/step, its threads {threads[-1] * 1e6:+5.1f} us/step",
                 flush=True,
             )
-        inside, step = statistics.median(insides), statistics.median(steps)
+        inside, step, thread = statistics.median(insides), statistics.median(steps), statistics.median(threads)
         print(
             f"  median CPU ratio {statistics.median(cpu_ratios):.4f} (rounds {min(cpu_ratios):.4f}-{max(cpu_ratios):.4f}); "
             f"median wall ratio {statistics.median(wall_ratios):.4f}; "
             f"median CPU difference {statistics.median(costs):+.0f} us per step; "
-            f"in the callback {inside * 1e6:.1f} us per step, {inside / step:.2%} of a {step * 1e3:.2f} ms step"
+            f"in the callback {inside * 1e6:.1f} us per step and in its threads {thread * 1e6:+.1f} us, "
+            f"{(inside + thread) / step:.2%} of a {step * 1e3:.2f} ms step"
         )
 
 
