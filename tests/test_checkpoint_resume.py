@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import assert_same_weights, load_ckpt, write_spec
 
-from tuiloop.engine.events import Event, TrainSteps
+from tuiloop.engine.events import CheckpointSaved, Event, TrainSteps
 from tuiloop.engine.trainer import Trainer
 from tuiloop.runner.build import build_trainer
 from tuiloop.spec import load_spec, resolve
@@ -144,11 +144,15 @@ def test_pause_and_save_now_do_not_change_the_result(workdir: Path) -> None:
                 run.commands.send(cmd)
                 sent.append(cmd)
 
+    seen: list[Event] = []
     run.subscribe(sink)
+    run.subscribe(seen.append)
     assert run.run().status == "completed"
     assert_same_weights(run.model.state_dict(), ref.model.state_dict())
     manual = load_ckpt(workdir / "cmd" / "checkpoints" / "manual-step0000005.pt")
-    assert manual["step"] == 5 and manual["batch_in_epoch"] == 5
+    assert manual["step"] == 5 and manual["batch_in_epoch"] == 5 and manual["epoch"] == 0  # epochs completed
+    (saved,) = [e for e in seen if isinstance(e, CheckpointSaved) and e.tag == "manual"]
+    assert saved.epoch == 1, "the log names the epoch the save was made in, as the screen counts it"
 
 
 def test_a_checkpoint_that_tracks_another_metric_is_refused(workdir: Path) -> None:

@@ -107,14 +107,25 @@ def check_tour(namespace: dict, out: str, tmp_path: Path) -> None:
     assert kinds[0] == "run_started" and kinds.count("validated") == 5 and kinds[-1] == "finished"
 
 
+def check_hf_trainer(namespace: dict, out: str, tmp_path: Path) -> None:
+    (run_dir,) = list((tmp_path / "runs").iterdir())  # run_dir=None: a fresh one under ./runs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"], summary["steps"]) == ("completed", 2, 16), summary
+    assert json.loads((run_dir / "run.json").read_text())["config"]["logging_steps"] == 2
+    kinds = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert kinds[0] == "run_started" and kinds.count("train_steps") == 8 and kinds.count("validated") == 2
+    assert kinds[-1] == "finished" and not (run_dir / "control.sock").exists()
+
+
 # Each Python block, told apart by a line only it has: the page that holds it, and what running it must give.
 CHECKS: dict[str, tuple[str, Callable[[dict, str, Path], None]]] = {
     'ckpt = torch.load("runs/digits-mlp-...': ("docs/rundir.md", check_load_checkpoint),
     'tuiloop.run_spec("demos/digits.toml"': ("docs/python.md", check_run_spec),
     "code, run_dir = tuiloop.execute(spec": ("docs/python.md", check_execute),
-    "trainer = Trainer(": ("docs/python.md", check_trainer),
+    "Batches(train_ds, device, batch_size=64": ("docs/python.md", check_trainer),
     '"runs/my-loop", config=': ("docs/python.md", check_track),
     'with tuiloop.track("runs/tour"': ("README.md", check_tour),
+    "callbacks=[TuiloopCallback()],": ("docs/integrations.md", check_hf_trainer),
 }
 
 
@@ -134,6 +145,9 @@ def test_python_example_runs(
 ) -> None:
     ((page, code),) = [(page, block) for page, block in python_blocks() if marker in block]
     check = CHECKS[marker][1]
+    if check is check_hf_trainer:
+        pytest.importorskip("transformers", reason="transformers is not installed (it is in the [test] extra)")
+        pytest.importorskip("accelerate", reason="accelerate is not installed (it is in the [test] extra)")
     monkeypatch.chdir(tmp_path)
     code = code.replace('"demos/digits.toml"', repr(str(DEMOS / "digits.toml")))
     if check is check_load_checkpoint:  # loading a checkpoint: make one with the real demo first

@@ -109,14 +109,38 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
 @pytest.mark.parametrize("package, banned", [("engine", ("textual", "rich")), ("tui", ("torch",))])
 def test_a_layer_does_not_import_what_it_must_not(package: str, banned: tuple[str, ...]) -> None:
     """The engine has no UI imports; the monitor has no torch, not even inside a function."""
-    bad = []
-    for path in (PACKAGE / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
-            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in banned]
+    bad = [
+        f"{path.name}: {name}"
+        for path in (PACKAGE / package).rglob("*.py")
+        for name in absolute_imports(path)
+        if name.split(".")[0] in banned
+    ]
     assert not bad, bad
+
+
+def absolute_imports(path: Path) -> list[str]:
+    """Every module ``path`` imports by its absolute name, at its top or inside a function."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return names
+
+
+def test_only_an_integration_imports_the_library_it_integrates() -> None:
+    """transformers and accelerate come with an extra: the core never imports them, not even
+    inside a function; tuiloop.integrations.transformers does, and nothing imports it."""
+    libraries = ("transformers", "accelerate")
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        inside = "integrations" in path.relative_to(PACKAGE).parts
+        for name in absolute_imports(path):
+            if (name.split(".")[0] in libraries and not inside) or name.startswith("tuiloop.integrations"):
+                bad.append(f"{path.relative_to(PACKAGE)}: {name}")
+    assert not bad, bad
+    assert "transformers" in absolute_imports(PACKAGE / "integrations" / "transformers.py"), "the check can fail"
 
 
 def test_the_monitor_and_the_views_never_load_torch() -> None:

@@ -5,6 +5,7 @@ exception, and forced or stopped by signals like any run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tuiloop.rundir.control import send_command
 from tuiloop.rundir.eventlog import read_events
 from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.lock import is_locked
+from tuiloop.runner.opening import RunExists
 from tuiloop.runner.track import Run
 
 
@@ -241,14 +243,24 @@ def test_a_live_run_directory_cannot_be_tracked_twice(tmp_path: Path) -> None:
     )
 
 
-def test_a_finished_run_directory_is_continued(tmp_path: Path) -> None:
+def test_a_finished_run_directory_is_continued_only_when_asked(tmp_path: Path) -> None:
+    """Running a script again with the same run_dir must not merge two runs into one log: it is
+    refused with both choices named, and resume=True continues the run."""
     run_dir = tmp_path / "twice"
     with tuiloop.track(run_dir, name="first", epochs=1) as run:
         run.log(1, 1.0)
         run.validated(1, val_loss=1.0)
     run.close()  # closing again is harmless
     started = read_json(run_dir / "run.json")["started"]  # type: ignore[index]
-    with tuiloop.track(run_dir, epochs=2) as run:
+    logged = (run_dir / "events.jsonl").read_bytes()
+    with pytest.raises(RunExists) as refused:
+        tuiloop.track(run_dir, epochs=2)
+    text = str(refused.value)
+    assert str(run_dir) in text and "completed run" in text
+    assert "resume=True" in text and "run_dir=None" in text, "both choices are named"
+    assert (run_dir / "events.jsonl").read_bytes() == logged and summary(run_dir)["status"] == "completed"  # type: ignore[index]
+    assert not is_locked(run_dir), "the refused call let go of the lock"
+    with tuiloop.track(run_dir, epochs=2, resume=True) as run:
         assert summary(run_dir) is None, "a continued run is live again"
         run.log(2, 0.5)
         run.validated(2, val_loss=0.5)
@@ -256,6 +268,25 @@ def test_a_finished_run_directory_is_continued(tmp_path: Path) -> None:
     assert info is not None and info["name"] == "first" and info["started"] == started and len(info["resumes"]) == 1
     assert [e["event"] for e in events(run_dir)].count("run_started") == 2
     assert summary(run_dir)["status"] == "completed"  # type: ignore[index]
+
+
+def test_without_a_run_dir_each_run_gets_a_fresh_directory_named_for_the_script(tmp_path: Path) -> None:
+    """``track()`` with no run_dir, as a script run twice calls it: two runs, two directories
+    under ./runs, named as spec runs are (<name>-<timestamp>-<hex>)."""
+    script = tmp_path / "train_mlp.py"
+    script.write_text("import tuiloop\nwith tuiloop.track(epochs=1) as run:\n    run.log(1, 0.5)\nprint(run.run_dir)\n")
+    made = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, script], cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        made.append(Path(done.stdout.strip()))
+    assert made[0] != made[1] and all(p.parent == tmp_path / "runs" for p in made)
+    assert all(re.fullmatch(r"train_mlp-\d{8}-\d{6}-[0-9a-f]{4}", p.name) for p in made), made
+    assert [summary(p)["steps"] for p in made] == [1, 1]  # type: ignore[index]
+    with pytest.raises(ValueError, match="run_dir=None always starts a fresh one"):
+        tuiloop.track(resume=True)
 
 
 SCRIPT = """

@@ -24,10 +24,12 @@ from typing import Any, Literal
 from tuiloop.engine.exits import EXIT_FORCED
 
 # The loops that obey commands: a spec run (or the Python Trainer) in one process, a spec run
-# over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track.
-Loop = Literal["spec", "distributed", "track"]
-EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track"})
+# over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track, the Hugging
+# Face Trainer through tuiloop's callback (one process or several).
+Loop = Literal["spec", "distributed", "track", "transformers"]
+EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track", "transformers"})
 SPEC_LOOPS: frozenset[Loop] = frozenset({"spec", "distributed"})
+STEERED_LOOPS: frozenset[Loop] = SPEC_LOOPS | {"transformers"}  # the loops whose epochs and optimizer tuiloop reaches
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,10 @@ COMMANDS = (
     ),
     Command("force", "exit at once, without saving (a second Ctrl+C)", at_once=True, agreed=False),
     # e, as p: the one the view calls for; sent twice, either does what it does once
-    Command("stop_after_epoch", STOP_AFTER_HELP, key="e", label="Stop@epoch", obeyed_by=SPEC_LOOPS),
-    Command("go_on", STOP_AFTER_HELP, key="e", label="Go on", obeyed_by=SPEC_LOOPS),
-    Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=SPEC_LOOPS, asks=True),
-    Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=SPEC_LOOPS, asks=True),
+    Command("stop_after_epoch", STOP_AFTER_HELP, key="e", label="Stop@epoch", obeyed_by=STEERED_LOOPS),
+    Command("go_on", STOP_AFTER_HELP, key="e", label="Go on", obeyed_by=STEERED_LOOPS),
+    Command("lr_down", LR_HELP, key="minus", shown="-", label="LR½", obeyed_by=STEERED_LOOPS, asks=True),
+    Command("lr_up", LR_HELP, key="plus", shown="+", label="LR×2", obeyed_by=STEERED_LOOPS, asks=True),
     Command(
         "suspend",
         "suspend to disk: save the full state and end the training process, freeing the GPU",

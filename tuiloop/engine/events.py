@@ -108,6 +108,8 @@ class RunStarted(Event):
     nodes: list[str] = field(default_factory=list)  # their machines
     commands: list[str] | None = None  # the commands the run obeys (None: every one; tuiloop.track: fewer)
     modes: dict[str, str] = field(default_factory=dict)  # which way each metric improves: "max" | "min"
+    loop: str = "spec"  # what trains: spec (tuiloop's engine), track (tuiloop.track), transformers (HF Trainer)
+    max_steps: int | None = None  # the planned steps where the loop says (a Trainer's max_steps); else epochs x steps
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,10 @@ class EarlyStopUpdate(Event):
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
-    """A checkpoint file was written atomically; ``path`` is relative to the run directory."""
+    """A checkpoint file was written atomically; ``path`` is relative to the run directory.
+
+    ``epoch`` is the epoch the saved state is in: the epoch just completed for a save at its end,
+    the epoch in progress for a save in the middle of one (``s``, a stop)."""
 
     kind: ClassVar[str] = "checkpoint"
     tag: str  # best | last | periodic | manual

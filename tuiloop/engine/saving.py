@@ -156,6 +156,8 @@ class Checkpoints:
             monitor = self.ends.best.monitor
             metric = self.ends.last_metrics.get(monitor)
             epoch, step = self.progress.epoch, self.progress.step
+            # the event names the epoch the state is in: for a save mid-epoch, the one in progress
+            in_epoch = epoch + 1 if self.progress.batch_in_epoch else epoch
             for tag in tags:
                 name = FILE_NAMES.get(tag) or (
                     f"epoch-{epoch:04d}.pt" if tag == "periodic" else f"manual-step{step:07d}.pt"
@@ -167,7 +169,7 @@ class Checkpoints:
                     raise StorageError(f"checkpoints/{name}", e) from e
                 self.good[name] = self.progress.at()
                 saved = CheckpointSaved(
-                    tag, str(path.relative_to(run_dir)), epoch, step, metric, monitor, sha256=digest
+                    tag, str(path.relative_to(run_dir)), in_epoch, step, metric, monitor, sha256=digest
                 )
                 self.saves[name] = saved
                 self.emit(saved)

@@ -13,7 +13,7 @@ every half second, so no collective waits long enough to hit the NCCL or gloo ti
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -22,9 +22,20 @@ from tuiloop.engine.distributed import SLOT, SLOTS, Ranks, steps_between_agreeme
 from tuiloop.engine.events import Event, SettingChanged, StateChanged
 from tuiloop.engine.lr import scale_lr
 from tuiloop.engine.progress import Progress
-from tuiloop.engine.telemetry import StepTelemetry
 
 PAUSED_AGREE_S = 0.5
+
+
+class Telemetry(Protocol):
+    """What steering needs of the steps' writer (the engine's StepTelemetry; a framework
+    callback's step writer): write what is buffered, restart the rate after a pause."""
+
+    interval: float  # seconds between writes
+    next_flush: float  # when the next write is due (perf_counter)
+
+    def flush(self) -> None: ...
+
+    def restart_clock(self) -> None: ...
 
 
 class Steering:
@@ -41,7 +52,7 @@ class Steering:
         ranks: Ranks,
         device: torch.device,
         progress: Progress,
-        telemetry: StepTelemetry,
+        telemetry: Telemetry,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         emit: Callable[[Event], None],

@@ -94,7 +94,7 @@ class RunDigest(EventReader):
         self.loss_scale: float | None = None  # 16-mixed's grad scaler
         self.loss_scales = Downsampled(128)  # its history, x = step
         self.skipped_steps = 0
-        self.active_steps = 0  # steps logged while running since the session started (for the ETA)
+        self.active_steps = 0  # steps advanced while running since the session started (for the ETA)
         self.running = False
         # the machine's load (a SystemSample every 2 s): the latest, a short history, the peaks
         self.system: SystemSample | None = None
@@ -138,6 +138,8 @@ class RunDigest(EventReader):
         self.phase = None
         self.train.extend(ev.first_step, ev.losses)
         self.train_recent.extend(ev.first_step, ev.losses)
+        # the steps advanced, not the values logged: a loop that logs every 10th step advanced 10
+        advanced = max(ev.first_step + n - 1 - self.step, 0)
         self.step = ev.first_step + n - 1
         self.epoch = ev.epoch
         self.step_in_epoch = ev.step_in_epoch
@@ -146,7 +148,7 @@ class RunDigest(EventReader):
             self.lr_history.append(self.step, ev.lr)
         self.step_times.append(self.step, ev.time)
         if self.running:
-            self.active_steps += n
+            self.active_steps += advanced
         if ev.grad_norms:
             self.grad_norms.extend(ev.first_step, ev.grad_norms)
         if ev.loss_scale is not None:

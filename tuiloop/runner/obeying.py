@@ -7,9 +7,9 @@ mailbox; :class:`Obeying` reads it when the loop asks (``should_stop``, ``save_r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from tuiloop.engine.commands import Commands
+from tuiloop.engine.commands import COMMAND, Commands
 
 PAUSED_POLL_S = 0.5
 
@@ -70,3 +70,19 @@ class Obeying:
                 self.on_stop(self.stop_reason)
         else:
             self.warn(cmd)
+
+
+class Obeyed(Commands):
+    """The mailbox of a loop that obeys only some commands: another one is refused (``refuse``
+    says so) instead of acting as something else (a suspend the loop cannot do)."""
+
+    def __init__(self, obeys: Iterable[str], refuse: Callable[[str], None]) -> None:
+        super().__init__()
+        self.obeys = frozenset(obeys)
+        self.refuse = refuse
+
+    def send(self, command: str) -> None:
+        if command in COMMAND and command not in self.obeys and not COMMAND[command].at_once:
+            self.refuse(command)
+            return
+        super().send(command)

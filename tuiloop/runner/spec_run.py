@@ -100,8 +100,9 @@ def load_run_spec(run_dir: Path) -> Spec:
     if not path.is_file() and info.get("tracked"):
         raise SpecError(
             f"--resume {run_dir}",
-            "the run has no spec.toml: it was tracked from your own loop (tuiloop.track)",
-            "Continue it in that loop: load your checkpoint and pass the same run directory to tuiloop.track.",
+            "the run has no spec.toml: it was written by your own loop (tuiloop.track, or a framework's callback)",
+            "Continue it in that loop: load your checkpoint and pass the same run directory with resume=True "
+            f"(tuiloop.track({str(run_dir)!r}, resume=True), TuiloopCallback(run_dir={str(run_dir)!r}, resume=True)).",
         )
     if not path.is_file():
         raise SpecError(

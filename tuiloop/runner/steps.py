@@ -32,9 +32,11 @@ class StepWriter:
         self.epoch_loss = [0.0, 0]  # sum and count of the losses written this epoch
         # the open run of consecutive steps, and closed ones waiting for the next write
         self._losses: list[Any] = []
+        self._norms: list[float] = []  # their grad norms (NaN where a step gave none), when any step gave one
         self._first = 0  # the step of _losses[0]
         self._next_step: int | None = None  # the step that continues the open run
-        self._segments: list[tuple[int, list[Any], int, float]] = []  # (first step, losses, step in epoch, lr)
+        # (first step, losses, grad norms, step in epoch, lr)
+        self._segments: list[tuple[int, list[Any], list[float], int, float]] = []
         self._lr = math.nan  # unknown until a step gives one
         self._samples = 0
         self._last_write = _clock()
@@ -46,21 +48,26 @@ class StepWriter:
         """The last step given (0 before the first)."""
         return self._next_step - 1 if self._next_step is not None else 0
 
-    def add(self, step: int, loss: Any, lr: float | None, samples: int) -> bool:
-        """One step's loss; True when a write is due."""
+    def add(self, step: int, loss: Any, lr: float | None, samples: int, grad_norm: float | None = None) -> bool:
+        """One step's loss (and the total grad norm before clipping, where the loop knows it); True
+        when a write is due."""
         if step != self._next_step:
             self._jump(step)
         self._next_step = step + 1
         self._losses.append(loss if type(loss) is float else _scalar(loss))
+        if grad_norm is not None or self._norms:
+            self._norms += [math.nan] * (len(self._losses) - 1 - len(self._norms))
+            self._norms.append(math.nan if grad_norm is None else float(grad_norm))
         if lr is not None:
             self._lr = lr
         if samples:
             self._samples += samples
         return _clock() >= self._due
 
-    def new_epoch(self) -> None:
-        """An epoch ended at the last step given: steps in the epoch count from here."""
-        self._epoch_start = self.step
+    def new_epoch(self, at_step: int | None = None) -> None:
+        """An epoch ended at ``at_step`` (default: the last step given; a loop that logs every N
+        steps knows better): steps in the epoch count from there."""
+        self._epoch_start = self.step if at_step is None else at_step
         self.epoch_loss = [0.0, 0]
 
     def restart_rate(self) -> None:
@@ -78,11 +85,11 @@ class StepWriter:
         segments, self._segments = self._segments, []
         rate = self._samples / max(now - self._last_write, 1e-9)
         self._samples, self._last_write = 0, now
-        for first, raw, in_epoch, lr in segments:
+        for first, raw, norms, in_epoch, lr in segments:
             losses = _floats(raw)
             self.epoch_loss[0] += sum(losses)
             self.epoch_loss[1] += len(losses)
-            self.emit(TrainSteps(epoch, first, losses, in_epoch, lr, rate))
+            self.emit(TrainSteps(epoch, first, losses, in_epoch, lr, rate, norms or None))
             if not all(map(math.isfinite, losses)):
                 bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
                 self.warn("loss", f"the training loss is {losses[bad]} at step {first + bad}")
@@ -101,8 +108,9 @@ class StepWriter:
     def _cut(self) -> None:
         """Close the open run of consecutive steps (written with the next flush)."""
         last = self._first + len(self._losses) - 1
-        self._segments.append((self._first, self._losses, last - self._epoch_start, self._lr))
-        self._losses = []
+        norms = self._norms + [math.nan] * (len(self._losses) - len(self._norms)) if self._norms else []
+        self._segments.append((self._first, self._losses, norms, last - self._epoch_start, self._lr))
+        self._losses, self._norms = [], []
         self._first = last + 1
 
 

@@ -5,7 +5,7 @@ its control socket, and the :class:`Run` it returns turns a few calls into the s
 run writes, so ``tuiloop attach RUN_DIR`` watches and steers it live and ``tuiloop show`` /
 ``tuiloop ls`` read it afterwards::
 
-    with tuiloop.track("runs/my-run", config=cfg, epochs=10, steps_per_epoch=len(loader)) as run:
+    with tuiloop.track(config=cfg, epochs=10, steps_per_epoch=len(loader), model=model) as run:
         for epoch in range(1, 11):
             for batch in loader:
                 ...
@@ -27,12 +27,9 @@ torch is imported only to read losses given as tensors, and for the versions in 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 import traceback
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,10 +39,10 @@ from tuiloop.engine.best import MetricMonitor
 from tuiloop.engine.commands import obeyed_by
 from tuiloop.engine.events import CheckpointSaved, Failed, Finished, Message, RunStarted, StateChanged, Validated
 from tuiloop.engine.origin import describe_where, format_frames, user_frames
-from tuiloop.rundir.layout import SUMMARY, is_run_dir
-from tuiloop.rundir.records import read_info
-from tuiloop.runner.life import RunLife, Standing
+from tuiloop.runner.life import Standing
 from tuiloop.runner.obeying import Obeying
+from tuiloop.runner.opening import open_run
+from tuiloop.runner.settings import config_data
 from tuiloop.runner.steps import StepWriter
 
 DEVICE = "user loop"  # what the monitor's start line says the run trains on
@@ -54,7 +51,7 @@ _clock = time.perf_counter
 
 
 def track(
-    run_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None = None,
     config: Any = None,
     name: str | None = None,
     epochs: int | None = None,
@@ -63,14 +60,19 @@ def track(
     mode: str = "min",
     handle_signals: bool = False,
     log_interval: float = 0.25,
+    model: Any = None,
+    resume: bool = False,
 ) -> Run:
-    """Open ``run_dir`` as the run directory of your own loop and return its :class:`Run`.
+    """Open a run directory for your own loop and return its :class:`Run`.
 
-    * ``run_dir``: the exact directory (made owner-only, with ``checkpoints/``, if missing). One
-      that holds an earlier run is continued: its log appended. A live one (its lock held by
-      another process) raises RuntimeError.
+    * ``run_dir``: the exact directory (made owner-only, with ``checkpoints/``, if missing); None
+      (the default): a fresh ``./runs/<name>-<timestamp>-<hex>`` each time. A directory that holds
+      an earlier run raises :class:`~tuiloop.runner.opening.RunExists` unless ``resume=True``,
+      which continues it (its log appended). A live one (its lock held by another process)
+      raises RuntimeError.
     * ``config``: your settings (a dict, a dataclass or an argparse Namespace), kept in run.json.
-    * ``name``: the run's name (default: the directory's name).
+    * ``name``: the run's name (default: the directory's name; with ``run_dir=None``, the script's).
+    * ``model``: your model, for the monitor's parameter count and device (nothing is kept).
     * ``epochs``, ``steps_per_epoch``: the plan, for the monitor's progress bar and ETA; a run
       that validated ``epochs`` epochs ends as completed.
     * ``monitor``, ``mode``: the metric of :meth:`Run.validated` whose best is tracked.
@@ -79,7 +81,9 @@ def track(
       block then ends the run as stopped).
     * ``log_interval``: seconds between writes of the buffered per-step losses.
     """
-    return Run(Path(run_dir), config, name, epochs, steps_per_epoch, monitor, mode, handle_signals, log_interval)
+    return Run(
+        run_dir, config, name, epochs, steps_per_epoch, monitor, mode, handle_signals, log_interval, model, resume
+    )
 
 
 # What a tracked loop obeys (the monitor offers only these keys); force needs no loop.
@@ -95,7 +99,7 @@ class Run:
 
     def __init__(
         self,
-        run_dir: Path,
+        run_dir: str | os.PathLike[str] | None,
         config: Any,
         name: str | None,
         epochs: int | None,
@@ -104,11 +108,16 @@ class Run:
         mode: str,
         handle_signals: bool,
         log_interval: float,
+        model: Any = None,
+        resume: bool = False,
     ) -> None:
         self.best = MetricMonitor(monitor, mode)  # mode and config are checked before anything is written
-        config_data = _config_data(config)
-        self.run_dir = run_dir.resolve()
-        self.name = name or self.run_dir.name
+        settings = config_data(config)
+        self._model = _model_facts(model)
+        opened = open_run(run_dir, name, resume, "tuiloop.track")
+        self._life = opened.life
+        self.run_dir = opened.life.run_dir
+        self.name = opened.info.get("name") or self.run_dir.name
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.monitor = monitor
@@ -121,6 +130,7 @@ class Run:
         )
         self.commands = self._obey.commands  # filled by the control socket's thread (and signals); read by the loop
         self.epochs_done = 0  # the last epoch given to validated()
+        self._validated_at = 0  # the step of that validation
         self.last_metrics: dict[str, float] = {}
         self.finished: Finished | None = None
         self._extra: dict[str, list[float]] = {}  # this epoch's other per-step values: name -> [sum, count]
@@ -128,19 +138,23 @@ class Run:
         self._warned: set[str] = set()
         self._closed = False
         self._t0 = _clock()
-        self._life = RunLife.open(self.run_dir, create=True)
         self._emit = self._life.emit
         self._steps = StepWriter(self._emit, self._warn, log_interval)
-        self._open(config_data, name, handle_signals, mode)
+        self._open(settings, opened.info, handle_signals, mode)
 
     # ---- opening and closing -------------------------------------------------------------------
-    def _open(self, config: dict[str, Any], name: str | None, handle_signals: bool, mode: str) -> None:
+    def _open(self, config: dict[str, Any], info: dict[str, Any], handle_signals: bool, mode: str) -> None:
         life = self._life
         life.standing = self._standing
         self.session = life.session
         try:
             info = life.start(
-                self.commands, stop=self._obey.request_stop, handle_signals=handle_signals, **self._info(name, config)
+                self.commands,
+                stop=self._obey.request_stop,
+                handle_signals=handle_signals,
+                **info,
+                tracked=True,
+                config=config,
             )
             self.name = info["name"]
             self._announce(mode, config)
@@ -150,23 +164,13 @@ class Run:
             life.close()
             raise
 
-    def _info(self, name: str | None, config: dict[str, Any]) -> dict[str, Any]:
-        """run.json's fields: the config; a continued run keeps its start and lists this one."""
-        fields: dict[str, Any] = {"tracked": True, "config": config}
-        if not is_run_dir(self.run_dir):
-            return {**fields, "name": self.name, "started": self._life.started}
-        info, _ = read_info(self.run_dir)  # a damaged field reads as absent
-        self._life.home.unlink(SUMMARY)  # live again: a crash from here must not read as the old ending
-        resumes = [*info.get("resumes", []), self._life.started]
-        return {**fields, "name": name or info.get("name") or self.name, "resumes": resumes}
-
     def _announce(self, mode: str, config: dict[str, Any]) -> None:
         self._emit(
             RunStarted(
                 run_name=self.name,
                 run_dir=str(self.run_dir),
-                device=DEVICE,
-                device_name=DEVICE,
+                device=self._model[1],
+                device_name=self._model[1],
                 epochs=self.epochs or 0,
                 steps_per_epoch=self.steps_per_epoch,
                 batch_size=None,
@@ -177,10 +181,11 @@ class Run:
                 monitor=self.monitor,
                 mode=mode,
                 patience=None,
-                num_params=0,
+                num_params=self._model[0],
                 pid=os.getpid(),
                 session=self.session,
                 commands=list(OBEYED),
+                loop="track",
             )
         )
         if config:
@@ -296,7 +301,7 @@ class Run:
                 f"validated() was not given {self.monitor}, the monitored metric: pass it, or track(..., monitor=...) one it gets ({', '.join(values) or 'none'})",
             )
         is_best = value is not None and self.best.update(value, epoch)
-        self.epochs_done, self.last_metrics = epoch, values
+        self.epochs_done, self.last_metrics, self._validated_at = epoch, values, self.step
         self._steps.new_epoch()
         self._extra = {}
         self._emit(Validated(epoch, self.step, values, is_best, 0.0))
@@ -311,9 +316,9 @@ class Run:
         self._saving = False
         full = Path(path).resolve()
         shown = str(full.relative_to(self.run_dir)) if full.is_relative_to(self.run_dir) else str(full)
-        self._emit(
-            CheckpointSaved(tag, shown, self.epochs_done, self.step, self.last_metrics.get(self.monitor), self.monitor)
-        )
+        # the epoch the saved state is in: the one just validated, or (mid-epoch) the one in progress
+        epoch = self.epochs_done if self.epochs_done and self.step <= self._validated_at else self.epochs_done + 1
+        self._emit(CheckpointSaved(tag, shown, epoch, self.step, self.last_metrics.get(self.monitor), self.monitor))
 
     def message(self, text: str, level: str = "info") -> None:
         """A line for the monitor's log (``level``: info, warning or error)."""
@@ -373,14 +378,9 @@ class Run:
             self._emit(Message("warning", text))
 
 
-def _config_data(config: Any) -> dict[str, Any]:
-    """The config as JSON data for run.json (values JSON cannot hold are kept as text)."""
-    if config is None:
-        return {}
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    elif not isinstance(config, Mapping) and hasattr(config, "__dict__"):
-        config = vars(config)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a dict, a dataclass or a namespace, not {type(config).__name__}")
-    return json.loads(json.dumps({str(k): v for k, v in config.items()}, default=str, allow_nan=True))
+def _model_facts(model: Any) -> tuple[int, str]:
+    """(parameters, device) of the model given to track(); (0, "user loop") without one."""
+    if model is None:
+        return 0, DEVICE
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), str(params[0].device) if params else DEVICE

@@ -188,8 +188,14 @@ class MonitorApp(RunKeys):
             return
         self._after_change()
 
+    def _show_early(self) -> None:
+        """Early stopping is a spec's: a loop of the user's own or a library's stops itself."""
+        started = self.model.started
+        self.query_one("#early").display = started is None or started.loop == "spec"
+
     def _after_change(self) -> None:
         self._ring()
+        self._show_early()  # at once: a frame drawn before the next redraw must not show the panel
         if (
             self.model.over and (self.exit_on_finish or self._leave_when_over) and not self.forced
         ):  # forced: leave once the process is gone
@@ -250,6 +256,7 @@ class MonitorApp(RunKeys):
             loss.show(loss_figure(m, loss.content_size.width, self.view))
             lr = self.query_one("#lr", PlotView)
             lr.show(lr_figure(m, lr.content_size.width))
+        self._show_early()
         error = self.query_one("#error")
         error.display = (
             m.failure is not None or m.state == "crashed" or (m.state == "failed" and m.last_error is not None)

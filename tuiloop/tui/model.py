@@ -346,6 +346,9 @@ class MonitorModel(EventReader):
 
     @property
     def total_steps(self) -> int | None:
+        """The planned steps: as the loop said them, else epochs x steps per epoch; None if unknown."""
+        if self.started is not None and self.started.max_steps:
+            return self.started.max_steps
         if self.started is None or not self.started.steps_per_epoch or not self.started.epochs:
             return None
         return self.started.epochs * self.started.steps_per_epoch

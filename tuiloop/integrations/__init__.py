@@ -1,0 +1,2 @@
+"""tuiloop inside the training loops of other libraries: each module imports its library, which
+nothing else in tuiloop does (``tuiloop.integrations.transformers``: the Hugging Face Trainer)."""
