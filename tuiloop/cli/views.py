@@ -119,11 +119,15 @@ def print_log(run_dir: Path) -> int:
 
 def print_system(events: list[Event]) -> None:
     """The machine's load over the run, from its SystemSample events: peak GPU memory and mean
-    utilisation per GPU, peak RSS, mean CPU, torch's peak (nothing if none was sampled)."""
+    utilisation per GPU, peak RSS, mean CPU, torch's peak (nothing if none was sampled); then the
+    throughput of its last steps (samples/s, and tokens/s for token sequences)."""
     model = MonitorModel()
     model.apply_all([e for e in events if e.kind in ("system_sample", "digest_loaded")])
     for line in system_summary(model):
         print(f"system: {line}")
+    if model.samples_per_s is not None:  # the digest's, smoothed: as the run's last steps went
+        tokens = f", {model.tokens_per_s:,.0f} tokens/s" if model.tokens_per_s is not None else ""
+        print(f"throughput: {model.samples_per_s:,.0f} samples/s{tokens} at the last steps")
 
 
 def system_summary(model: MonitorModel) -> list[str]:
