@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from tuiloop.tui.model import MonitorModel
 from tuiloop.tui.panels.bars import progress_text
 
 VOCAB, SEQ = 11, 8
-LM = {
+LM: dict[str, dict[str, Any]] = {
     "model": {"target": "tiny.py:TinyLM", "in_features": None, "out_features": None, "hidden": None},
     "data": {"target": "tiny.py:tokens", "batch_size": 8},
     "loss": {"target": "model"},
@@ -33,7 +34,7 @@ LM = {
 }
 
 
-def lm_spec(folder: Path, **sections: dict) -> Path:
+def lm_spec(folder: Path, **sections: dict[str, Any]) -> Path:
     """The token-model spec, ``sections`` updating it key by key (None removes a key)."""
     merged = {name: dict(table) for name, table in LM.items()}
     for name, table in sections.items():

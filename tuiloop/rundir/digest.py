@@ -66,8 +66,9 @@ _SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughpu
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
 _SCALARS: dict[str, Callable[[Any], Any]] = {
     "phase": _optional(str), "phase_since": _optional(float), "epoch": int, "step_in_epoch": int, "step": int,
-    "lr": _optional(float), "samples_per_s": _optional(float), "tokens_per_s": _optional(float), "loss_scale": _optional(float), "skipped_steps": int,
-    "active_steps": int, "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
+    "lr": _optional(float), "samples_per_s": _optional(float), "tokens_per_s": _optional(float),
+    "loss_scale": _optional(float), "skipped_steps": int, "active_steps": int, "running": bool,
+    "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
 }  # fmt: skip
 _ADDED = ("tokens_per_s",)  # scalars a digest saved before them lacks: read as None
 
