@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import FIXTURES, load_ckpt, only_run, run_cli, write_spec
-from runs_support import events
+from runs_support import ended, events, start_detached, wait_until
 
 from tuiloop.engine.events import RunStarted, TrainSteps
 from tuiloop.engine.objective import LossFunction, ModelLoss, count_tokens
@@ -88,6 +88,16 @@ def test_the_datas_facts_fill_the_model_and_are_recorded_in_the_saved_spec(finis
     assert weights["embed.weight"].shape == (VOCAB, 8)
     shown = run_cli("show", finished.run_dir, cwd=finished.work)
     assert shown.returncode == 0 and "the data's facts filled [model] vocab_size = 11" in shown.stdout
+
+
+def test_a_detached_run_records_the_facts_its_training_process_found(workdir: Path, cleanup: list[Path]) -> None:
+    """The monitor's way: the run directory (and its spec.toml) is made before the training process
+    loads the data; that process writes the facts into spec.toml."""
+    run_dir = start_detached(lm_spec(workdir, run={"epochs": 1}), cwd=workdir)
+    cleanup.append(run_dir)
+    s = wait_until(lambda: ended(run_dir), 60, "the detached run to end")
+    assert s["status"] == "completed", s
+    assert saved_spec(run_dir)["facts"] == {"vocab_size": VOCAB}
 
 
 def test_eval_of_a_run_built_from_facts_uses_them_and_refuses_data_that_tells_otherwise(finished: Finished) -> None:
