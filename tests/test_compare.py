@@ -4,6 +4,7 @@ run.json, an event log, a summary; a live one holds its lock), which is all comp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import re
 import shutil
@@ -336,6 +337,62 @@ async def test_the_screen_shows_every_run_the_differing_keys_and_follows_a_live_
         assert app.return_code in (0, None)
     finally:
         lock.release()
+
+
+def user_metric_run(out: Path, name: str, tag: str, rows: list[dict[str, float]]) -> Path:
+    """A finished run whose [metrics] are the user's own: val_f1 and val_auroc (higher is better, as
+    their metric objects said at the start), val_brier (lower is better, by the name rule)."""
+    run_dir = out / f"{name}-20260101-120000-{tag}"
+    run_dir.mkdir(parents=True)
+    data = spec_data(metrics={"f1": "m.py:f1", "auroc": "m.py:auroc", "brier": "m.py:brier"})
+    data["run"]["name"] = name
+    (run_dir / SPEC).write_text(dump_toml(data), encoding="utf-8")
+    update_info(run_dir, name=name, started=T0, **who())
+    log = EventLog(run_dir)
+    begin = started()
+    log(
+        RunStarted(
+            **{
+                **{f.name: getattr(begin, f.name) for f in dataclasses.fields(begin)},
+                "metrics": ["train_loss", "val_loss", "val_f1", "val_auroc", "val_brier"],
+                "modes": {"val_f1": "max", "val_auroc": "max"},
+            }
+        )
+    )
+    for epoch, metrics in enumerate(rows, 1):
+        log(Validated(epoch, epoch * 8, metrics, True, 0.1, time=T0 + epoch))  # val_loss falls every epoch
+    log(Finished("completed", "all epochs done", len(rows), len(rows) * 8, None, None, "val_loss", 1.0, time=T0 + 99))
+    write_summary(run_dir, {"status": "completed", "epochs": EPOCHS, "epochs_done": len(rows)})
+    log.close()
+    return run_dir
+
+
+@run_async
+async def test_m_cycles_through_the_users_own_metrics_each_best_its_own_way(tmp_path: Path) -> None:
+    def rows(f1: list[float], auroc: list[float], brier: list[float]) -> list[dict[str, float]]:
+        return [
+            {"train_loss": 0.6 - i / 10, "val_loss": 0.5 - i / 20, "val_f1": f, "val_auroc": a, "val_brier": b}
+            for i, (f, a, b) in enumerate(zip(f1, auroc, brier, strict=True))
+        ]
+
+    a = user_metric_run(tmp_path, "rare", "aaaa", rows([0.2, 0.5, 0.6], [0.7, 0.9, 0.85], [0.3, 0.2, 0.25]))
+    b = user_metric_run(tmp_path, "weighted", "bbbb", rows([0.3, 0.1], [0.6, 0.65], [0.4, 0.35]))
+    app = CompareApp(Comparison([a, b]), poll_s=0.1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: "val_loss by epoch" in screen_text(app), "the first metric")
+        # val_loss, then the other validation metrics by name, then train_loss, and round again
+        for metric, best_a, best_b in [
+            ("val_auroc", "0.9000 @2", "0.6500 @2"),  # higher is better, as the metric said
+            ("val_brier", "0.2000 @2", "0.3500 @2"),  # lower is better
+            ("val_f1", "0.6000 @3", "0.3000 @1"),
+            ("train_loss", "0.4000 @3", "0.5000 @2"),
+            ("val_loss", "0.4000 @3", "0.4500 @2"),
+        ]:
+            await pilot.press("m")
+            screen = await wait_for(pilot, lambda m=metric: f"{m} by epoch" in screen_text(app), f"{metric} after m")
+            assert app.metric == metric and f"best {metric}" in screen, screen
+            assert best_a in screen and best_b in screen, f"{metric}: {screen}"
+        await pilot.press("q")
 
 
 # ---- the command ----------------------------------------------------------------------------------

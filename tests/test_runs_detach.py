@@ -43,8 +43,8 @@ def test_detach_returns_at_once_and_the_run_finishes_in_the_background(workdir: 
     assert phases == [
         "importing torch",
         "importing the spec's targets",
-        "building the model",
         "loading the data",
+        "building the model",
         "building the loss, optimizer and scheduler",
     ]
     assert [e["event"] for e in logged].index("run_started") == len(phases)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from tuiloop.cli.say import error, some
 from tuiloop.engine import fmt
-from tuiloop.engine.events import Event
+from tuiloop.engine.events import Event, TrainSteps, line_prefix
 from tuiloop.engine.exits import EXIT_FAILED, EXIT_USAGE
 from tuiloop.engine.plain import PlainSink
 from tuiloop.rundir.catalog import RunNotFound, latest_live, resolve_run
-from tuiloop.rundir.eventlog import read_events
+from tuiloop.rundir.eventlog import decode, read_events
+from tuiloop.rundir.layout import EVENTS
 from tuiloop.rundir.state import RunState, run_state
 from tuiloop.tui.model import MonitorModel
 
@@ -100,6 +101,7 @@ def print_log(run_dir: Path) -> int:
             sink(event)
     sink.close()
     print_system(events)
+    print_throughput(run_dir)
     if tail.skipped:
         print(
             f"tuiloop: warning: skipped {tail.skipped} line(s) of {run_dir / 'events.jsonl'} this version cannot read: {'; '.join(tail.problems[:3])}",
@@ -124,6 +126,34 @@ def print_system(events: list[Event]) -> None:
     model.apply_all([e for e in events if e.kind in ("system_sample", "digest_loaded")])
     for line in system_summary(model):
         print(f"system: {line}")
+
+
+def print_throughput(run_dir: Path) -> None:
+    """The throughput of the run's last logged steps: samples/s, and tokens/s for token sequences."""
+    last = last_train_steps(run_dir)
+    if last is not None and last.samples_per_s > 0:
+        tokens = f", {last.tokens_per_s:,.0f} tokens/s" if last.tokens_per_s is not None else ""
+        print(f"throughput: {last.samples_per_s:,.0f} samples/s{tokens} (the last logged steps)")
+
+
+def last_train_steps(run_dir: Path, tail: int = 1 << 18) -> TrainSteps | None:
+    """The log's last ``train_steps`` event, read from its end (the same with or without a saved digest)."""
+    try:
+        with open(run_dir / EVENTS, "rb") as f:
+            f.seek(max(f.seek(0, 2) - tail, 0))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    prefix = line_prefix(TrainSteps.kind)
+    for line in reversed(lines):
+        if line.startswith(prefix):
+            try:
+                ev = decode(line)
+            except ValueError:
+                continue
+            if isinstance(ev, TrainSteps):
+                return ev
+    return None
 
 
 def system_summary(model: MonitorModel) -> list[str]:

@@ -20,7 +20,7 @@ from tuiloop.engine import checkpoint as ckpt
 from tuiloop.engine.batches import Batches
 from tuiloop.engine.distributed import Ranks
 from tuiloop.engine.first_batch import FirstBatch
-from tuiloop.engine.objective import LossFunction, ModelLoss
+from tuiloop.engine.objective import LossFunction, ModelLoss, count_tokens
 from tuiloop.engine.options import Options
 from tuiloop.engine.precision import Precision
 from tuiloop.engine.progress import Progress
@@ -112,6 +112,7 @@ class EpochLoop:
                 n = objective.count(batch, target)
                 stepper.backward(loss, value, n)
             telemetry.samples += n
+            telemetry.tokens += count_tokens(args, kwargs)
             if stepper.micro < accumulate:
                 continue
             self._optimizer_step(value, step_scheduler)

@@ -129,6 +129,7 @@ class TrainSteps(Event):
     grad_norms: list[float] | None = None  # total gradient norm before clipping, per step (when measured)
     loss_scale: float | None = None  # the grad scaler's scale after these steps (16-mixed)
     skipped_steps: int = 0  # of these steps, those the grad scaler skipped (16-mixed: inf/NaN gradients)
+    tokens_per_s: float | None = None  # batches of token sequences: their tokens a second (else None)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tuiloop.engine.metrics import logits_of, metric_inputs
 from tuiloop.engine.problem import has_perplexity, infer_problem
 
 TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+INTEGER_DTYPES = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})  # token ids
 
 
 def _count(batch: Any) -> int:
@@ -34,6 +35,18 @@ def _count(batch: Any) -> int:
             n = _count(item)
             if n:
                 return n
+    return 0
+
+
+def count_tokens(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Tokens in a batch of token sequences: the model's first input (a dict batch's ``input_ids``;
+    for a model that computes its own loss, the batch's first item) when it is an integer tensor of
+    shape (batch, seq), padding included; else 0. Read from the shape: no device sync."""
+    first = kwargs.get("input_ids") if kwargs else None
+    if first is None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+    if isinstance(first, torch.Tensor) and first.ndim == 2 and first.dtype in INTEGER_DTYPES:
+        return first.shape[0] * first.shape[1]
     return 0
 
 

@@ -95,6 +95,7 @@ class PlainSink(EventReader):
             self._last_progress = now
             self._print(
                 f"epoch {ev.epoch}/{self._epochs} step {ev.step_in_epoch}/{self._steps or '?'} loss {fmt.value(ev.losses[-1])} lr {fmt.lr(ev.lr)} {ev.samples_per_s:,.0f} samples/s"
+                + (f" {ev.tokens_per_s:,.0f} tokens/s" if ev.tokens_per_s is not None else "")
             )
 
     @on(RunStarted)

@@ -2,7 +2,7 @@
 
 The loop appends each optimizer step's loss (a float on the CPU, else a device tensor) to
 :attr:`StepTelemetry.losses`, its gradient norm to :attr:`StepTelemetry.norms` and its samples
-to :attr:`StepTelemetry.samples`; nothing per step reads a value back to the host. A flush turns
+to :attr:`StepTelemetry.samples` (and :attr:`StepTelemetry.tokens`); nothing per step reads a value back to the host. A flush turns
 them into one :class:`TrainSteps` event (one device sync on accelerators) and checks them: a
 non-finite loss stops the run (:class:`NonFiniteLoss`), so do steps the 16-mixed grad scaler
 skips without end; a torch.compile recompilation is reported.
@@ -52,6 +52,7 @@ class StepTelemetry:
         self.losses: list[Any] = []  # step losses since the last flush (floats on the CPU, else device tensors)
         self.norms: list[Any] = []  # total gradient norms since the last flush (device tensors)
         self.samples = 0  # samples trained on since the last flush
+        self.tokens = 0  # of them, tokens of token sequences (tuiloop.engine.objective.count_tokens)
         self.first_step = 1  # the step of losses[0]
         self.last_flush = time.perf_counter()
         self.next_flush = 0.0  # when the log interval asks for the next flush
@@ -64,12 +65,12 @@ class StepTelemetry:
         self.first_step = self.progress.step + 1
         self.last_flush = time.perf_counter()
         self.next_flush = self.last_flush + self.interval
-        self.samples = 0
+        self.samples = self.tokens = 0
 
     def restart_clock(self) -> None:
         """After a pause: the throughput counts from now."""
         self.last_flush = time.perf_counter()
-        self.samples = 0
+        self.samples = self.tokens = 0
 
     def first_compiled(self) -> None:
         """After the first step of a compiled model: say it is compiled, and count its graphs."""
@@ -107,8 +108,10 @@ class StepTelemetry:
         self.norms.clear()
         scaler = self.scaler
         now = time.perf_counter()
-        rate = self.samples * ranks.world_size / max(now - self.last_flush, 1e-9)
-        self.last_flush, self.samples = now, 0
+        elapsed = max(now - self.last_flush, 1e-9)
+        rate = self.samples * ranks.world_size / elapsed
+        tokens = self.tokens * ranks.world_size / elapsed if self.tokens else None
+        self.last_flush, self.samples, self.tokens = now, 0, 0
         first = self.first_step
         self.first_step += len(losses)
         skipped = {i for i, g in enumerate(norms or []) if not math.isfinite(g)} if scaler is not None else set()
@@ -127,6 +130,7 @@ class StepTelemetry:
                 grad_norms=norms,
                 loss_scale=scaler.get_scale() if scaler is not None else None,
                 skipped_steps=len(skipped),
+                tokens_per_s=tokens,
             )
         )
         self._check_compilations()

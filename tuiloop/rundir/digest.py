@@ -66,9 +66,11 @@ _SERIES = ("train", "val", "lr_history", "grad_norms", "loss_scales", "throughpu
 _optional = lambda kind: lambda v: None if v is None else kind(v)  # noqa: E731
 _SCALARS: dict[str, Callable[[Any], Any]] = {
     "phase": _optional(str), "phase_since": _optional(float), "epoch": int, "step_in_epoch": int, "step": int,
-    "lr": _optional(float), "samples_per_s": _optional(float), "loss_scale": _optional(float), "skipped_steps": int,
-    "active_steps": int, "running": bool, "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
+    "lr": _optional(float), "samples_per_s": _optional(float), "tokens_per_s": _optional(float),
+    "loss_scale": _optional(float), "skipped_steps": int, "active_steps": int, "running": bool,
+    "system_samples": int, "cpu_sum": float, "rss_peak": int, "torch_peak": _optional(int),
 }  # fmt: skip
+_ADDED = ("tokens_per_s",)  # scalars a digest saved before them lacks: read as None
 
 
 class RunDigest(EventReader):
@@ -84,6 +86,7 @@ class RunDigest(EventReader):
         self.step = 0  # global optimizer steps done
         self.lr: float | None = None
         self.samples_per_s: float | None = None  # smoothed
+        self.tokens_per_s: float | None = None  # smoothed, for batches of token sequences
         self.train = Downsampled(resolution)  # x = global step
         self.train_recent = Recent()  # its last steps one by one, for a zoomed plot
         self.val = Downsampled(resolution)  # val_loss, x = global step
@@ -159,6 +162,9 @@ class RunDigest(EventReader):
             self.throughput.append(self.step, ev.samples_per_s)
             prev = self.samples_per_s
             self.samples_per_s = ev.samples_per_s if prev is None else 0.7 * prev + 0.3 * ev.samples_per_s
+        if ev.tokens_per_s is not None and ev.tokens_per_s > 0 and math.isfinite(ev.tokens_per_s):
+            prev = self.tokens_per_s
+            self.tokens_per_s = ev.tokens_per_s if prev is None else 0.7 * prev + 0.3 * ev.tokens_per_s
 
     @on(Validated)
     def _validated(self, ev: Validated) -> None:
@@ -234,7 +240,7 @@ class RunDigest(EventReader):
         """The digest ``to_dict`` saved; raises KeyError, TypeError or ValueError if ``d`` is not one."""
         digest = cls()
         for name, kind in _SCALARS.items():
-            setattr(digest, name, kind(d[name]))
+            setattr(digest, name, kind(d.get(name) if name in _ADDED else d[name]))
         for name in _SERIES:
             setattr(digest, name, _series(d["series"][name]))
         digest.train_recent = Recent.from_dict(d["train_recent"])

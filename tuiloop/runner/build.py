@@ -27,6 +27,7 @@ from tuiloop.engine.events import Message
 from tuiloop.engine.metrics import direction, is_stateful
 from tuiloop.engine.precision import PrecisionError
 from tuiloop.engine.trainer import Options, Trainer
+from tuiloop.runner.facts import checked_facts, model_arguments, split_facts
 from tuiloop.spec.errors import SpecError, type_name
 from tuiloop.spec.resolve import Resolved, data_kwargs, describe_exception
 
@@ -195,18 +196,8 @@ def build_trainer(
     except DeviceError as e:
         raise SpecError(f"{where}, [run] device", str(e)) from None
 
-    progress("building the model")
-    model = _call(where, "model", spec.model.target, resolved.model, **spec.model.kwargs)
-    if not isinstance(model, torch.nn.Module):
-        raise SpecError(
-            f"{where}, [model] target",
-            f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module",
-            "Point target at an nn.Module subclass or a function that returns one.",
-        )
-    model = model.to(device)
-
     progress("loading the data")
-    data = _call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data))
+    data, facts = split_facts(_call(where, "data", spec.data.target, resolved.data, **data_kwargs(spec, resolved.data)))
     if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
         got = (
             f"a {type(data).__name__} of {len(data)} items"
@@ -216,9 +207,23 @@ def build_trainer(
         raise SpecError(
             f"{where}, [data] target",
             f"{spec.data.target} must return (train, val) or (train, val, test), got {got}",
-            "Return Datasets or DataLoaders: a pair, or three with a test split evaluated at the end; val may be None.",
+            "Return Datasets or DataLoaders: a pair, or three with a test split evaluated at the end; val may be None "
+            "(and after them a dict of facts for [model], if any).",
         )
     train_data, val_data, test_data = (*data, None) if len(data) == 2 else data
+    model_kwargs, told = model_arguments(spec, resolved.model, checked_facts(spec, facts or {}))
+
+    progress("building the model")
+    seed_everything(spec.run.seed)  # the model's weights do not depend on what the data function drew
+    model = _call(where, "model", spec.model.target, resolved.model, **model_kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(
+            f"{where}, [model] target",
+            f"{spec.model.target} returned a {type(model).__name__}, not a torch.nn.Module",
+            "Point target at an nn.Module subclass or a function that returns one.",
+        )
+    model = model.to(device)
+
     _check_split(where, train_data, "train", spec.data.target)
     _check_split(where, val_data, "val", spec.data.target)
     _check_split(where, test_data, "test", spec.data.target)
@@ -303,6 +308,7 @@ def build_trainer(
         raise SpecError(f"{where}, [train] precision", str(e)) from None
     except CompileError as e:
         raise SpecError(f"{where}, [train] compile", str(e)) from None
+    trainer.announcements += told
     if no_val:
         trainer.announcements.append(Message("warning", no_val))
     return trainer

@@ -19,6 +19,7 @@ from tuiloop.rundir.eventlog import decode, encode
 from tuiloop.rundir.handle import RunDir, RunDirError
 from tuiloop.rundir.layout import CHECKPOINTS, EVENTS, RUN_INFO, SPEC, read_json_in, update_info
 from tuiloop.rundir.lock import RunLock
+from tuiloop.runner.facts import inherit_facts
 from tuiloop.runner.spec_run import load_run_spec, new_run_dir
 from tuiloop.runner.writable import remove_half_made
 from tuiloop.spec import Spec, SpecError
@@ -58,7 +59,9 @@ def fork_run(parent: Path, spec: Spec, source: str = "last") -> tuple[Path, RunL
         raise SpecError(where, e.problem, _fork_fix(parent)) from None
     if checked.unrecorded:
         raise SpecError(where, checked.mismatch(), _fork_fix(parent))
-    resume.changes(load_run_spec(parent).raw, spec.raw, where)  # the resume rules, before anything is made
+    resume.changes(
+        inherit_facts(load_run_spec(parent).raw, spec), spec.raw, where
+    )  # the resume rules, before anything is made
     saved = checked.matches
     run_dir, lock = new_run_dir(spec)
     try:

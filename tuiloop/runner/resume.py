@@ -28,7 +28,8 @@ _ABSENT = object()
 
 
 def effective(raw: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """Every key of a spec with its value, defaults filled in; optional sections only if present."""
+    """Every key of a spec with its value, defaults filled in; optional sections only if present; the
+    model's arguments as it was built ([model] and the data's [facts])."""
     out: dict[tuple[str, str], Any] = {}
     for section, keys in SCHEMA.items():
         if section not in raw and section in OPTIONAL_SECTIONS:
@@ -38,6 +39,9 @@ def effective(raw: dict[str, Any]) -> dict[tuple[str, str], Any]:
             out[(section, key)] = table.get(key, declared.default)
         if section in KWARG_SECTIONS:
             out.update({(section, k): v for k, v in table.items() if k not in keys})
+    facts = raw.get("facts")  # the data's facts filled the model's arguments the spec left out
+    for k, v in facts.items() if isinstance(facts, dict) else ():
+        out.setdefault(("model", k), v)
     return out
 
 

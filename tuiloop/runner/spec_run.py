@@ -32,6 +32,7 @@ from tuiloop.rundir.layout import (
 )
 from tuiloop.rundir.lock import RunIsLive, RunLock
 from tuiloop.rundir.records import read_info
+from tuiloop.runner.facts import inherit_facts
 from tuiloop.runner.life import RunLife, Sink, Standing
 from tuiloop.runner.processes import end_children
 from tuiloop.runner.signals import Signals
@@ -159,6 +160,8 @@ def execute(
     try:
         life.open_log()  # first, so that a build error is in the log too
         trainer = _build(spec, _tell([life.emit]), ranks)
+        if spec.facts:  # the data's facts filled [model]: spec.toml says what the model was built with
+            life.home.write_atomic(SPEC, dump_toml(spec.raw).encode())
     except (Exception, SystemExit) as e:
         life.fail_setup(e)
         life.close()
@@ -204,7 +207,7 @@ def _resume(
     lock = lock or lock_for_resume(run_dir)
     try:
         last = resume.checked_checkpoint(lock.home, run_dir)  # read once, checked before the spec is built
-        edits = resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
+        edits = resume.changes(inherit_facts(load_run_spec(run_dir).raw, spec), spec.raw, f"--resume {run_dir}")
         trainer = _build(spec, _tell(sinks), ranks)
         _tell(sinks)("loading the checkpoint")
         resume.load_checkpoint(trainer, run_dir, last)
@@ -251,7 +254,7 @@ def check_resume(spec: Spec, run_dir: Path) -> None:
 
     with RunDir.open(run_dir) as home:
         last = resume.checked_checkpoint(home, run_dir)
-    resume.changes(load_run_spec(run_dir).raw, spec.raw, f"--resume {run_dir}")
+    resume.changes(inherit_facts(load_run_spec(run_dir).raw, spec), spec.raw, f"--resume {run_dir}")
     raw = {
         **spec.raw,
         "run": {**spec.raw.get("run", {}), "device": "cpu"},

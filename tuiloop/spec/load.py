@@ -258,6 +258,7 @@ def validate(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None 
         cls = SECTIONS[name].keys
         sections[name] = cls(section=name, kwargs=_kwargs(raw, name), **v) if issubclass(cls, TargetSpec) else cls(**v)
     sections["metrics"] = metrics
+    sections["facts"] = dict(raw.get("facts", {}))
     return Spec(path=path, base_dir=base_dir, raw=raw, **sections)
 
 

@@ -164,20 +164,18 @@ def check_kwargs(
     where: str,
     supplied: tuple[str, ...] = (),
     here: str | None = None,
+    complete: bool = True,
 ) -> None:
-    """Every key must be a parameter of ``fn`` and every required parameter must be given.
-    ``here`` names the section in messages (default: ``[section]``)."""
+    """Every key must be a parameter of ``fn`` and, when ``complete``, every required parameter must
+    be given (the model's are checked again once the data's facts are in). ``here`` names the
+    section in messages (default: ``[section]``)."""
     try:
-        sig = inspect.signature(fn)
+        params = dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return  # builtins without a signature: let the call tell
-    params = dict(sig.parameters)
     for name in supplied:
         params.pop(name, None)
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if takes_any and isinstance(fn, type) and (passed_on := _init_parameters(fn)) is not None:
-        takes_any, named = False, passed_on  # a class whose **kwargs go to known bases (torchmetrics' Metric)
+    named, takes_any = keyword_names(fn, params)
     ours = [k for k in SCHEMA.get(section, {}) if k != "target"]
     at = here or f"[{section}]"
     for key, value in kwargs.items():
@@ -205,14 +203,25 @@ def check_kwargs(
                 f"{key} was read as the string {value!r}, but {target} expects a number (its default is {default!r})",
                 f"Write a number without quotes, e.g. {key} = {default!r}.",
             )
-    for name, p in params.items():
+    for name, p in params.items() if complete else ():
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs:
             add = f'{at.split("] ")[-1]} = {{ target = "{target}", {name} = ... }}' if here else f"{name} = ... to {at}"
+            if section == "model":
+                add += f' (or have the data function return it as a fact: (train, val, {{"{name}": ...}}))'
             raise SpecError(
                 f"{where}, {at}",
                 f"{target} needs {name!r}, which has no default",
                 f"Add {add}.",
             )
+
+
+def keyword_names(fn: Callable[..., Any], params: dict[str, inspect.Parameter]) -> tuple[list[str], bool]:
+    """(the keyword arguments ``fn`` names, whether it takes any other) from its ``params``."""
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if takes_any and isinstance(fn, type) and (passed_on := _init_parameters(fn)) is not None:
+        takes_any, named = False, passed_on  # a class whose **kwargs go to known bases (torchmetrics' Metric)
+    return named, takes_any
 
 
 # What torchmetrics' Metric.__init__ takes through **kwargs (it refuses anything else).
@@ -275,7 +284,8 @@ def resolve(spec: Spec) -> Resolved:
             continue
         fn = resolve_target(sec.section, sec.target, spec.base_dir, where)
         kwargs = data_kwargs(spec, fn) if sec.section == "data" else sec.kwargs
-        check_kwargs(fn, sec.section, sec.target, kwargs, where, SUPPLIED[sec.section])
+        # the model's missing arguments may come from the data's facts: checked when they are in
+        check_kwargs(fn, sec.section, sec.target, kwargs, where, SUPPLIED[sec.section], complete=sec.section != "model")
         out[sec.section] = fn
     metrics = {name: resolve_metric(spec, m) for name, m in spec.metrics.items()}
     return Resolved(spec, out["model"], out["data"], out.get("loss"), out["optimizer"], out.get("scheduler"), metrics)

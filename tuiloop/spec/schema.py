@@ -216,6 +216,13 @@ class MetricSpec:
 
 
 @dataclass
+class FactsSpec:
+    """[facts]: what the data function told the model (``vocab_size = 10000``), written by tuiloop into
+    the saved spec.toml: the [model] arguments the spec left out and the data's facts filled. A resume
+    or an eval checks that the data tells the same. Its keys are the facts' names, so it declares none."""
+
+
+@dataclass
 class NotifySpec:
     """[notify]: being told when something happens, by a command of yours or any service Apprise knows.
 
@@ -293,6 +300,13 @@ SECTIONS: dict[str, Section] = {
         MetricsSpec, "metrics are measured afresh at every check", "optional", comes_and_goes=True, named=True
     ),
     "notify": Section(NotifySpec, "notices change nothing of the training", "optional", comes_and_goes=True),
+    "facts": Section(
+        FactsSpec,
+        "the checkpoint holds the weights of the model they built",
+        "optional",
+        comes_and_goes=True,
+        named=True,
+    ),
 }
 
 # Derived from the declarations above.
@@ -337,6 +351,7 @@ class Spec:
     train: TrainSpec
     metrics: dict[str, MetricSpec] = field(default_factory=dict)  # [metrics], in the spec's order
     notify: NotifySpec | None = None  # [notify] as the spec writes it (the user's config.toml joins it at the run)
+    facts: dict[str, Any] = field(default_factory=dict)  # [facts]: the data's facts the model was built with
 
     @property
     def monitor(self) -> str:

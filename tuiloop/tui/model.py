@@ -92,6 +92,7 @@ class MonitorModel(EventReader):
     step = _digested("step")  # global optimizer steps done
     lr = _digested("lr")
     samples_per_s = _digested("samples_per_s")
+    tokens_per_s = _digested("tokens_per_s")
     train = _digested("train")  # x = global step
     train_recent = _digested("train_recent")  # the last steps, one by one
     val = _digested("val")  # monitored-loss curve: val_loss, x = global step

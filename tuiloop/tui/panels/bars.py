@@ -64,7 +64,7 @@ def _bar(done: float, width: int, style: str = "green") -> Text:
 
 
 def progress_text(model: MonitorModel, now: float, width: int) -> Text:
-    """Epoch x/N with a bar, step in epoch, ETA, samples/s; then the run directory or the ending."""
+    """Epoch x/N with a bar, step in epoch, ETA, samples/s (and tokens/s); then the run directory or the ending."""
     s = model.started
     lines = []
     if s is None:
@@ -98,6 +98,8 @@ def progress_text(model: MonitorModel, now: float, width: int) -> Text:
             pieces.append(Text(f"stops after epoch {model.epoch}", style="bold magenta"))
         if model.samples_per_s is not None and not model.over:
             pieces.append(Text(f"{model.samples_per_s:,.0f} samples/s"))
+            if model.tokens_per_s is not None:
+                pieces.append(Text(f"{model.tokens_per_s:,.0f} tokens/s"))
         wall = model.wall_time(now)
         if wall is not None:  # training time leaves out pauses and start-up; wall time does not
             pieces.append(Text(f"train {fmt.clock(model.training_time(now))} · wall {fmt.clock(wall)}", style="dim"))

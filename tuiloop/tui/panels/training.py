@@ -128,6 +128,8 @@ def health_text(model: MonitorModel, width: int) -> Text:
         )
     if model.samples_per_s is not None:
         rows.append(("samples/s", f"{model.samples_per_s:,.0f}", model.throughput.points()[1]))
+    if model.tokens_per_s is not None:
+        rows.append(("tokens/s", f"{model.tokens_per_s:,.0f}", []))
     lines = []
     for name, value, history in rows:
         line = Text(f"{name:<10} ", style="dim")
