@@ -75,7 +75,7 @@ def test_the_char_transformer_demo_learns(tmp_path: Path) -> None:
     assert code == 0
     (f,) = [e for e in events if isinstance(e, Finished)]
     (val,) = [e.metrics for e in events if isinstance(e, Validated)]
-    assert f.step == 103 and set(val) == {"train_loss", "val_loss"}
+    assert f.step == 103 and set(val) == {"train_loss", "val_loss", "val_ppl"}
     assert val["val_loss"] < 2.8, val  # a uniform guess over 256 bytes is 5.55 nats; byte frequencies alone 3.26
     (started,) = [e for e in events if e.kind == "run_started"]
     assert (started.precision, started.accumulate_grad_batches) == ("bf16-mixed", 2)
