@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -32,6 +33,10 @@ def ls_state(workdir: Path, run_dir: Path) -> str:
     return next(line for line in listed if line.startswith(run_dir.name)).split()[1]
 
 
+def status_state(workdir: Path, run_dir: Path) -> str:
+    return json.loads(run_cli("status", run_dir, "--json", cwd=workdir).stdout)["state"]
+
+
 def test_a_run_stuck_in_a_data_read_is_stalled_at_the_datasets_line_then_forced(workdir: Path) -> None:
     run_dir = start_detached(stalling(workdir, 3600, stall_after=1.0), cwd=workdir)
     try:
@@ -40,7 +45,7 @@ def test_a_run_stuck_in_a_data_read_is_stalled_at_the_datasets_line_then_forced(
         assert re.fullmatch(r"tiny\.py:\d+ in __getitem__", stalled["where"]), stalled
         assert stalled["after_s"] == 1.0 and stalled["quiet_s"] >= 1.0 and stalled["step"] == 4
         assert any("time.sleep(self.hang)" in line for line in stalled["stack"]), stalled["stack"]
-        assert ls_state(workdir, run_dir) == "stalled"
+        assert ls_state(workdir, run_dir) == "stalled" == status_state(workdir, run_dir)
         shown = run_cli("show", run_dir, cwd=workdir).stdout
         assert re.search(
             r"stalled: no step for \S+ \(stalled after 1.0s\), at step 4: tiny\.py:\d+ in __getitem__", shown
@@ -79,6 +84,7 @@ def test_a_frozen_process_is_stalled_in_ls_until_it_moves_again(workdir: Path, m
         assert ls_state(workdir, run_dir) == "running"
         os.kill(pid, signal.SIGSTOP)
         wait_until(lambda: ls_state(workdir, run_dir) == "stalled", 20, "ls to call the frozen run stalled")
+        assert status_state(workdir, run_dir) == "stalled"
         os.kill(pid, signal.SIGCONT)
         wait_until(lambda: ls_state(workdir, run_dir) == "running", 20, "ls to see it move again")
     finally:

@@ -18,9 +18,9 @@ from typing import Any
 from tuiloop.cli.say import error
 from tuiloop.engine import fmt
 from tuiloop.engine.exits import EXIT_USAGE
-from tuiloop.rundir.catalog import RunNotFound, resolve_run
+from tuiloop.rundir.catalog import RunNotFound, describe, resolve_run
 from tuiloop.rundir.eventlog import read_events
-from tuiloop.rundir.state import RunState, run_state
+from tuiloop.rundir.state import run_state
 from tuiloop.tui.model import MonitorModel
 
 STATUS_VERSION = 1
@@ -32,11 +32,6 @@ def read_model(run_dir: Path) -> MonitorModel:
     model = MonitorModel(str(run_dir))
     model.apply_all(events)
     return model
-
-
-def live_state(st: RunState, model: MonitorModel) -> str:
-    """``ls``'s word for the run: ``paused`` for a live run whose log says so, else the run's state."""
-    return "paused" if st.live and model.state == "paused" else st.state
 
 
 def _number(v: float | None) -> float | None:
@@ -60,7 +55,7 @@ def status_of(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "version": STATUS_VERSION,
         "run_dir": str(run_dir),
         "name": run_dir.name,
-        "state": live_state(st, model),
+        "state": describe(run_dir, now).state,  # ls's word: paused, stalled (also a frozen process), ...
         "live": live,
         "phase": phase,
         "reason": summary.get("reason") if st.summary is not None else (st.detail or None),
