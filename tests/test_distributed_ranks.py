@@ -12,6 +12,7 @@ instead of hanging the suite.
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ import psutil
 import pytest
 import tiny
 import torch
-from conftest import FIXTURES, cli_env, load_ckpt, only_run, write_spec
+from conftest import FIXTURES, cli_env, load_ckpt, only_run, run_cli, write_spec
 from runs_support import events, run_processes, start_detached, summary, wait_until
 
 from tuiloop.rundir.control import send_command
@@ -323,25 +324,24 @@ def test_a_nan_loss_stops_every_rank(workdir: Path) -> None:
     assert not run_processes(run_dir)
 
 
-def test_force_ends_a_two_rank_run_blocked_in_a_data_read_within_2s(
+def test_a_rank_stuck_in_a_data_read_is_named_with_its_line_and_force_ends_the_run_within_2s(
     workdir: Path, cleanup: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both ranks hang in their 41st read (the third batch of 16): no step boundary comes, force does not wait for one."""
+    """Rank 1 hangs in its 41st read (the third batch of 16), rank 0 waits for it in a collective:
+    the log says rank 1 stalled and where; no step boundary comes, force does not wait for one."""
     marker = workdir / "stuck"
     monkeypatch.setenv("TUILOOP_DIST_TIMEOUT", DIST_TIMEOUT)
+    data = {"target": "tiny.py:stalling_classes", "marker": str(marker), "after": 40, "rank": 1}
     run_dir = start_detached(
-        write_spec(
-            workdir, run={"epochs": 5}, data={"target": "tiny.py:stalling_classes", "marker": str(marker), "after": 40}
-        ),
-        cwd=workdir,
-        extra=TWO,
+        write_spec(workdir, run={"epochs": 5, "stall_after": 1.0}, data=data), cwd=workdir, extra=TWO
     )
     cleanup.append(run_dir)
-    wait_until(
-        lambda: marker.exists() and sorted(marker.read_text().split()) == ["0", "1"],
-        60,
-        "both ranks to block in a data read",
-    )
+    wait_until(lambda: marker.exists() and marker.read_text().split() == ["1"], 60, "rank 1 to block in a data read")
+    stalls = lambda: {e["rank"]: e for e in events(run_dir) if e["event"] == "stalled"}  # noqa: E731
+    wait_until(lambda: set(stalls()) == {0, 1}, 30, "rank 0's stall and rank 1's report in the log")
+    assert re.fullmatch(r"tiny\.py:\d+ in __getitem__", stalls()[1]["where"]), stalls()[1]
+    assert "__getitem__" not in stalls()[0]["where"], "rank 0 waits for rank 1, not in a read"
+    assert "rank 1: no step for" in run_cli("show", run_dir, cwd=workdir).stdout
     assert len([p for p in run_processes(run_dir) if "_rank" in p.cmdline()]) == 2
     t0 = time.monotonic()
     assert send_command(run_dir, "force") == {"ok": True}

@@ -239,6 +239,7 @@ class Stalled(Event):
     step: int
     where: str
     stack: list[str] = field(default_factory=list)
+    rank: int = 0  # in a distributed run, the rank whose loop this is (rank 0 logs what another reported)
 
 
 @dataclass(frozen=True)

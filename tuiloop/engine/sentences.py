@@ -63,8 +63,10 @@ def setting_changed(ev: SettingChanged, when: str = "") -> str:
 
 
 def stalled(ev: Stalled) -> str:
-    """'no step for 5:12 (stalled after 5:00), at step 120: tiny.py:245 in __getitem__'."""
-    return f"no step for {fmt.clock(ev.quiet_s)} (stalled after {fmt.clock(ev.after_s)}), at step {ev.step}: {ev.where}"
+    """'no step for 5:12 (stalled after 5:00), at step 120: tiny.py:245 in __getitem__' ('rank 1: ...')."""
+    return (
+        "" if not ev.rank else f"rank {ev.rank}: "
+    ) + f"no step for {fmt.clock(ev.quiet_s)} (stalled after {fmt.clock(ev.after_s)}), at step {ev.step}: {ev.where}"
 
 
 def new_best(ev: Validated, monitor: str) -> str:

@@ -180,10 +180,13 @@ def follow(spec: Spec, resume: Path | None, ranks: Ranks) -> int:
         trainer.resume(resume / CHECKPOINTS / "last.pt")
     signals = Signals(trainer.request_stop, _forced_out, terminate=lambda: _terminated(trainer, None))
     signals.install()
+    watch = StallWatch.of_follower(trainer)  # its stall goes to its own log, and to rank 0's
+    watch.start()
     try:
         finished = trainer.loop()
     finally:
         signals.restore()
+        watch.stop()
     return EXIT_FAILED if finished.status == "failed" else EXIT_OK
 
 
