@@ -217,12 +217,12 @@ class MonitorApp(RunKeys):
     # ---- drawing --------------------------------------------------------------------------------
     def _tick(self) -> None:
         self._judge_frozen()
-        self._judge_untracked()
         now = time.monotonic()
         if self.model.version != self._drawn_version or now - self._drawn_clock >= 1.0:
             self._redraw()
             if isinstance(self.screen, (OutputScreen, EpochsScreen)):
                 self.screen.refresh_from_model()
+        self._judge_untracked()  # last: a screen it pushes is drawn from the next tick on
 
     def _ring(self) -> None:
         """The terminal's bell when the run shown ends (or fails) or stalls, once each time; not
