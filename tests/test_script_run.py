@@ -6,11 +6,12 @@ as failed, and one that never opens its run directory still has an ending that s
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, only_run, run_cli
-from runs_support import events, summary, wait_until
+from runs_support import TUILOOP, Tmux, events, kill_run, new_run_dir, summary, wait_live, wait_until
 
 from tuiloop.cli.main import _parser, main
 from tuiloop.cli.script_args import split_script
@@ -19,6 +20,7 @@ from tuiloop.rundir.layout import read_json
 from tuiloop.rundir.state import run_state
 
 SCRIPT = FIXTURES / "tracked_loop.py"
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
 @pytest.mark.parametrize(
@@ -95,3 +97,22 @@ def test_a_script_that_never_opens_its_run_directory_still_ends_there(tmp_path: 
     assert s["status"] == "completed" and s["tracked"] is False
     assert "the script logs nothing to tuiloop" in s["reason"]
     assert "training without tuiloop" in (run_dir / "output.log").read_text()
+
+
+@needs_tmux
+def test_a_monitored_script_survives_its_terminal(tmp_path: Path, tmux: Tmux) -> None:
+    """`tuiloop run SCRIPT.py` with the live monitor in a tmux pane that is killed mid-run."""
+    session = tmux.new("script", f"{TUILOOP} run {SCRIPT} --epochs 6 --steps 10 --step-s 0.05")
+    run_dir = new_run_dir(tmp_path / "runs", set())
+    try:
+        wait_live(run_dir)
+        tmux.wait_for(session, run_dir.name[:8])  # the monitor is up and drawing
+        wait_until(lambda: any(e["event"] == "validated" for e in events(run_dir)), 60, "the first epoch")
+        assert summary(run_dir) is None, "the run ended before the terminal could be killed"
+        tmux.kill_session(session)
+        wait_until(lambda: summary(run_dir), 60, "the script whose terminal died to finish")
+    finally:
+        kill_run(run_dir)
+    assert (summary(run_dir) or {})["status"] == "completed"
+    assert [e["epoch"] for e in events(run_dir) if e["event"] == "validated"] == [1, 2, 3, 4, 5, 6]
+    assert "Traceback" not in (run_dir / "output.log").read_text()
