@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from tuiloop import __version__
+from tuiloop.cli.script_args import split_script
 from tuiloop.engine.exits import EXIT_FORCED, EXIT_USAGE
 from tuiloop.rundir.catalog import not_yours
 from tuiloop.spec import SpecError
@@ -22,6 +23,7 @@ examples:
   tuiloop run demos/digits.toml --set optimizer.lr=3e-4 --set run.epochs=5
   tuiloop run --resume runs/digits-mlp-20261124-120000-ab12
   tuiloop run demos/digits.toml --detach        start in the background and return
+  tuiloop run train.py --lr 3e-4                your own script, watched (the arguments after it are its)
   tuiloop attach                                the monitor on the newest live run in ./runs
   tuiloop ls                                    list the runs in ./runs
   tuiloop show ab12                             a past run, read-only (any unique part of its name)
@@ -49,11 +51,22 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "run",
-        help="train the model a spec describes",
+        help="train the model a spec describes, or run a Python script (SCRIPT.py [ARGS...]) as a watched run",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("spec", nargs="?", help="the TOML spec (optional with --resume: the run's own spec is used)")
+    r.add_argument(
+        "spec",
+        nargs="?",
+        help="the TOML spec (optional with --resume: the run's own spec is used), or SCRIPT.py: the arguments "
+        "after it are the script's",
+    )
+    r.add_argument("--name", help="a script's run name (default: the script's name); a spec's is [run] name")
+    r.add_argument(
+        "--out-dir",
+        type=Path,
+        help="where a script's run directory is made (default: ./runs); a spec's is [run] out_dir",
+    )
     r.add_argument(
         "--set",
         dest="overrides",
@@ -234,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Started by tuiloop itself in its child processes, never by a person: a parser of their own, so
 # that --help, the usage line and the "invalid choice" error of the public one never name them.
-INTERNAL = ("_train", "_launch", "_rank")
+INTERNAL = ("_train", "_launch", "_rank", "_script")
 
 
 def _internal_parser() -> argparse.ArgumentParser:
@@ -254,6 +267,12 @@ def _internal_parser() -> argparse.ArgumentParser:
 
     rk = sub.add_parser("_rank")
     rk.add_argument("--resume", action="store_true")
+
+    sc = sub.add_parser("_script")  # the script and its arguments follow "--"
+    sc.add_argument("run_dir", nargs="?", type=Path)
+    sc.add_argument("--lock-fd", type=int)
+    sc.add_argument("--torchrun")  # JSON: torchrun's options; this process is the launcher
+    sc.add_argument("--rank", action="store_true")
     return p
 
 
@@ -261,21 +280,31 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``tuiloop`` command line ``argv`` (default: this process's); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
-    if argv[:1] == ["_launch"] and "--" in argv:  # the launcher's own options, then torchrun's
+    if argv[:1] in (["_launch"], ["_script"]) and "--" in argv:  # our own options, then torchrun's or a script's
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
+    elif argv[:1] == ["run"]:
+        argv, extra = split_script(argv, _parser())
     args = (_internal_parser() if argv[:1] and argv[0] in INTERNAL else _parser()).parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
     debug = getattr(args, "debug", False)
-    if args.command in ("run", "_train", "_rank"):
+    if args.command in ("run", "_train", "_rank", "_script"):
         _report_crashes()
     try:
+        if args.command == "run" and args.spec and args.spec.endswith(".py"):
+            from tuiloop.cli.run_script import cmd_run_script  # lazy: import only the command run
+
+            return cmd_run_script(args, extra)
         if args.command == "run":
             from tuiloop.cli.run import cmd_run  # lazy: import only the command run
 
             return cmd_run(args)
+        if args.command == "_script":
+            from tuiloop.runner.script import internal_main  # lazy: import only the command run
+
+            return internal_main(args, extra)
         if args.command == "_train":
             from tuiloop.runner.training_process import main as train_main  # lazy: import only the command run
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tuiloop.engine.exits import EXIT_FORCED
 from tuiloop.rundir.control import send_command
@@ -22,6 +23,8 @@ def monitor_run(
     read_only: bool = False,
     attached: bool = False,
     session: str | None = None,
+    commander: Any = None,
+    untracked_after: float | None = None,
 ) -> int:
     """Run the monitor on a run directory until the user leaves; return the exit status.
 
@@ -33,13 +36,14 @@ def monitor_run(
     run_dir = Path(run_dir)
     app = MonitorApp(
         RunSource(run_dir, proc),
-        None if read_only else (lambda cmd, **fields: send_command(run_dir, cmd, **fields)),
+        None if read_only else (commander or (lambda cmd, **fields: send_command(run_dir, cmd, **fields))),
         run_dir=str(run_dir),
         read_only=read_only,
         exit_on_finish=exit_on_finish,
         expect_session=session or _live_session(run_dir),
         attached=attached,
         resumer=None if read_only else (lambda: resume_in_background(run_dir)),
+        untracked_after=untracked_after,
     )
     how = app.run()
     proc = app.source.proc  # a new one if R resumed the run

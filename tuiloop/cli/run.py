@@ -81,6 +81,9 @@ def _overridden(spec: Spec, overrides: list[str]) -> Spec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    for option, key in ((args.name, "name"), (args.out_dir, "out_dir")):
+        if option is not None:
+            raise SpecError(f"--{key.replace('_', '-')}", "is for a script", f"For a spec use --set run.{key}=...")
     spec = load(args)
     notify_settings(spec.raw.get("notify"))  # the user's config.toml checked too, before anything starts
     if under_a_launcher():  # torchrun or srun started this process as one rank: join
@@ -109,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = uuid.uuid4().hex[:12]
     if torchrun is not None and args.node_rank > 0:  # rank 0 and the run directory are on node 0
         resolve(spec)  # import errors show here, before this node's ranks start
-        return _supervise(
+        return supervise(
             training_process.start(None, None, spec, torchrun=torchrun, session=session, inherit_output=True), None
         )
     if args.fork is not None:
@@ -143,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  its log:   {run_dir / 'output.log'}")
         return 0
     if inherit:
-        return _supervise(proc, run_dir)
+        return supervise(proc, run_dir)
     from tuiloop.cli.monitor import monitor_run  # lazy: keeps textual out of headless and detached runs
 
     return monitor_run(run_dir, proc, exit_on_finish=args.exit_on_finish, session=session)
@@ -203,10 +206,11 @@ def _torchrun_args(args: argparse.Namespace, spec: Spec) -> list[str] | None:
     return torchrun_args(nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
 
 
-def _supervise(proc: Any, run_dir: Path | None) -> int:
+def supervise(proc: Any, run_dir: Path | None, fallback: int = signal.SIGTERM) -> int:
     """Wait for a distributed run in the foreground, passing Ctrl+C on as its monitor would: the
-    first stops every rank gracefully (the stop command to rank 0, or SIGTERM to the launcher on
-    a node without rank 0), the second forces them all, leaving no process behind."""
+    first stops every rank gracefully (the stop command to rank 0, or ``fallback`` to the launcher
+    on a node without rank 0, or to a script that logs nothing to tuiloop), the second forces
+    them all, leaving no process behind."""
     interrupts = 0
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -221,7 +225,7 @@ def _supervise(proc: Any, run_dir: Path | None) -> int:
             2, b"\ntuiloop: interrupt: stopping every rank after this step and saving (press Ctrl+C again to force)\n"
         )
         if not _send(run_dir, "stop"):
-            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, fallback)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -130,3 +130,8 @@ def finished(ev: Finished) -> str:
         else ""
     )
     return f"{ended(ev)}, {fmt.plural(ev.step, 'step')} in {fmt.clock(ev.wall_time_s)}{best}"
+
+
+# A script that ``tuiloop run SCRIPT.py`` watches and that never opened its run directory.
+UNTRACKED = "the script logs nothing to tuiloop"
+UNTRACKED_HINT = "add `run = tuiloop.track()` to its loop (or TuiloopCallback() to its Trainer's callbacks)"

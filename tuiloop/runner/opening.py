@@ -6,8 +6,9 @@ their run directory here, so they all choose it the same way:
 
 * ``run_dir=None``: a fresh ``./runs/<name>-<timestamp>-<hex>``, made by the function a spec
   run's directory comes from (:func:`~tuiloop.rundir.layout.create_run_dir`); the name defaults
-  to the script's. (A script that ``tuiloop run SCRIPT.py`` starts will be handed its directory
-  here, through its environment.)
+  to the script's. A script that ``tuiloop run SCRIPT.py`` starts is handed the directory
+  tuiloop chose instead (:data:`RUN_DIR_ENV` in its environment; its lock in this process, or
+  held by the launcher of a distributed run), once: a second run in it is refused.
 * a ``run_dir`` that holds no run yet: made, owner-only, and started.
 * a ``run_dir`` that holds an earlier run: continued (its log appended) only with
   ``resume=True``; otherwise :class:`RunExists` says how to choose. A script run twice with the
@@ -23,13 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuiloop.rundir.layout import SUMMARY, create_run_dir, is_run_dir
+from tuiloop.rundir.layout import EVENTS, SUMMARY, create_run_dir, is_run_dir
 from tuiloop.rundir.lock import RunLock
 from tuiloop.rundir.records import read_info, read_summary
 from tuiloop.runner.life import RunLife
 
 RUNS = Path("runs")  # where run_dir=None makes a fresh run directory, as a spec's out_dir does
 PathLike = str | os.PathLike[str]
+RUN_DIR_ENV = "TUILOOP_RUN_DIR"  # the run directory tuiloop chose for this process (``tuiloop run SCRIPT.py``)
+LOCK_HELD_ENV = "TUILOOP_LOCK_HELD"  # "1": the launcher of a distributed script run holds that directory's lock
+_handed: list[RunLock] = []  # that directory's lock, held in this process by ``tuiloop _script``
+
+
+def hand_over(lock: RunLock) -> None:
+    """The run directory ``tuiloop run SCRIPT.py`` chose, locked, for the script this process runs."""
+    _handed.append(lock)
+    os.environ[RUN_DIR_ENV] = str(lock.run_dir)
 
 
 class RunExists(ValueError):
@@ -78,6 +88,9 @@ def open_run(run_dir: PathLike | None, name: str | None, resume: bool, how: str)
     that opens it, for the errors."""
     if run_dir is None:
         check(None, resume, how)
+        handed = _open_handed(name)
+        if handed is not None:
+            return handed
         name = name or default_name()
         home = create_run_dir(RUNS, name)  # a fresh name: no other process can hold its lock
         life = RunLife.open(home.path, RunLock.acquire(home))
@@ -94,3 +107,25 @@ def open_run(run_dir: PathLike | None, name: str | None, resume: bool, how: str)
     life.home.unlink(SUMMARY)  # live again: a crash from here must not read as the old ending
     resumes = [*info.get("resumes", []), life.started]
     return Opened(life, {"name": name or info.get("name") or path.name, "resumes": resumes}, True)
+
+
+def _open_handed(name: str | None) -> Opened | None:
+    """The run directory ``tuiloop run SCRIPT.py`` chose for this script, if it chose one."""
+    where = os.environ.get(RUN_DIR_ENV)
+    if not where:
+        return None
+    path = Path(where)
+    if (path / EVENTS).exists():
+        raise RuntimeError(
+            f"{path}, the run directory `tuiloop run` chose for this script, holds a run already: "
+            "a second run of one script needs a run_dir of its own (run_dir=...)"
+        )
+    if _handed:
+        lock: RunLock | None = _handed.pop()
+    elif os.environ.get(LOCK_HELD_ENV) == "1":  # the main rank of a distributed run: the launcher holds it
+        lock = RunLock.held_elsewhere(path)
+    else:
+        lock = None
+    life = RunLife.open(path, lock)
+    info, _ = read_info(path)
+    return Opened(life, {"name": name or info.get("name") or path.name, "started": life.started}, False)

@@ -26,6 +26,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tuiloop.engine.events import Failed, Finished
@@ -39,9 +40,13 @@ from tuiloop.runner.processes import end_children
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def fork_watched(run_dir: Path, lock_fd: int, resume: bool) -> int | None:
+Untracked = Callable[[Path, int, float], None]  # (run_dir, exit status, started): record a run that never logged
+
+
+def fork_watched(run_dir: Path, lock_fd: int, resume: bool, untracked: Untracked | None = None) -> int | None:
     """Fork: in the child return None (train on); in the parent wait for the child and return the
-    exit status to leave with. Call before any thread starts."""
+    exit status to leave with. Call before any thread starts. ``untracked``: records the ending of
+    a child that never started its event log (a script that logs nothing to tuiloop)."""
     _become_subreaper()
     size = {name: _size(run_dir / name) for name in (EVENTS, OUTPUT)}
     where = _identity(run_dir)
@@ -49,11 +54,16 @@ def fork_watched(run_dir: Path, lock_fd: int, resume: bool) -> int | None:
     child = os.fork()
     if child == 0:
         return None
-    return _watch(child, run_dir, lock_fd, resume, (size, where, started))
+    return _watch(child, run_dir, lock_fd, resume, (size, where, started), untracked)
 
 
 def _watch(
-    child: int, run_dir: Path, lock_fd: int, resume: bool, before: tuple[dict[str, int], tuple[int, int] | None, float]
+    child: int,
+    run_dir: Path,
+    lock_fd: int,
+    resume: bool,
+    before: tuple[dict[str, int], tuple[int, int] | None, float],
+    untracked: Untracked | None = None,
 ) -> int:
     os.close(lock_fd)  # the child's copy keeps the run live; a copy here would outlive its summary
 
@@ -69,10 +79,10 @@ def _watch(
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
     try:
-        said = _record(run_dir, code, resume, *before)
+        said = _record(run_dir, code, resume, *before, untracked=untracked)
     except Exception as e:  # a full disk, a directory gone: say it where the run's output goes
         said = True
-        _say(f"tuiloop: the training process ended ({_how(code)}), and recording that failed: {e}")
+        _say(f"tuiloop: the training process ended ({how(code)}), and recording that failed: {e}")
     if said or code < 0:
         end_children()  # a worker stuck in __getitem__, whatever the user's code started
         _reap()
@@ -82,31 +92,40 @@ def _watch(
 
 
 def _record(
-    run_dir: Path, code: int, resume: bool, size: dict[str, int], where: tuple[int, int] | None, started: float
+    run_dir: Path,
+    code: int,
+    resume: bool,
+    size: dict[str, int],
+    where: tuple[int, int] | None,
+    started: float,
+    untracked: Untracked | None = None,
 ) -> bool:
     """Write the failure of a child that ended without a summary; True if it did (or could not)."""
     if _identity(run_dir) != where:  # deleted or moved while live: write nothing (it would be created again)
-        _say(f"tuiloop: error: the training process {_how(code)}; {run_dir} is not the run's directory any more")
+        _say(f"tuiloop: error: the training process {how(code)}; {run_dir} is not the run's directory any more")
         return True
     if code == -signal.SIGKILL or (run_dir / SUMMARY).exists():
         return False
     if resume and _size(run_dir / EVENTS) <= size[EVENTS]:  # it died before the run was its own again
-        _say(f"tuiloop: error: the training process {_how(code)} before the run could resume")
+        _say(f"tuiloop: error: the training process {how(code)} before the run could resume")
         return False
     try:
         lock = RunLock.acquire(run_dir, wait=0)
     except RunIsLive:  # resumed already, in the instant since the child died: that run writes here now
         return False
     try:
-        if not (run_dir / SUMMARY).exists():
-            _write_failure(run_dir, code, size[OUTPUT], started)
+        if untracked is not None and not (run_dir / EVENTS).exists():
+            untracked(run_dir, code, started)
+        elif not (run_dir / SUMMARY).exists():
+            write_failure(run_dir, code, size[OUTPUT], started)
     finally:
         lock.release()
     return True
 
 
-def _write_failure(run_dir: Path, code: int, output_offset: int, started: float) -> None:
-    """The log's Failed and Finished events and summary.json of a child that vanished."""
+def write_failure(run_dir: Path, code: int, output_offset: int, started: float) -> None:
+    """The log's Failed and Finished events and summary.json of a child that vanished (the run's
+    lock held by the caller)."""
     dump = fault_dump(_tail(run_dir / OUTPUT, output_offset))
     frames = fault_frames(dump) if dump else []
     p = scan(run_dir)
@@ -114,8 +133,8 @@ def _write_failure(run_dir: Path, code: int, output_offset: int, started: float)
     place = f"training, epoch {p.done + 1}" + (f", after step {p.step}" if p.step else "") if training else "setup"
     if frames:
         place += f": {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
-    error = f"the training process {_how(code)} without finishing" + _hint(code, dump)
-    reason = _how(code).removeprefix("was ")
+    error = f"the training process {how(code)} without finishing" + _hint(code, dump)
+    reason = how(code).removeprefix("was ")
     wall = time.time() - (p.session_started if training and p.session_started else started)
     finished = Finished("failed", reason, p.done, p.step, p.best, p.best_epoch, p.monitor, wall)
     log = EventLog(run_dir)
@@ -146,7 +165,7 @@ def _write_failure(run_dir: Path, code: int, output_offset: int, started: float)
     _say(f"tuiloop: error: {error}\n  where: {place}")
 
 
-def _how(code: int) -> str:
+def how(code: int) -> str:
     """'exited with status 4', 'was killed by SIGSEGV (segmentation fault)'."""
     if code >= 0:
         return f"exited with status {code}"

@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 
 import tuiloop.tui.bindings as bindings
-from tuiloop.engine import fmt
+from tuiloop.engine import fmt, sentences
 from tuiloop.engine.events import Event
 from tuiloop.rundir.filesystem import unwritable
 from tuiloop.rundir.liveness import frozen_for
@@ -80,6 +80,7 @@ class MonitorApp(RunKeys):
         expect_session: str | None = None,
         attached: bool = False,
         resumer: Resumer | None = None,
+        untracked_after: float | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -103,6 +104,7 @@ class MonitorApp(RunKeys):
         self._log_shown = (0, -1)  # (entries in the log pane, the model's log_rev then)
         self._opened = time.time()
         self._alarm = (False, False)  # (over, stalled) as the bell last saw them
+        self._untracked_after = untracked_after  # a script: seconds until a run that has logged nothing says so
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -220,6 +222,7 @@ class MonitorApp(RunKeys):
             self._redraw()
             if isinstance(self.screen, (OutputScreen, EpochsScreen)):
                 self.screen.refresh_from_model()
+        self._judge_untracked()  # last: a screen it pushes is drawn from the next tick on
 
     def _ring(self) -> None:
         """The terminal's bell when the run shown ends (or fails) or stalls, once each time; not
@@ -230,6 +233,19 @@ class MonitorApp(RunKeys):
         self._alarm = alarm
         if news and (self._frozen or (m.last_event_time or time.time()) >= self._opened - NEWS_S):
             self.bell()
+
+    def _judge_untracked(self) -> None:
+        """A script that has opened no run directory by now: show its output, and the line to add."""
+        m = self.model
+        if self._untracked_after is None or m.started is not None or m.over:
+            return
+        if time.time() - self._opened < self._untracked_after:
+            return
+        self._untracked_after = None
+        note = f"{sentences.UNTRACKED} (yet): {sentences.UNTRACKED_HINT}"
+        m.note(time.time(), "warning", note)
+        if not isinstance(self.screen, (Confirm, OutputScreen)):
+            self.push_screen(OutputScreen(m, self.read_only, Path(m.run_dir), note=note))
 
     def _judge_frozen(self) -> None:
         """A live run that writes nothing, not even its machine samples, is frozen: stalled until it writes."""

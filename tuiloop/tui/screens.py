@@ -144,14 +144,17 @@ class OutputScreen(_Sub):
 
     BINDINGS = [Binding("o", "back", "Back", show=False)]
 
-    def __init__(self, model: MonitorModel, read_only: bool, run_dir: Path) -> None:
+    def __init__(self, model: MonitorModel, read_only: bool, run_dir: Path, note: str = "") -> None:
         super().__init__(model, read_only)
+        self.note = note  # above the output: why it is shown (a script that logs nothing to tuiloop)
         self.tail = OutputTail(run_dir)
         self.kept = (run_dir / OUTPUT).exists()  # a run that printed to a terminal of its own has no output.log
         self._empty = False
 
     def compose(self) -> ComposeResult:
         yield self.title_line()
+        if self.note:
+            yield Static(Text(self.note, style="bold yellow"), id="output-note")
         with Vertical(classes="box", id="output-box"):
             yield ScrollLines(id="output")
         yield KeyBar()
