@@ -113,7 +113,7 @@ class TuiloopCallback(Callback):
         self._resolve_save(trainer)
         early = ""
         if trainer.should_stop and not self.run.ending:
-            stoppers = [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping) and cb.stopped_epoch]  # type: ignore[attr-defined]  # Trainer.callbacks is a list
+            stoppers = [cb for cb in _early_stoppings(trainer) if cb.stopped_epoch]
             early = (
                 f"EarlyStopping: {stoppers[0].monitor} did not improve"
                 if stoppers
@@ -226,6 +226,10 @@ def _model_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:
     return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
 
 
+def _early_stoppings(trainer: pl.Trainer) -> list[EarlyStopping]:
+    return [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]  # type: ignore[attr-defined]  # a list
+
+
 def _last_save(cb: ModelCheckpoint) -> tuple[str, int]:
     """A ModelCheckpoint's last save: its path and its step (private in Lightning 2.x: read with care)."""
     return str(getattr(cb, "_last_checkpoint_saved", "") or ""), int(getattr(cb, "_last_global_step_saved", -1))
@@ -245,7 +249,7 @@ def _ranks(trainer: pl.Trainer) -> Ranks:
 def _monitor(trainer: pl.Trainer) -> tuple[str, str]:
     """The metric the Trainer's ModelCheckpoint (else its EarlyStopping) watches, and which way is better."""
     watchers: list[ModelCheckpoint | EarlyStopping] = [*_model_checkpoints(trainer)]
-    watchers += [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]  # type: ignore[attr-defined]  # a list
+    watchers += _early_stoppings(trainer)
     for cb in watchers:
         if cb.monitor:
             return cb.monitor, cb.mode
