@@ -117,6 +117,16 @@ def check_hf_trainer(namespace: dict, out: str, tmp_path: Path) -> None:
     assert kinds[-1] == "finished" and not (run_dir / "control.sock").exists()
 
 
+def check_lightning(namespace: dict, out: str, tmp_path: Path) -> None:
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"], summary["steps"]) == ("completed", 2, 16), summary
+    assert json.loads((run_dir / "run.json").read_text())["config"]["hparams"] == {"lr": 0.05}
+    kinds = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert kinds[0] == "run_started" and kinds.count("validated") == 2 and kinds.count("checkpoint") == 2
+    assert kinds[-1] == "finished" and not (run_dir / "control.sock").exists()
+
+
 # Each Python block, told apart by a line only it has: the page that holds it, and what running it must give.
 CHECKS: dict[str, tuple[str, Callable[[dict, str, Path], None]]] = {
     'ckpt = torch.load("runs/digits-mlp-...': ("docs/rundir.md", check_load_checkpoint),
@@ -126,6 +136,7 @@ CHECKS: dict[str, tuple[str, Callable[[dict, str, Path], None]]] = {
     '"runs/my-loop", config=': ("docs/python.md", check_track),
     'with tuiloop.track("runs/tour"': ("README.md", check_tour),
     "callbacks=[TuiloopCallback()],": ("docs/integrations.md", check_hf_trainer),
+    'L.Trainer(max_epochs=2, accelerator="cpu"': ("docs/integrations.md", check_lightning),
 }
 
 
@@ -148,6 +159,8 @@ def test_python_example_runs(
     if check is check_hf_trainer:
         pytest.importorskip("transformers", reason="transformers is not installed (it is in the [test] extra)")
         pytest.importorskip("accelerate", reason="accelerate is not installed (it is in the [test] extra)")
+    if check is check_lightning:
+        pytest.importorskip("lightning", reason="lightning is not installed (it is in the [test] extra)")
     monkeypatch.chdir(tmp_path)
     code = code.replace('"demos/digits.toml"', repr(str(DEMOS / "digits.toml")))
     if check is check_load_checkpoint:  # loading a checkpoint: make one with the real demo first

@@ -130,9 +130,10 @@ def absolute_imports(path: Path) -> list[str]:
 
 
 def test_only_an_integration_imports_the_library_it_integrates() -> None:
-    """transformers and accelerate come with an extra: the core never imports them, not even
-    inside a function; tuiloop.integrations.transformers does, and nothing imports it."""
-    libraries = ("transformers", "accelerate")
+    """transformers, accelerate and lightning come with extras: the core never imports them, not
+    even inside a function; tuiloop.integrations.transformers and .lightning do, and nothing
+    imports those."""
+    libraries = ("transformers", "accelerate", "lightning", "pytorch_lightning")
     bad = []
     for path in PACKAGE.rglob("*.py"):
         inside = "integrations" in path.relative_to(PACKAGE).parts
@@ -141,6 +142,7 @@ def test_only_an_integration_imports_the_library_it_integrates() -> None:
                 bad.append(f"{path.relative_to(PACKAGE)}: {name}")
     assert not bad, bad
     assert "transformers" in absolute_imports(PACKAGE / "integrations" / "transformers.py"), "the check can fail"
+    assert "lightning.pytorch" in absolute_imports(PACKAGE / "integrations" / "lightning.py"), "the check can fail"
 
 
 def test_the_monitor_and_the_views_never_load_torch() -> None:

@@ -25,11 +25,12 @@ from tuiloop.engine.exits import EXIT_FORCED
 
 # The loops that obey commands: a spec run (or the Python Trainer) in one process, a spec run
 # over several ranks (torchrun), a loop of the user's own tracked with tuiloop.track, the Hugging
-# Face Trainer through tuiloop's callback (one process or several).
-Loop = Literal["spec", "distributed", "track", "transformers"]
-EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track", "transformers"})
+# Face Trainer and Lightning's Trainer through tuiloop's callbacks (one process or several).
+Loop = Literal["spec", "distributed", "track", "transformers", "lightning"]
+EVERY_LOOP: frozenset[Loop] = frozenset({"spec", "distributed", "track", "transformers", "lightning"})
 SPEC_LOOPS: frozenset[Loop] = frozenset({"spec", "distributed"})
-STEERED_LOOPS: frozenset[Loop] = SPEC_LOOPS | {"transformers"}  # the loops whose epochs and optimizer tuiloop reaches
+# the loops whose epochs and optimizers tuiloop reaches
+STEERED_LOOPS: frozenset[Loop] = SPEC_LOOPS | {"transformers", "lightning"}
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class RunStarted(Event):
     nodes: list[str] = field(default_factory=list)  # their machines
     commands: list[str] | None = None  # the commands the run obeys (None: every one; tuiloop.track: fewer)
     modes: dict[str, str] = field(default_factory=dict)  # which way each metric improves: "max" | "min"
-    loop: str = "spec"  # what trains: spec (tuiloop's engine), track (tuiloop.track), transformers (HF Trainer)
+    loop: str = "spec"  # what trains: spec (tuiloop's engine), track, transformers (HF Trainer), lightning
     max_steps: int | None = None  # the planned steps where the loop says (a Trainer's max_steps); else epochs x steps
 
 

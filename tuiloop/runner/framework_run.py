@@ -1,7 +1,7 @@
 """A run directory fed by a training framework's callbacks, and steered through them.
 
-A framework's callback (the Hugging Face Trainer's: :mod:`tuiloop.integrations.transformers`)
-turns its hooks into the calls of :class:`FrameworkRun`; everything else is tuiloop's own, as
+A framework's callback (the Hugging Face Trainer's: :mod:`tuiloop.integrations.transformers`;
+Lightning's: :mod:`tuiloop.integrations.lightning`) turns its hooks into the calls of :class:`FrameworkRun`; everything else is tuiloop's own, as
 for a spec run or ``tuiloop.track``:
 
 * :class:`~tuiloop.runner.life.RunLife` owns the run directory (lock, run.json, event log,
@@ -15,7 +15,7 @@ for a spec run or ``tuiloop.track``:
 
 The framework acts on the answers: :meth:`FrameworkRun.step_end` says whether to save now and
 whether to stop, :meth:`FrameworkRun.epoch_end` whether to stop after this epoch; the learning
-rate keys scale the optimizer and its scheduler directly.
+rate keys scale the optimizers and their schedulers directly (several of each: :class:`~tuiloop.engine.lr.Joined`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class FrameworkRun:
         handle_signals: bool,
         log_interval: float,
     ) -> None:
-        if int(os.environ.get("RANK", "0")) == 0:  # only the main process opens the run directory
+        if _main_process():  # only the main process opens the run directory
             check(run_dir, resume, how)
         self.loop, self.how = loop, how
         self.run_dir_arg, self.name, self.resume = run_dir, name, resume
@@ -97,7 +97,6 @@ class FrameworkRun:
         self.finished: Finished | None = None
         self.steps: StepWriter | None = None  # the main process's
         self._signals: Signals | None = None
-        self._since_eval = [0.0, 0]  # the losses logged since the last evaluation: sum, count
         self._save_tag: str | None = None  # a save steering asked for (s), and the tag it will carry
         self.ending = False  # a command ends the run (q, Ctrl+C, e at the epoch's end): its saves are the last
         self._warned: set[str] = set()
@@ -116,7 +115,7 @@ class FrameworkRun:
         announces the run; all of them obey the commands from here (``device``: where the
         agreement's small tensor lives)."""
         self.plan, self.ranks, self._t0 = plan, ranks, time.perf_counter()
-        self.ending, self._save_tag, self._since_eval = False, None, [0.0, 0]
+        self.ending, self._save_tag = False, None
         self.best = MetricMonitor(plan.monitor, plan.mode)
         self.progress = Progress(epoch=plan.start_step // plan.steps_per_epoch if plan.steps_per_epoch else 0)
         self.progress.step = plan.start_step
@@ -178,13 +177,12 @@ class FrameworkRun:
         """Epoch ``epoch`` (from 1) begins."""
         self.progress.epoch = epoch - 1
 
-    def log(self, step: int, loss: float, lr: float | None, grad_norm: float | None, steps: int) -> None:
-        """The framework logged its loss at ``step``: the mean over the ``steps`` steps since its last log."""
+    def log(self, step: int, loss: Any, lr: float | None, grad_norm: float | None, steps: int) -> None:
+        """The framework logged its loss at ``step`` (a float, or a tensor left on its device, read
+        at the next write): the mean over the ``steps`` steps since its last log."""
         writer, plan = self.steps, self.plan
         if writer is None or plan is None:
             return
-        self._since_eval[0] += loss
-        self._since_eval[1] += 1
         if writer.add(step, loss, lr, steps * plan.samples_per_step, grad_norm):
             writer.flush(self.progress.epoch + 1)
 
@@ -220,17 +218,15 @@ class FrameworkRun:
         """A validation ran at ``step`` of epoch ``epoch``, with these metrics (as tuiloop names them);
         the mean of the losses logged since the last one is added as train_loss."""
         writer = self.steps
-        if writer is None:
+        if writer is None or self.life is None:  # another rank, or an evaluation after the training
             return
         writer.flush(self.progress.epoch + 1)
-        total, count = self._since_eval
-        values = {"train_loss": total / count} if count else {}
-        self._since_eval = [0.0, 0]
+        mean = writer.mean_since()
+        values = {"train_loss": mean} if mean is not None else {}
         values.update(metrics)
         value = values.get(self.best.monitor)
         is_best = value is not None and self.best.update(value, epoch)
         self.last_metrics = values
-        assert self.life is not None
         self.life.emit(Validated(epoch, step, values, is_best, duration_s))
 
     def saved(self, path: str, epoch: int, step: int, tag: str = "periodic") -> None:
@@ -305,9 +301,12 @@ class FrameworkRun:
 
     def _at_exit(self) -> None:
         """The process ends with the run open: training raised and nothing called :meth:`end`."""
+        self.fail(getattr(sys, "last_value", None))  # an exception nobody caught (set before atexit runs)
+
+    def fail(self, error: BaseException | None) -> None:
+        """Training raised ``error`` (None: unknown) and will not end: the run failed, with its traceback."""
         if self.life is None:
             return
-        error = getattr(sys, "last_value", None)  # an exception nobody caught (set before atexit runs)
         if isinstance(error, BaseException):
             text = f"{type(error).__name__}: {error}"
             frames = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -344,3 +343,12 @@ class FrameworkRun:
         if key not in self._warned and self.life is not None:
             self._warned.add(key)
             self.life.emit(Message("warning", text))
+
+
+def _main_process() -> bool:
+    """Whether this process is the main one of its launch (torchrun sets RANK; Lightning's own
+    launcher starts the others with LOCAL_RANK and NODE_RANK)."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", "0")) == 0

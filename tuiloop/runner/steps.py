@@ -30,6 +30,7 @@ class StepWriter:
         self.warn = warn
         self.interval = interval
         self.epoch_loss = [0.0, 0]  # sum and count of the losses written this epoch
+        self._since = [0.0, 0]  # sum and count of the losses written since the last mean_since()
         # the open run of consecutive steps, and closed ones waiting for the next write
         self._losses: list[Any] = []
         self._norms: list[float] = []  # their grad norms (NaN where a step gave none), when any step gave one
@@ -70,6 +71,11 @@ class StepWriter:
         self._epoch_start = self.step if at_step is None else at_step
         self.epoch_loss = [0.0, 0]
 
+    def mean_since(self) -> float | None:
+        """The mean of the losses written since the last call (flush first), None if none were."""
+        (total, count), self._since = self._since, [0.0, 0]
+        return total / count if count else None
+
     def restart_rate(self) -> None:
         """Samples/s counts running time only: start counting again (after a pause)."""
         self._last_write, self._samples = _clock(), 0
@@ -89,6 +95,8 @@ class StepWriter:
             losses = _floats(raw)
             self.epoch_loss[0] += sum(losses)
             self.epoch_loss[1] += len(losses)
+            self._since[0] += sum(losses)
+            self._since[1] += len(losses)
             self.emit(TrainSteps(epoch, first, losses, in_epoch, lr, rate, norms or None))
             if not all(map(math.isfinite, losses)):
                 bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
