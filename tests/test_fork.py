@@ -97,6 +97,7 @@ def test_a_detached_fork_of_best_with_a_lower_lr_logs_the_edit_and_shows_the_who
         (["--from", "epoch-0009.pt"], "there is no checkpoints/epoch-0009.pt to resume from"),
         (["--set", "model.hidden=32"], "model"),
         (["--resume", "."], "--fork and --resume together"),
+        (["--from", "/elsewhere/epoch-0002.pt"], "not a checkpoint of tiny-"),
     ],
 )
 def test_a_refused_fork_says_why_and_leaves_nothing(parent: Path, args: list[str], problem: str) -> None:

@@ -98,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--from",
         dest="source",
-        metavar="best|last|NAME",
-        help="with --fork: the checkpoint to start from (default last; NAME: a file of RUN_DIR/checkpoints)",
+        metavar="best|last|PATH",
+        help="with --fork: the checkpoint to start from (default last; PATH: a file of RUN_DIR/checkpoints, by name or path)",
     )
     r.add_argument(
         "--exit-on-finish", action="store_true", help="close the monitor when the run ends instead of waiting for a key"

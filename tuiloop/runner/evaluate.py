@@ -79,7 +79,7 @@ def checked_checkpoint(run_dir: Path, source: str, wait_s: float = 1.0) -> Check
     """The checkpoint ``source`` (best, last, or a file name of checkpoints/), read once and
     checked against the log; refused as one paragraph (exit 2) when missing or damaged."""
     where = f"eval {run_dir}, --checkpoint {source}"
-    name = checkpoint_name(source)
+    name = checkpoint_name(source, run_dir)
     try:
         with RunDir.open(run_dir) as home:
             with home.subdir(CHECKPOINTS) as folder:

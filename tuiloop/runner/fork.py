@@ -11,6 +11,7 @@ the parent and the checkpoint. The parent's directory is only read: it may even 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tuiloop.engine.events import CheckpointSaved, Message, line_prefix
@@ -27,9 +28,20 @@ from tuiloop.spec import Spec, SpecError
 SOURCES = {"last": "last.pt", "best": "best.pt"}
 
 
-def checkpoint_name(source: str) -> str:
-    """``--from``: last, best, or the name (or path) of a file of the parent's checkpoints/."""
-    return SOURCES.get(source) or Path(source).name
+def checkpoint_name(source: str, parent: Path) -> str:
+    """``--from``: last, best, or a file of the parent's checkpoints/, by its name or its path;
+    a path elsewhere is refused (a fork reads only a checkpoint the parent's log recorded)."""
+    if source in SOURCES:
+        return SOURCES[source]
+    path = Path(source)
+    if len(path.parts) > 1 and Path(os.path.abspath(path)).parent != Path(os.path.abspath(parent / CHECKPOINTS)):
+        raise SpecError(
+            f"--from {source}",
+            f"not a checkpoint of {parent.name}: a fork starts from a file of its checkpoints/ folder, "
+            "whose SHA-256 the run's log recorded",
+            _fork_fix(parent),
+        )
+    return path.name
 
 
 def fork_run(parent: Path, spec: Spec, source: str = "last") -> tuple[Path, RunLock]:
@@ -49,7 +61,7 @@ def fork_run(parent: Path, spec: Spec, source: str = "last") -> tuple[Path, RunL
         )
     try:
         with RunDir.open(parent) as home:
-            checked = read_checked(home, checkpoint_name(source))
+            checked = read_checked(home, checkpoint_name(source, parent))
             history = _history(home, checked)
             parent_spec = home.read_bytes(SPEC)
             parent_info = read_json_in(home, RUN_INFO) or {}

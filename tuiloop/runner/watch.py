@@ -38,6 +38,8 @@ from tuiloop.rundir.scan import scan
 from tuiloop.runner.processes import end_children
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+EXIT_KILLED = 128 + signal.SIGKILL  # as a shell reports a process killed by SIGKILL
 
 
 Untracked = Callable[[Path, int, float], None]  # (run_dir, exit status, started): record a run that never logged
@@ -51,8 +53,10 @@ def fork_watched(run_dir: Path, lock_fd: int, resume: bool, untracked: Untracked
     size = {name: _size(run_dir / name) for name in (EVENTS, OUTPUT)}
     where = _identity(run_dir)
     started = time.time()
+    watcher = os.getpid()
     child = os.fork()
     if child == 0:
+        _die_with(watcher)  # `kill -9 PID` of the pid --detach printed ends the run, not only its watcher
         return None
     return _watch(child, run_dir, lock_fd, resume, (size, where, started), untracked)
 
@@ -214,6 +218,18 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass  # the pipe to a resuming CLI is closed once it is ready
+
+
+def _die_with(parent: int) -> None:
+    """Linux: SIGKILL this process when ``parent`` (the watcher) dies; if it died already, go now."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(EXIT_KILLED)
 
 
 def _become_subreaper() -> None:
