@@ -20,6 +20,9 @@ import pytest
 from conftest import FIXTURES, cli_env, run_cli, write_spec
 from runs_support import answers, events, kill_run, last_step, run_pid, start_detached, wait_live, wait_until
 
+from tuiloop.rundir.comparison import RunHistory
+from tuiloop.rundir.eventlog import read_events
+
 
 def ctl(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess:
     return run_cli("ctl", *args, cwd=cwd)
@@ -133,8 +136,9 @@ def test_ctl_set_changes_settings_from_the_next_step_and_refuses_what_may_not_ch
     assert (changed["optimizer.lr"]["old"], changed["optimizer.lr"]["new"]) == (0.01, 0.005)
     step = changed["optimizer.lr"]["step"]
     assert lines[0].endswith(f"from step {step + 1}")
-    wait_until(lambda: last_step(run_dir) > step + 1, 30, "steps after the change")
-    later = [e for e in events(run_dir) if e["event"] == "train_steps" and e["first_step"] > step]
+    after = lambda: [e for e in events(run_dir) if e["event"] == "train_steps" and e["first_step"] > step]  # noqa: E731
+    wait_until(lambda: after(), 30, "a step line that starts after the change")
+    later = after()
     assert later and {e["lr"] for e in later} == {0.005}, "the new rate from the next step"
     assert status(folder, run_dir)["lr"] == 0.005
 
@@ -147,11 +151,17 @@ def test_ctl_set_changes_settings_from_the_next_step_and_refuses_what_may_not_ch
         "early_stopping.patience=2": "the run has no [early_stopping], and one cannot be added while it trains",
         "run.epochs=0": "[run] epochs: must be at least 1, got 0",
         "model.hidden=8": "[model] hidden: it cannot change while the run trains, nor on resume",
+        "optimizer.lr=abc": "[optimizer] lr: 'abc' is not a number (lr = 0.01 in the run's spec)",
+        "scheduler.gamma=0.5": "[scheduler] gamma: the run has no [scheduler], and one cannot be added while it trains",
     }
     for item, why in refused.items():
         done = ctl(folder, run_dir, "set", item)
         assert done.returncode == 2, (item, done.stdout, done.stderr)
         assert why in done.stderr and len(done.stderr.splitlines()) == 1, (item, done.stderr)
+    wait_until(lambda: status(folder, run_dir)["epochs_done"] >= 1, 60, "an epoch done")
+    done_epochs = status(folder, run_dir)["epochs_done"]
+    done = ctl(folder, run_dir, "set", f"run.epochs={done_epochs}")  # the run takes it or refuses it, itself
+    assert done.returncode == 2 and "epochs are done already: set more, or end the run" in done.stderr, done.stderr
     assert status(folder, run_dir)["lr"] == 0.005, "a refused setting changes nothing"
 
 
@@ -161,8 +171,13 @@ def test_ctl_stop_waits_for_the_end_then_the_run_is_not_live(live: tuple[Path, P
     done = ctl(folder, run_dir, "set", f"run.epochs={epochs}")
     assert done.returncode == 0 and done.stdout.startswith(f"run.epochs: 500 -> {epochs} from step "), done.stderr
     assert status(folder, run_dir)["epochs"] == epochs
+    assert ctl(folder, run_dir, "save").returncode == 0  # mid-epoch: its checkpoint names the epoch in progress
     done = ctl(folder, run_dir, "stop", "--wait")
     assert done.returncode == 0, done.stderr
+    history = RunHistory(run_dir)
+    history.apply(read_events(run_dir)[0])
+    ended_at = status(folder, run_dir)
+    assert (history.epochs_done, history.epochs) == (ended_at["epochs_done"], epochs), "compare says what ls does"
     stopping, ended = done.stdout.splitlines()
     assert re.fullmatch(r"stopping at step \d+ \(stopped by request\)", stopping), done.stdout
     assert re.fullmatch(r"stopped at step \d+", ended), done.stdout

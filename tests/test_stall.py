@@ -15,6 +15,7 @@ from runs_support import events, start_detached, wait_until
 
 from tuiloop.rundir.control import send_command
 from tuiloop.rundir.layout import read_json
+from tuiloop.runner.stall import StallWatch
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,12 @@ def test_a_read_slow_once_is_stalled_then_running_again_and_the_run_finishes(wor
     )
     assert re.search(r"^state: running again at step \d+ \(moving again after \S+\)", out, re.M), out
     assert out.index("stalled:") < out.index("running again") < out.index("finished: completed")
+
+
+def test_the_limit_is_ten_times_the_longest_wait_never_under_five_minutes_unless_set() -> None:
+    automatic = StallWatch(lambda ev: None, lambda: 0, lambda: False, lambda: 0)
+    assert [automatic.limit(w) for w in (0.0, 0.5, 29.9, 30.0, 45.0)] == [300.0, 300.0, 300.0, 300.0, 450.0]
+    assert StallWatch(lambda ev: None, lambda: 0, lambda: False, lambda: 0, after=2.0).limit(100.0) == 2.0
 
 
 def test_the_automatic_limit_is_never_under_five_minutes(workdir: Path) -> None:

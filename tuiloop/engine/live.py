@@ -88,6 +88,10 @@ class Live:
         section, name = key.split(".", 1)
         if key in LIVE_OPTIONS:
             field = LIVE_OPTIONS[key]
+            if field == "epochs" and value <= self.progress.epoch:
+                raise ValueError(
+                    f"{self.progress.epoch} epochs are done already: set more, or end the run (tuiloop ctl RUN stop)"
+                )
             old = getattr(self.opt, field)
             setattr(self.opt, field, value)
             if field == "log_interval":

@@ -22,6 +22,7 @@ from tuiloop.engine.events import (
     EventReader,
     Finished,
     RunStarted,
+    SettingChanged,
     StateChanged,
     TrainSteps,
     Validated,
@@ -185,8 +186,15 @@ class RunHistory(EventReader):
 
     @on(CheckpointSaved)
     def _checkpoint(self, ev: CheckpointSaved) -> None:
-        self.epochs_done = max(self.epochs_done, ev.epoch)
-        self.version += 1
+        if ev.tag == "periodic":  # at an epoch's end; another save may come mid-epoch (s, a stop)
+            self.epochs_done = max(self.epochs_done, ev.epoch)
+            self.version += 1
+
+    @on(SettingChanged)
+    def _setting(self, ev: SettingChanged) -> None:
+        if ev.key == "run.epochs" and isinstance(ev.new, int):  # tuiloop ctl RUN set run.epochs=N
+            self.epochs = ev.new
+            self.version += 1
 
     @on(Finished)
     def _finished(self, ev: Finished) -> None:

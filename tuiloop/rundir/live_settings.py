@@ -19,7 +19,7 @@ from tuiloop.rundir.layout import SPEC
 from tuiloop.rundir.records import read_info
 from tuiloop.spec.errors import SpecError
 from tuiloop.spec.load import apply_override, tomllib, validate
-from tuiloop.spec.schema import OPTIONAL, WHY, may_change
+from tuiloop.spec.schema import OPTIONAL_SECTIONS, WHY, may_change
 
 
 def refused_by_loop(name: str, obeyed: list[str] | None) -> str:
@@ -30,6 +30,20 @@ def refused_by_loop(name: str, obeyed: list[str] | None) -> str:
         f"{name} is a loop of your own (tuiloop.track): its settings are your code's, so they cannot"
         " change from outside; it obeys pause, resume, stop, save and force"
     )
+
+
+def _same_kind(where: str, before: Any, values: Any, key: str) -> None:
+    """A keyword argument the saved spec gives a number keeps a number (a string would reach the
+    optimizer or the scheduler and fail there): refused here, at once."""
+    new = values.kwargs.get(key) if key in getattr(values, "kwargs", {}) else None
+    number = (int, float)
+    if isinstance(before, number) and not isinstance(before, bool) and new is not None:
+        if not isinstance(new, number) or isinstance(new, bool):
+            raise SpecError(
+                where,
+                f"{new!r} is not a number ({key} = {before!r} in the run's spec)",
+                f"For example {key}={before!r}.",
+            )
 
 
 def settings_for(run_dir: Path, items: list[str], where: str = "tuiloop ctl set") -> dict[str, Any]:
@@ -52,6 +66,12 @@ def settings_for(run_dir: Path, items: list[str], where: str = "tuiloop ctl set"
             raise SpecError(e.where.replace("--set", where, 1), e.problem, e.fix) from None
         section, _, key = item.partition("=")[0].strip().partition(".")
         named.append((section, key.strip()))
+        if section in OPTIONAL_SECTIONS and section not in saved:  # before validate: it would ask for a target
+            raise SpecError(
+                f"{where}, [{section}] {key.strip()}",
+                f"the run has no [{section}], and one cannot be added while it trains",
+                f"Add it on resume: stop or suspend the run, then tuiloop run --resume {run_dir} --set {item.strip()}",
+            )
     info, _ = read_info(run_dir)
     spec = validate(raw, where, Path(info.get("spec_base_dir") or run_dir))  # no such key, types, ranges
     out: dict[str, Any] = {}
@@ -63,12 +83,7 @@ def settings_for(run_dir: Path, items: list[str], where: str = "tuiloop ctl set"
                 f"it cannot change while the run trains, nor on resume: {WHY[section]}",
                 "Start a new run with it.",
             )
-        if section in OPTIONAL and section not in saved:
-            raise SpecError(
-                here,
-                f"the run has no [{section}], and one cannot be added while it trains",
-                f"Add it on resume: stop or suspend the run, then tuiloop run --resume {run_dir} --set {section}.{key}=...",
-            )
+        _same_kind(here, saved.get(section, {}).get(key), getattr(spec, section), key)
         if not is_live(f"{section}.{key}"):
             raise SpecError(
                 here,

@@ -131,7 +131,7 @@ def _scan_line(p: Progress, line: bytes) -> None:
         value = ev.metrics.get(p.monitor or "")
         if ev.is_best and value is not None:
             p.best, p.best_epoch = value, ev.epoch
-    elif isinstance(ev, CheckpointSaved):
+    elif isinstance(ev, CheckpointSaved) and ev.tag == "periodic":  # others may come mid-epoch (s, a stop)
         p.done = max(p.done, ev.epoch)
     elif isinstance(ev, StateChanged):
         p.paused, p.stalled = ev.state == "paused", False
