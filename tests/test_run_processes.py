@@ -125,3 +125,19 @@ def test_a_killed_run_is_crashed_at_once_and_leaves_no_worker(workdir: Path) -> 
         wait_until(lambda: session_processes(proc.pid) == [], 5, "its workers to end with it")
     finally:
         kill_session(proc.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the trainer dies with its watcher on Linux only")
+def test_kill_9_of_the_pid_detach_printed_ends_the_run(workdir: Path) -> None:
+    """The pid --detach prints is the watcher of the process that trains: a SIGKILL to it ends the
+    training too (before, the run trained on, orphaned, with no process of the pid printed)."""
+    done = run_cli("run", write_spec(workdir, run={"epochs": 100_000}), "--detach", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    printed = int(done.stdout.split("(pid ")[1].split(")")[0])
+    run_dir = new_run_dir(workdir / "runs", set())
+    wait_until(lambda: (read_json(run_dir / "run.json") or {}).get("pid"), 60, "the training process to start")
+    trainer = read_json(run_dir / "run.json")["pid"]  # type: ignore[index]
+    assert trainer != printed
+    os.kill(printed, signal.SIGKILL)
+    wait_until(lambda: process_gone(trainer), 10, "the training process to go with its watcher")
+    assert run_cli("ls", workdir / "runs", cwd=workdir).stdout.splitlines()[1].split()[1] == "crashed"
