@@ -42,7 +42,8 @@ def test_the_best_epoch_is_the_same_number_in_every_file_event_and_view(workdir:
     listed = run_cli("ls", run_dir.parent, cwd=workdir)
     assert f"@{best} " in listed.stdout, listed.stdout
     shown = run_cli("show", run_dir, cwd=workdir)
-    assert f"at epoch {best}" in shown.stdout.splitlines()[-1]
+    (finished,) = [line for line in shown.stdout.splitlines() if line.startswith("finished: ")]
+    assert f"at epoch {best}" in finished
     assert f"epoch {best}/6" in [line for line in shown.stdout.splitlines() if "*best" in line][-1]
 
     model = MonitorModel()
