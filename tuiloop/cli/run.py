@@ -42,13 +42,7 @@ def load(args: argparse.Namespace) -> Spec:
             raise SpecError(
                 "--fork", "--fork and --resume together", "Resume a run, or fork it into a new one: not both."
             )
-        if not (args.fork / RUN_INFO).is_file():
-            raise SpecError(
-                f"--fork {args.fork}",
-                "not a tuiloop run directory (no run.json)",
-                "Pass a folder under your runs directory; `tuiloop ls` lists them.",
-            )
-        args.fork = args.fork.resolve()
+        args.fork = _run_dir_arg("--fork", args.fork)
         if args.spec:
             return load_spec(args.spec, args.overrides)
         spec = load_run_spec(args.fork)
@@ -59,18 +53,23 @@ def load(args: argparse.Namespace) -> Spec:
             "--from", "--from without --fork", "Use it with --fork RUN: the checkpoint of RUN to start from."
         )
     if args.resume is not None:
-        if not (args.resume / RUN_INFO).is_file():
-            raise SpecError(
-                f"--resume {args.resume}",
-                "not a tuiloop run directory (no run.json)",
-                "Pass a folder under your runs directory; `tuiloop ls` lists them.",
-            )
-        args.resume = args.resume.resolve()
+        args.resume = _run_dir_arg("--resume", args.resume)
     if args.spec:
         return load_spec(args.spec, args.overrides)
     if args.resume is None:
         raise SpecError("tuiloop run", "no spec file given", "Usage: tuiloop run SPEC.toml (or --resume RUN_DIR).")
     return _overridden(load_run_spec(args.resume), args.overrides)
+
+
+def _run_dir_arg(option: str, path: Path) -> Path:
+    """The run directory ``option`` names, absolute; a folder without run.json is refused."""
+    if not (path / RUN_INFO).is_file():
+        raise SpecError(
+            f"{option} {path}",
+            "not a tuiloop run directory (no run.json)",
+            "Pass a folder under your runs directory; `tuiloop ls` lists them.",
+        )
+    return path.resolve()
 
 
 def _overridden(spec: Spec, overrides: list[str]) -> Spec:
